@@ -1,0 +1,3 @@
+//! Dockerfile text -> [`BuildGraph`].
+pub mod graph;
+pub use graph::*;
