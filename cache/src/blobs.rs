@@ -1,0 +1,131 @@
+//! Content-addressed blobs: written to `ingest/`, verified, fsynced, renamed into `blobs/sha256/`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use rbuild_types::{Digest, Sha256Writer};
+
+use crate::error::{Error, Result};
+use crate::locks::flock_exclusive;
+use crate::{fsync_dir, random_name};
+
+/// A blob being written. Implements [`Write`] and hashes while writing; nothing is visible in
+/// `blobs/` until [`BlobWriter::commit`] verified the digest. Dropping it uncommitted removes
+/// the partial file.
+pub struct BlobWriter {
+    inner: Option<Sha256Writer<BufWriter<File>>>,
+    tmp: PathBuf,
+    blobs_dir: PathBuf,
+}
+
+impl BlobWriter {
+    pub(crate) fn create(ingest: &Path, blobs_dir: &Path) -> Result<BlobWriter> {
+        loop {
+            let tmp = ingest.join(random_name(16));
+            let file = match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("create", &tmp)(e)),
+            };
+            // The lock marks the file as in progress: Store::open of another process leaves it alone.
+            flock_exclusive(&file, false).map_err(Error::io("lock", &tmp))?;
+            // A cleaner may have removed the file between create and lock: then start again.
+            let still_ours = match fs::metadata(&tmp) {
+                Ok(m) => file
+                    .metadata()
+                    .map(|fm| fm.ino() == m.ino())
+                    .unwrap_or(false),
+                Err(_) => false,
+            };
+            if !still_ours {
+                continue;
+            }
+            return Ok(BlobWriter {
+                inner: Some(Sha256Writer::new(BufWriter::with_capacity(1 << 20, file))),
+                tmp,
+                blobs_dir: blobs_dir.to_path_buf(),
+            });
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.inner.as_ref().map(|w| w.written()).unwrap_or(0)
+    }
+
+    /// Verifies the content (against `expected` when given), fsyncs it and renames it into
+    /// `blobs/sha256/<hex>`. On a mismatch the partial file is removed and nothing is kept.
+    pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        let Some(w) = self.inner.take() else {
+            return Err(Error::Corrupt(format!(
+                "blob writer {} already finished",
+                self.tmp.display()
+            )));
+        };
+        let tmp = self.tmp.clone();
+        let r = self.finish(w, expected);
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    fn finish(
+        &self,
+        w: Sha256Writer<BufWriter<File>>,
+        expected: Option<&Digest>,
+    ) -> Result<(Digest, u64)> {
+        let (buf, digest, size) = w.finish();
+        let file = buf
+            .into_inner()
+            .map_err(|e| Error::io("write", &self.tmp)(e.into_error()))?;
+        if let Some(exp) = expected {
+            if *exp != digest {
+                drop(file);
+                let _ = fs::remove_file(&self.tmp);
+                return Err(Error::DigestMismatch {
+                    expected: exp.clone(),
+                    actual: digest,
+                    size,
+                });
+            }
+        }
+        let dest = self.blobs_dir.join(digest.hex());
+        if dest.exists() {
+            drop(file);
+            let _ = fs::remove_file(&self.tmp);
+            return Ok((digest, size));
+        }
+        file.sync_all().map_err(Error::io("fsync", &self.tmp))?;
+        fs::rename(&self.tmp, &dest).map_err(Error::io("rename blob into", &dest))?;
+        drop(file);
+        fsync_dir(&self.blobs_dir)?;
+        Ok((digest, size))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Some(w) => w.write(buf),
+            None => Err(io::Error::other("blob writer already committed")),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.inner {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            self.inner = None;
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}

@@ -1,0 +1,738 @@
+//! Metadata records in meta.db: tags, layers, cache records, stat cache, pruning.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::str::FromStr;
+
+use rbuild_types::{Digest, ImageRef};
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::snapshots::SnapshotId;
+use crate::{now, Store};
+
+/// A cache key: the digest of a step's canonical encoding (op, inputs' keys, content digests).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CacheKey(Digest);
+
+impl CacheKey {
+    /// Wraps a digest computed by the caller.
+    pub fn new(d: Digest) -> CacheKey {
+        CacheKey(d)
+    }
+
+    /// The key of a canonical encoding: `sha256(bytes)`.
+    pub fn of(bytes: &[u8]) -> CacheKey {
+        CacheKey(Digest::of(bytes))
+    }
+
+    /// The underlying digest.
+    pub fn digest(&self) -> &Digest {
+        &self.0
+    }
+}
+
+impl From<Digest> for CacheKey {
+    fn from(d: Digest) -> Self {
+        CacheKey(d)
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for CacheKey {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        s.parse::<Digest>()
+            .map(CacheKey)
+            .map_err(|_| Error::Invalid {
+                what: "cache key",
+                value: s.to_string(),
+            })
+    }
+}
+
+/// One cache record: the result of a step, found again by its key.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// The step's cache key.
+    pub key: CacheKey,
+    /// The snapshot the step produced (None for config-only steps).
+    pub snapshot: Option<SnapshotId>,
+    /// The layer blob (uncompressed tar digest) made from the snapshot, once exported.
+    pub diff_id: Option<Digest>,
+    /// Size in bytes the record accounts for (for `du` and `prune --keep-storage`).
+    pub size: u64,
+    /// Human description: the step that made it, e.g. `[build 2/3] RUN make`.
+    pub description: String,
+    /// What made the key (instruction, parent key, file digests, args), for `cache inspect` and
+    /// cache-miss explanations.
+    pub inputs: serde_json::Value,
+    /// Unix seconds; 0 in [`Store::cache_put`] means now.
+    pub created: i64,
+    /// Unix seconds; 0 in [`Store::cache_put`] means `created`.
+    pub last_used: i64,
+    /// How often [`Store::cache_get`] returned the record.
+    pub usage_count: u64,
+}
+
+/// An image tag.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TagRecord {
+    /// The reference as given to [`Store::set_tag`] (normalised text, e.g. `web:v1`).
+    pub name: String,
+    /// Manifest digest.
+    pub manifest: Digest,
+    /// Unix seconds when the tag was last set.
+    pub created: i64,
+}
+
+/// What the stat cache compares to decide a context file is unchanged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FileStat {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub inode: u64,
+}
+
+impl FileStat {
+    /// The stat of a file's metadata (from `symlink_metadata` or `metadata`).
+    pub fn from_metadata(m: &std::fs::Metadata) -> FileStat {
+        FileStat {
+            size: m.size(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            inode: m.ino(),
+        }
+    }
+}
+
+/// A cache record as `rbuild du` shows it.
+#[derive(Clone, PartialEq, Debug, Serialize)]
+pub struct UsageRecord {
+    /// The record.
+    #[serde(flatten)]
+    pub record: CacheRecord,
+    /// False when a tagged image needs the record's layer (prune keeps it).
+    pub reclaimable: bool,
+}
+
+/// Options of [`Store::prune`].
+#[derive(Clone, Debug, Default)]
+pub struct PruneOptions {
+    /// Remove only records last used before this unix time.
+    pub last_used_before: Option<i64>,
+    /// Stop once the reclaimable records left total at most this many bytes.
+    pub keep_storage: Option<u64>,
+}
+
+/// What [`Store::prune`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PruneReport {
+    /// Keys of removed records, least recently used first.
+    pub removed: Vec<CacheKey>,
+    /// Bytes the removed records accounted for.
+    pub reclaimed: u64,
+}
+
+fn parse<T: FromStr>(what: &str, s: String) -> Result<T> {
+    s.parse()
+        .map_err(|_| Error::Corrupt(format!("{what} {s:?} in meta.db")))
+}
+
+type RawRecord = (
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+);
+
+fn raw_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn cook_record(raw: RawRecord) -> Result<CacheRecord> {
+    let (key, snapshot, diff_id, size, description, inputs, created, last_used, usage) = raw;
+    Ok(CacheRecord {
+        key: parse("cache key", key)?,
+        snapshot: snapshot.map(|s| parse("snapshot id", s)).transpose()?,
+        diff_id: diff_id.map(|s| parse("diff_id", s)).transpose()?,
+        size: size.max(0) as u64,
+        description,
+        inputs: serde_json::from_str(&inputs)
+            .map_err(|e| Error::Corrupt(format!("cache record inputs: {e}")))?,
+        created,
+        last_used,
+        usage_count: usage.max(0) as u64,
+    })
+}
+
+const RECORD_COLUMNS: &str =
+    "key, snapshot, diff_id, size, description, inputs, created, last_used, usage_count";
+
+impl Store {
+    pub(crate) fn record_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO snapshots (id, created) VALUES (?1, ?2)",
+                params![id.as_str(), now()],
+            )
+            .map_err(self.db_err("record snapshot"))?;
+        Ok(())
+    }
+
+    // ---- layers ----
+
+    /// Links a layer (its uncompressed tar digest) to the snapshot holding its unpacked diff.
+    pub fn put_layer(&self, diff_id: &Digest, snapshot: &SnapshotId, size: u64) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO layers (diff_id, snapshot, size, created) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(diff_id) DO UPDATE SET snapshot = excluded.snapshot, size = excluded.size",
+                params![diff_id.to_string(), snapshot.as_str(), size as i64, now()],
+            )
+            .map_err(self.db_err("put layer"))?;
+        Ok(())
+    }
+
+    /// The snapshot of a layer, if one is recorded.
+    pub fn layer_snapshot(&self, diff_id: &Digest) -> Result<Option<SnapshotId>> {
+        let s: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT snapshot FROM layers WHERE diff_id = ?1",
+                [diff_id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db_err("get layer"))?;
+        s.map(|s| parse("snapshot id", s)).transpose()
+    }
+
+    /// Records that `digest` is the blob of layer `diff_id` compressed with `algorithm`
+    /// (`gzip`, `zstd`), so outputs and pushes compress each layer once.
+    pub fn put_compressed_layer(
+        &self,
+        diff_id: &Digest,
+        algorithm: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO compressed_layers (diff_id, algorithm, digest, size)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    diff_id.to_string(),
+                    algorithm,
+                    digest.to_string(),
+                    size as i64
+                ],
+            )
+            .map_err(self.db_err("put compressed layer"))?;
+        Ok(())
+    }
+
+    /// The compressed blob of a layer, when one was made before and is still present.
+    pub fn compressed_layer(
+        &self,
+        diff_id: &Digest,
+        algorithm: &str,
+    ) -> Result<Option<(Digest, u64)>> {
+        let row: Option<(String, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT digest, size FROM compressed_layers WHERE diff_id = ?1 AND algorithm = ?2",
+                params![diff_id.to_string(), algorithm],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.db_err("get compressed layer"))?;
+        match row {
+            Some((d, size)) => {
+                let d: Digest = parse("digest", d)?;
+                Ok(self.has_blob(&d).then_some((d, size.max(0) as u64)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    // ---- tags ----
+
+    /// Points the tag `name` at a manifest (replacing what it pointed at).
+    pub fn set_tag(&self, name: &ImageRef, manifest: &Digest) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO images (name, manifest, created) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET manifest = excluded.manifest, created = excluded.created",
+                params![name.to_string(), manifest.to_string(), now()],
+            )
+            .map_err(self.db_err("set tag"))?;
+        Ok(())
+    }
+
+    /// The manifest a tag points at.
+    pub fn get_tag(&self, name: &ImageRef) -> Result<Option<Digest>> {
+        let s: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT manifest FROM images WHERE name = ?1",
+                [name.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db_err("get tag"))?;
+        s.map(|s| parse("manifest digest", s)).transpose()
+    }
+
+    /// Removes a tag; returns whether it existed. Blobs stay until pruned.
+    pub fn remove_tag(&self, name: &ImageRef) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM images WHERE name = ?1", [name.to_string()])
+            .map_err(self.db_err("remove tag"))?;
+        Ok(n > 0)
+    }
+
+    /// All tags, sorted by name.
+    pub fn list_tags(&self) -> Result<Vec<TagRecord>> {
+        let rows: Vec<(String, String, i64)> = {
+            let conn = self.conn();
+            let mut st = conn
+                .prepare("SELECT name, manifest, created FROM images ORDER BY name")
+                .map_err(self.db_err("list tags"))?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(self.db_err("list tags"))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.db_err("list tags"))?;
+            rows
+        };
+        rows.into_iter()
+            .map(|(name, m, created)| {
+                Ok(TagRecord {
+                    name,
+                    manifest: parse("manifest digest", m)?,
+                    created,
+                })
+            })
+            .collect()
+    }
+
+    // ---- cache records ----
+
+    /// Looks a key up; on a hit updates `last_used` and `usage_count` and returns the updated record.
+    pub fn cache_get(&self, key: &CacheKey) -> Result<Option<CacheRecord>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.db_err("begin cache get"))?;
+        let n = tx
+            .execute(
+                "UPDATE cache_records SET last_used = ?2, usage_count = usage_count + 1 WHERE key = ?1",
+                params![key.to_string(), now()],
+            )
+            .map_err(self.db_err("update cache record"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let raw = tx
+            .query_row(
+                &format!("SELECT {RECORD_COLUMNS} FROM cache_records WHERE key = ?1"),
+                [key.to_string()],
+                raw_record,
+            )
+            .map_err(self.db_err("get cache record"))?;
+        tx.commit().map_err(self.db_err("commit cache get"))?;
+        cook_record(raw).map(Some)
+    }
+
+    /// Reads a record without counting a use (for `cache inspect`).
+    pub fn cache_peek(&self, key: &CacheKey) -> Result<Option<CacheRecord>> {
+        let raw = self
+            .conn()
+            .query_row(
+                &format!("SELECT {RECORD_COLUMNS} FROM cache_records WHERE key = ?1"),
+                [key.to_string()],
+                raw_record,
+            )
+            .optional()
+            .map_err(self.db_err("get cache record"))?;
+        raw.map(cook_record).transpose()
+    }
+
+    /// Inserts or replaces a record. `created == 0` means now, `last_used == 0` means `created`.
+    pub fn cache_put(&self, rec: &CacheRecord) -> Result<()> {
+        let created = if rec.created == 0 { now() } else { rec.created };
+        let last_used = if rec.last_used == 0 {
+            created
+        } else {
+            rec.last_used
+        };
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT OR REPLACE INTO cache_records ({RECORD_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                ),
+                params![
+                    rec.key.to_string(),
+                    rec.snapshot.as_ref().map(|s| s.as_str().to_string()),
+                    rec.diff_id.as_ref().map(|d| d.to_string()),
+                    rec.size as i64,
+                    rec.description,
+                    rec.inputs.to_string(),
+                    created,
+                    last_used,
+                    rec.usage_count as i64,
+                ],
+            )
+            .map_err(self.db_err("put cache record"))?;
+        Ok(())
+    }
+
+    /// All cache records, most recently used first.
+    pub fn cache_records(&self) -> Result<Vec<CacheRecord>> {
+        let raws: Vec<RawRecord> = {
+            let conn = self.conn();
+            let mut st = conn
+                .prepare(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM cache_records ORDER BY last_used DESC, key"
+                ))
+                .map_err(self.db_err("list cache records"))?;
+            let rows = st
+                .query_map([], raw_record)
+                .map_err(self.db_err("list cache records"))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.db_err("list cache records"))?;
+            rows
+        };
+        raws.into_iter().map(cook_record).collect()
+    }
+
+    // ---- stat cache ----
+
+    /// The digest remembered for `path` if its stat still matches.
+    pub fn stat_cache_get(&self, path: &Path, stat: &FileStat) -> Result<Option<Digest>> {
+        let row: Option<(i64, i64, i64, i64, String)> = self
+            .conn()
+            .query_row(
+                "SELECT size, mtime_ns, ctime_ns, inode, digest FROM stat_cache WHERE path = ?1",
+                [path.to_string_lossy()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(self.db_err("get stat cache"))?;
+        match row {
+            Some((size, m, c, ino, d))
+                if size as u64 == stat.size
+                    && m == stat.mtime_ns
+                    && c == stat.ctime_ns
+                    && ino as u64 == stat.inode =>
+            {
+                Ok(Some(parse("digest", d)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Remembers digests of many files in one transaction.
+    pub fn stat_cache_put(&self, entries: &[(&Path, FileStat, Digest)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction()
+            .map_err(self.db_err("begin stat cache put"))?;
+        {
+            let mut st = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO stat_cache (path, size, mtime_ns, ctime_ns, inode, digest)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(self.db_err("put stat cache"))?;
+            for (path, s, d) in entries {
+                st.execute(params![
+                    path.to_string_lossy(),
+                    s.size as i64,
+                    s.mtime_ns,
+                    s.ctime_ns,
+                    s.inode as i64,
+                    d.to_string()
+                ])
+                .map_err(self.db_err("put stat cache"))?;
+            }
+        }
+        tx.commit().map_err(self.db_err("commit stat cache put"))?;
+        Ok(())
+    }
+
+    // ---- usage and pruning ----
+
+    /// Layer diff_ids and blobs a tagged image needs (manifest, config, layers, and the
+    /// compressed variants of those layers).
+    fn protected(&self) -> Result<(HashSet<Digest>, HashSet<SnapshotId>)> {
+        let mut blobs = HashSet::new();
+        for tag in self.list_tags()? {
+            blobs.insert(tag.manifest.clone());
+            let Ok(data) = self.read_blob(&tag.manifest) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
+                continue;
+            };
+            let mut push = |d: &serde_json::Value| {
+                if let Some(d) = d.get("digest").and_then(|d| d.as_str()) {
+                    if let Ok(d) = d.parse::<Digest>() {
+                        blobs.insert(d);
+                    }
+                }
+            };
+            if let Some(c) = v.get("config") {
+                push(c);
+            }
+            for l in v
+                .get("layers")
+                .and_then(|l| l.as_array())
+                .into_iter()
+                .flatten()
+            {
+                push(l);
+            }
+        }
+        let mut snaps = HashSet::new();
+        for d in blobs.iter() {
+            if let Some(s) = self.layer_snapshot(d)? {
+                snaps.insert(s);
+            }
+        }
+        Ok((blobs, snaps))
+    }
+
+    /// Cache records with whether pruning may remove them (for `rbuild du`).
+    pub fn disk_usage(&self) -> Result<Vec<UsageRecord>> {
+        let (blobs, snaps) = self.protected()?;
+        Ok(self
+            .cache_records()?
+            .into_iter()
+            .map(|record| {
+                let needed = record.diff_id.as_ref().is_some_and(|d| blobs.contains(d))
+                    || record.snapshot.as_ref().is_some_and(|s| snaps.contains(s));
+                UsageRecord {
+                    record,
+                    reclaimable: !needed,
+                }
+            })
+            .collect())
+    }
+
+    /// Removes reclaimable cache records, least recently used first, with their snapshots and
+    /// layer blobs when nothing else (another record, a tagged image) uses them. Records whose
+    /// key is locked by a running build are skipped. Never removes what a tagged image needs.
+    pub fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
+        let mut usage: Vec<UsageRecord> = self
+            .disk_usage()?
+            .into_iter()
+            .filter(|u| u.reclaimable)
+            .collect();
+        usage.sort_by(|a, b| a.record.last_used.cmp(&b.record.last_used));
+        let mut remaining: u64 = usage.iter().map(|u| u.record.size).sum();
+        let mut report = PruneReport::default();
+        for u in usage {
+            if let Some(keep) = opts.keep_storage {
+                if remaining <= keep {
+                    break;
+                }
+            }
+            if let Some(before) = opts.last_used_before {
+                if u.record.last_used >= before {
+                    continue;
+                }
+            }
+            let lock_path = self
+                .root()
+                .join("locks")
+                .join(format!("key-{}", u.record.key.digest().hex()));
+            let Some(_lock) = crate::KeyLock::acquire(&lock_path, false)? else {
+                continue;
+            };
+            self.conn()
+                .execute(
+                    "DELETE FROM cache_records WHERE key = ?1",
+                    [u.record.key.to_string()],
+                )
+                .map_err(self.db_err("delete cache record"))?;
+            let _ = std::fs::remove_file(&lock_path);
+            remaining -= u.record.size;
+            report.reclaimed += u.record.size;
+            report.removed.push(u.record.key.clone());
+        }
+        self.collect_garbage()?;
+        Ok(report)
+    }
+
+    /// Removes snapshots and layer blobs recorded in meta.db that no cache record and no tagged
+    /// image uses any more.
+    fn collect_garbage(&self) -> Result<()> {
+        let (blobs, mut keep_snaps) = self.protected()?;
+        let mut keep_layers: HashSet<Digest> = blobs;
+        for r in self.cache_records()? {
+            if let Some(s) = r.snapshot {
+                keep_snaps.insert(s);
+            }
+            if let Some(d) = r.diff_id {
+                keep_layers.insert(d);
+            }
+        }
+        // Layers: a layer stays if kept by digest; its snapshot then stays too.
+        let layers: Vec<(String, String)> = {
+            let conn = self.conn();
+            let mut st = conn
+                .prepare("SELECT diff_id, snapshot FROM layers")
+                .map_err(self.db_err("list layers"))?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(self.db_err("list layers"))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.db_err("list layers"))?;
+            rows
+        };
+        for (d, s) in &layers {
+            let d: Digest = parse("diff_id", d.clone())?;
+            let s: SnapshotId = parse("snapshot id", s.clone())?;
+            if keep_layers.contains(&d) || keep_snaps.contains(&s) {
+                keep_layers.insert(d);
+                keep_snaps.insert(s);
+            }
+        }
+        for (d, s) in layers {
+            let d: Digest = parse("diff_id", d)?;
+            if keep_layers.contains(&d) {
+                continue;
+            }
+            self.remove_layer(&d)?;
+            let s: SnapshotId = parse("snapshot id", s)?;
+            if !keep_snaps.contains(&s) {
+                self.remove_snapshot(&s)?;
+            }
+        }
+        // Snapshots recorded but referenced by nothing (e.g. records replaced).
+        let snaps: Vec<String> = {
+            let conn = self.conn();
+            let mut st = conn
+                .prepare("SELECT id FROM snapshots")
+                .map_err(self.db_err("list snapshots"))?;
+            let rows = st
+                .query_map([], |r| r.get(0))
+                .map_err(self.db_err("list snapshots"))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.db_err("list snapshots"))?;
+            rows
+        };
+        let cutoff = now() - 3600;
+        for s in snaps {
+            let s: SnapshotId = parse("snapshot id", s)?;
+            if keep_snaps.contains(&s) {
+                continue;
+            }
+            let created: i64 = self
+                .conn()
+                .query_row(
+                    "SELECT created FROM snapshots WHERE id = ?1",
+                    [s.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(self.db_err("get snapshot"))?
+                .unwrap_or(0);
+            // A young unreferenced snapshot may belong to a build that has not recorded it yet.
+            if created < cutoff {
+                self.remove_snapshot(&s)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_layer(&self, diff_id: &Digest) -> Result<()> {
+        let compressed: Vec<String> = {
+            let conn = self.conn();
+            let mut st = conn
+                .prepare("SELECT digest FROM compressed_layers WHERE diff_id = ?1")
+                .map_err(self.db_err("list compressed layers"))?;
+            let rows = st
+                .query_map([diff_id.to_string()], |r| r.get(0))
+                .map_err(self.db_err("list compressed layers"))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.db_err("list compressed layers"))?;
+            rows
+        };
+        {
+            let conn = self.conn();
+            conn.execute(
+                "DELETE FROM layers WHERE diff_id = ?1",
+                [diff_id.to_string()],
+            )
+            .map_err(self.db_err("delete layer"))?;
+            conn.execute(
+                "DELETE FROM compressed_layers WHERE diff_id = ?1",
+                [diff_id.to_string()],
+            )
+            .map_err(self.db_err("delete compressed layers"))?;
+        }
+        for d in compressed
+            .into_iter()
+            .chain(std::iter::once(diff_id.to_string()))
+        {
+            if let Ok(d) = d.parse::<Digest>() {
+                let p = self.blob_path(&d);
+                match std::fs::remove_file(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io("remove", &p)(e))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        let dir = self.root().join("snapshots").join(id.as_str());
+        crate::snapshots::remove_tree(&dir).map_err(Error::io("remove", &dir))?;
+        let conn = self.conn();
+        conn.execute("DELETE FROM snapshots WHERE id = ?1", [id.as_str()])
+            .map_err(self.db_err("delete snapshot"))?;
+        conn.execute("DELETE FROM layers WHERE snapshot = ?1", [id.as_str()])
+            .map_err(self.db_err("delete layers of snapshot"))?;
+        Ok(())
+    }
+}
+
+/// The SQL schema of meta.db (current version), for documentation.
+pub fn schema_sql() -> &'static str {
+    crate::db::schema()
+}
