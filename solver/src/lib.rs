@@ -1,1 +1,530 @@
-//! Placeholder: being written.
+//! The solver: walks a [`BuildGraph`], computes a content-addressed cache key for every node,
+//! reuses cached results and executes the misses (RUN in the sandbox, COPY into a fresh overlay
+//! upper directory), independent nodes concurrently, and exports the target stage as an image.
+//!
+//! A node's key is `sha256` of a versioned JSON document holding the op (every resolved field),
+//! the keys of its inputs and, for COPY from the build context, the content digest of exactly the
+//! files it selects. A changed instruction therefore changes its key and every key below it, which
+//! gives "reuse up to the first changed instruction" and lets an unchanged independent stage stay
+//! cached. Progress is reported as [`Event`]s; the solver never prints.
+
+mod context;
+mod exec;
+mod fsutil;
+mod image;
+pub mod container;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use petgraph::graph::NodeIndex;
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use rbuild_cache::{CacheKey, CacheRecord, SnapshotId, Store};
+use rbuild_frontend::{BuildGraph, ImageConfig, ImageResolver, Input, Op};
+use rbuild_types::{Digest, ImageRef, Platform};
+use serde_json::{json, Value};
+
+pub use context::IgnoreRules;
+
+/// Version of the cache key encoding; bump to invalidate every record when the encoding changes.
+const KEY_VERSION: u32 = 1;
+
+/// Errors of a solve.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] rbuild_cache::Error),
+    /// Writing or reading an image failed.
+    #[error(transparent)]
+    Export(#[from] rbuild_exporter::Error),
+    /// The sandbox failed to start a process.
+    #[error(transparent)]
+    Sandbox(#[from] rbuild_sandbox::Error),
+    /// A base image is not in the store.
+    #[error("image {0} not found in the store; add it with `rbuild import ROOTFS.tar {0}`, `rbuild load` or `rbuild pull`")]
+    ImageNotFound(ImageRef),
+    /// A RUN step exited non-zero.
+    #[error("{step}: process \"{command}\" did not complete successfully: exit code: {code}{}", tail(.output))]
+    StepFailed {
+        /// Where: `Dockerfile:12: RUN make` style.
+        step: String,
+        /// The command line.
+        command: String,
+        /// Exit code (128+N for signal N).
+        code: i32,
+        /// Last output lines.
+        output: Vec<String>,
+    },
+    /// A COPY/ADD step failed.
+    #[error("{step}: {message}")]
+    CopyFailed {
+        /// Where.
+        step: String,
+        /// What went wrong and how to fix it.
+        message: String,
+    },
+    /// I/O outside the store.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn tail(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n------\n");
+    for l in lines {
+        s.push_str(" > ");
+        s.push_str(l);
+        s.push('\n');
+    }
+    s.push_str("------");
+    s
+}
+
+/// Progress of a build, in BuildKit's vocabulary of vertices.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A vertex started (or was found cached).
+    Vertex {
+        /// Vertex number (`#N`).
+        id: usize,
+        /// Display name, e.g. `[build 2/3] RUN make`.
+        name: String,
+    },
+    /// The vertex was served from the cache.
+    Cached {
+        /// Vertex number.
+        id: usize,
+    },
+    /// One line of output of a running vertex.
+    Log {
+        /// Vertex number.
+        id: usize,
+        /// Time since the vertex started.
+        elapsed: Duration,
+        /// The line, without its newline.
+        line: String,
+    },
+    /// The vertex finished.
+    Done {
+        /// Vertex number.
+        id: usize,
+        /// Its duration.
+        elapsed: Duration,
+    },
+    /// The vertex failed.
+    Failed {
+        /// Vertex number.
+        id: usize,
+        /// Its duration.
+        elapsed: Duration,
+        /// Why.
+        error: String,
+    },
+    /// Something the user should know (an unused build arg, a cache miss reason).
+    Warning(String),
+}
+
+/// Options of a solve.
+#[derive(Clone, Debug)]
+pub struct SolveOptions {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile path (for `.dockerignore` lookup and messages).
+    pub dockerfile: PathBuf,
+    /// Name of the Dockerfile as shown in messages.
+    pub dockerfile_name: String,
+    /// `--no-cache`: run every step again.
+    pub no_cache: bool,
+    /// First vertex number to use (the CLI numbers its own internal steps before).
+    pub first_vertex: usize,
+    /// `SOURCE_DATE_EPOCH`: timestamps of config and history.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// What a build produced.
+#[derive(Clone, Debug)]
+pub struct BuildResult {
+    /// Manifest digest of the image in the store.
+    pub manifest: Digest,
+    /// Config digest (the image id).
+    pub config: Digest,
+}
+
+/// One layer of a rootfs chain.
+#[derive(Clone, Debug)]
+struct Layer {
+    diff_id: Digest,
+    snapshot: SnapshotId,
+}
+
+/// The result of one node.
+#[derive(Clone, Debug)]
+struct NodeOut {
+    key: CacheKey,
+    layers: Vec<Layer>,
+    /// History of the base image at the bottom of this chain.
+    base_history: Vec<Value>,
+}
+
+/// Reads base image configs from the store for the frontend.
+pub struct StoreResolver<'a> {
+    store: &'a Store,
+}
+
+impl<'a> StoreResolver<'a> {
+    /// A resolver over `store`.
+    pub fn new(store: &'a Store) -> Self {
+        StoreResolver { store }
+    }
+}
+
+impl ImageResolver for StoreResolver<'_> {
+    fn resolve_config(&self, image: &ImageRef, _platform: &Platform) -> Result<ImageConfig, String> {
+        let (_, doc) = load_config(self.store, image).map_err(|e| e.to_string())?;
+        Ok(image::runtime_config(&doc))
+    }
+}
+
+/// Finds an image in the store and returns its manifest digest and config document.
+pub fn load_config(store: &Store, image: &ImageRef) -> Result<(Digest, Value), Error> {
+    let manifest = store.get_tag(image)?.ok_or_else(|| Error::ImageNotFound(image.clone()))?;
+    let img = rbuild_exporter::load_image(store, &manifest)?;
+    let doc = serde_json::to_value(&img.config).unwrap_or(Value::Null);
+    let raw = store.read_blob(&img.config_digest)?;
+    let doc = serde_json::from_slice(&raw).unwrap_or(doc);
+    Ok((manifest, doc))
+}
+
+fn key_of(doc: &Value) -> CacheKey {
+    CacheKey::from(Digest::of(doc.to_string().as_bytes()))
+}
+
+fn now_rfc3339(epoch: Option<i64>) -> String {
+    let t = match epoch {
+        Some(s) => chrono::DateTime::from_timestamp(s, 0).unwrap_or_default(),
+        None => chrono::Utc::now(),
+    };
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// The solver for one build.
+struct Solver<'a> {
+    store: &'a Store,
+    graph: &'a BuildGraph,
+    opts: &'a SolveOptions,
+    ignore: IgnoreRules,
+    progress: &'a (dyn Fn(Event) + Sync),
+    vertex_ids: HashMap<NodeIndex, usize>,
+}
+
+/// Builds the target of `graph` and writes its image into the store (untagged; the caller tags it).
+pub fn solve(
+    store: &Store,
+    graph: &BuildGraph,
+    opts: &SolveOptions,
+    progress: &(dyn Fn(Event) + Sync),
+) -> Result<BuildResult, Error> {
+    let ignore = IgnoreRules::load(&opts.context, &opts.dockerfile)
+        .map_err(|e| Error::Io { what: format!("reading .dockerignore in {}", opts.context.display()), source: e })?;
+    let order = petgraph::algo::toposort(&graph.graph, None).map_err(|_| Error::CopyFailed {
+        step: opts.dockerfile_name.clone(),
+        message: "the build graph has a cycle".into(),
+    })?;
+    let mut vertex_ids = HashMap::new();
+    let mut next = opts.first_vertex;
+    for n in &order {
+        if !matches!(graph.graph[*n].op, Op::Scratch) {
+            vertex_ids.insert(*n, next);
+            next += 1;
+        }
+    }
+    let solver = Solver { store, graph, opts, ignore, progress, vertex_ids };
+    for w in &graph.warnings {
+        progress(Event::Warning(w.clone()));
+    }
+    let results = solver.run_all(&order)?;
+    solver.export(&results)
+}
+
+impl Solver<'_> {
+    /// Runs every node, independent ones concurrently; stops scheduling at the first error and
+    /// returns it once running nodes have finished.
+    fn run_all(&self, order: &[NodeIndex]) -> Result<HashMap<NodeIndex, Arc<NodeOut>>, Error> {
+        let g = &self.graph.graph;
+        let mut waiting: HashMap<NodeIndex, usize> =
+            order.iter().map(|n| (*n, g.edges_directed(*n, Direction::Incoming).count())).collect();
+        let mut ready: Vec<NodeIndex> = order.iter().filter(|n| waiting[n] == 0).copied().collect();
+        ready.reverse();
+        let mut results: HashMap<NodeIndex, Arc<NodeOut>> = HashMap::new();
+        let mut first_error: Option<Error> = None;
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::channel::<(NodeIndex, Result<NodeOut, Error>)>();
+            let mut running = 0usize;
+            loop {
+                while first_error.is_none() {
+                    let Some(n) = ready.pop() else { break };
+                    let inputs: Vec<(Input, Arc<NodeOut>)> = g
+                        .edges_directed(n, Direction::Incoming)
+                        .map(|e| (*e.weight(), results[&e.source()].clone()))
+                        .collect();
+                    let tx = tx.clone();
+                    running += 1;
+                    s.spawn(move || {
+                        let r = self.run_node(n, &inputs);
+                        let _ = tx.send((n, r));
+                    });
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok((n, r)) = rx.recv() else { break };
+                running -= 1;
+                match r {
+                    Ok(out) => {
+                        results.insert(n, Arc::new(out));
+                        for succ in g.neighbors_directed(n, Direction::Outgoing) {
+                            if let Some(w) = waiting.get_mut(&succ) {
+                                *w -= 1;
+                                if *w == 0 {
+                                    ready.push(succ);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if first_error.is_none() {
+                            first_error = Some(e);
+                        }
+                    }
+                }
+            }
+        });
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(results),
+        }
+    }
+
+    fn step_name(&self, n: NodeIndex) -> String {
+        let node = &self.graph.graph[n];
+        let display = node.display.split_once("] ").map(|(_, d)| d).unwrap_or(&node.display);
+        format!("{}:{}: {}", self.opts.dockerfile_name, node.line, display)
+    }
+
+    fn run_node(&self, n: NodeIndex, inputs: &[(Input, Arc<NodeOut>)]) -> Result<NodeOut, Error> {
+        let node = &self.graph.graph[n];
+        let id = self.vertex_ids.get(&n).copied();
+        let start = Instant::now();
+        if let Some(id) = id {
+            (self.progress)(Event::Vertex { id, name: node.display.clone() });
+        }
+        let r = self.run_op(n, inputs, id.unwrap_or(0), start);
+        if let Some(id) = id {
+            match &r {
+                Ok((_, true)) => (self.progress)(Event::Cached { id }),
+                Ok((_, false)) => (self.progress)(Event::Done { id, elapsed: start.elapsed() }),
+                Err(e) => (self.progress)(Event::Failed { id, elapsed: start.elapsed(), error: e.to_string() }),
+            }
+        }
+        r.map(|(out, _)| out)
+    }
+
+    /// Runs one op; the flag is true when the result came from the cache.
+    fn run_op(
+        &self,
+        n: NodeIndex,
+        inputs: &[(Input, Arc<NodeOut>)],
+        id: usize,
+        start: Instant,
+    ) -> Result<(NodeOut, bool), Error> {
+        let node = &self.graph.graph[n];
+        let parent = inputs.iter().find(|(r, _)| *r == Input::Rootfs).map(|(_, o)| o.clone());
+        let sources: Vec<&Arc<NodeOut>> =
+            inputs.iter().filter(|(r, _)| *r == Input::CopySource).map(|(_, o)| o).collect();
+        match &node.op {
+            Op::Scratch => Ok((
+                NodeOut { key: key_of(&json!({"v": KEY_VERSION, "op": "scratch"})), layers: vec![], base_history: vec![] },
+                true,
+            )),
+            Op::Image { reference, platform } => self.pull_image(reference, platform),
+            Op::Exec(exec) => {
+                let parent = parent.expect("exec has a rootfs input");
+                let doc = json!({
+                    "v": KEY_VERSION, "op": "exec", "exec": exec, "parent": parent.key.to_string(),
+                    "sources": sources.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
+                });
+                self.cached_or(n, &parent, doc, |sb| {
+                    exec::run(self.store, exec, &parent_dirs(self.store, &parent), &sources, sb, &mut |line| {
+                        (self.progress)(Event::Log { id, elapsed: start.elapsed(), line })
+                    })
+                    .map_err(|e| match e {
+                        exec::ExecError::Failed { code, output } => Error::StepFailed {
+                            step: self.step_name(n),
+                            command: exec.args.join(" "),
+                            code,
+                            output,
+                        },
+                        exec::ExecError::Other(e) => e,
+                    })
+                })
+            }
+            Op::Copy(copy) => {
+                let parent = parent.expect("copy has a rootfs input");
+                let content = match &copy.from {
+                    rbuild_frontend::CopyFrom::Context => {
+                        let (d, files) = context::selection_digest(&self.opts.context, &copy.srcs, &self.ignore)
+                            .map_err(|e| Error::CopyFailed {
+                                step: self.step_name(n),
+                                message: format!(
+                                    "failed to compute cache key: {e} in the build context {}; check the path and .dockerignore",
+                                    self.opts.context.display()
+                                ),
+                            })?;
+                        json!({"context": d.to_string(), "files": files})
+                    }
+                    rbuild_frontend::CopyFrom::Input => {
+                        json!({"source": sources.first().map(|s| s.key.to_string())})
+                    }
+                    rbuild_frontend::CopyFrom::Inline { .. } => json!("inline"),
+                };
+                let doc = json!({
+                    "v": KEY_VERSION, "op": "copy", "copy": copy, "parent": parent.key.to_string(), "content": content,
+                });
+                self.cached_or(n, &parent, doc, |sb| {
+                    let src = sources.first().map(|s| parent_dirs(self.store, s));
+                    exec::copy(self.store, copy, &parent_dirs(self.store, &parent), src.as_deref(), &self.opts.context, &self.ignore, sb)
+                        .map_err(|e| match e {
+                            exec::ExecError::Failed { output, .. } => {
+                                Error::CopyFailed { step: self.step_name(n), message: output.join("\n") }
+                            }
+                            exec::ExecError::Other(e) => e,
+                        })
+                })
+            }
+        }
+    }
+
+    /// Looks the key up; on a miss runs `work` into a fresh snapshot under the per-key lock,
+    /// writes its layer and records it.
+    fn cached_or(
+        &self,
+        n: NodeIndex,
+        parent: &NodeOut,
+        doc: Value,
+        work: impl FnOnce(&rbuild_cache::SnapshotBuilder) -> Result<(), Error>,
+    ) -> Result<(NodeOut, bool), Error> {
+        let key = key_of(&doc);
+        let out = |layer: Layer| NodeOut {
+            key: key.clone(),
+            layers: parent.layers.iter().cloned().chain([layer]).collect(),
+            base_history: parent.base_history.clone(),
+        };
+        let lookup = |store: &Store| -> Result<Option<Layer>, Error> {
+            if self.opts.no_cache {
+                return Ok(None);
+            }
+            Ok(store.cache_get(&key)?.and_then(|rec| match (rec.snapshot, rec.diff_id) {
+                (Some(s), Some(d)) if store.snapshot_dir(&s).is_dir() => Some(Layer { diff_id: d, snapshot: s }),
+                _ => None,
+            }))
+        };
+        if let Some(l) = lookup(self.store)? {
+            return Ok((out(l), true));
+        }
+        let _lock = self.store.lock_key(&key)?;
+        if let Some(l) = lookup(self.store)? {
+            return Ok((out(l), true));
+        }
+        let sb = self.store.new_snapshot()?;
+        work(&sb)?;
+        let snapshot = sb.commit()?;
+        let (diff_id, size) = rbuild_exporter::write_layer(self.store, &snapshot)?;
+        let now = chrono::Utc::now().timestamp();
+        self.store.cache_put(&CacheRecord {
+            key: key.clone(),
+            snapshot: Some(snapshot.clone()),
+            diff_id: Some(diff_id.clone()),
+            size,
+            description: self.graph.graph[n].display.clone(),
+            inputs: doc,
+            created: now,
+            last_used: now,
+            usage_count: 1,
+        })?;
+        Ok((out(Layer { diff_id, snapshot }), false))
+    }
+
+    fn pull_image(&self, reference: &ImageRef, _platform: &Platform) -> Result<(NodeOut, bool), Error> {
+        let (manifest, doc) = load_config(self.store, reference)?;
+        let mut layers = Vec::new();
+        let mut all_present = true;
+        let diff_ids = doc["rootfs"]["diff_ids"].as_array().cloned().unwrap_or_default();
+        for d in diff_ids {
+            let diff_id: Digest = d.as_str().unwrap_or_default().parse().map_err(|_| Error::CopyFailed {
+                step: format!("FROM {reference}"),
+                message: format!("image config has an invalid diff_id {d}"),
+            })?;
+            all_present &= self.store.layer_snapshot(&diff_id)?.is_some();
+            let snapshot = rbuild_exporter::ensure_snapshot(self.store, &diff_id)?;
+            layers.push(Layer { diff_id, snapshot });
+        }
+        let base_history = doc["history"].as_array().cloned().unwrap_or_default();
+        let key = key_of(&json!({"v": KEY_VERSION, "op": "image", "manifest": manifest.to_string()}));
+        Ok((NodeOut { key, layers, base_history }, all_present))
+    }
+
+    /// Writes the target stage's image (config + manifest) into the store.
+    fn export(&self, results: &HashMap<NodeIndex, Arc<NodeOut>>) -> Result<BuildResult, Error> {
+        let stage = &self.graph.stages[self.graph.target];
+        let out = &results[&stage.node];
+        let created = now_rfc3339(self.opts.source_date_epoch);
+        // History: the base image's, then every stage along the rootfs chain (FROM <stage>).
+        let mut history: Vec<Value> = out.base_history.clone();
+        let base_layers = history.iter().filter(|h| h["empty_layer"] != json!(true)).count();
+        let g = &self.graph.graph;
+        let mut chain_stages = vec![];
+        let mut cur = Some(stage.node);
+        while let Some(n) = cur {
+            let s = g[n].stage;
+            if chain_stages.last() != Some(&s) {
+                chain_stages.push(s);
+            }
+            cur = g
+                .edges_directed(n, Direction::Incoming)
+                .find(|e| *e.weight() == Input::Rootfs)
+                .map(|e| e.source());
+        }
+        chain_stages.reverse();
+        for s in chain_stages {
+            if let Some(st) = self.graph.stages.iter().find(|st| g[st.node].stage == s) {
+                history.extend(st.history.iter().map(|h| image::history_json(h, &created)));
+            }
+        }
+        // Imported images may lack history for their layers: pad so counts match.
+        let own_layers = history.iter().filter(|h| h["empty_layer"] != json!(true)).count() - base_layers;
+        let missing = out.layers.len().saturating_sub(base_layers + own_layers);
+        for _ in 0..missing {
+            history.insert(0, json!({"created": created, "created_by": "rbuild import", "comment": "imported rootfs"}));
+        }
+        let diff_ids: Vec<Digest> = out.layers.iter().map(|l| l.diff_id.clone()).collect();
+        let doc = image::config_document(&stage.platform, &stage.config, &diff_ids, history, &created);
+        let (manifest, config) = rbuild_exporter::write_image_json(self.store, &doc)?;
+        Ok(BuildResult { manifest, config })
+    }
+}
+
+/// Snapshot directories of a chain, top first (overlay lowerdir order).
+fn parent_dirs(store: &Store, out: &NodeOut) -> Vec<PathBuf> {
+    out.layers.iter().rev().map(|l| store.snapshot_dir(&l.snapshot)).collect()
+}

@@ -1,0 +1,419 @@
+//! The build context: `.dockerignore` matching, selection of the files a COPY names, and content
+//! digests of that selection (bytes, mode, type; never mtime).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rbuild_types::Digest;
+use sha2::{Digest as _, Sha256};
+
+/// One `.dockerignore` rule.
+#[derive(Clone, Debug)]
+struct Rule {
+    /// Path components of the pattern, cleaned (no leading `/`, no `.`).
+    parts: Vec<String>,
+    /// `!pattern`: re-include.
+    exception: bool,
+}
+
+/// Parsed `.dockerignore` rules with Docker's semantics: the last matching rule wins, `**` matches
+/// any number of directories, a leading `/` is ignored, a pattern matching a directory excludes
+/// everything below it.
+#[derive(Clone, Debug, Default)]
+pub struct IgnoreRules {
+    rules: Vec<Rule>,
+}
+
+impl IgnoreRules {
+    /// Parses the text of a `.dockerignore` file.
+    pub fn parse(text: &str) -> IgnoreRules {
+        let mut rules = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (exception, pat) = match line.strip_prefix('!') {
+                Some(p) => (true, p.trim()),
+                None => (false, line),
+            };
+            let parts: Vec<String> = clean_path(pat)
+                .split('/')
+                .filter(|s| !s.is_empty() && *s != ".")
+                .map(str::to_string)
+                .collect();
+            if parts.is_empty() {
+                continue;
+            }
+            rules.push(Rule { parts, exception });
+        }
+        IgnoreRules { rules }
+    }
+
+    /// Reads `<dockerfile>.dockerignore` beside the Dockerfile if present, else `.dockerignore` at the
+    /// root of the context.
+    pub fn load(context: &Path, dockerfile: &Path) -> io::Result<IgnoreRules> {
+        let named = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
+        for p in [named, context.join(".dockerignore")] {
+            match fs::read_to_string(&p) {
+                Ok(t) => return Ok(IgnoreRules::parse(&t)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(IgnoreRules::default())
+    }
+
+    /// True when `rel` (a `/`-separated path relative to the context root) is excluded.
+    pub fn is_excluded(&self, rel: &str) -> bool {
+        let comps: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
+        let mut excluded = false;
+        for rule in &self.rules {
+            // A rule matches the path itself or any of its parent directories.
+            let hit = (1..=comps.len()).any(|n| match_parts(&rule.parts, &comps[..n]));
+            if hit {
+                excluded = !rule.exception;
+            }
+        }
+        excluded
+    }
+
+    /// True when some exception rule could re-include something under directory `rel`; then an
+    /// excluded directory must still be walked.
+    fn has_exceptions(&self) -> bool {
+        self.rules.iter().any(|r| r.exception)
+    }
+
+    /// True when there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// Lexically cleans a path: drops `.` components, resolves `..` without going above the root,
+/// strips leading `/`.
+pub fn clean_path(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out.join("/")
+}
+
+fn match_parts(pat: &[String], path: &[&str]) -> bool {
+    match pat.split_first() {
+        None => path.is_empty(),
+        Some((first, rest)) if first == "**" => {
+            (0..=path.len()).any(|skip| match_parts(rest, &path[skip..]))
+        }
+        Some((first, rest)) => match path.split_first() {
+            Some((p, prest)) => glob_match(first.as_bytes(), p.as_bytes()) && match_parts(rest, prest),
+            None => false,
+        },
+    }
+}
+
+/// Shell-style glob of one path component: `*`, `?`, `[...]` (with `^`/`!` negation and ranges), `\` escapes.
+pub fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0usize, 0usize);
+    let (mut star_p, mut star_i) = (usize::MAX, 0usize);
+    while i < s.len() {
+        if p < pat.len() {
+            match pat[p] {
+                b'*' => {
+                    star_p = p;
+                    star_i = i;
+                    p += 1;
+                    continue;
+                }
+                b'?' => {
+                    p += 1;
+                    i += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class_match(&pat[p..], s[i]) {
+                        if matched {
+                            p += next;
+                            i += 1;
+                            continue;
+                        }
+                    } else if s[i] == b'[' {
+                        p += 1;
+                        i += 1;
+                        continue;
+                    }
+                }
+                b'\\' if p + 1 < pat.len() => {
+                    if pat[p + 1] == s[i] {
+                        p += 2;
+                        i += 1;
+                        continue;
+                    }
+                }
+                c => {
+                    if c == s[i] {
+                        p += 1;
+                        i += 1;
+                        continue;
+                    }
+                }
+            }
+        }
+        if star_p != usize::MAX {
+            p = star_p + 1;
+            star_i += 1;
+            i = star_i;
+            continue;
+        }
+        return false;
+    }
+    while p < pat.len() && pat[p] == b'*' {
+        p += 1;
+    }
+    p == pat.len()
+}
+
+/// Matches a `[...]` class at the start of `pat`; returns (matched, length of the class).
+fn class_match(pat: &[u8], c: u8) -> Option<(bool, usize)> {
+    let mut j = 1;
+    let negate = j < pat.len() && (pat[j] == b'^' || pat[j] == b'!');
+    if negate {
+        j += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while j < pat.len() && (first || pat[j] != b']') {
+        first = false;
+        let lo = pat[j];
+        if j + 2 < pat.len() && pat[j + 1] == b'-' && pat[j + 2] != b']' {
+            if lo <= c && c <= pat[j + 2] {
+                matched = true;
+            }
+            j += 3;
+        } else {
+            if lo == c {
+                matched = true;
+            }
+            j += 1;
+        }
+    }
+    if j >= pat.len() {
+        return None;
+    }
+    Some((matched != negate, j + 1))
+}
+
+/// True when the string has glob metacharacters.
+pub fn has_glob(s: &str) -> bool {
+    s.bytes().any(|b| matches!(b, b'*' | b'?' | b'['))
+}
+
+/// A file selected from a source tree.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Path relative to the source root, `/`-separated.
+    pub rel: String,
+    /// Absolute path on the host.
+    pub abs: PathBuf,
+}
+
+/// Expands one COPY source (possibly a glob) to the matching top-level entries of `root`, honoring
+/// `ignore`. An error when nothing matches and the source has no wildcard.
+pub fn expand_source(root: &Path, src: &str, ignore: &IgnoreRules) -> io::Result<Vec<Entry>> {
+    let cleaned = clean_path(src);
+    if cleaned.is_empty() {
+        return Ok(vec![Entry { rel: String::new(), abs: root.to_path_buf() }]);
+    }
+    let comps: Vec<&str> = cleaned.split('/').collect();
+    let mut found = vec![(String::new(), root.to_path_buf())];
+    for comp in &comps {
+        let mut next = Vec::new();
+        for (rel, abs) in found {
+            let join = |name: &str| {
+                if rel.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{rel}/{name}")
+                }
+            };
+            if has_glob(comp) {
+                let rd = match fs::read_dir(&abs) {
+                    Ok(rd) => rd,
+                    Err(_) => continue,
+                };
+                let mut names: Vec<String> =
+                    rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                names.sort();
+                for n in names {
+                    if glob_match(comp.as_bytes(), n.as_bytes()) {
+                        next.push((join(&n), abs.join(&n)));
+                    }
+                }
+            } else {
+                let p = abs.join(comp);
+                if fs::symlink_metadata(&p).is_ok() {
+                    next.push((join(comp), p));
+                }
+            }
+        }
+        found = next;
+    }
+    let out: Vec<Entry> = found
+        .into_iter()
+        .filter(|(rel, _)| !ignore.is_excluded(rel))
+        .map(|(rel, abs)| Entry { rel, abs })
+        .collect();
+    if out.is_empty() && !has_glob(&cleaned) {
+        return Err(io::Error::new(io::ErrorKind::NotFound, format!("\"{src}\": not found")));
+    }
+    Ok(out)
+}
+
+/// Walks `entry` recursively (not following symlinks), calling `f(rel, abs, metadata)` for it and
+/// everything below it that `ignore` keeps, in sorted order.
+pub fn walk(
+    entry: &Entry,
+    ignore: &IgnoreRules,
+    f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> io::Result<()>,
+) -> io::Result<()> {
+    let md = fs::symlink_metadata(&entry.abs)?;
+    walk_inner(&entry.rel, &entry.abs, &md, ignore, f)
+}
+
+fn walk_inner(
+    rel: &str,
+    abs: &Path,
+    md: &fs::Metadata,
+    ignore: &IgnoreRules,
+    f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> io::Result<()>,
+) -> io::Result<()> {
+    let excluded = !rel.is_empty() && ignore.is_excluded(rel);
+    if !excluded {
+        f(rel, abs, md)?;
+    }
+    if md.is_dir() && (!excluded || ignore.has_exceptions()) {
+        let mut names: Vec<_> = fs::read_dir(abs)?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        names.sort();
+        for n in names {
+            let name = n.to_string_lossy();
+            let crel = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+            let cabs = abs.join(&n);
+            let cmd = fs::symlink_metadata(&cabs)?;
+            walk_inner(&crel, &cabs, &cmd, ignore, f)?;
+        }
+    }
+    Ok(())
+}
+
+/// Content digest of the files a COPY selects: for every entry (sorted by path) its relative path,
+/// type, permission bits, and the sha256 of its bytes (or its link target). Ownership and mtime are
+/// not part of it: COPY from the context resets ownership, and touching a file changes nothing.
+/// Returns the digest and a per-path map of file digests (for explaining cache misses).
+pub fn selection_digest(
+    root: &Path,
+    srcs: &[String],
+    ignore: &IgnoreRules,
+) -> io::Result<(Digest, BTreeMap<String, String>)> {
+    let mut files = BTreeMap::new();
+    for src in srcs {
+        for entry in expand_source(root, src, ignore)? {
+            walk(&entry, ignore, &mut |rel, abs, md| {
+                let kind = md.file_type();
+                let desc = if kind.is_symlink() {
+                    format!("l {}", fs::read_link(abs)?.display())
+                } else if kind.is_dir() {
+                    format!("d {:o}", md.permissions().mode() & 0o7777)
+                } else if kind.is_file() {
+                    format!("f {:o} {}", md.permissions().mode() & 0o7777, file_digest(abs)?)
+                } else {
+                    format!("o {:o} {}", md.mode(), md.rdev())
+                };
+                files.insert(format!("{src}\0{rel}"), desc);
+                Ok(())
+            })?;
+        }
+    }
+    let mut h = Sha256::new();
+    for (k, v) in &files {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([b'\n']);
+    }
+    let shown = files.into_iter().map(|(k, v)| (k.replace('\0', ":"), v)).collect();
+    Ok((Digest::from_hasher(h), shown))
+}
+
+fn file_digest(p: &Path) -> io::Result<Digest> {
+    let mut f = fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(Digest::from_hasher(h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob() {
+        assert!(glob_match(b"*.go", b"main.go"));
+        assert!(!glob_match(b"*.go", b"main.rs"));
+        assert!(glob_match(b"a?c", b"abc"));
+        assert!(glob_match(b"[a-c]x", b"bx"));
+        assert!(!glob_match(b"[^a-c]x", b"bx"));
+        assert!(glob_match(b"*", b""));
+    }
+
+    #[test]
+    fn dockerignore_rules() {
+        let r = IgnoreRules::parse("# c\n*.log\n!keep.log\n/build\n**/tmp\nsecret/*\n");
+        assert!(r.is_excluded("a.log"));
+        assert!(!r.is_excluded("keep.log"));
+        assert!(r.is_excluded("build/x/y"));
+        assert!(r.is_excluded("x/y/tmp/z"));
+        assert!(r.is_excluded("tmp"));
+        assert!(r.is_excluded("secret/k"));
+        assert!(!r.is_excluded("secret"));
+        assert!(!r.is_excluded("src/a.log.txt"));
+    }
+
+    #[test]
+    fn digest_ignores_mtime_but_sees_content() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), "1").unwrap();
+        fs::write(d.path().join("b"), "2").unwrap();
+        let ig = IgnoreRules::default();
+        let (d1, _) = selection_digest(d.path(), &["a".into()], &ig).unwrap();
+        fs::write(d.path().join("b"), "3").unwrap();
+        let (d2, _) = selection_digest(d.path(), &["a".into()], &ig).unwrap();
+        assert_eq!(d1, d2, "changing an unselected file must not change the digest");
+        fs::write(d.path().join("a"), "1").unwrap();
+        let (d3, _) = selection_digest(d.path(), &["a".into()], &ig).unwrap();
+        assert_eq!(d1, d3, "rewriting the same bytes must not change the digest");
+        fs::write(d.path().join("a"), "x").unwrap();
+        let (d4, _) = selection_digest(d.path(), &["a".into()], &ig).unwrap();
+        assert_ne!(d1, d4);
+        assert!(selection_digest(d.path(), &["missing".into()], &ig).is_err());
+        let (g, files) = selection_digest(d.path(), &["*".into()], &ig).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_ne!(g, d4);
+    }
+}
