@@ -10,6 +10,7 @@
 //! The frontend does no I/O: base image configs come through [`ImageResolver`].
 pub mod error;
 pub mod graph;
+pub mod instructions;
 pub mod parser;
 pub mod shell;
 
