@@ -1,0 +1,214 @@
+//! Image config + manifest blobs in the store, layer snapshots, and rootfs import.
+
+use std::fs::File;
+use std::path::Path;
+
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor, HistoryBuilder, ImageConfiguration, ImageManifest,
+    ImageManifestBuilder, MediaType, Os, RootFs,
+};
+use rbuild_cache::{SnapshotId, Store};
+use rbuild_types::{Digest, ImageRef, Platform};
+
+use crate::{layer, unpack, Error, Result};
+
+/// An image read back from the store.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// The manifest (in the store: layers uncompressed, digest == diff_id).
+    pub manifest: ImageManifest,
+    /// The image configuration.
+    pub config: ImageConfiguration,
+    /// Digest of the manifest blob (the image id shown by `rbuild images`).
+    pub manifest_digest: Digest,
+    /// Digest of the config blob.
+    pub config_digest: Digest,
+    /// Total size in bytes: config plus layers (uncompressed).
+    pub size: u64,
+}
+
+pub(crate) fn oci_digest(d: &Digest) -> Result<oci_spec::image::Digest> {
+    d.to_string().parse().map_err(|e| Error::InvalidImage {
+        what: "digest",
+        digest: d.to_string(),
+        reason: format!("{e}"),
+    })
+}
+
+pub(crate) fn our_digest(d: &oci_spec::image::Digest, what: &'static str) -> Result<Digest> {
+    d.to_string().parse().map_err(|_| Error::InvalidImage {
+        what,
+        digest: d.to_string(),
+        reason: "only sha256 digests are supported".into(),
+    })
+}
+
+/// Ensures the layer with this diff_id has a snapshot (unpacking its blob if needed) and returns it.
+/// Concurrent callers (threads or processes) unpack a layer once (per-layer lock).
+pub fn ensure_snapshot(store: &Store, diff_id: &Digest) -> Result<SnapshotId> {
+    if let Some(id) = store.layer_snapshot(diff_id)? {
+        if store.has_snapshot(&id) {
+            return Ok(id);
+        }
+    }
+    let _lock = store.lock_layer(diff_id)?;
+    if let Some(id) = store.layer_snapshot(diff_id)? {
+        if store.has_snapshot(&id) {
+            return Ok(id);
+        }
+    }
+    if !store.has_blob(diff_id) {
+        return Err(Error::MissingLayer(diff_id.clone()));
+    }
+    let size = store.blob_size(diff_id)?;
+    let b = store.new_snapshot()?;
+    unpack::unpack_file(&store.blob_path(diff_id), &b.fs_dir())?;
+    let id = b.commit()?;
+    store.put_layer(diff_id, &id, size)?;
+    Ok(id)
+}
+
+/// Writes config + manifest blobs (OCI media types; layers referenced by their uncompressed
+/// digest with media type `application/vnd.oci.image.layer.v1.tar`) and returns the manifest
+/// digest. `config.rootfs.diff_ids` gives the layers, which must be blobs in the store.
+pub fn write_image(store: &Store, config: &ImageConfiguration) -> Result<Digest> {
+    let config_json = serde_json::to_vec(config).map_err(|e| Error::InvalidImage {
+        what: "config",
+        digest: "(new)".into(),
+        reason: e.to_string(),
+    })?;
+    let config_digest = store.put_blob(&config_json)?;
+    let mut layers = Vec::new();
+    for d in config.rootfs().diff_ids() {
+        let d: Digest = d.parse().map_err(|_| Error::InvalidImage {
+            what: "config",
+            digest: config_digest.to_string(),
+            reason: format!("rootfs.diff_ids has invalid digest {d:?}"),
+        })?;
+        let size = match store.blob_size(&d) {
+            Ok(s) => s,
+            Err(rbuild_cache::Error::BlobNotFound(_)) => return Err(Error::MissingLayer(d)),
+            Err(e) => return Err(e.into()),
+        };
+        layers.push(Descriptor::new(
+            MediaType::ImageLayer,
+            size,
+            oci_digest(&d)?,
+        ));
+    }
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(Descriptor::new(
+            MediaType::ImageConfig,
+            config_json.len() as u64,
+            oci_digest(&config_digest)?,
+        ))
+        .layers(layers)
+        .build()
+        .map_err(|e| Error::InvalidImage {
+            what: "manifest",
+            digest: "(new)".into(),
+            reason: e.to_string(),
+        })?;
+    let bytes = serde_json::to_vec(&manifest).map_err(|e| Error::InvalidImage {
+        what: "manifest",
+        digest: "(new)".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(store.put_blob(&bytes)?)
+}
+
+/// Reads an image (manifest and config) back from the store.
+pub fn load_image(store: &Store, manifest: &Digest) -> Result<Image> {
+    let bytes = store.read_blob(manifest)?;
+    let m: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| Error::InvalidImage {
+        what: "manifest",
+        digest: manifest.to_string(),
+        reason: e.to_string(),
+    })?;
+    let config_digest = our_digest(m.config().digest(), "config")?;
+    let cbytes = store.read_blob(&config_digest)?;
+    let config: ImageConfiguration =
+        serde_json::from_slice(&cbytes).map_err(|e| Error::InvalidImage {
+            what: "config",
+            digest: config_digest.to_string(),
+            reason: e.to_string(),
+        })?;
+    let size = cbytes.len() as u64 + m.layers().iter().map(|l| l.size()).sum::<u64>();
+    Ok(Image {
+        manifest: m,
+        config,
+        manifest_digest: manifest.clone(),
+        config_digest,
+        size,
+    })
+}
+
+/// RFC 3339 timestamp: `SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
+pub(crate) fn created_timestamp() -> String {
+    let secs = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok());
+    let t = match secs.and_then(|s| chrono::DateTime::from_timestamp(s, 0)) {
+        Some(t) => t,
+        None => chrono::Utc::now(),
+    };
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `rbuild import TAR NAME`: a rootfs tar (plain, gzip or zstd) becomes a one-layer image tagged
+/// `name`; returns the manifest digest. The tar is unpacked into a snapshot (refusing unsafe
+/// paths) and written back as a normalised layer, so the layer is sorted and reproducible.
+/// The config sets the platform, a default `PATH` and one history entry.
+pub fn import_rootfs(
+    store: &Store,
+    tar: &Path,
+    name: &ImageRef,
+    platform: &Platform,
+) -> Result<Digest> {
+    let f = File::open(tar).map_err(Error::io("open", tar))?;
+    let b = store.new_snapshot()?;
+    unpack::unpack_layer(f, &b.fs_dir())?;
+    let snap = b.commit()?;
+    let (diff_id, _) = layer::write_layer(store, &snap)?;
+    let created = created_timestamp();
+    let mut rootfs = RootFs::default();
+    rootfs.set_diff_ids(vec![diff_id.to_string()]);
+    let history = HistoryBuilder::default()
+        .created(created.clone())
+        .created_by(format!(
+            "rbuild import {}",
+            tar.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ))
+        .comment("imported from a rootfs tar")
+        .build()
+        .map_err(|e| Error::InvalidImage {
+            what: "config",
+            digest: "(new)".into(),
+            reason: e.to_string(),
+        })?;
+    let runtime = ConfigBuilder::default()
+        .env(vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ])
+        .build()
+        .map_err(|e| Error::InvalidImage {
+            what: "config",
+            digest: "(new)".into(),
+            reason: e.to_string(),
+        })?;
+    let mut config = ImageConfiguration::default();
+    config.set_created(Some(created));
+    config.set_architecture(Arch::from(platform.architecture.as_str()));
+    config.set_os(Os::from(platform.os.as_str()));
+    config.set_variant(platform.variant.clone());
+    config.set_rootfs(rootfs);
+    config.set_history(Some(vec![history]));
+    config.set_config(Some(runtime));
+    let manifest = write_image(store, &config)?;
+    store.set_tag(name, &manifest)?;
+    Ok(manifest)
+}

@@ -1,0 +1,220 @@
+//! Snapshot directory -> uncompressed layer tar blob (diff_id computed while writing).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use rbuild_cache::{SnapshotId, Store};
+use rbuild_types::Digest;
+use tar::{EntryType, Header};
+
+use crate::sys;
+use crate::{Error, Result};
+
+/// Prefix of whiteout entries in layer tars.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// Name of the opaque-directory marker entry in layer tars.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// The overlayfs xattr marking an opaque directory.
+pub(crate) const OVERLAY_OPAQUE: &[u8] = b"trusted.overlay.opaque";
+
+/// Writes the snapshot dir as an uncompressed layer tar blob into the store, hashing while
+/// writing (diff_id == blob digest). Overlay whiteouts (char device 0/0) become `.wh.<name>`
+/// entries, opaque dirs (xattr `trusted.overlay.opaque=y`) get a `.wh..wh..opq` entry; entries
+/// are sorted by name within each directory (depth first, stable); uid/gid/mode/mtime, hard
+/// links, symlinks, device nodes, fifos and xattrs (except `trusted.overlay.*`) are kept.
+/// Sockets are skipped. Also records `put_layer(diff_id, snapshot)`.
+pub fn write_layer(store: &Store, snapshot: &SnapshotId) -> Result<(Digest, u64)> {
+    let root = store.snapshot_dir(snapshot);
+    if !root.is_dir() {
+        return Err(Error::io("open snapshot", &root)(io::Error::from(
+            io::ErrorKind::NotFound,
+        )));
+    }
+    let mut w = store.blob_writer()?;
+    write_tar(&root, &mut w)?;
+    let (d, size) = w.commit(None)?;
+    store.put_layer(&d, snapshot, size)?;
+    Ok((d, size))
+}
+
+/// Writes `root` as a layer tar into `out`.
+pub(crate) fn write_tar(root: &Path, out: &mut dyn Write) -> Result<()> {
+    let mut b = tar::Builder::new(out);
+    let mut links = HashMap::new();
+    walk(&mut b, root, Path::new(""), &mut links)?;
+    b.finish().map_err(Error::io("write layer tar for", root))?;
+    Ok(())
+}
+
+type Links = HashMap<(u64, u64), PathBuf>;
+
+fn walk<W: Write>(
+    b: &mut tar::Builder<W>,
+    abs: &Path,
+    rel: &Path,
+    links: &mut Links,
+) -> Result<()> {
+    let mut names: Vec<_> = fs::read_dir(abs)
+        .map_err(Error::io("read dir", abs))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()
+        .map_err(Error::io("read dir", abs))?;
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    for name in names {
+        let path = abs.join(&name);
+        let relp = rel.join(&name);
+        let m = fs::symlink_metadata(&path).map_err(Error::io("stat", &path))?;
+        let ft = m.file_type();
+        let mut h = Header::new_gnu();
+        h.set_mode(m.mode() & 0o7777);
+        h.set_uid(m.uid() as u64);
+        h.set_gid(m.gid() as u64);
+        h.set_mtime(m.mtime().max(0) as u64);
+        h.set_size(0);
+        if ft.is_char_device() && m.rdev() == 0 {
+            // Overlay whiteout -> .wh.<name>
+            let mut wh = std::ffi::OsString::from(WHITEOUT_PREFIX);
+            wh.push(&name);
+            h.set_entry_type(EntryType::Regular);
+            h.set_mode(0);
+            b.append_data(&mut h, rel.join(wh), io::empty())
+                .map_err(Error::io("write tar entry for", &path))?;
+            continue;
+        }
+        append_xattrs(b, &path)?;
+        if ft.is_dir() {
+            h.set_entry_type(EntryType::Directory);
+            b.append_data(&mut h, &relp, io::empty())
+                .map_err(Error::io("write tar entry for", &path))?;
+            if sys::get_xattr(&path, OVERLAY_OPAQUE)
+                .map_err(Error::io("read xattr of", &path))?
+                .as_deref()
+                == Some(b"y")
+            {
+                let mut oh = Header::new_gnu();
+                oh.set_entry_type(EntryType::Regular);
+                oh.set_mode(0);
+                oh.set_size(0);
+                oh.set_mtime(m.mtime().max(0) as u64);
+                b.append_data(&mut oh, relp.join(OPAQUE_MARKER), io::empty())
+                    .map_err(Error::io("write tar entry for", &path))?;
+            }
+            walk(b, &path, &relp, links)?;
+        } else if ft.is_file() {
+            if m.nlink() > 1 {
+                if let Some(first) = links.get(&(m.dev(), m.ino())) {
+                    h.set_entry_type(EntryType::Link);
+                    b.append_link(&mut h, &relp, first)
+                        .map_err(Error::io("write tar entry for", &path))?;
+                    continue;
+                }
+                links.insert((m.dev(), m.ino()), relp.clone());
+            }
+            h.set_entry_type(EntryType::Regular);
+            h.set_size(m.len());
+            let f = File::open(&path).map_err(Error::io("open", &path))?;
+            // take() guards against a file growing while it is archived.
+            b.append_data(&mut h, &relp, io::Read::take(f, m.len()))
+                .map_err(Error::io("write tar entry for", &path))?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&path).map_err(Error::io("read link", &path))?;
+            h.set_entry_type(EntryType::Symlink);
+            b.append_link(&mut h, &relp, &target)
+                .map_err(Error::io("write tar entry for", &path))?;
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let (maj, min) = sys::dev_major_minor(m.rdev());
+            h.set_entry_type(if ft.is_char_device() {
+                EntryType::Char
+            } else {
+                EntryType::Block
+            });
+            h.set_device_major(maj)
+                .map_err(Error::io("write tar entry for", &path))?;
+            h.set_device_minor(min)
+                .map_err(Error::io("write tar entry for", &path))?;
+            b.append_data(&mut h, &relp, io::empty())
+                .map_err(Error::io("write tar entry for", &path))?;
+        } else if ft.is_fifo() {
+            h.set_entry_type(EntryType::Fifo);
+            b.append_data(&mut h, &relp, io::empty())
+                .map_err(Error::io("write tar entry for", &path))?;
+        }
+        // Sockets cannot be represented in a tar; they are skipped.
+    }
+    Ok(())
+}
+
+/// Writes a PAX extended header carrying the xattrs of `path` (if any) as `SCHILY.xattr.*`.
+fn append_xattrs<W: Write>(b: &mut tar::Builder<W>, path: &Path) -> Result<()> {
+    let names = sys::list_xattrs(path).map_err(Error::io("list xattrs of", path))?;
+    let mut records = Vec::new();
+    for n in names {
+        if n.starts_with(b"trusted.overlay.") {
+            continue;
+        }
+        if let Some(v) = sys::get_xattr(path, &n).map_err(Error::io("read xattr of", path))? {
+            let mut key = b"SCHILY.xattr.".to_vec();
+            key.extend_from_slice(&n);
+            records.push((key, v));
+        }
+    }
+    if records.is_empty() {
+        return Ok(());
+    }
+    let data = pax_data(&records);
+    let mut h = Header::new_ustar();
+    h.set_entry_type(EntryType::XHeader);
+    h.set_path("PaxHeader")
+        .map_err(Error::io("write tar entry for", path))?;
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    b.append(&h, &data[..])
+        .map_err(Error::io("write tar entry for", path))?;
+    Ok(())
+}
+
+/// Encodes PAX records: `<len> <key>=<value>\n`, where len counts the whole record.
+pub(crate) fn pax_data(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in records {
+        let rest = k.len() + v.len() + 3; // ' ', '=', '\n'
+        let mut len = rest + 1;
+        loop {
+            let l = rest + len.to_string().len();
+            if l == len {
+                break;
+            }
+            len = l;
+        }
+        out.extend_from_slice(len.to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(k);
+        out.push(b'=');
+        out.extend_from_slice(v);
+        out.push(b'\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_lengths_count_themselves() {
+        let d = pax_data(&[(b"k".to_vec(), b"v".to_vec())]);
+        assert_eq!(d, b"6 k=v\n");
+        let long = vec![b'x'; 95];
+        let d = pax_data(&[(b"k".to_vec(), long)]);
+        let (len, _) = std::str::from_utf8(&d[..4])
+            .unwrap()
+            .split_once(' ')
+            .unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), d.len());
+    }
+}
