@@ -1,0 +1,398 @@
+//! Layers, whiteouts, hostile tars, images and archive outputs (with skopeo/umoci when installed).
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use rbuild_cache::Store;
+use rbuild_exporter::*;
+use rbuild_types::{Digest, ImageRef, Platform};
+
+fn mknod(p: &Path, kind: libc::mode_t, major: u32, minor: u32) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let r = unsafe { libc::mknod(c.as_ptr(), kind | 0o644, libc::makedev(major, minor)) };
+    assert_eq!(r, 0, "mknod {}", p.display());
+}
+
+fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| buf[..r as usize].to_vec())
+}
+
+fn set_xattr(p: &Path, name: &str, v: &[u8]) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let r = unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    assert_eq!(r, 0, "setxattr {name} on {}", p.display());
+}
+
+/// A snapshot with a whiteout, an opaque dir, a hard link, a symlink, a fifo, a device, xattrs.
+fn sample_snapshot(store: &Store) -> rbuild_cache::SnapshotId {
+    let b = store.new_snapshot().unwrap();
+    let fs_dir = b.fs_dir();
+    fs::create_dir_all(fs_dir.join("etc")).unwrap();
+    fs::write(fs_dir.join("etc/hello"), b"hello world\n").unwrap();
+    fs::set_permissions(fs_dir.join("etc/hello"), fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::lchown(fs_dir.join("etc/hello"), Some(1000), Some(1001)).unwrap();
+    fs::hard_link(fs_dir.join("etc/hello"), fs_dir.join("etc/hello-link")).unwrap();
+    std::os::unix::fs::symlink("hello", fs_dir.join("etc/sym")).unwrap();
+    mknod(&fs_dir.join("gone"), libc::S_IFCHR, 0, 0); // whiteout
+    fs::create_dir(fs_dir.join("opaque")).unwrap();
+    set_xattr(&fs_dir.join("opaque"), "trusted.overlay.opaque", b"y");
+    fs::write(fs_dir.join("opaque/new"), b"n").unwrap();
+    mknod(&fs_dir.join("fifo"), libc::S_IFIFO, 0, 0);
+    mknod(&fs_dir.join("null"), libc::S_IFCHR, 1, 3);
+    set_xattr(&fs_dir.join("etc/hello"), "user.note", b"kept");
+    b.commit().unwrap()
+}
+
+#[test]
+fn whiteout_round_trip() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let snap = sample_snapshot(&store);
+    let (diff_id, size) = write_layer(&store, &snap).unwrap();
+    assert!(size > 0);
+    assert_eq!(Digest::of(&store.read_blob(&diff_id).unwrap()), diff_id);
+    assert_eq!(store.layer_snapshot(&diff_id).unwrap(), Some(snap.clone()));
+    // Deterministic: the same snapshot gives the same digest.
+    assert_eq!(write_layer(&store, &snap).unwrap().0, diff_id);
+
+    // The tar holds .wh. entries, not devices 0/0.
+    let mut names = vec![];
+    let data = store.read_blob(&diff_id).unwrap();
+    let mut ar = tar::Archive::new(&data[..]);
+    for e in ar.entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
+    }
+    assert!(names.contains(&".wh.gone".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"opaque/.wh..wh..opq".to_string()),
+        "{names:?}"
+    );
+    // Depth first, sorted by the snapshot's names (the whiteout sorts as "gone").
+    let top: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !n.contains('/'))
+        .collect();
+    assert_eq!(top, ["etc", "fifo", ".wh.gone", "null", "opaque"]);
+
+    let out = t.path().join("out");
+    unpack_layer(fs::File::open(store.blob_path(&diff_id)).unwrap(), &out).unwrap();
+    let m = fs::symlink_metadata(out.join("gone")).unwrap();
+    assert!(m.file_type().is_char_device() && m.rdev() == 0);
+    assert_eq!(
+        xattr(&out.join("opaque"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(fs::read(out.join("opaque/new")).unwrap(), b"n");
+    let h = fs::metadata(out.join("etc/hello")).unwrap();
+    assert_eq!((h.mode() & 0o7777, h.uid(), h.gid()), (0o640, 1000, 1001));
+    assert_eq!(
+        h.ino(),
+        fs::metadata(out.join("etc/hello-link")).unwrap().ino()
+    );
+    assert_eq!(
+        fs::read_link(out.join("etc/sym")).unwrap(),
+        Path::new("hello")
+    );
+    assert!(fs::symlink_metadata(out.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let null = fs::symlink_metadata(out.join("null")).unwrap();
+    assert!(null.file_type().is_char_device() && null.rdev() == libc::makedev(1, 3));
+    assert_eq!(
+        xattr(&out.join("etc/hello"), "user.note").as_deref(),
+        Some(&b"kept"[..])
+    );
+    let src = store.snapshot_dir(&snap);
+    assert_eq!(
+        fs::metadata(src.join("etc/hello")).unwrap().mtime(),
+        h.mtime(),
+        "mtime kept"
+    );
+
+    // Re-exporting the unpacked tree gives the identical layer.
+    let b = store.new_snapshot().unwrap();
+    unpack_layer(
+        fs::File::open(store.blob_path(&diff_id)).unwrap(),
+        &b.fs_dir(),
+    )
+    .unwrap();
+    let snap2 = b.commit().unwrap();
+    assert_eq!(write_layer(&store, &snap2).unwrap().0, diff_id);
+}
+
+fn tar_with(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        let data = b"x";
+        h.set_size(if *kind == tar::EntryType::Regular {
+            1
+        } else {
+            0
+        });
+        // Bypass the tar crate's own path checks: write the raw name.
+        let raw = &mut h.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        if !link.is_empty() {
+            h.set_link_name(link).unwrap();
+        }
+        h.set_cksum();
+        b.append(
+            &h,
+            &data[..if *kind == tar::EntryType::Regular {
+                1
+            } else {
+                0
+            }],
+        )
+        .unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn hostile_tars_are_refused() {
+    use tar::EntryType::*;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("dotdot", tar_with(&[("../x", Regular, "")])),
+        ("nested dotdot", tar_with(&[("a/../../x", Regular, "")])),
+        ("absolute", tar_with(&[("/etc/evil", Regular, "")])),
+        (
+            "symlink then file",
+            tar_with(&[("link", Symlink, "/tmp"), ("link/evil", Regular, "")]),
+        ),
+        ("hardlink out", tar_with(&[("h", Link, "../../etc/passwd")])),
+    ];
+    for (what, data) in cases {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("dest");
+        let err = unpack_layer(std::io::Cursor::new(data), &dest).unwrap_err();
+        assert!(matches!(err, Error::UnsafePath { .. }), "{what}: {err}");
+        assert!(err.to_string().contains("unsafe path"), "{what}: {err}");
+        assert!(
+            !t.path().join("x").exists() && !Path::new("/tmp/evil").exists(),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn compressed_layers_unpack() {
+    let t = tempfile::tempdir().unwrap();
+    let plain = tar_with(&[
+        ("dir/", tar::EntryType::Directory, ""),
+        ("dir/f", tar::EntryType::Regular, ""),
+    ]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &plain).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(&plain[..], 3).unwrap();
+    for (name, data) in [("plain", plain.clone()), ("gz", gz), ("zst", zst)] {
+        let dest = t.path().join(name);
+        unpack_layer(std::io::Cursor::new(data), &dest).unwrap();
+        assert_eq!(fs::read(dest.join("dir/f")).unwrap(), b"x", "{name}");
+    }
+}
+
+fn rootfs_tar(dir: &Path) -> std::path::PathBuf {
+    let root = dir.join("rootfs");
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(root.join("bin/tool"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(root.join("bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(root.join("etc/passwd"), b"root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::os::unix::fs::symlink("tool", root.join("bin/sh")).unwrap();
+    let tar = dir.join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tar
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn import_export_and_interop() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let tar = rootfs_tar(t.path());
+    let name: ImageRef = "busybox:local".parse().unwrap();
+    let m = import_rootfs(&store, &tar, &name, &Platform::host()).unwrap();
+    assert_eq!(store.get_tag(&name).unwrap(), Some(m.clone()));
+    let img = load_image(&store, &m).unwrap();
+    assert_eq!(img.manifest_digest, m);
+    assert_eq!(img.config.rootfs().diff_ids().len(), 1);
+    assert_eq!(
+        img.manifest.layers()[0].media_type().to_string(),
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    let diff: Digest = img.config.rootfs().diff_ids()[0].parse().unwrap();
+    let snap = ensure_snapshot(&store, &diff).unwrap();
+    assert!(store.snapshot_dir(&snap).join("bin/tool").is_file());
+
+    // Local dir output.
+    let local = t.path().join("local");
+    export_local_dir(&store, &m, &local).unwrap();
+    assert_eq!(
+        fs::read(local.join("etc/passwd")).unwrap(),
+        b"root:x:0:0:root:/root:/bin/sh\n"
+    );
+
+    for c in [Compression::Gzip, Compression::Zstd, Compression::None] {
+        let out = t.path().join(format!("img-{c}.tar"));
+        let exported = export_oci_archive(&store, &m, &[name.clone()], &out, c).unwrap();
+        assert!(out.is_file());
+        // Compressed once: a second export reuses the stored compressed blob (same digest).
+        assert_eq!(
+            export_oci_archive(&store, &m, &[name.clone()], &out, c).unwrap(),
+            exported
+        );
+        if c == Compression::None {
+            assert_eq!(exported, m);
+        }
+        if have("skopeo") {
+            let o = Command::new("skopeo")
+                .args(["inspect", &format!("oci-archive:{}", out.display())])
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "skopeo ({c}): {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["Digest"], exported.to_string());
+        } else {
+            eprintln!("skopeo not installed: skipping skopeo inspect");
+        }
+        if have("umoci") && c != Compression::Zstd {
+            let layout = t.path().join(format!("layout-{c}"));
+            fs::create_dir(&layout).unwrap();
+            assert!(Command::new("tar")
+                .arg("-C")
+                .arg(&layout)
+                .arg("-xf")
+                .arg(&out)
+                .status()
+                .unwrap()
+                .success());
+            let bundle = t.path().join(format!("bundle-{c}"));
+            let o = Command::new("umoci")
+                .args(["unpack", "--image", &format!("{}:local", layout.display())])
+                .arg(&bundle)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "umoci ({c}): {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(
+                fs::read(bundle.join("rootfs/bin/tool")).unwrap(),
+                b"#!/bin/sh\necho hi\n"
+            );
+            assert_eq!(
+                fs::read_link(bundle.join("rootfs/bin/sh")).unwrap(),
+                Path::new("tool")
+            );
+        }
+    }
+
+    // Docker archive out, then both archive kinds back into a fresh store.
+    let docker = t.path().join("docker.tar");
+    export_docker_archive(&store, &m, &[name.clone()], &docker).unwrap();
+    if have("skopeo") {
+        let o = Command::new("skopeo")
+            .args(["inspect", &format!("docker-archive:{}", docker.display())])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "skopeo docker-archive: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    for (kind, path) in [
+        ("docker", docker.clone()),
+        ("oci", t.path().join("img-gzip.tar")),
+    ] {
+        let store2 = Store::open(&t.path().join(format!("store-{kind}"))).unwrap();
+        let loaded = load_archive(&store2, &path).unwrap();
+        assert_eq!(loaded.len(), 1, "{kind}");
+        assert_eq!(loaded[0].0.as_ref(), Some(&name), "{kind}");
+        let img2 = load_image(&store2, &loaded[0].1).unwrap();
+        assert_eq!(img2.config_digest, img.config_digest, "{kind}");
+        assert_eq!(
+            loaded[0].1, m,
+            "{kind}: same manifest as the original store"
+        );
+    }
+}
+
+#[test]
+fn whiteouts_apply_in_local_output() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let base = store.new_snapshot().unwrap();
+    fs::create_dir_all(base.fs_dir().join("opaque")).unwrap();
+    fs::write(base.fs_dir().join("opaque/old"), b"old").unwrap();
+    fs::write(base.fs_dir().join("gone"), b"g").unwrap();
+    fs::write(base.fs_dir().join("stays"), b"s").unwrap();
+    let base = base.commit().unwrap();
+    let top = sample_snapshot(&store);
+    let (d1, _) = write_layer(&store, &base).unwrap();
+    let (d2, _) = write_layer(&store, &top).unwrap();
+    let mut rootfs = oci_spec::image::RootFs::default();
+    rootfs.set_diff_ids(vec![d1.to_string(), d2.to_string()]);
+    let mut config = oci_spec::image::ImageConfiguration::default();
+    config.set_rootfs(rootfs);
+    let m = write_image(&store, &config).unwrap();
+    let img = load_image(&store, &m).unwrap();
+    assert_eq!(img.manifest.layers().len(), 2);
+    assert_eq!(
+        img.manifest.layers()[1].digest().to_string(),
+        d2.to_string()
+    );
+    let out = t.path().join("local");
+    export_local_dir(&store, &m, &out).unwrap();
+    assert!(!out.join("gone").exists());
+    assert!(out.join("stays").exists());
+    assert!(!out.join("opaque/old").exists());
+    assert!(out.join("opaque/new").exists());
+    // Missing layers are reported by digest.
+    let mut bad = oci_spec::image::ImageConfiguration::default();
+    let mut rootfs = oci_spec::image::RootFs::default();
+    rootfs.set_diff_ids(vec![Digest::of(b"missing").to_string()]);
+    bad.set_rootfs(rootfs);
+    let err = write_image(&store, &bad).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&Digest::of(b"missing").to_string()),
+        "{err}"
+    );
+}
