@@ -559,7 +559,7 @@ impl Store {
             .into_iter()
             .filter(|u| u.reclaimable)
             .collect();
-        usage.sort_by(|a, b| a.record.last_used.cmp(&b.record.last_used));
+        usage.sort_by_key(|u| u.record.last_used);
         let mut remaining: u64 = usage.iter().map(|u| u.record.size).sum();
         let mut report = PruneReport::default();
         for u in usage {

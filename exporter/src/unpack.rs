@@ -14,7 +14,7 @@ use crate::sys;
 use crate::{Error, Result};
 
 /// A reader of a tar stream, gzip- or zstd-compressed or plain, chosen by the stream's magic bytes.
-pub fn decompressed(reader: impl Read + 'static) -> Result<Box<dyn Read>> {
+pub fn decompressed<'a>(reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
     let mut br = BufReader::with_capacity(1 << 16, reader);
     let magic = br.fill_buf().map_err(Error::io("read layer", "<stream>"))?;
     if magic.starts_with(&[0x1f, 0x8b]) {
@@ -33,17 +33,17 @@ pub fn decompressed(reader: impl Read + 'static) -> Result<Box<dyn Read>> {
 /// (`trusted.overlay.opaque=y`). Ownership, modes, mtimes and `SCHILY.xattr.*` are applied.
 /// Refuses path traversal: absolute names, `..` components, and writing through a symlink
 /// (an entry whose parent directory is a symlink), with an error naming the entry.
-pub fn unpack_layer(reader: impl Read + 'static, dest: &Path) -> Result<()> {
+pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<()> {
     unpack(reader, dest, false)
 }
 
 /// Applies a layer on top of `dest` (a merged filesystem, not an overlay layer): whiteouts
 /// remove what lower layers put there, opaque markers empty the directory of lower content.
-pub(crate) fn apply_layer(reader: impl Read + 'static, dest: &Path) -> Result<()> {
+pub(crate) fn apply_layer(reader: impl Read, dest: &Path) -> Result<()> {
     unpack(reader, dest, true)
 }
 
-fn unpack(reader: impl Read + 'static, dest: &Path, merge: bool) -> Result<()> {
+fn unpack(reader: impl Read, dest: &Path, merge: bool) -> Result<()> {
     let mut written: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     fs::create_dir_all(dest).map_err(Error::io("create", dest))?;
     let mut ar = tar::Archive::new(decompressed(reader)?);

@@ -265,11 +265,12 @@ fn import_export_and_interop() {
 
     for c in [Compression::Gzip, Compression::Zstd, Compression::None] {
         let out = t.path().join(format!("img-{c}.tar"));
-        let exported = export_oci_archive(&store, &m, &[name.clone()], &out, c).unwrap();
+        let exported =
+            export_oci_archive(&store, &m, std::slice::from_ref(&name), &out, c).unwrap();
         assert!(out.is_file());
         // Compressed once: a second export reuses the stored compressed blob (same digest).
         assert_eq!(
-            export_oci_archive(&store, &m, &[name.clone()], &out, c).unwrap(),
+            export_oci_archive(&store, &m, std::slice::from_ref(&name), &out, c).unwrap(),
             exported
         );
         if c == Compression::None {
@@ -325,7 +326,7 @@ fn import_export_and_interop() {
 
     // Docker archive out, then both archive kinds back into a fresh store.
     let docker = t.path().join("docker.tar");
-    export_docker_archive(&store, &m, &[name.clone()], &docker).unwrap();
+    export_docker_archive(&store, &m, std::slice::from_ref(&name), &docker).unwrap();
     if have("skopeo") {
         let o = Command::new("skopeo")
             .args(["inspect", &format!("docker-archive:{}", docker.display())])
