@@ -8,12 +8,14 @@
 //!    image config and history).
 //!
 //! The frontend does no I/O: base image configs come through [`ImageResolver`].
+pub mod convert;
 pub mod error;
 pub mod graph;
 pub mod instructions;
 pub mod parser;
 pub mod shell;
 
+pub use convert::convert;
 pub use error::Error;
 pub use graph::*;
 pub use parser::parse;

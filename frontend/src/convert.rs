@@ -1,0 +1,1070 @@
+//! Layer 3: typed stages -> [`BuildGraph`] (BuildKit's `dockerfile2llb`).
+//!
+//! Stages are dispatched on demand starting from the target, so only the stages it needs (through
+//! `FROM <stage>`, `COPY --from` and `RUN --mount=from=`) produce nodes. Config-only
+//! instructions fold into the stage's [`ImageConfig`] and history.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use rbuild_types::{ImageRef, Platform};
+
+use crate::error::Error;
+use crate::graph::*;
+use crate::instructions::{self, CmdLine, Command, Located};
+use crate::parser;
+use crate::shell::Lexer;
+
+const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+struct StageDef {
+    name: Option<String>,
+    base: String,
+    platform: Option<String>,
+    line: usize,
+    original: String,
+    commands: Vec<Located>,
+}
+
+struct Done {
+    node: NodeIndex,
+    config: ImageConfig,
+    history: Vec<HistoryEntry>,
+    platform: Platform,
+}
+
+struct Ctx<'a> {
+    opts: &'a BuildOptions,
+    resolver: &'a dyn ImageResolver,
+    escape: char,
+    stages: Vec<StageDef>,
+    globals: Vec<(String, String)>,
+    build_args: HashMap<String, String>,
+    consumed: HashSet<String>,
+    graph: DiGraph<Node, Input>,
+    images: HashMap<(String, String), NodeIndex>,
+    done: HashMap<usize, Done>,
+    visiting: Vec<usize>,
+    target_platform: Platform,
+    /// The error of a stage dispatched on behalf of another one (kept whole, with its own line).
+    nested: Option<Error>,
+}
+
+/// Converts a Dockerfile into the build graph for `opts.target` (or the last stage).
+pub fn convert(
+    dockerfile_text: &str,
+    opts: &BuildOptions,
+    resolver: &dyn ImageResolver,
+) -> Result<BuildGraph, Error> {
+    let file = if opts.dockerfile_name.is_empty() {
+        "Dockerfile"
+    } else {
+        opts.dockerfile_name.as_str()
+    };
+    convert_inner(dockerfile_text, opts, resolver).map_err(|e| e.with_file(file))
+}
+
+fn platform_args(target: &Platform, build: &Platform) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for (prefix, p) in [("TARGET", target), ("BUILD", build)] {
+        v.push((format!("{prefix}PLATFORM"), p.to_string()));
+        v.push((format!("{prefix}OS"), p.os.clone()));
+        v.push((format!("{prefix}ARCH"), p.architecture.clone()));
+        v.push((
+            format!("{prefix}VARIANT"),
+            p.variant.clone().unwrap_or_default(),
+        ));
+    }
+    v
+}
+
+fn lookup<'a>(vars: &'a [(String, String)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |k: &str| {
+        vars.iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+fn set_var(vars: &mut Vec<(String, String)>, k: &str, v: &str) {
+    match vars.iter_mut().find(|(n, _)| n == k) {
+        Some(e) => e.1 = v.to_string(),
+        None => vars.push((k.to_string(), v.to_string())),
+    }
+}
+
+fn convert_inner(
+    text: &str,
+    opts: &BuildOptions,
+    resolver: &dyn ImageResolver,
+) -> Result<BuildGraph, Error> {
+    let df = parser::parse(text)?;
+    let mut meta_args = Vec::new();
+    let mut stages: Vec<StageDef> = Vec::new();
+    for node in &df.instructions {
+        let loc = instructions::parse_instruction(node)?;
+        match loc.command {
+            Command::From(f) => {
+                if let Some(n) = &f.name {
+                    if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
+                        return Err(Error::instruction(
+                            loc.line,
+                            &loc.original,
+                            format!("duplicate stage name {n:?}: rename one of the stages"),
+                        ));
+                    }
+                }
+                stages.push(StageDef {
+                    name: f.name,
+                    base: f.base,
+                    platform: f.platform,
+                    line: loc.line,
+                    original: loc.original,
+                    commands: Vec::new(),
+                });
+            }
+            Command::Arg(_) if stages.is_empty() => meta_args.push(loc),
+            _ => match stages.last_mut() {
+                Some(s) => s.commands.push(loc),
+                None => {
+                    return Err(Error::instruction(
+                        loc.line,
+                        &loc.original,
+                        "no FROM before this instruction: a Dockerfile must start with FROM (only ARG may come before it)",
+                    ))
+                }
+            },
+        }
+    }
+    if stages.is_empty() {
+        return Err(Error::build(
+            "no FROM instruction: add `FROM <image>` to start a stage",
+        ));
+    }
+    let build_platform = Platform::host();
+    let target_platform = opts.platform.clone().unwrap_or_else(Platform::host);
+    let build_args: HashMap<String, String> = opts.build_args.iter().cloned().collect();
+    let mut globals = platform_args(&target_platform, &build_platform);
+    let mut consumed = HashSet::new();
+    let lex = Lexer::new(df.escape);
+    for loc in &meta_args {
+        let Command::Arg(pairs) = &loc.command else {
+            continue;
+        };
+        for (k, default) in pairs {
+            let value = if let Some(v) = build_args.get(k) {
+                consumed.insert(k.clone());
+                Some(v.clone())
+            } else if let Some(d) = default {
+                Some(
+                    lex.process_word(d, &lookup(&globals))
+                        .map_err(|m| Error::instruction(loc.line, &loc.original, m))?,
+                )
+            } else {
+                None
+            };
+            match value {
+                Some(v) => set_var(&mut globals, k, &v),
+                None => globals.retain(|(n, _)| n != k),
+            }
+        }
+    }
+    let target = match &opts.target {
+        Some(t) => {
+            let t = t.to_ascii_lowercase();
+            stages
+                .iter()
+                .position(|s| s.name.as_deref() == Some(t.as_str()))
+                .ok_or_else(|| {
+                    let names: Vec<&str> =
+                        stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                    let near = instructions::suggest(&t, &names)
+                        .map(|s| format!("did you mean {s:?}? "))
+                        .unwrap_or_default();
+                    Error::build(format!(
+                        "target stage {t:?} could not be found; {near}stages are: {}",
+                        names.join(", ")
+                    ))
+                })?
+        }
+        None => stages.len() - 1,
+    };
+    let mut ctx = Ctx {
+        opts,
+        resolver,
+        escape: df.escape,
+        stages,
+        globals,
+        build_args,
+        consumed,
+        graph: DiGraph::new(),
+        images: HashMap::new(),
+        done: HashMap::new(),
+        visiting: Vec::new(),
+        target_platform,
+        nested: None,
+    };
+    ctx.dispatch_stage(target)?;
+
+    let mut warnings = Vec::new();
+    let mut unused: Vec<&String> = ctx
+        .opts
+        .build_args
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| !ctx.consumed.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+        .collect();
+    unused.sort();
+    unused.dedup();
+    if !unused.is_empty() {
+        let list: Vec<&str> = unused.iter().map(|s| s.as_str()).collect();
+        warnings.push(format!(
+            "one or more build-args [{}] were not consumed: declare them with ARG or drop --build-arg",
+            list.join(" ")
+        ));
+    }
+    let mut kept: Vec<usize> = ctx.done.keys().copied().collect();
+    kept.sort();
+    for (i, s) in ctx.stages.iter().enumerate() {
+        if !ctx.done.contains_key(&i) {
+            warnings.push(format!(
+                "skipping stage {} (not needed for the target)",
+                stage_label(s.name.as_deref(), i)
+            ));
+        }
+    }
+    let mut out_stages = Vec::new();
+    let mut target_pos = 0;
+    for i in kept {
+        let Some(d) = ctx.done.remove(&i) else {
+            continue;
+        };
+        if i == target {
+            target_pos = out_stages.len();
+        }
+        out_stages.push(Stage {
+            name: ctx.stages[i].name.clone(),
+            node: d.node,
+            config: d.config,
+            history: d.history,
+            platform: d.platform,
+        });
+    }
+    Ok(BuildGraph {
+        graph: ctx.graph,
+        stages: out_stages,
+        target: target_pos,
+        warnings,
+    })
+}
+
+fn stage_label(name: Option<&str>, i: usize) -> String {
+    name.map_or_else(|| format!("stage-{i}"), str::to_string)
+}
+
+/// Go's `%q` of a string slice: `["a" "b"]`.
+fn go_quote_list(v: &[String]) -> String {
+    let q: Vec<String> = v.iter().map(|s| parser::go_quote(s)).collect();
+    format!("[{}]", q.join(" "))
+}
+
+fn clean_path(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+fn join_workdir(wd: &str, p: &str) -> String {
+    let keep_slash = p.ends_with('/') || p == "." || p.is_empty() || p.ends_with("/.");
+    let base = if p.starts_with('/') {
+        clean_path(p)
+    } else {
+        clean_path(&format!("{}/{p}", if wd.is_empty() { "/" } else { wd }))
+    };
+    if keep_slash && !base.ends_with('/') {
+        format!("{base}/")
+    } else {
+        base
+    }
+}
+
+fn add_env(env: &mut Vec<String>, k: &str, v: &str) {
+    let entry = format!("{k}={v}");
+    match env
+        .iter_mut()
+        .find(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n) == k)
+    {
+        Some(e) => *e = entry,
+        None => env.push(entry),
+    }
+}
+
+fn parse_ports(p: &str) -> Result<Vec<String>, String> {
+    let (port, proto) = match p.split_once('/') {
+        Some((a, b)) => (a, b.to_ascii_lowercase()),
+        None => (p, "tcp".to_string()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(format!(
+            "invalid proto {proto:?} in port {p:?}: use tcp, udp or sctp"
+        ));
+    }
+    let bad = || format!("invalid port {p:?}: use PORT[-PORT][/PROTO], e.g. 80/tcp");
+    let (lo, hi) = match port.split_once('-') {
+        Some((a, b)) => (
+            a.parse::<u16>().map_err(|_| bad())?,
+            b.parse::<u16>().map_err(|_| bad())?,
+        ),
+        None => {
+            let n = port.parse::<u16>().map_err(|_| bad())?;
+            (n, n)
+        }
+    };
+    if hi < lo {
+        return Err(bad());
+    }
+    Ok((lo..=hi).map(|n| format!("{n}/{proto}")).collect())
+}
+
+fn valid_signal(s: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "POLL", "PWR", "SYS", "RTMIN", "RTMAX",
+    ];
+    if let Ok(n) = s.parse::<u32>() {
+        return n > 0 && n < 65;
+    }
+    let u = s.to_ascii_uppercase();
+    let name = u.strip_prefix("SIG").unwrap_or(&u);
+    NAMES.contains(&name) || name.starts_with("RTMIN+") || name.starts_with("RTMAX-")
+}
+
+struct StageState {
+    index: usize,
+    label: String,
+    total: usize,
+    step: usize,
+    node: NodeIndex,
+    config: ImageConfig,
+    /// Environment the steps see: image env plus ARGs, later definitions winning.
+    env: Vec<(String, String)>,
+    /// ARGs declared in this stage, with their values.
+    args: Vec<(String, Option<String>)>,
+    history: Vec<HistoryEntry>,
+    platform: Platform,
+    cmd_set: bool,
+}
+
+impl StageState {
+    fn history(&mut self, created_by: String, layer: bool) {
+        let created_by = if layer {
+            format!("{created_by} # buildkit")
+        } else {
+            created_by
+        };
+        self.history.push(HistoryEntry {
+            created_by,
+            empty_layer: !layer,
+            comment: Some(HISTORY_COMMENT.into()),
+        });
+    }
+    fn display(&self, text: &str) -> String {
+        format!("[{} {}/{}] {}", self.label, self.step, self.total, text)
+    }
+    fn workdir(&self) -> String {
+        if self.config.working_dir.is_empty() {
+            "/".into()
+        } else {
+            self.config.working_dir.clone()
+        }
+    }
+}
+
+fn uppercase_cmd(original: &str) -> String {
+    let t = original.trim();
+    match t.split_once(char::is_whitespace) {
+        Some((c, rest)) => format!("{} {}", c.to_ascii_uppercase(), rest.trim_start()),
+        None => t.to_ascii_uppercase(),
+    }
+}
+
+impl Ctx<'_> {
+    fn lexer(&self) -> Lexer {
+        Lexer::new(self.escape)
+    }
+
+    fn image_node(
+        &mut self,
+        reference: ImageRef,
+        platform: Platform,
+        display: String,
+        stage: usize,
+        line: usize,
+    ) -> NodeIndex {
+        let key = (reference.to_string(), platform.to_string());
+        if let Some(n) = self.images.get(&key) {
+            return *n;
+        }
+        let n = self.graph.add_node(Node {
+            op: Op::Image {
+                reference,
+                platform,
+            },
+            stage,
+            display,
+            line,
+        });
+        self.images.insert(key, n);
+        n
+    }
+
+    /// Finds a stage by name (or by index when `allow_index`), dispatching it if needed.
+    fn stage_ref(
+        &mut self,
+        name: &str,
+        current: usize,
+        allow_index: bool,
+    ) -> Result<Option<usize>, String> {
+        let lower = name.to_ascii_lowercase();
+        let found = self
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(lower.as_str()));
+        let found = match found {
+            Some(i) => Some(i),
+            None if allow_index => match name.parse::<usize>() {
+                Ok(i) if i < current => Some(i),
+                Ok(i) if i < self.stages.len() => {
+                    return Err(format!(
+                        "stage index {i} refers to this or a later stage; only earlier stages can be copied from"
+                    ))
+                }
+                Ok(i) => {
+                    return Err(format!(
+                        "stage index {i} is out of range: the Dockerfile has {} stages",
+                        self.stages.len()
+                    ))
+                }
+                Err(_) => None,
+            },
+            None => None,
+        };
+        if let Some(i) = found {
+            if self.visiting.contains(&i) {
+                return Err(format!(
+                    "circular dependency detected on stage {}: a stage cannot use itself or a stage that depends on it",
+                    stage_label(self.stages[i].name.as_deref(), i)
+                ));
+            }
+            if let Err(e) = self.dispatch_stage(i) {
+                let m = e.to_string();
+                self.nested = Some(e);
+                return Err(m);
+            }
+        }
+        Ok(found)
+    }
+
+    fn dispatch_stage(&mut self, i: usize) -> Result<(), Error> {
+        if self.done.contains_key(&i) {
+            return Ok(());
+        }
+        self.visiting.push(i);
+        let r = self.dispatch_stage_inner(i);
+        self.visiting.pop();
+        let d = r?;
+        self.done.insert(i, d);
+        Ok(())
+    }
+
+    fn dispatch_stage_inner(&mut self, i: usize) -> Result<Done, Error> {
+        let (line, original) = (self.stages[i].line, self.stages[i].original.clone());
+        let ferr = |m: String| Error::instruction(line, &original, m);
+        let lex = self.lexer();
+        let base = lex
+            .process_word(&self.stages[i].base, &lookup(&self.globals))
+            .map_err(ferr)?;
+        if base.is_empty() {
+            return Err(ferr(
+                "base name must not be blank: set the ARG it uses or write an image name".into(),
+            ));
+        }
+        let platform = match &self.stages[i].platform {
+            Some(p) => {
+                let p = lex.process_word(p, &lookup(&self.globals)).map_err(ferr)?;
+                p.parse::<Platform>()
+                    .map_err(|e| ferr(format!("{e} in --platform")))?
+            }
+            None => self.target_platform.clone(),
+        };
+        let label = stage_label(self.stages[i].name.as_deref(), i);
+        let total = 1 + self.stages[i].commands.len();
+        let mut st;
+        let mut prepend: Vec<Located> = Vec::new();
+        let parent = match self.stage_ref(&base, usize::MAX, false) {
+            Ok(p) => p,
+            Err(m) => return Err(self.nested.take().unwrap_or_else(|| ferr(m))),
+        };
+        if let Some(parent) = parent {
+            let p = &self.done[&parent];
+            st = StageState {
+                index: i,
+                label,
+                total,
+                step: 1,
+                node: p.node,
+                config: p.config.clone(),
+                env: Vec::new(),
+                args: Vec::new(),
+                history: p.history.clone(),
+                platform: p.platform.clone(),
+                cmd_set: false,
+            };
+        } else {
+            let (node, config) = if base == "scratch" {
+                let n = self.graph.add_node(Node {
+                    op: Op::Scratch,
+                    stage: i,
+                    display: format!("[{label} 1/{total}] FROM scratch"),
+                    line,
+                });
+                (n, ImageConfig::default())
+            } else {
+                let reference: ImageRef = base.parse().map_err(|e| {
+                    ferr(format!(
+                        "{e}; write a valid image reference like busybox:latest"
+                    ))
+                })?;
+                let config = self
+                    .resolver
+                    .resolve_config(&reference, &platform)
+                    .map_err(|m| ferr(format!("cannot load base image {base}: {m}")))?;
+                let display = format!("[{label} 1/{total}] FROM {base}");
+                let n = self.image_node(reference, platform.clone(), display, i, line);
+                (n, config)
+            };
+            // ONBUILD triggers of the base run right after FROM.
+            for trig in &config.on_build {
+                let df = parser::parse(trig).map_err(|e| {
+                    ferr(format!(
+                        "invalid ONBUILD trigger {trig:?} in base image: {e}"
+                    ))
+                })?;
+                for n in &df.instructions {
+                    let mut loc = instructions::parse_instruction(n).map_err(|e| {
+                        ferr(format!(
+                            "invalid ONBUILD trigger {trig:?} in base image: {e}"
+                        ))
+                    })?;
+                    if matches!(loc.command, Command::From(_) | Command::Onbuild(_)) {
+                        return Err(ferr(format!(
+                            "ONBUILD trigger {trig:?} of the base image is not allowed"
+                        )));
+                    }
+                    loc.line = line;
+                    prepend.push(loc);
+                }
+            }
+            let mut config = config;
+            config.on_build.clear();
+            st = StageState {
+                index: i,
+                label,
+                total: total + prepend.len(),
+                step: 1,
+                node,
+                config,
+                env: Vec::new(),
+                args: Vec::new(),
+                history: Vec::new(),
+                platform: platform.clone(),
+                cmd_set: false,
+            };
+        }
+        for e in &st.config.env {
+            let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
+            set_var(&mut st.env, k, v);
+        }
+        let mut commands = prepend;
+        commands.extend(self.stages[i].commands.clone());
+        for loc in &commands {
+            st.step += 1;
+            if let Err(m) = self.dispatch(&mut st, loc) {
+                return Err(self
+                    .nested
+                    .take()
+                    .unwrap_or_else(|| Error::instruction(loc.line, &loc.original, m)));
+            }
+        }
+        Ok(Done {
+            node: st.node,
+            config: st.config,
+            history: st.history,
+            platform: st.platform,
+        })
+    }
+
+    fn expand(&self, st: &StageState, w: &str) -> Result<String, String> {
+        self.lexer().process_word(w, &lookup(&st.env))
+    }
+
+    fn expand_words(&self, st: &StageState, w: &str) -> Result<Vec<String>, String> {
+        self.lexer().process_words(w, &lookup(&st.env))
+    }
+
+    fn with_shell(st: &StageState, cmd: &CmdLine) -> Vec<String> {
+        if !cmd.prepend_shell {
+            return cmd.args.clone();
+        }
+        let mut shell = st
+            .config
+            .shell
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+        shell.push(cmd.args.join(" "));
+        shell
+    }
+
+    fn dispatch(&mut self, st: &mut StageState, loc: &Located) -> Result<(), String> {
+        match &loc.command {
+            Command::From(_) => return Err("FROM inside a stage".into()),
+            Command::Arg(pairs) => {
+                let mut parts = Vec::new();
+                for (k, default) in pairs {
+                    let value = if let Some(v) = self.build_args.get(k) {
+                        Some(v.clone())
+                    } else if let Some(d) = default {
+                        Some(self.expand(st, d)?)
+                    } else {
+                        lookup(&self.globals)(k)
+                    };
+                    self.consumed.insert(k.clone());
+                    if let Some(v) = &value {
+                        set_var(&mut st.env, k, v);
+                        parts.push(format!("{k}={v}"));
+                    } else {
+                        parts.push(k.clone());
+                    }
+                    st.args.retain(|(n, _)| n != k);
+                    st.args.push((k.clone(), value));
+                }
+                st.history(format!("ARG {}", parts.join(" ")), false);
+            }
+            Command::Env(pairs) => {
+                let mut expanded = Vec::new();
+                for (k, v) in pairs {
+                    expanded.push((self.expand(st, k)?, self.expand(st, v)?));
+                }
+                let mut msg = String::from("ENV");
+                for (k, v) in &expanded {
+                    set_var(&mut st.env, k, v);
+                    add_env(&mut st.config.env, k, v);
+                    msg.push_str(&format!(" {k}={v}"));
+                }
+                st.history(msg, false);
+            }
+            Command::Label(pairs) => {
+                let mut msg = String::from("LABEL");
+                let mut expanded = Vec::new();
+                for (k, v) in pairs {
+                    expanded.push((self.expand(st, k)?, self.expand(st, v)?));
+                }
+                for (k, v) in expanded {
+                    msg.push_str(&format!(" {k}={v}"));
+                    st.config.labels.insert(k, v);
+                }
+                st.history(msg, false);
+            }
+            Command::Maintainer(m) => {
+                let m = self.expand(st, m)?;
+                st.history(format!("MAINTAINER {m}"), false);
+            }
+            Command::Workdir(p) => {
+                let p = self.expand(st, p)?;
+                let wd = join_workdir(&st.workdir(), &p);
+                let wd = if wd.len() > 1 {
+                    wd.trim_end_matches('/').to_string()
+                } else {
+                    wd
+                };
+                st.config.working_dir = wd.clone();
+                st.history(format!("WORKDIR {wd}"), false);
+            }
+            Command::User(u) => {
+                let u = self.expand(st, u)?;
+                st.config.user = u.clone();
+                st.history(format!("USER {u}"), false);
+            }
+            Command::Expose(ports) => {
+                let mut all = Vec::new();
+                for p in ports {
+                    for w in self.expand_words(st, p)? {
+                        all.extend(parse_ports(&w)?);
+                    }
+                }
+                let mut set: BTreeSet<String> = st.config.exposed_ports.drain(..).collect();
+                set.extend(all.iter().cloned());
+                st.config.exposed_ports = set.into_iter().collect();
+                st.history(format!("EXPOSE [{}]", all.join(" ")), false);
+            }
+            Command::Volume(vols) => {
+                let mut vs = Vec::new();
+                for v in vols {
+                    let e = self.expand(st, v)?;
+                    if e.is_empty() {
+                        return Err("VOLUME specified can not be an empty string".into());
+                    }
+                    vs.push(e);
+                }
+                let mut set: BTreeSet<String> = st.config.volumes.drain(..).collect();
+                set.extend(vs.iter().cloned());
+                st.config.volumes = set.into_iter().collect();
+                st.history(format!("VOLUME [{}]", vs.join(" ")), false);
+            }
+            Command::StopSignal(s) => {
+                let s = self.expand(st, s)?;
+                if !valid_signal(&s) {
+                    return Err(format!(
+                        "invalid signal {s:?}: use a name like SIGTERM or a number"
+                    ));
+                }
+                st.config.stop_signal = Some(s.clone());
+                st.history(format!("STOPSIGNAL {s}"), false);
+            }
+            Command::Shell(sh) => {
+                st.config.shell = Some(sh.clone());
+                st.history(format!("SHELL [{}]", sh.join(" ")), false);
+            }
+            Command::Cmd(c) => {
+                let args = Self::with_shell(st, c);
+                st.history(format!("CMD {}", go_quote_list(&args)), false);
+                st.config.cmd = Some(args);
+                st.cmd_set = true;
+            }
+            Command::Entrypoint(c) => {
+                let args = Self::with_shell(st, c);
+                st.history(format!("ENTRYPOINT {}", go_quote_list(&args)), false);
+                st.config.entrypoint = Some(args);
+                if !st.cmd_set {
+                    st.config.cmd = None;
+                }
+            }
+            Command::Onbuild(expr) => st.config.on_build.push(expr.clone()),
+            Command::Healthcheck(h) => {
+                let mut obj = serde_json::Map::new();
+                obj.insert("Test".into(), serde_json::json!(h.test));
+                for (k, v) in [
+                    ("Interval", h.interval),
+                    ("Timeout", h.timeout),
+                    ("StartPeriod", h.start_period),
+                    ("StartInterval", h.start_interval),
+                    ("Retries", h.retries),
+                ] {
+                    if v != 0 {
+                        obj.insert(k.into(), serde_json::json!(v));
+                    }
+                }
+                st.config.healthcheck = Some(serde_json::Value::Object(obj));
+                use instructions::format_duration as d;
+                st.history(
+                    format!(
+                        "HEALTHCHECK {{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+                        h.test.join(" "),
+                        d(h.interval),
+                        d(h.timeout),
+                        d(h.start_period),
+                        d(h.start_interval),
+                        h.retries
+                    ),
+                    false,
+                );
+            }
+            Command::Run(r) => self.dispatch_run(st, loc, r)?,
+            Command::Copy(c) => self.dispatch_copy(st, loc, c)?,
+        }
+        Ok(())
+    }
+
+    fn source_node(
+        &mut self,
+        st: &StageState,
+        from: &str,
+        line: usize,
+    ) -> Result<NodeIndex, String> {
+        if let Some(s) = self.stage_ref(from, st.index, true)? {
+            return Ok(self.done[&s].node);
+        }
+        let names: Vec<&str> = self
+            .stages
+            .iter()
+            .filter_map(|s| s.name.as_deref())
+            .collect();
+        let near = instructions::suggest(from, &names)
+            .map(|s| format!(" (did you mean stage {s:?}?)"))
+            .unwrap_or_default();
+        let reference: ImageRef = from
+            .parse()
+            .map_err(|e| format!("no stage or image named {from:?}{near}: {e}"))?;
+        if let Err(m) = self.resolver.resolve_config(&reference, &st.platform) {
+            return Err(format!("no stage or image named {from:?}{near}: {m}"));
+        }
+        let display = format!("FROM {from}");
+        Ok(self.image_node(reference, st.platform.clone(), display, st.index, line))
+    }
+
+    fn dispatch_run(
+        &mut self,
+        st: &mut StageState,
+        loc: &Located,
+        r: &instructions::Run,
+    ) -> Result<(), String> {
+        let mut cmd = r.cmd.clone();
+        if !cmd.files.is_empty() {
+            if cmd.args.len() != 1 || !cmd.prepend_shell {
+                return Err("heredocs are only supported with the shell form of RUN".into());
+            }
+            let only = parser::parse_heredoc(&cmd.args[0])?;
+            if only.is_some() {
+                cmd.args = vec![cmd.files[0].chomped_content()];
+            } else {
+                let mut b = cmd.args[0].clone();
+                for f in &cmd.files {
+                    b.push('\n');
+                    b.push_str(&f.content);
+                    b.push_str(&f.name);
+                }
+                cmd.args = vec![b];
+            }
+        }
+        let args = Self::with_shell(st, &cmd);
+        let mut env: Vec<String> = st.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for p in PROXY_ARGS {
+            if let Some(v) = self.build_args.get(*p) {
+                if !st.env.iter().any(|(k, _)| k == p) {
+                    env.push(format!("{p}={v}"));
+                }
+                self.consumed.insert(p.to_string());
+            }
+        }
+        let cwd = st.workdir();
+        let mut mounts = Vec::new();
+        let mut sources = Vec::new();
+        for m in &r.mounts {
+            let target = if m.target.is_empty() {
+                match m.kind.as_str() {
+                    "secret" => {
+                        let id = m
+                            .options
+                            .iter()
+                            .find(|(k, _)| k == "id")
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default();
+                        if id.is_empty() {
+                            return Err("secret mount needs id= or target=".into());
+                        }
+                        format!("/run/secrets/{id}")
+                    }
+                    _ => "/run/buildkit/ssh_agent.0".into(),
+                }
+            } else {
+                join_workdir(&cwd, &self.expand(st, &m.target)?)
+                    .trim_end_matches('/')
+                    .to_string()
+            };
+            let mut options = Vec::new();
+            for (k, v) in &m.options {
+                options.push((k.clone(), self.expand(st, v)?));
+            }
+            if let Some(f) = &m.from {
+                let f = self.expand(st, f)?;
+                sources.push(self.source_node(st, &f, loc.line)?);
+                options.push(("from".into(), f));
+                options.sort();
+            }
+            mounts.push(Mount {
+                kind: m.kind.clone(),
+                target: if target.is_empty() {
+                    "/".into()
+                } else {
+                    target
+                },
+                options,
+            });
+        }
+        let node = self.graph.add_node(Node {
+            op: Op::Exec(ExecOp {
+                args: args.clone(),
+                env,
+                cwd,
+                user: st.config.user.clone(),
+                network: r.network,
+                insecure: r.insecure,
+                mounts,
+            }),
+            stage: st.index,
+            display: st.display(&uppercase_cmd(&loc.original)),
+            line: loc.line,
+        });
+        self.graph.add_edge(st.node, node, Input::Rootfs);
+        for s in sources {
+            self.graph.add_edge(s, node, Input::CopySource);
+        }
+        st.node = node;
+        let mut build_env = Vec::new();
+        for (k, v) in &st.args {
+            let v = lookup(&st.env)(k).or_else(|| v.clone()).unwrap_or_default();
+            build_env.push(format!("{k}={v}"));
+        }
+        let mut msg = String::from("RUN ");
+        if !build_env.is_empty() {
+            msg.push_str(&format!("|{} {} ", build_env.len(), build_env.join(" ")));
+        }
+        msg.push_str(&args.join(" "));
+        st.history(msg, true);
+        Ok(())
+    }
+
+    fn dispatch_copy(
+        &mut self,
+        st: &mut StageState,
+        loc: &Located,
+        c: &instructions::Copy,
+    ) -> Result<(), String> {
+        let name = if c.add { "ADD" } else { "COPY" };
+        let mut srcs = Vec::new();
+        for s in &c.srcs {
+            srcs.push(self.expand(st, s)?);
+        }
+        let dest_raw = self.expand(st, &c.dest)?;
+        let dest = join_workdir(&st.workdir(), &dest_raw);
+        let opt = |v: &Option<String>| -> Result<Option<String>, String> {
+            v.as_ref().map(|s| self.expand(st, s)).transpose()
+        };
+        let chown = opt(&c.chown)?.filter(|s| !s.is_empty());
+        let chmod = opt(&c.chmod)?.filter(|s| !s.is_empty());
+        if let Some(m) = &chmod {
+            let octal = u32::from_str_radix(m, 8).is_ok_and(|n| n <= 0o7777);
+            let symbolic = !m.is_empty()
+                && m.split(',').all(|p| {
+                    let p = p.trim_start_matches(['u', 'g', 'o', 'a']);
+                    p.starts_with(['+', '-', '=']) && p[1..].chars().all(|c| "rwxXst".contains(c))
+                });
+            if !octal && !symbolic {
+                return Err(format!(
+                    "invalid --chmod={m}: use octal (0755) or symbolic (u+x,go-w) mode"
+                ));
+            }
+        }
+        let checksum = opt(&c.checksum)?.filter(|s| !s.is_empty());
+        let mut excludes = Vec::new();
+        for e in &c.excludes {
+            excludes.push(self.expand(st, e)?);
+        }
+        let source = match &c.from {
+            Some(f) => {
+                let f = self.expand(st, f)?;
+                if f.is_empty() {
+                    return Err("--from must not be empty".into());
+                }
+                Some(self.source_node(st, &f, loc.line)?)
+            }
+            None => None,
+        };
+        let mut ops: Vec<(CopyFrom, Vec<String>, String)> = Vec::new();
+        if !srcs.is_empty() || c.contents.is_empty() {
+            let from = if source.is_some() {
+                CopyFrom::Input
+            } else {
+                CopyFrom::Context
+            };
+            let mut msg = String::from(name);
+            if c.parents {
+                msg.push_str(" --parents");
+            }
+            if let Some(x) = &chown {
+                msg.push_str(&format!(" --chown={x}"));
+            }
+            if let Some(x) = &chmod {
+                msg.push_str(&format!(" --chmod={x}"));
+            }
+            for s in &srcs {
+                msg.push_str(&format!(" {s}"));
+            }
+            msg.push_str(&format!(" {dest}"));
+            ops.push((from, srcs.clone(), msg));
+        }
+        for h in &c.contents {
+            let content = if h.expand {
+                let mut lex = self.lexer();
+                lex.skip_process_quotes = true;
+                lex.process_word(&h.content, &lookup(&st.env))?
+            } else {
+                h.content.clone()
+            };
+            let msg = format!("{name} <<{} {dest}", h.name);
+            ops.push((
+                CopyFrom::Inline {
+                    name: h.name.clone(),
+                    content,
+                },
+                Vec::new(),
+                msg,
+            ));
+        }
+        for (from, srcs, msg) in ops {
+            let input = matches!(from, CopyFrom::Input);
+            let node = self.graph.add_node(Node {
+                op: Op::Copy(CopyOp {
+                    add: c.add,
+                    from,
+                    srcs,
+                    dest: dest.clone(),
+                    chown: chown.clone(),
+                    chmod: chmod.clone(),
+                    link: c.link,
+                    parents: c.parents,
+                    excludes: excludes.clone(),
+                    keep_git_dir: c.keep_git_dir,
+                    checksum: checksum.clone(),
+                }),
+                stage: st.index,
+                display: st.display(&uppercase_cmd(&loc.original)),
+                line: loc.line,
+            });
+            self.graph.add_edge(st.node, node, Input::Rootfs);
+            if let (true, Some(s)) = (input, source) {
+                self.graph.add_edge(s, node, Input::CopySource);
+            }
+            st.node = node;
+            st.history(msg, true);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "convert_tests.rs"]
+mod tests;

@@ -1,0 +1,391 @@
+//! Tests of [`super::convert`] with a fake image resolver.
+
+use super::*;
+use std::cell::RefCell;
+
+#[derive(Default)]
+struct Fake {
+    configs: HashMap<String, ImageConfig>,
+    calls: RefCell<Vec<String>>,
+}
+
+impl ImageResolver for Fake {
+    fn resolve_config(&self, image: &ImageRef, _p: &Platform) -> Result<ImageConfig, String> {
+        self.calls.borrow_mut().push(image.to_string());
+        self.configs
+            .get(&image.to_string())
+            .cloned()
+            .ok_or_else(|| format!("image {image} not found"))
+    }
+}
+
+fn fake() -> Fake {
+    let mut f = Fake::default();
+    f.configs.insert(
+        "busybox:local".into(),
+        ImageConfig {
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            cmd: Some(vec!["sh".into()]),
+            ..Default::default()
+        },
+    );
+    f.configs
+        .insert("alpine:latest".into(), ImageConfig::default());
+    f
+}
+
+fn opts() -> BuildOptions {
+    BuildOptions {
+        dockerfile_name: "Dockerfile".into(),
+        platform: Some("linux/amd64".parse().unwrap()),
+        ..Default::default()
+    }
+}
+
+fn conv(src: &str, o: &BuildOptions) -> Result<BuildGraph, Error> {
+    convert(src, o, &fake())
+}
+
+fn exec(g: &BuildGraph, n: NodeIndex) -> &ExecOp {
+    match &g.graph[n].op {
+        Op::Exec(e) => e,
+        o => panic!("not exec: {o:?}"),
+    }
+}
+
+fn parents(g: &BuildGraph, n: NodeIndex, kind: Input) -> Vec<NodeIndex> {
+    use petgraph::visit::EdgeRef;
+    g.graph
+        .edges_directed(n, petgraph::Direction::Incoming)
+        .filter(|e| *e.weight() == kind)
+        .map(|e| e.source())
+        .collect()
+}
+
+const WEB: &str = "\
+FROM busybox:local AS build
+RUN mkdir /out && echo hi > /out/hello
+RUN echo more >> /out/hello
+
+FROM busybox:local
+WORKDIR /app
+ENV GREETING=hello NAME=world
+COPY index.html ./
+COPY --from=build /out/hello /app/hello
+CMD [\"cat\", \"/app/hello\"]
+";
+
+#[test]
+fn multi_stage_graph() {
+    let f = fake();
+    let g = convert(WEB, &opts(), &f).unwrap();
+    assert_eq!(g.stages.len(), 2);
+    assert_eq!(g.target, 1);
+    // one shared image node, two RUNs, two COPYs
+    assert_eq!(g.graph.node_count(), 5);
+    assert_eq!(f.calls.borrow().len(), 2);
+    let build = &g.stages[0];
+    assert_eq!(build.name.as_deref(), Some("build"));
+    let run2 = build.node;
+    assert_eq!(
+        g.graph[run2].display,
+        "[build 3/3] RUN echo more >> /out/hello"
+    );
+    let e = exec(&g, run2);
+    assert_eq!(e.args, vec!["/bin/sh", "-c", "echo more >> /out/hello"]);
+    assert_eq!(e.cwd, "/");
+    assert_eq!(e.env, vec!["PATH=/usr/bin:/bin"]);
+    let run1 = parents(&g, run2, Input::Rootfs)[0];
+    let img = parents(&g, run1, Input::Rootfs)[0];
+    assert!(matches!(g.graph[img].op, Op::Image { .. }));
+    // the shared image node is named by the stage that used it first (the target)
+    assert_eq!(g.graph[img].display, "[stage-1 1/6] FROM busybox:local");
+
+    let fin = &g.stages[1];
+    let copy2 = fin.node;
+    let Op::Copy(c) = &g.graph[copy2].op else {
+        panic!()
+    };
+    assert_eq!(c.from, CopyFrom::Input);
+    assert_eq!(c.srcs, vec!["/out/hello"]);
+    assert_eq!(c.dest, "/app/hello");
+    assert_eq!(parents(&g, copy2, Input::CopySource), vec![run2]);
+    let copy1 = parents(&g, copy2, Input::Rootfs)[0];
+    let Op::Copy(c1) = &g.graph[copy1].op else {
+        panic!()
+    };
+    assert_eq!(c1.from, CopyFrom::Context);
+    assert_eq!(c1.dest, "/app/");
+    assert_eq!(parents(&g, copy1, Input::Rootfs), vec![img]);
+    assert_eq!(
+        g.graph[copy2].display,
+        "[stage-1 5/6] COPY --from=build /out/hello /app/hello"
+    );
+
+    assert_eq!(fin.config.working_dir, "/app");
+    assert_eq!(
+        fin.config.env,
+        vec!["PATH=/usr/bin:/bin", "GREETING=hello", "NAME=world"]
+    );
+    assert_eq!(
+        fin.config.cmd,
+        Some(vec!["cat".into(), "/app/hello".into()])
+    );
+    let h: Vec<(&str, bool)> = fin
+        .history
+        .iter()
+        .map(|h| (h.created_by.as_str(), h.empty_layer))
+        .collect();
+    assert_eq!(
+        h,
+        vec![
+            ("WORKDIR /app", true),
+            ("ENV GREETING=hello NAME=world", true),
+            ("COPY index.html /app/ # buildkit", false),
+            ("COPY /out/hello /app/hello # buildkit", false),
+            ("CMD [\"cat\" \"/app/hello\"]", true),
+        ]
+    );
+    assert_eq!(
+        build.history[0].created_by,
+        "RUN /bin/sh -c mkdir /out && echo hi > /out/hello # buildkit"
+    );
+    assert_eq!(build.history[0].comment.as_deref(), Some(HISTORY_COMMENT));
+}
+
+#[test]
+fn target_prunes_stages() {
+    let mut o = opts();
+    o.target = Some("build".into());
+    let g = conv(WEB, &o).unwrap();
+    assert_eq!(g.stages.len(), 1);
+    assert_eq!(g.graph.node_count(), 3);
+    assert!(g
+        .warnings
+        .iter()
+        .any(|w| w.contains("skipping stage stage-1")));
+    o.target = Some("buidl".into());
+    let e = conv(WEB, &o).unwrap_err().to_string();
+    assert!(e.contains("did you mean \"build\""), "{e}");
+    let g = conv(
+        "FROM scratch AS a\nFROM busybox:local AS b\nRUN x\n",
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(g.stages.len(), 1);
+    assert_eq!(g.graph.node_count(), 2);
+}
+
+#[test]
+fn errors_name_file_line_instruction() {
+    let mut o = opts();
+    o.dockerfile_name = "testdata/web/Dockerfile".into();
+    let e = conv("FROM busybox:local\nRUN x\nCOPY --from=buidl /a /b\n", &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(
+            "testdata/web/Dockerfile:3: COPY --from=buidl /a /b: no stage or image named \"buidl\""
+        ),
+        "{e}"
+    );
+    let e = conv("FROM busybox:local AS a\nCOPY --from=a /x /y\n", &o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("circular"), "{e}");
+    let e = conv("FROM b AS a\nFROM a AS b\n", &o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("circular"), "{e}");
+    let e = conv("FROM scratch AS a\nFROM scratch AS A\n", &o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("duplicate stage name"), "{e}");
+    let e = conv("RUN x\nFROM scratch\n", &o).unwrap_err().to_string();
+    assert!(e.contains(":1: RUN x: no FROM"), "{e}");
+    let e = conv("ARG x\n", &o).unwrap_err().to_string();
+    assert!(e.contains("no FROM"), "{e}");
+    let e = conv("FROM nope:1\n", &o).unwrap_err().to_string();
+    assert!(e.contains(":1: FROM nope:1: cannot load base image"), "{e}");
+    let e = conv("FROM scratch\nCOPY --bad a b\n", &o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(":2: COPY --bad a b: unknown flag: --bad"), "{e}");
+    let e = conv("FROM scratch\nCOPY --from=5 a b\n", &o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("out of range"), "{e}");
+}
+
+#[test]
+fn arg_scoping() {
+    let src = "\
+ARG BASE=busybox
+ARG TAG=local
+ARG UNUSED_GLOBAL=1
+FROM ${BASE}:${TAG} AS one
+RUN echo $TAG
+ARG TAG
+ARG V=default-$TAG
+RUN echo $V
+FROM one
+ARG TARGETARCH
+ARG P=x
+RUN echo $TARGETARCH $P
+";
+    let mut o = opts();
+    o.build_args = vec![("P".into(), "y".into()), ("NOPE".into(), "1".into())];
+    let g = conv(src, &o).unwrap();
+    let one = &g.stages[0];
+    let r1 = parents(&g, one.node, Input::Rootfs)[0];
+    assert_eq!(exec(&g, r1).env, vec!["PATH=/usr/bin:/bin"]);
+    assert_eq!(
+        g.graph[parents(&g, r1, Input::Rootfs)[0]].display,
+        "[one 1/5] FROM busybox:local"
+    );
+    let e = exec(&g, one.node);
+    assert_eq!(
+        e.env,
+        vec!["PATH=/usr/bin:/bin", "TAG=local", "V=default-local"]
+    );
+    assert_eq!(
+        one.history.last().unwrap().created_by,
+        "RUN |2 TAG=local V=default-local /bin/sh -c echo $V # buildkit"
+    );
+    let two = &g.stages[1];
+    let e = exec(&g, two.node);
+    // FROM a stage continues its chain and config, not its ARGs
+    assert_eq!(parents(&g, two.node, Input::Rootfs), vec![one.node]);
+    assert_eq!(e.env, vec!["PATH=/usr/bin:/bin", "TARGETARCH=amd64", "P=y"]);
+    assert_eq!(two.history.len(), one.history.len() + 3);
+    assert!(
+        g.warnings.iter().any(|w| w.contains("[NOPE]")),
+        "{:?}",
+        g.warnings
+    );
+    // a build-arg overrides a global ARG used in FROM
+    o.build_args = vec![("TAG".into(), "other".into())];
+    let e = conv(src, &o).unwrap_err().to_string();
+    assert!(e.contains("busybox:other"), "{e}");
+}
+
+#[test]
+fn env_workdir_user_and_shell() {
+    let src = "\
+FROM busybox:local
+ENV DIR=/srv
+WORKDIR $DIR
+WORKDIR app
+USER 1000:1000
+SHELL [\"/bin/bash\", \"-euc\"]
+RUN --network=none --mount=type=cache,target=.cache echo ${DIR}
+ENTRYPOINT run.sh
+EXPOSE 80 8000-8001/udp
+VOLUME /data
+LABEL a=b \"c d\"=e
+STOPSIGNAL SIGINT
+HEALTHCHECK --interval=5s CMD true
+ONBUILD RUN echo triggered
+";
+    let g = conv(src, &opts()).unwrap();
+    let s = &g.stages[0];
+    let e = exec(&g, s.node);
+    assert_eq!(e.cwd, "/srv/app");
+    assert_eq!(e.user, "1000:1000");
+    assert_eq!(e.args, vec!["/bin/bash", "-euc", "echo ${DIR}"]);
+    assert_eq!(e.network, NetworkMode::None);
+    assert_eq!(e.mounts[0].target, "/srv/app/.cache");
+    let c = &s.config;
+    assert_eq!(c.working_dir, "/srv/app");
+    assert_eq!(
+        c.entrypoint,
+        Some(vec!["/bin/bash".into(), "-euc".into(), "run.sh".into()])
+    );
+    assert_eq!(c.cmd, None, "ENTRYPOINT resets an inherited CMD");
+    assert_eq!(c.exposed_ports, vec!["80/tcp", "8000/udp", "8001/udp"]);
+    assert_eq!(c.volumes, vec!["/data"]);
+    assert_eq!(c.labels.get("c d").map(String::as_str), Some("e"));
+    assert_eq!(c.stop_signal.as_deref(), Some("SIGINT"));
+    assert_eq!(
+        c.healthcheck,
+        Some(serde_json::json!({"Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000i64}))
+    );
+    assert_eq!(c.on_build, vec!["RUN echo triggered"]);
+    assert_eq!(c.shell, Some(vec!["/bin/bash".into(), "-euc".into()]));
+    let hist: Vec<&str> = s.history.iter().map(|h| h.created_by.as_str()).collect();
+    assert!(
+        hist.contains(&"EXPOSE [80/tcp 8000/udp 8001/udp]"),
+        "{hist:?}"
+    );
+    assert!(hist.contains(&"ENTRYPOINT [\"/bin/bash\" \"-euc\" \"run.sh\"]"));
+    assert!(hist.contains(
+        &"HEALTHCHECK {Test:[CMD-SHELL true] Interval:5s Timeout:0s StartPeriod:0s StartInterval:0s Retries:0}"
+    ));
+    assert!(hist.contains(&"SHELL [/bin/bash -euc]"));
+}
+
+#[test]
+fn onbuild_triggers_run_after_from() {
+    let mut f = fake();
+    f.configs.insert(
+        "base:1".into(),
+        ImageConfig {
+            on_build: vec!["RUN echo from-trigger".into(), "ENV T=1".into()],
+            ..Default::default()
+        },
+    );
+    let g = convert("FROM base:1\nRUN echo mine\n", &opts(), &f).unwrap();
+    let s = &g.stages[0];
+    assert!(s.config.on_build.is_empty());
+    assert_eq!(exec(&g, s.node).env, vec!["T=1"]);
+    assert_eq!(g.graph[s.node].display, "[stage-0 4/4] RUN echo mine");
+    let first = parents(&g, s.node, Input::Rootfs)[0];
+    assert_eq!(exec(&g, first).args[2], "echo from-trigger");
+}
+
+#[test]
+fn heredocs_and_image_sources() {
+    let src = "\
+FROM busybox:local
+ENV NAME=world
+RUN <<EOF
+echo hi
+EOF
+COPY <<A <<'B' /etc/
+hello $NAME
+A
+raw $NAME
+B
+COPY --from=alpine /etc/os-release /x
+COPY --from=busybox:local /bin/sh /y
+";
+    let g = conv(src, &opts()).unwrap();
+    let s = &g.stages[0];
+    // image nodes are shared: busybox:local once, alpine once
+    let images = g
+        .graph
+        .node_weights()
+        .filter(|n| matches!(n.op, Op::Image { .. }))
+        .count();
+    assert_eq!(images, 2);
+    let mut n = s.node;
+    let mut ops = Vec::new();
+    loop {
+        ops.push(g.graph[n].op.clone());
+        match parents(&g, n, Input::Rootfs).first() {
+            Some(p) => n = *p,
+            None => break,
+        }
+    }
+    ops.reverse();
+    assert!(matches!(&ops[1], Op::Exec(e) if e.args == vec!["/bin/sh", "-c", "echo hi\n"]));
+    assert!(
+        matches!(&ops[2], Op::Copy(c) if c.from == CopyFrom::Inline { name: "A".into(), content: "hello world\n".into() })
+    );
+    assert!(
+        matches!(&ops[3], Op::Copy(c) if c.from == CopyFrom::Inline { name: "B".into(), content: "raw $NAME\n".into() })
+    );
+    let layers = s.history.iter().filter(|h| !h.empty_layer).count();
+    assert_eq!(layers, ops.len() - 1);
+    assert_eq!(s.history[2].created_by, "COPY <<A /etc/ # buildkit");
+}
