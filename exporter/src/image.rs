@@ -77,9 +77,47 @@ pub fn write_image(store: &Store, config: &ImageConfiguration) -> Result<Digest>
         digest: "(new)".into(),
         reason: e.to_string(),
     })?;
+    let (manifest, _) = write_manifest(store, config_json, config.rootfs().diff_ids())?;
+    Ok(manifest)
+}
+
+/// Writes an image whose config is given as a JSON document, stored byte for byte as
+/// `serde_json` serializes it (so Docker's extension fields such as `Healthcheck`, `OnBuild` and
+/// `Shell` survive, and key order is stable). Returns the manifest and config digests.
+pub fn write_image_json(store: &Store, config: &serde_json::Value) -> Result<(Digest, Digest)> {
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| d.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    // Validate against the OCI schema before storing.
+    serde_json::from_value::<ImageConfiguration>(config.clone()).map_err(|e| {
+        Error::InvalidImage {
+            what: "config",
+            digest: "(new)".into(),
+            reason: e.to_string(),
+        }
+    })?;
+    let bytes = serde_json::to_vec(config).map_err(|e| Error::InvalidImage {
+        what: "config",
+        digest: "(new)".into(),
+        reason: e.to_string(),
+    })?;
+    write_manifest(store, bytes, &diff_ids)
+}
+
+/// Stores `config_json` and a manifest referencing it and the uncompressed layers `diff_ids`.
+fn write_manifest(
+    store: &Store,
+    config_json: Vec<u8>,
+    diff_ids: &[String],
+) -> Result<(Digest, Digest)> {
     let config_digest = store.put_blob(&config_json)?;
     let mut layers = Vec::new();
-    for d in config.rootfs().diff_ids() {
+    for d in diff_ids {
         let d: Digest = d.parse().map_err(|_| Error::InvalidImage {
             what: "config",
             digest: config_digest.to_string(),
@@ -116,7 +154,7 @@ pub fn write_image(store: &Store, config: &ImageConfiguration) -> Result<Digest>
         digest: "(new)".into(),
         reason: e.to_string(),
     })?;
-    Ok(store.put_blob(&bytes)?)
+    Ok((store.put_blob(&bytes)?, config_digest))
 }
 
 /// Reads an image (manifest and config) back from the store.

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use rbuild_types::Digest;
 
 pub use archive::{export_docker_archive, export_local_dir, load_archive};
-pub use image::{ensure_snapshot, import_rootfs, load_image, write_image, Image};
+pub use image::{ensure_snapshot, import_rootfs, load_image, write_image, write_image_json, Image};
 pub use layer::{write_layer, OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use oci::{export_oci_archive, Compression};
 pub use unpack::{decompressed, unpack_layer};

@@ -1,9 +1,9 @@
 //! Small typed values shared by several rbuild crates.
 //!
-//! - [`Digest`]: a content digest (`sha256:<64 hex>`), parsed and validated once.
-//! - [`ImageRef`]: a parsed image reference (`[registry/]repo[:tag][@digest]`).
-//! - [`Platform`]: `os/arch[/variant]`.
-//! - [`Sha256Writer`]: an `io::Write` adapter that hashes what passes through it.
+//! - `Digest`: a content digest (`sha256:<64 hex>`), parsed and validated once.
+//! - `ImageRef`: a parsed image reference (`[registry/]repo[:tag][@digest]`).
+//! - `Platform`: `os/arch[/variant]`.
+//! - `Sha256Writer`: an `io::Write` adapter that hashes what passes through it.
 
 use std::fmt;
 use std::io::{self, Write};
