@@ -389,3 +389,32 @@ COPY --from=busybox:local /bin/sh /y
     assert_eq!(layers, ops.len() - 1);
     assert_eq!(s.history[2].created_by, "COPY <<A /etc/ # buildkit");
 }
+
+/// No input makes the frontend panic: every prefix of every conformance Dockerfile goes
+/// through the whole pipeline.
+#[test]
+fn prefixes_of_conformance_files_never_panic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/buildkit/parser/testfiles");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        println!("skipping: {} is absent", dir.display());
+        return;
+    };
+    let f = fake();
+    let mut n = 0;
+    for e in entries.flatten() {
+        let Ok(bytes) = std::fs::read(e.path().join("Dockerfile")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        for (k, &i) in bounds.iter().enumerate() {
+            if k % 5 == 0 || text[i..].starts_with('\n') {
+                let _ = convert(&text[..i], &opts(), &f);
+                n += 1;
+            }
+        }
+        let _ = convert(&text, &opts(), &f);
+    }
+    assert!(n > 100);
+}

@@ -295,7 +295,7 @@ fn kvps(node: &Instruction, name: &str) -> Result<Vec<(String, String)>, String>
             "{name} requires at least one argument: {name} key=value"
         ));
     }
-    if node.args.len() % 3 != 0 {
+    if !node.args.chunks_exact(3).remainder().is_empty() {
         return Err(format!("bad input to {name}, too many arguments"));
     }
     node.args

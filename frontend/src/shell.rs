@@ -487,8 +487,14 @@ enum Tok {
     Star,
 }
 
+/// Longest pattern accepted, which bounds the matcher's work and recursion.
+const MAX_PATTERN: usize = 256;
+
 fn parse_pattern(p: &str) -> Result<Vec<Tok>, String> {
     let chars: Vec<char> = p.chars().collect();
+    if chars.len() > MAX_PATTERN {
+        return Err(format!("pattern longer than {MAX_PATTERN} characters"));
+    }
     let mut out = Vec::new();
     let mut i = 0;
     while i < chars.len() {
