@@ -418,3 +418,39 @@ fn prefixes_of_conformance_files_never_panic() {
     }
     assert!(n > 100);
 }
+
+#[test]
+fn testdata_features_dockerfile() {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/frontend/features/Dockerfile");
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        println!("skipping: {} is absent", p.display());
+        return;
+    };
+    let g = conv(&text, &opts()).unwrap();
+    assert_eq!(g.stages.len(), 2);
+    let fin = &g.stages[g.target];
+    assert_eq!(fin.config.working_dir, "/app");
+    assert_eq!(
+        fin.config.cmd,
+        Some(vec!["/bin/sh".into(), "-ec".into(), "cat /app/msg".into()])
+    );
+    assert_eq!(fin.config.exposed_ports, vec!["8080/tcp"]);
+    let Op::Copy(c) = &g.graph[fin.node].op else {
+        panic!()
+    };
+    assert_eq!(c.dest, "/app/");
+    assert_eq!(c.chmod.as_deref(), Some("0644"));
+    let build = &g.stages[0];
+    let Op::Copy(conf) = &g.graph[build.node].op else {
+        panic!()
+    };
+    assert_eq!(
+        conf.from,
+        CopyFrom::Inline {
+            name: "CONF".into(),
+            content: "name=hello\n".into()
+        }
+    );
+    assert_eq!(conf.dest, "/out/app.conf");
+}
