@@ -16,7 +16,12 @@ use rbuild_types::{ImageRef, Platform};
 
 /// A daemonless Dockerfile build engine.
 #[derive(Parser, Debug)]
-#[command(name = "rbuild", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "rbuild",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// The store directory (default /var/lib/rbuild as root, $XDG_DATA_HOME/rbuild otherwise).
     #[arg(long, env = "RBUILD_ROOT", global = true)]
@@ -117,7 +122,9 @@ fn default_root() -> PathBuf {
     }
     match std::env::var_os("XDG_DATA_HOME") {
         Some(d) => PathBuf::from(d).join("rbuild"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/rbuild"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/rbuild")
+        }
     }
 }
 
@@ -143,7 +150,12 @@ fn main() -> ExitCode {
 
 fn open_store(root: Option<PathBuf>) -> Result<Store> {
     let root = root.unwrap_or_else(default_root);
-    Store::open(&root).with_context(|| format!("opening the store at {} (set RBUILD_ROOT or --root to use another)", root.display()))
+    Store::open(&root).with_context(|| {
+        format!(
+            "opening the store at {} (set RBUILD_ROOT or --root to use another)",
+            root.display()
+        )
+    })
 }
 
 fn parse_ref(s: &str) -> Result<ImageRef> {
@@ -170,7 +182,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 /// One `--output`.
 #[derive(Debug)]
 enum Output {
-    Oci { dest: PathBuf, compression: rbuild_exporter::Compression },
+    Oci {
+        dest: PathBuf,
+        compression: rbuild_exporter::Compression,
+    },
 }
 
 fn parse_output(s: &str) -> Result<Output> {
@@ -178,7 +193,9 @@ fn parse_output(s: &str) -> Result<Output> {
     let mut dest = None;
     let mut compression = rbuild_exporter::Compression::Gzip;
     for part in s.split(',') {
-        let (k, v) = part.split_once('=').ok_or_else(|| anyhow!("--output {s}: expected key=value pairs like type=oci,dest=out.tar"))?;
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            anyhow!("--output {s}: expected key=value pairs like type=oci,dest=out.tar")
+        })?;
         match k {
             "type" => kind = Some(v.to_string()),
             "dest" => dest = Some(PathBuf::from(v)),
@@ -205,8 +222,16 @@ fn parse_output(s: &str) -> Result<Output> {
 
 fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    let tags: Vec<ImageRef> = args.tags.iter().map(|t| parse_ref(t)).collect::<Result<_>>()?;
-    let outputs: Vec<Output> = args.outputs.iter().map(|o| parse_output(o)).collect::<Result<_>>()?;
+    let tags: Vec<ImageRef> = args
+        .tags
+        .iter()
+        .map(|t| parse_ref(t))
+        .collect::<Result<_>>()?;
+    let outputs: Vec<Output> = args
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<Result<_>>()?;
     let platform = match &args.platform {
         Some(p) => {
             let p: Platform = p.parse().map_err(|e| anyhow!("--platform: {e}"))?;
@@ -219,9 +244,15 @@ fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         None => None,
     };
     if !args.context.is_dir() {
-        bail!("unable to prepare context: path {:?} not found or not a directory", args.context.display().to_string());
+        bail!(
+            "unable to prepare context: path {:?} not found or not a directory",
+            args.context.display().to_string()
+        );
     }
-    let dockerfile = args.file.clone().unwrap_or_else(|| args.context.join("Dockerfile"));
+    let dockerfile = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
     let dockerfile_name = dockerfile.display().to_string();
     let text = std::fs::read_to_string(&dockerfile).with_context(|| {
         format!("failed to read dockerfile: open {dockerfile_name}: no such file or not readable; pass -f PATH or add a Dockerfile to the context")
@@ -229,7 +260,13 @@ fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
     let progress = progress::Progress::new(args.progress);
     progress.internal(
         1,
-        &format!("[internal] load build definition from {}", dockerfile.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()),
+        &format!(
+            "[internal] load build definition from {}",
+            dockerfile
+                .file_name()
+                .map(|f| f.to_string_lossy())
+                .unwrap_or_default()
+        ),
         Some(&format!("transferring dockerfile: {}B done", text.len())),
         started.elapsed(),
     );
@@ -244,7 +281,12 @@ fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
             }
         }
     }
-    let opts = BuildOptions { build_args, target: args.target.clone(), platform, dockerfile_name: dockerfile_name.clone() };
+    let opts = BuildOptions {
+        build_args,
+        target: args.target.clone(),
+        platform,
+        dockerfile_name: dockerfile_name.clone(),
+    };
     let resolver = rbuild_solver::StoreResolver::new(&store);
     let graph = rbuild_frontend::convert(&text, &opts, &resolver).map_err(|e| anyhow!("{e}"))?;
     let solve_opts = rbuild_solver::SolveOptions {
@@ -253,27 +295,43 @@ fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         dockerfile_name,
         no_cache: args.no_cache,
         first_vertex: 2,
-        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse().ok()),
+        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.parse().ok()),
     };
     let sink = |ev| progress.event(ev);
-    let result = rbuild_solver::solve(&store, &graph, &solve_opts, &sink).map_err(|e| anyhow!("{e}"))?;
+    let result =
+        rbuild_solver::solve(&store, &graph, &solve_opts, &sink).map_err(|e| anyhow!("{e}"))?;
     let export_start = Instant::now();
     let id = graph.graph.node_count() + 2;
-    progress.event(rbuild_solver::Event::Vertex { id, name: "exporting to image".into() });
+    progress.event(rbuild_solver::Event::Vertex {
+        id,
+        name: "exporting to image".into(),
+    });
     for t in &tags {
         store.set_tag(t, &result.manifest)?;
     }
     for o in &outputs {
         match o {
             Output::Oci { dest, compression } => {
-                rbuild_exporter::export_oci_archive(&store, &result.manifest, &tags, dest, *compression)
-                    .with_context(|| format!("writing OCI archive {}", dest.display()))?;
+                rbuild_exporter::export_oci_archive(
+                    &store,
+                    &result.manifest,
+                    &tags,
+                    dest,
+                    *compression,
+                )
+                .with_context(|| format!("writing OCI archive {}", dest.display()))?;
             }
         }
     }
-    progress.event(rbuild_solver::Event::Done { id, elapsed: export_start.elapsed() });
+    progress.event(rbuild_solver::Event::Done {
+        id,
+        elapsed: export_start.elapsed(),
+    });
     if let Some(f) = &args.iidfile {
-        std::fs::write(f, result.config.to_string()).with_context(|| format!("writing {}", f.display()))?;
+        std::fs::write(f, result.config.to_string())
+            .with_context(|| format!("writing {}", f.display()))?;
     }
     eprintln!("writing image {} done", result.config);
     for t in &tags {
@@ -302,7 +360,9 @@ fn human_ago(created: Option<&str>) -> String {
     let Some(t) = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()) else {
         return "N/A".into();
     };
-    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
     match secs {
         0..=59 => "Less than a minute ago".into(),
         60..=3599 => format!("{} minutes ago", secs / 60),
@@ -312,11 +372,16 @@ fn human_ago(created: Option<&str>) -> String {
 }
 
 fn images(store: &Store) -> Result<ExitCode> {
-    println!("{:<30} {:<12} {:<14} {:<24} SIZE", "REPOSITORY", "TAG", "IMAGE ID", "CREATED");
+    println!(
+        "{:<30} {:<12} {:<14} {:<24} SIZE",
+        "REPOSITORY", "TAG", "IMAGE ID", "CREATED"
+    );
     for t in store.list_tags()? {
         let img = rbuild_exporter::load_image(store, &t.manifest)?;
-        let name = t.name.name();
-        let tag = t.name.tag.clone().unwrap_or_else(|| "<none>".into());
+        let (name, tag) = match t.name.parse::<ImageRef>() {
+            Ok(r) => (r.name(), r.tag.clone().unwrap_or_else(|| "<none>".into())),
+            Err(_) => (t.name.clone(), "<none>".into()),
+        };
         println!(
             "{:<30} {:<12} {:<14} {:<24} {}",
             name,
@@ -347,6 +412,7 @@ fn run(store: &Store, args: RunArgs) -> Result<ExitCode> {
         interactive: args.interactive,
     };
     let _ = args.rm;
-    let status = rbuild_solver::container::run_image(store, &image, &req).map_err(|e| anyhow!("{e}"))?;
+    let status =
+        rbuild_solver::container::run_image(store, &image, &req).map_err(|e| anyhow!("{e}"))?;
     Ok(ExitCode::from(status.code().clamp(0, 255) as u8))
 }

@@ -75,7 +75,9 @@ impl Progress {
             let s = match ev {
                 Event::Vertex { id, name } => format!("#{id} {name}"),
                 Event::Cached { id } => format!("#{id} CACHED"),
-                Event::Log { id, elapsed, line } => format!("#{id} {:.3} {line}", elapsed.as_secs_f64()),
+                Event::Log { id, elapsed, line } => {
+                    format!("#{id} {:.3} {line}", elapsed.as_secs_f64())
+                }
                 Event::Done { id, elapsed } => format!("#{id} DONE {}", secs(elapsed)),
                 Event::Failed { id, elapsed, error } => {
                     let first = error.lines().next().unwrap_or_default().to_string();
@@ -92,7 +94,8 @@ impl Progress {
                 if let Some(m) = &inner.multi {
                     let bar = m.add(ProgressBar::new_spinner());
                     bar.set_style(
-                        ProgressStyle::with_template(" {spinner} {msg} {elapsed:>}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        ProgressStyle::with_template(" {spinner} {msg} {elapsed:>}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                     );
                     bar.set_message(name.clone());
                     bar.enable_steady_tick(Duration::from_millis(100));
@@ -129,7 +132,10 @@ impl Progress {
 
     /// Emits an internal vertex that has already finished (e.g. loading the Dockerfile).
     pub fn internal(&self, id: usize, name: &str, detail: Option<&str>, elapsed: Duration) {
-        self.event(Event::Vertex { id, name: name.to_string() });
+        self.event(Event::Vertex {
+            id,
+            name: name.to_string(),
+        });
         if let (Some(d), false) = (detail, self.tty) {
             let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             self.line(&inner, &format!("#{id} {d}"));
@@ -139,6 +145,9 @@ impl Progress {
 
     /// Total time since the renderer started.
     pub fn total(&self) -> Duration {
-        self.inner.lock().map(|i| i.started.elapsed()).unwrap_or_default()
+        self.inner
+            .lock()
+            .map(|i| i.started.elapsed())
+            .unwrap_or_default()
     }
 }

@@ -30,7 +30,11 @@ pub struct RunRequest {
 }
 
 /// Combines Entrypoint and Cmd as Docker does.
-pub fn command_line(entrypoint: Option<Vec<String>>, cmd: Option<Vec<String>>, req: &RunRequest) -> Vec<String> {
+pub fn command_line(
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    req: &RunRequest,
+) -> Vec<String> {
     let entrypoint = match &req.entrypoint {
         Some(e) if e.is_empty() => vec![],
         Some(e) => vec![e.clone()],
@@ -78,11 +82,19 @@ pub fn run_image(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Ex
         });
     }
     let mut lowers: Vec<PathBuf> = Vec::new();
-    for d in doc["rootfs"]["diff_ids"].as_array().cloned().unwrap_or_default() {
-        let diff_id = d.as_str().unwrap_or_default().parse().map_err(|_| Error::CopyFailed {
-            step: format!("run {image}"),
-            message: format!("image config has an invalid diff_id {d}"),
-        })?;
+    for d in doc["rootfs"]["diff_ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let diff_id = d
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| Error::CopyFailed {
+                step: format!("run {image}"),
+                message: format!("image config has an invalid diff_id {d}"),
+            })?;
         let s = rbuild_exporter::ensure_snapshot(store, &diff_id)?;
         lowers.push(store.snapshot_dir(&s));
     }
@@ -96,7 +108,13 @@ pub fn run_image(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Ex
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={home}"));
     }
-    let cwd = req.workdir.clone().unwrap_or_else(|| if cfg.working_dir.is_empty() { "/".into() } else { cfg.working_dir.clone() });
+    let cwd = req.workdir.clone().unwrap_or_else(|| {
+        if cfg.working_dir.is_empty() {
+            "/".into()
+        } else {
+            cfg.working_dir.clone()
+        }
+    });
     let mut spec = rbuild_sandbox::default_spec(args, env, &cwd, req.network_none);
     if let Some(h) = &req.hostname {
         spec.set_hostname(Some(h.clone()));
@@ -105,21 +123,36 @@ pub fn run_image(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Ex
         let mut u = p.user().clone();
         u.set_uid(uid);
         u.set_gid(gid);
-        u.set_additional_gids(if groups.is_empty() { None } else { Some(groups) });
+        u.set_additional_gids(if groups.is_empty() {
+            None
+        } else {
+            Some(groups)
+        });
         p.set_user(u);
     }
     if lowers.is_empty() {
         let empty = store.root().join("empty");
-        std::fs::create_dir_all(&empty).map_err(|source| Error::Io { what: "creating empty layer".into(), source })?;
+        std::fs::create_dir_all(&empty).map_err(|source| Error::Io {
+            what: "creating empty layer".into(),
+            source,
+        })?;
         lowers.push(empty);
     }
     let sb = store.new_snapshot()?;
-    let rootfs = Rootfs::Overlay { lower: lowers, upper: sb.fs_dir().to_path_buf(), work: sb.work_dir().to_path_buf() };
+    let rootfs = Rootfs::Overlay {
+        lower: lowers,
+        upper: sb.fs_dir(),
+        work: sb.work_dir(),
+    };
     let c = rbuild_sandbox::spawn(
         &spec,
         RunOptions {
             rootfs,
-            stdin: if req.interactive { std::process::Stdio::inherit() } else { std::process::Stdio::null() },
+            stdin: if req.interactive {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            },
             stdout: std::process::Stdio::inherit(),
             stderr: std::process::Stdio::inherit(),
         },
@@ -140,12 +173,30 @@ mod tests {
     #[test]
     fn entrypoint_and_cmd_combine_like_docker() {
         let req = RunRequest::default();
-        assert_eq!(command_line(Some(v(&["/e"])), Some(v(&["a"])), &req), v(&["/e", "a"]));
-        let req = RunRequest { cmd: v(&["b"]), ..Default::default() };
-        assert_eq!(command_line(Some(v(&["/e"])), Some(v(&["a"])), &req), v(&["/e", "b"]));
-        let req = RunRequest { entrypoint: Some("/x".into()), ..Default::default() };
-        assert_eq!(command_line(Some(v(&["/e"])), Some(v(&["a"])), &req), v(&["/x"]));
-        assert_eq!(command_line(None, Some(v(&["sh"])), &RunRequest::default()), v(&["sh"]));
+        assert_eq!(
+            command_line(Some(v(&["/e"])), Some(v(&["a"])), &req),
+            v(&["/e", "a"])
+        );
+        let req = RunRequest {
+            cmd: v(&["b"]),
+            ..Default::default()
+        };
+        assert_eq!(
+            command_line(Some(v(&["/e"])), Some(v(&["a"])), &req),
+            v(&["/e", "b"])
+        );
+        let req = RunRequest {
+            entrypoint: Some("/x".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            command_line(Some(v(&["/e"])), Some(v(&["a"])), &req),
+            v(&["/x"])
+        );
+        assert_eq!(
+            command_line(None, Some(v(&["sh"])), &RunRequest::default()),
+            v(&["sh"])
+        );
     }
 
     #[test]

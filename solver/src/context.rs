@@ -116,7 +116,9 @@ fn match_parts(pat: &[String], path: &[&str]) -> bool {
             (0..=path.len()).any(|skip| match_parts(rest, &path[skip..]))
         }
         Some((first, rest)) => match path.split_first() {
-            Some((p, prest)) => glob_match(first.as_bytes(), p.as_bytes()) && match_parts(rest, prest),
+            Some((p, prest)) => {
+                glob_match(first.as_bytes(), p.as_bytes()) && match_parts(rest, prest)
+            }
             None => false,
         },
     }
@@ -232,7 +234,10 @@ pub struct Entry {
 pub fn expand_source(root: &Path, src: &str, ignore: &IgnoreRules) -> io::Result<Vec<Entry>> {
     let cleaned = clean_path(src);
     if cleaned.is_empty() {
-        return Ok(vec![Entry { rel: String::new(), abs: root.to_path_buf() }]);
+        return Ok(vec![Entry {
+            rel: String::new(),
+            abs: root.to_path_buf(),
+        }]);
     }
     let comps: Vec<&str> = cleaned.split('/').collect();
     let mut found = vec![(String::new(), root.to_path_buf())];
@@ -251,8 +256,10 @@ pub fn expand_source(root: &Path, src: &str, ignore: &IgnoreRules) -> io::Result
                     Ok(rd) => rd,
                     Err(_) => continue,
                 };
-                let mut names: Vec<String> =
-                    rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                let mut names: Vec<String> = rd
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
                 names.sort();
                 for n in names {
                     if glob_match(comp.as_bytes(), n.as_bytes()) {
@@ -274,7 +281,10 @@ pub fn expand_source(root: &Path, src: &str, ignore: &IgnoreRules) -> io::Result
         .map(|(rel, abs)| Entry { rel, abs })
         .collect();
     if out.is_empty() && !has_glob(&cleaned) {
-        return Err(io::Error::new(io::ErrorKind::NotFound, format!("\"{src}\": not found")));
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("\"{src}\": not found"),
+        ));
     }
     Ok(out)
 }
@@ -302,11 +312,18 @@ fn walk_inner(
         f(rel, abs, md)?;
     }
     if md.is_dir() && (!excluded || ignore.has_exceptions()) {
-        let mut names: Vec<_> = fs::read_dir(abs)?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        let mut names: Vec<_> = fs::read_dir(abs)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
         names.sort();
         for n in names {
             let name = n.to_string_lossy();
-            let crel = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+            let crel = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
             let cabs = abs.join(&n);
             let cmd = fs::symlink_metadata(&cabs)?;
             walk_inner(&crel, &cabs, &cmd, ignore, f)?;
@@ -334,7 +351,11 @@ pub fn selection_digest(
                 } else if kind.is_dir() {
                     format!("d {:o}", md.permissions().mode() & 0o7777)
                 } else if kind.is_file() {
-                    format!("f {:o} {}", md.permissions().mode() & 0o7777, file_digest(abs)?)
+                    format!(
+                        "f {:o} {}",
+                        md.permissions().mode() & 0o7777,
+                        file_digest(abs)?
+                    )
                 } else {
                     format!("o {:o} {}", md.mode(), md.rdev())
                 };
@@ -350,7 +371,10 @@ pub fn selection_digest(
         h.update(v.as_bytes());
         h.update([b'\n']);
     }
-    let shown = files.into_iter().map(|(k, v)| (k.replace('\0', ":"), v)).collect();
+    let shown = files
+        .into_iter()
+        .map(|(k, v)| (k.replace('\0', ":"), v))
+        .collect();
     Ok((Digest::from_hasher(h), shown))
 }
 
@@ -404,10 +428,16 @@ mod tests {
         let (d1, _) = selection_digest(d.path(), &["a".into()], &ig).unwrap();
         fs::write(d.path().join("b"), "3").unwrap();
         let (d2, _) = selection_digest(d.path(), &["a".into()], &ig).unwrap();
-        assert_eq!(d1, d2, "changing an unselected file must not change the digest");
+        assert_eq!(
+            d1, d2,
+            "changing an unselected file must not change the digest"
+        );
         fs::write(d.path().join("a"), "1").unwrap();
         let (d3, _) = selection_digest(d.path(), &["a".into()], &ig).unwrap();
-        assert_eq!(d1, d3, "rewriting the same bytes must not change the digest");
+        assert_eq!(
+            d1, d3,
+            "rewriting the same bytes must not change the digest"
+        );
         fs::write(d.path().join("a"), "x").unwrap();
         let (d4, _) = selection_digest(d.path(), &["a".into()], &ig).unwrap();
         assert_ne!(d1, d4);

@@ -23,7 +23,10 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 pub(crate) enum ExecError {
     /// The step ran and failed: exit code and last lines of output (or the message, for COPY).
-    Failed { code: i32, output: Vec<String> },
+    Failed {
+        code: i32,
+        output: Vec<String>,
+    },
     Other(Error),
 }
 
@@ -61,7 +64,12 @@ impl Drop for TempDir {
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.finish()
 }
 
@@ -76,7 +84,11 @@ fn lowers_or_empty(store: &Store, lowers: &[PathBuf]) -> Result<Vec<PathBuf>, Ex
 }
 
 /// Resolves `user` (`name`, `uid`, `uid:gid`, `name:group`) in the chain `lowers`; root when empty.
-fn resolve_user(store: &Store, lowers: &[PathBuf], user: &str) -> Result<(u32, u32, Vec<u32>, String), ExecError> {
+fn resolve_user(
+    store: &Store,
+    lowers: &[PathBuf],
+    user: &str,
+) -> Result<(u32, u32, Vec<u32>, String), ExecError> {
     if user.is_empty() || user == "root" || user == "0" {
         return Ok((0, 0, vec![], "/root".into()));
     }
@@ -95,7 +107,10 @@ pub(crate) fn resolve_user_pub(
 ) -> Result<(u32, u32, Vec<u32>, String), Error> {
     resolve_user(store, lowers, user).map_err(|e| match e {
         ExecError::Other(e) => e,
-        ExecError::Failed { output, .. } => Error::CopyFailed { step: format!("user {user}"), message: output.join("\n") },
+        ExecError::Failed { output, .. } => Error::CopyFailed {
+            step: format!("user {user}"),
+            message: output.join("\n"),
+        },
     })
 }
 
@@ -116,18 +131,27 @@ pub(crate) fn run(
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={home}"));
     }
-    let mut spec = rbuild_sandbox::default_spec(exec.args.clone(), env, &exec.cwd, exec.network == NetworkMode::None);
+    let mut spec = rbuild_sandbox::default_spec(
+        exec.args.clone(),
+        env,
+        &exec.cwd,
+        exec.network == NetworkMode::None,
+    );
     if let Some(p) = spec.process_mut() {
         let mut u = p.user().clone();
         u.set_uid(uid);
         u.set_gid(gid);
-        u.set_additional_gids(if groups.is_empty() { None } else { Some(groups) });
+        u.set_additional_gids(if groups.is_empty() {
+            None
+        } else {
+            Some(groups)
+        });
         p.set_user(u);
     }
     let rootfs = Rootfs::Overlay {
         lower: lowers_or_empty(store, lowers)?,
-        upper: sb.fs_dir().to_path_buf(),
-        work: sb.work_dir().to_path_buf(),
+        upper: sb.fs_dir(),
+        work: sb.work_dir(),
     };
     let mut c = rbuild_sandbox::spawn(
         &spec,
@@ -149,7 +173,9 @@ pub(crate) fn run(
             move || {
                 for line in BufReader::new(r).split(b'\n') {
                     let Ok(line) = line else { break };
-                    let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                    let line = String::from_utf8_lossy(&line)
+                        .trim_end_matches('\r')
+                        .to_string();
                     {
                         let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
                         if t.len() == TAIL_LINES {
@@ -170,14 +196,24 @@ pub(crate) fn run(
     });
     let status = c.wait()?;
     if status.code() != 0 {
-        let output = tail.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().collect();
-        return Err(ExecError::Failed { code: status.code(), output });
+        let output = tail
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .into_iter()
+            .collect();
+        return Err(ExecError::Failed {
+            code: status.code(),
+            output,
+        });
     }
     Ok(())
 }
 
 fn copy_failed(msg: impl Into<String>) -> ExecError {
-    ExecError::Failed { code: 1, output: vec![msg.into()] }
+    ExecError::Failed {
+        code: 1,
+        output: vec![msg.into()],
+    }
 }
 
 /// Looks a name up in the image's `/etc/passwd` or `/etc/group` (field 3 is the id).
@@ -185,7 +221,9 @@ fn lookup_id(root: &Path, file: &str, name: &str) -> Option<u32> {
     let text = fs::read_to_string(fsutil::resolve_link(root, file).ok()?).ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 2 && f[0] == name).then(|| f[2].parse().ok()).flatten()
+        (f.len() > 2 && f[0] == name)
+            .then(|| f[2].parse().ok())
+            .flatten()
     })
 }
 
@@ -223,9 +261,10 @@ pub(crate) fn copy(
     sb: &SnapshotBuilder,
 ) -> Result<(), ExecError> {
     let mnt = TempDir::new(store, "copy")?;
+    let (upper, work) = (sb.fs_dir(), sb.work_dir());
     let target = OverlayMount::mount(
         &lowers_or_empty(store, lowers)?,
-        Some((sb.fs_dir(), sb.work_dir())),
+        Some((&upper, &work)),
         &mnt.0,
     )?;
     let root = target.path().to_path_buf();
@@ -234,35 +273,40 @@ pub(crate) fn copy(
     let _src_mount;
     let inline_dir;
     let no_ignore = IgnoreRules::default();
-    let (src_root, ignore, default_owner): (PathBuf, &IgnoreRules, Option<(u32, u32)>) = match &op.from {
-        CopyFrom::Context => (context_dir.to_path_buf(), ignore, Some((0, 0))),
-        CopyFrom::Input => {
-            let l = source_lowers.ok_or_else(|| copy_failed("COPY --from has no source"))?;
-            src_mnt = TempDir::new(store, "src")?;
-            let m = OverlayMount::mount(&lowers_or_empty(store, l)?, None, &src_mnt.0)?;
-            let p = m.path().to_path_buf();
-            _src_mount = m;
-            (p, &no_ignore, None)
-        }
-        CopyFrom::Inline { name, content } => {
-            inline_dir = TempDir::new(store, "inline")?;
-            let f = inline_dir.0.join(context::clean_path(name));
-            if let Some(parent) = f.parent() {
-                fs::create_dir_all(parent).map_err(io_err("writing heredoc"))?;
+    let (src_root, ignore, default_owner): (PathBuf, &IgnoreRules, Option<(u32, u32)>) =
+        match &op.from {
+            CopyFrom::Context => (context_dir.to_path_buf(), ignore, Some((0, 0))),
+            CopyFrom::Input => {
+                let l = source_lowers.ok_or_else(|| copy_failed("COPY --from has no source"))?;
+                src_mnt = TempDir::new(store, "src")?;
+                let m = OverlayMount::mount(&lowers_or_empty(store, l)?, None, &src_mnt.0)?;
+                let p = m.path().to_path_buf();
+                _src_mount = m;
+                (p, &no_ignore, None)
             }
-            fs::write(&f, content).map_err(io_err("writing heredoc"))?;
-            let perm = std::os::unix::fs::PermissionsExt::from_mode(0o644);
-            fs::set_permissions(&f, perm).map_err(io_err("writing heredoc"))?;
-            (inline_dir.0.clone(), &no_ignore, Some((0, 0)))
-        }
-    };
+            CopyFrom::Inline { name, content } => {
+                inline_dir = TempDir::new(store, "inline")?;
+                let f = inline_dir.0.join(context::clean_path(name));
+                if let Some(parent) = f.parent() {
+                    fs::create_dir_all(parent).map_err(io_err("writing heredoc"))?;
+                }
+                fs::write(&f, content).map_err(io_err("writing heredoc"))?;
+                let perm = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+                fs::set_permissions(&f, perm).map_err(io_err("writing heredoc"))?;
+                (inline_dir.0.clone(), &no_ignore, Some((0, 0)))
+            }
+        };
     let owner = match &op.chown {
         Some(c) => Some(parse_chown(&root, c)?),
         None => default_owner,
     };
     let mut entries = Vec::new();
     for src in &op.srcs {
-        if op.add && (src.starts_with("http://") || src.starts_with("https://") || src.starts_with("git@")) {
+        if op.add
+            && (src.starts_with("http://")
+                || src.starts_with("https://")
+                || src.starts_with("git@"))
+        {
             return Err(copy_failed(format!("ADD {src}: remote sources are not supported yet; download the file into the context and ADD it from there")));
         }
         let found = context::expand_source(&src_root, src, ignore).map_err(|e| {
@@ -272,45 +316,68 @@ pub(crate) fn copy(
                 src_root.display()
             ))
         })?;
-        let excluded = |rel: &str| op.excludes.iter().any(|p| IgnoreRules::parse(p).is_excluded(rel));
+        let excluded = |rel: &str| {
+            op.excludes
+                .iter()
+                .any(|p| IgnoreRules::parse(p).is_excluded(rel))
+        };
         entries.extend(found.into_iter().filter(|e| !excluded(&e.rel)));
     }
     let dest = &op.dest;
-    let dest_host = fsutil::resolve_in_root(&root, dest).map_err(io_err(format!("resolving {dest}")))?;
+    let dest_host =
+        fsutil::resolve_in_root(&root, dest).map_err(io_err(format!("resolving {dest}")))?;
     let dest_is_dir = dest.ends_with('/')
         || entries.len() > 1
         || op.parents
-        || fs::metadata(fsutil::resolve_link(&root, dest).unwrap_or(dest_host.clone())).is_ok_and(|m| m.is_dir());
+        || fs::metadata(fsutil::resolve_link(&root, dest).unwrap_or(dest_host.clone()))
+            .is_ok_and(|m| m.is_dir());
     let ignore_rel = |p: &Path| -> bool {
         match p.strip_prefix(&src_root) {
             Ok(rel) => {
                 let rel = rel.to_string_lossy();
-                !ignore.is_excluded(&rel) && !op.excludes.iter().any(|x| IgnoreRules::parse(x).is_excluded(&rel))
+                !ignore.is_excluded(&rel)
+                    && !op
+                        .excludes
+                        .iter()
+                        .any(|x| IgnoreRules::parse(x).is_excluded(&rel))
             }
             Err(_) => true,
         }
     };
     for e in &entries {
-        let md = fs::symlink_metadata(&e.abs).map_err(io_err(format!("reading {}", e.abs.display())))?;
+        let md =
+            fs::symlink_metadata(&e.abs).map_err(io_err(format!("reading {}", e.abs.display())))?;
         let target_path = if op.parents {
             format!("{}/{}", dest.trim_end_matches('/'), e.rel)
         } else if md.is_dir() {
             dest.clone()
         } else if dest_is_dir {
-            format!("{}/{}", dest.trim_end_matches('/'), fsutil::base_name(&e.rel).to_string_lossy())
+            format!(
+                "{}/{}",
+                dest.trim_end_matches('/'),
+                fsutil::base_name(&e.rel).to_string_lossy()
+            )
         } else {
             dest.clone()
         };
-        let parent = Path::new(&target_path).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or("/".into());
+        let parent = Path::new(&target_path)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or("/".into());
         let parent_host = fsutil::mkdir_all_in_root(&root, &parent, owner)
             .map_err(|err| copy_failed(format!("cannot create {parent}: {err}")))?;
         let name = fsutil::base_name(&target_path);
-        let dst = if name.is_empty() { parent_host } else { parent_host.join(name) };
+        let dst = if name.is_empty() {
+            parent_host
+        } else {
+            parent_host.join(name)
+        };
         let mode = match &op.chmod {
-            Some(c) => Some(
-                fsutil::parse_chmod(c, 0o644, md.is_dir())
-                    .ok_or_else(|| copy_failed(format!("--chmod={c}: not an octal mode or symbolic mode like u+x")))?,
-            ),
+            Some(c) => Some(fsutil::parse_chmod(c, 0o644, md.is_dir()).ok_or_else(|| {
+                copy_failed(format!(
+                    "--chmod={c}: not an octal mode or symbolic mode like u+x"
+                ))
+            })?),
             None => None,
         };
         let attrs = Attrs { owner, mode };

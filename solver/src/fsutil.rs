@@ -17,8 +17,11 @@ use nix::sys::time::TimeSpec;
 /// re-rooted, `..` never climbs above the root).
 pub fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
     let mut parts: Vec<PathBuf> = Vec::new(); // resolved components, relative to root
-    let mut pending: Vec<std::ffi::OsString> =
-        Path::new(path).components().rev().filter_map(comp_name).collect();
+    let mut pending: Vec<std::ffi::OsString> = Path::new(path)
+        .components()
+        .rev()
+        .filter_map(comp_name)
+        .collect();
     let mut links = 0;
     while let Some(name) = pending.pop() {
         if name == ".." {
@@ -36,7 +39,9 @@ pub fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
                 if md.file_type().is_symlink() {
                     links += 1;
                     if links > 40 {
-                        return Err(io::Error::other(format!("too many levels of symbolic links in {path}")));
+                        return Err(io::Error::other(format!(
+                            "too many levels of symbolic links in {path}"
+                        )));
                     }
                     let target = fs::read_link(&cur)?;
                     if target.is_absolute() {
@@ -77,7 +82,11 @@ pub struct Attrs {
 
 /// Creates `path` (absolute in the container) and its missing parents under `root` as directories
 /// (0755, owned by `owner` or root). Returns the host path.
-pub fn mkdir_all_in_root(root: &Path, path: &str, owner: Option<(u32, u32)>) -> io::Result<PathBuf> {
+pub fn mkdir_all_in_root(
+    root: &Path,
+    path: &str,
+    owner: Option<(u32, u32)>,
+) -> io::Result<PathBuf> {
     let mut cur = String::new();
     let mut host = root.to_path_buf();
     for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
@@ -95,7 +104,9 @@ pub fn mkdir_all_in_root(root: &Path, path: &str, owner: Option<(u32, u32)>) -> 
                 host = target;
             }
             Ok(_) => {
-                return Err(io::Error::other(format!("cannot create directory {cur}: a file is in the way")));
+                return Err(io::Error::other(format!(
+                    "cannot create directory {cur}: a file is in the way"
+                )));
             }
             Err(_) => {
                 fs::create_dir(&host)?;
@@ -126,12 +137,19 @@ pub fn resolve_link(root: &Path, path: &str) -> io::Result<PathBuf> {
             _ => return Ok(host),
         }
     }
-    Err(io::Error::other(format!("too many levels of symbolic links in {path}")))
+    Err(io::Error::other(format!(
+        "too many levels of symbolic links in {path}"
+    )))
 }
 
 /// Copies `src` (host path, not following a symlink at `src` itself) to host path `dst`, recursively
 /// for directories (merging into an existing directory), keeping modes, times and symlinks.
-pub fn copy_tree(src: &Path, dst: &Path, attrs: Attrs, filter: &mut dyn FnMut(&Path) -> bool) -> io::Result<()> {
+pub fn copy_tree(
+    src: &Path,
+    dst: &Path,
+    attrs: Attrs,
+    filter: &mut dyn FnMut(&Path) -> bool,
+) -> io::Result<()> {
     let md = fs::symlink_metadata(src)?;
     let ft = md.file_type();
     if ft.is_dir() {
@@ -143,7 +161,10 @@ pub fn copy_tree(src: &Path, dst: &Path, attrs: Attrs, filter: &mut dyn FnMut(&P
             }
             Err(_) => fs::create_dir(dst)?,
         }
-        let mut names: Vec<_> = fs::read_dir(src)?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        let mut names: Vec<_> = fs::read_dir(src)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
         names.sort();
         for n in names {
             let s = src.join(&n);
@@ -183,7 +204,14 @@ fn apply_attrs(dst: &Path, src_md: &fs::Metadata, attrs: Attrs) -> io::Result<()
     }
     let at = TimeSpec::new(src_md.atime(), src_md.atime_nsec());
     let mt = TimeSpec::new(src_md.mtime(), src_md.mtime_nsec());
-    utimensat(None, dst, &at, &mt, UtimensatFlags::NoFollowSymlink).map_err(io::Error::from)
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        dst,
+        &at,
+        &mt,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
 }
 
 /// The last component of a `/`-separated path (the whole string when it has no `/`).
@@ -255,8 +283,14 @@ mod tests {
         fs::create_dir_all(root.join("opt/real")).unwrap();
         symlink("/opt/real", root.join("link")).unwrap();
         symlink("../../../../etc", root.join("escape")).unwrap();
-        assert_eq!(resolve_in_root(root, "/link/x").unwrap(), root.join("opt/real/x"));
-        assert_eq!(resolve_in_root(root, "/escape/passwd").unwrap(), root.join("etc/passwd"));
+        assert_eq!(
+            resolve_in_root(root, "/link/x").unwrap(),
+            root.join("opt/real/x")
+        );
+        assert_eq!(
+            resolve_in_root(root, "/escape/passwd").unwrap(),
+            root.join("etc/passwd")
+        );
         assert_eq!(resolve_in_root(root, "/../../a").unwrap(), root.join("a"));
         // The last component is not followed.
         assert_eq!(resolve_in_root(root, "/link").unwrap(), root.join("link"));
@@ -283,9 +317,15 @@ mod tests {
         let dst = d.path().join("dst");
         copy_tree(&src, &dst, Attrs::default(), &mut |_| true).unwrap();
         assert_eq!(fs::read_to_string(dst.join("sub/f")).unwrap(), "x");
-        assert_eq!(fs::metadata(dst.join("sub/f")).unwrap().mode() & 0o7777, 0o751);
+        assert_eq!(
+            fs::metadata(dst.join("sub/f")).unwrap().mode() & 0o7777,
+            0o751
+        );
         assert_eq!(fs::read_link(dst.join("l")).unwrap(), Path::new("sub/f"));
-        let with = Attrs { owner: Some((12, 34)), mode: Some(0o600) };
+        let with = Attrs {
+            owner: Some((12, 34)),
+            mode: Some(0o600),
+        };
         copy_tree(&src, &dst, with, &mut |_| true).unwrap();
         let md = fs::metadata(dst.join("sub/f")).unwrap();
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (12, 34, 0o600));

@@ -8,12 +8,18 @@ use rbuild_frontend::{HistoryEntry, ImageConfig};
 use serde_json::{json, Map, Value};
 
 fn strings(v: Option<&Value>) -> Option<Vec<String>> {
-    v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+    v.and_then(Value::as_array).map(|a| {
+        a.iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    })
 }
 
 fn keys(v: Option<&Value>) -> Vec<String> {
-    let mut k: Vec<String> = v.and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let mut k: Vec<String> = v
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
     k.sort();
     k
 }
@@ -21,7 +27,12 @@ fn keys(v: Option<&Value>) -> Vec<String> {
 /// The runtime config (`config` object) of an image config document, as the frontend sees it.
 pub fn runtime_config(doc: &Value) -> ImageConfig {
     let c = doc.get("config").cloned().unwrap_or(Value::Null);
-    let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let s = |k: &str| {
+        c.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     ImageConfig {
         user: s("User"),
         exposed_ports: keys(c.get("ExposedPorts")),
@@ -33,9 +44,16 @@ pub fn runtime_config(doc: &Value) -> ImageConfig {
         labels: c
             .get("Labels")
             .and_then(Value::as_object)
-            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
             .unwrap_or_default(),
-        stop_signal: c.get("StopSignal").and_then(Value::as_str).map(str::to_string),
+        stop_signal: c
+            .get("StopSignal")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         on_build: strings(c.get("OnBuild")).unwrap_or_default(),
         shell: strings(c.get("Shell")),
         healthcheck: c.get("Healthcheck").cloned().filter(|v| !v.is_null()),

@@ -8,11 +8,11 @@
 //! gives "reuse up to the first changed instruction" and lets an unchanged independent stage stay
 //! cached. Progress is reported as [`Event`]s; the solver never prints.
 
+pub mod container;
 mod context;
 mod exec;
 mod fsutil;
 mod image;
-pub mod container;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -190,7 +190,11 @@ impl<'a> StoreResolver<'a> {
 }
 
 impl ImageResolver for StoreResolver<'_> {
-    fn resolve_config(&self, image: &ImageRef, _platform: &Platform) -> Result<ImageConfig, String> {
+    fn resolve_config(
+        &self,
+        image: &ImageRef,
+        _platform: &Platform,
+    ) -> Result<ImageConfig, String> {
         let (_, doc) = load_config(self.store, image).map_err(|e| e.to_string())?;
         Ok(image::runtime_config(&doc))
     }
@@ -198,7 +202,9 @@ impl ImageResolver for StoreResolver<'_> {
 
 /// Finds an image in the store and returns its manifest digest and config document.
 pub fn load_config(store: &Store, image: &ImageRef) -> Result<(Digest, Value), Error> {
-    let manifest = store.get_tag(image)?.ok_or_else(|| Error::ImageNotFound(image.clone()))?;
+    let manifest = store
+        .get_tag(image)?
+        .ok_or_else(|| Error::ImageNotFound(image.clone()))?;
     let img = rbuild_exporter::load_image(store, &manifest)?;
     let doc = serde_json::to_value(&img.config).unwrap_or(Value::Null);
     let raw = store.read_blob(&img.config_digest)?;
@@ -235,8 +241,10 @@ pub fn solve(
     opts: &SolveOptions,
     progress: &(dyn Fn(Event) + Sync),
 ) -> Result<BuildResult, Error> {
-    let ignore = IgnoreRules::load(&opts.context, &opts.dockerfile)
-        .map_err(|e| Error::Io { what: format!("reading .dockerignore in {}", opts.context.display()), source: e })?;
+    let ignore = IgnoreRules::load(&opts.context, &opts.dockerfile).map_err(|e| Error::Io {
+        what: format!("reading .dockerignore in {}", opts.context.display()),
+        source: e,
+    })?;
     let order = petgraph::algo::toposort(&graph.graph, None).map_err(|_| Error::CopyFailed {
         step: opts.dockerfile_name.clone(),
         message: "the build graph has a cycle".into(),
@@ -249,7 +257,14 @@ pub fn solve(
             next += 1;
         }
     }
-    let solver = Solver { store, graph, opts, ignore, progress, vertex_ids };
+    let solver = Solver {
+        store,
+        graph,
+        opts,
+        ignore,
+        progress,
+        vertex_ids,
+    };
     for w in &graph.warnings {
         progress(Event::Warning(w.clone()));
     }
@@ -262,8 +277,10 @@ impl Solver<'_> {
     /// returns it once running nodes have finished.
     fn run_all(&self, order: &[NodeIndex]) -> Result<HashMap<NodeIndex, Arc<NodeOut>>, Error> {
         let g = &self.graph.graph;
-        let mut waiting: HashMap<NodeIndex, usize> =
-            order.iter().map(|n| (*n, g.edges_directed(*n, Direction::Incoming).count())).collect();
+        let mut waiting: HashMap<NodeIndex, usize> = order
+            .iter()
+            .map(|n| (*n, g.edges_directed(*n, Direction::Incoming).count()))
+            .collect();
         let mut ready: Vec<NodeIndex> = order.iter().filter(|n| waiting[n] == 0).copied().collect();
         ready.reverse();
         let mut results: HashMap<NodeIndex, Arc<NodeOut>> = HashMap::new();
@@ -318,7 +335,11 @@ impl Solver<'_> {
 
     fn step_name(&self, n: NodeIndex) -> String {
         let node = &self.graph.graph[n];
-        let display = node.display.split_once("] ").map(|(_, d)| d).unwrap_or(&node.display);
+        let display = node
+            .display
+            .split_once("] ")
+            .map(|(_, d)| d)
+            .unwrap_or(&node.display);
         format!("{}:{}: {}", self.opts.dockerfile_name, node.line, display)
     }
 
@@ -327,14 +348,24 @@ impl Solver<'_> {
         let id = self.vertex_ids.get(&n).copied();
         let start = Instant::now();
         if let Some(id) = id {
-            (self.progress)(Event::Vertex { id, name: node.display.clone() });
+            (self.progress)(Event::Vertex {
+                id,
+                name: node.display.clone(),
+            });
         }
         let r = self.run_op(n, inputs, id.unwrap_or(0), start);
         if let Some(id) = id {
             match &r {
                 Ok((_, true)) => (self.progress)(Event::Cached { id }),
-                Ok((_, false)) => (self.progress)(Event::Done { id, elapsed: start.elapsed() }),
-                Err(e) => (self.progress)(Event::Failed { id, elapsed: start.elapsed(), error: e.to_string() }),
+                Ok((_, false)) => (self.progress)(Event::Done {
+                    id,
+                    elapsed: start.elapsed(),
+                }),
+                Err(e) => (self.progress)(Event::Failed {
+                    id,
+                    elapsed: start.elapsed(),
+                    error: e.to_string(),
+                }),
             }
         }
         r.map(|(out, _)| out)
@@ -349,15 +380,28 @@ impl Solver<'_> {
         start: Instant,
     ) -> Result<(NodeOut, bool), Error> {
         let node = &self.graph.graph[n];
-        let parent = inputs.iter().find(|(r, _)| *r == Input::Rootfs).map(|(_, o)| o.clone());
-        let sources: Vec<&Arc<NodeOut>> =
-            inputs.iter().filter(|(r, _)| *r == Input::CopySource).map(|(_, o)| o).collect();
+        let parent = inputs
+            .iter()
+            .find(|(r, _)| *r == Input::Rootfs)
+            .map(|(_, o)| o.clone());
+        let sources: Vec<&Arc<NodeOut>> = inputs
+            .iter()
+            .filter(|(r, _)| *r == Input::CopySource)
+            .map(|(_, o)| o)
+            .collect();
         match &node.op {
             Op::Scratch => Ok((
-                NodeOut { key: key_of(&json!({"v": KEY_VERSION, "op": "scratch"})), layers: vec![], base_history: vec![] },
+                NodeOut {
+                    key: key_of(&json!({"v": KEY_VERSION, "op": "scratch"})),
+                    layers: vec![],
+                    base_history: vec![],
+                },
                 true,
             )),
-            Op::Image { reference, platform } => self.pull_image(reference, platform),
+            Op::Image {
+                reference,
+                platform,
+            } => self.pull_image(reference, platform),
             Op::Exec(exec) => {
                 let parent = parent.expect("exec has a rootfs input");
                 let doc = json!({
@@ -365,9 +409,20 @@ impl Solver<'_> {
                     "sources": sources.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
                 });
                 self.cached_or(n, &parent, doc, |sb| {
-                    exec::run(self.store, exec, &parent_dirs(self.store, &parent), &sources, sb, &mut |line| {
-                        (self.progress)(Event::Log { id, elapsed: start.elapsed(), line })
-                    })
+                    exec::run(
+                        self.store,
+                        exec,
+                        &parent_dirs(self.store, &parent),
+                        &sources,
+                        sb,
+                        &mut |line| {
+                            (self.progress)(Event::Log {
+                                id,
+                                elapsed: start.elapsed(),
+                                line,
+                            })
+                        },
+                    )
                     .map_err(|e| match e {
                         exec::ExecError::Failed { code, output } => Error::StepFailed {
                             step: self.step_name(n),
@@ -403,13 +458,22 @@ impl Solver<'_> {
                 });
                 self.cached_or(n, &parent, doc, |sb| {
                     let src = sources.first().map(|s| parent_dirs(self.store, s));
-                    exec::copy(self.store, copy, &parent_dirs(self.store, &parent), src.as_deref(), &self.opts.context, &self.ignore, sb)
-                        .map_err(|e| match e {
-                            exec::ExecError::Failed { output, .. } => {
-                                Error::CopyFailed { step: self.step_name(n), message: output.join("\n") }
-                            }
-                            exec::ExecError::Other(e) => e,
-                        })
+                    exec::copy(
+                        self.store,
+                        copy,
+                        &parent_dirs(self.store, &parent),
+                        src.as_deref(),
+                        &self.opts.context,
+                        &self.ignore,
+                        sb,
+                    )
+                    .map_err(|e| match e {
+                        exec::ExecError::Failed { output, .. } => Error::CopyFailed {
+                            step: self.step_name(n),
+                            message: output.join("\n"),
+                        },
+                        exec::ExecError::Other(e) => e,
+                    })
                 })
             }
         }
@@ -434,10 +498,15 @@ impl Solver<'_> {
             if self.opts.no_cache {
                 return Ok(None);
             }
-            Ok(store.cache_get(&key)?.and_then(|rec| match (rec.snapshot, rec.diff_id) {
-                (Some(s), Some(d)) if store.snapshot_dir(&s).is_dir() => Some(Layer { diff_id: d, snapshot: s }),
-                _ => None,
-            }))
+            Ok(store
+                .cache_get(&key)?
+                .and_then(|rec| match (rec.snapshot, rec.diff_id) {
+                    (Some(s), Some(d)) if store.snapshot_dir(&s).is_dir() => Some(Layer {
+                        diff_id: d,
+                        snapshot: s,
+                    }),
+                    _ => None,
+                }))
         };
         if let Some(l) = lookup(self.store)? {
             return Ok((out(l), true));
@@ -465,23 +534,42 @@ impl Solver<'_> {
         Ok((out(Layer { diff_id, snapshot }), false))
     }
 
-    fn pull_image(&self, reference: &ImageRef, _platform: &Platform) -> Result<(NodeOut, bool), Error> {
+    fn pull_image(
+        &self,
+        reference: &ImageRef,
+        _platform: &Platform,
+    ) -> Result<(NodeOut, bool), Error> {
         let (manifest, doc) = load_config(self.store, reference)?;
         let mut layers = Vec::new();
         let mut all_present = true;
-        let diff_ids = doc["rootfs"]["diff_ids"].as_array().cloned().unwrap_or_default();
+        let diff_ids = doc["rootfs"]["diff_ids"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         for d in diff_ids {
-            let diff_id: Digest = d.as_str().unwrap_or_default().parse().map_err(|_| Error::CopyFailed {
-                step: format!("FROM {reference}"),
-                message: format!("image config has an invalid diff_id {d}"),
-            })?;
+            let diff_id: Digest =
+                d.as_str()
+                    .unwrap_or_default()
+                    .parse()
+                    .map_err(|_| Error::CopyFailed {
+                        step: format!("FROM {reference}"),
+                        message: format!("image config has an invalid diff_id {d}"),
+                    })?;
             all_present &= self.store.layer_snapshot(&diff_id)?.is_some();
             let snapshot = rbuild_exporter::ensure_snapshot(self.store, &diff_id)?;
             layers.push(Layer { diff_id, snapshot });
         }
         let base_history = doc["history"].as_array().cloned().unwrap_or_default();
-        let key = key_of(&json!({"v": KEY_VERSION, "op": "image", "manifest": manifest.to_string()}));
-        Ok((NodeOut { key, layers, base_history }, all_present))
+        let key =
+            key_of(&json!({"v": KEY_VERSION, "op": "image", "manifest": manifest.to_string()}));
+        Ok((
+            NodeOut {
+                key,
+                layers,
+                base_history,
+            },
+            all_present,
+        ))
     }
 
     /// Writes the target stage's image (config + manifest) into the store.
@@ -489,36 +577,32 @@ impl Solver<'_> {
         let stage = &self.graph.stages[self.graph.target];
         let out = &results[&stage.node];
         let created = now_rfc3339(self.opts.source_date_epoch);
-        // History: the base image's, then every stage along the rootfs chain (FROM <stage>).
+        // History: the base image's, then the stage's (which starts with its parent stage's when
+        // it is built FROM another stage).
         let mut history: Vec<Value> = out.base_history.clone();
-        let base_layers = history.iter().filter(|h| h["empty_layer"] != json!(true)).count();
-        let g = &self.graph.graph;
-        let mut chain_stages = vec![];
-        let mut cur = Some(stage.node);
-        while let Some(n) = cur {
-            let s = g[n].stage;
-            if chain_stages.last() != Some(&s) {
-                chain_stages.push(s);
-            }
-            cur = g
-                .edges_directed(n, Direction::Incoming)
-                .find(|e| *e.weight() == Input::Rootfs)
-                .map(|e| e.source());
-        }
-        chain_stages.reverse();
-        for s in chain_stages {
-            if let Some(st) = self.graph.stages.iter().find(|st| g[st.node].stage == s) {
-                history.extend(st.history.iter().map(|h| image::history_json(h, &created)));
-            }
-        }
+        let base_layers = history
+            .iter()
+            .filter(|h| h["empty_layer"] != json!(true))
+            .count();
+        history.extend(
+            stage
+                .history
+                .iter()
+                .map(|h| image::history_json(h, &created)),
+        );
         // Imported images may lack history for their layers: pad so counts match.
-        let own_layers = history.iter().filter(|h| h["empty_layer"] != json!(true)).count() - base_layers;
+        let own_layers = history
+            .iter()
+            .filter(|h| h["empty_layer"] != json!(true))
+            .count()
+            - base_layers;
         let missing = out.layers.len().saturating_sub(base_layers + own_layers);
         for _ in 0..missing {
             history.insert(0, json!({"created": created, "created_by": "rbuild import", "comment": "imported rootfs"}));
         }
         let diff_ids: Vec<Digest> = out.layers.iter().map(|l| l.diff_id.clone()).collect();
-        let doc = image::config_document(&stage.platform, &stage.config, &diff_ids, history, &created);
+        let doc =
+            image::config_document(&stage.platform, &stage.config, &diff_ids, history, &created);
         let (manifest, config) = rbuild_exporter::write_image_json(self.store, &doc)?;
         Ok(BuildResult { manifest, config })
     }
@@ -526,5 +610,9 @@ impl Solver<'_> {
 
 /// Snapshot directories of a chain, top first (overlay lowerdir order).
 fn parent_dirs(store: &Store, out: &NodeOut) -> Vec<PathBuf> {
-    out.layers.iter().rev().map(|l| store.snapshot_dir(&l.snapshot)).collect()
+    out.layers
+        .iter()
+        .rev()
+        .map(|l| store.snapshot_dir(&l.snapshot))
+        .collect()
 }

@@ -14,17 +14,30 @@ pub fn bin() -> &'static str {
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A busybox rootfs tar made once per test binary by scripts/busybox-rootfs.sh.
 pub fn busybox_tar() -> &'static Path {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("rbuild-bb-").tempdir().unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("rbuild-bb-")
+            .tempdir()
+            .unwrap()
+            .keep();
         let tar = dir.join("busybox-rootfs.tar");
-        let st = Command::new(repo().join("scripts/busybox-rootfs.sh")).arg(&tar).status().unwrap();
-        assert!(st.success(), "scripts/busybox-rootfs.sh failed: is busybox-static installed?");
+        let st = Command::new(repo().join("scripts/busybox-rootfs.sh"))
+            .arg(&tar)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "scripts/busybox-rootfs.sh failed: is busybox-static installed?"
+        );
         tar
     })
 }
@@ -47,14 +60,25 @@ impl Env {
     /// A new, empty store.
     pub fn empty() -> Env {
         Env {
-            root: tempfile::Builder::new().prefix("rbuild-store-").tempdir().unwrap(),
-            work: tempfile::Builder::new().prefix("rbuild-work-").tempdir().unwrap(),
+            root: tempfile::Builder::new()
+                .prefix("rbuild-store-")
+                .tempdir()
+                .unwrap(),
+            work: tempfile::Builder::new()
+                .prefix("rbuild-work-")
+                .tempdir()
+                .unwrap(),
         }
     }
 
     /// Runs rbuild with this store.
     pub fn rbuild(&self, args: &[&str]) -> Output {
-        Command::new(bin()).args(args).env("RBUILD_ROOT", self.root.path()).current_dir(self.work.path()).output().unwrap()
+        Command::new(bin())
+            .args(args)
+            .env("RBUILD_ROOT", self.root.path())
+            .current_dir(self.work.path())
+            .output()
+            .unwrap()
     }
 
     /// Writes a context directory with a Dockerfile and files; returns its path.
@@ -106,7 +130,8 @@ pub fn steps(log: &str) -> Vec<(String, String)> {
         .filter_map(|l| {
             let rest = l.strip_prefix('#')?;
             let (id, name) = rest.split_once(' ')?;
-            (name.starts_with('[') && !name.starts_with("[internal]")).then(|| (id.to_string(), name.to_string()))
+            (name.starts_with('[') && !name.starts_with("[internal]"))
+                .then(|| (id.to_string(), name.to_string()))
         })
         .collect()
 }
@@ -118,9 +143,17 @@ pub fn cached(log: &str, id: &str) -> bool {
 
 /// True when a peer tool is installed; in CI a missing peer fails the test instead of skipping.
 pub fn have(tool: &str) -> bool {
-    let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "{tool} is required in CI (.ci/run installs it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is required in CI (.ci/run installs it)"
+        );
         eprintln!("SKIP: {tool} is not installed (apt-get install -y {tool})");
     }
     ok
