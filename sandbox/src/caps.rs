@@ -50,7 +50,11 @@ const NAMES: [&str; 41] = [
 /// The number of capability `name` (`CAP_CHOWN` or `chown`).
 pub(crate) fn cap_number(name: &str) -> Option<u32> {
     let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
     NAMES.iter().position(|n| *n == full).map(|i| i as u32)
 }
 
@@ -61,7 +65,8 @@ fn mask(set: &Option<Capabilities>) -> Result<u64> {
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
-        let n = cap_number(&name).ok_or_else(|| Error::InvalidSpec(format!("unknown capability {name}")))?;
+        let n = cap_number(&name)
+            .ok_or_else(|| Error::InvalidSpec(format!("unknown capability {name}")))?;
         m |= 1 << n;
     }
     Ok(m)
@@ -79,7 +84,9 @@ pub(crate) struct CapSets {
 
 impl CapSets {
     pub(crate) fn from_spec(c: Option<&LinuxCapabilities>) -> Result<Self> {
-        let Some(c) = c else { return Ok(Self::default()) };
+        let Some(c) = c else {
+            return Ok(Self::default());
+        };
         Ok(CapSets {
             bounding: mask(c.bounding())?,
             effective: mask(c.effective())?,
@@ -109,7 +116,10 @@ pub(crate) fn drop_bounding(keep: u64) -> Result<()> {
             if e.raw_os_error() == Some(libc::EINVAL) {
                 continue; // not known to this kernel
             }
-            return Err(Error::Sys { op: format!("drop capability {cap} from the bounding set"), source: e });
+            return Err(Error::Sys {
+                op: format!("drop capability {cap} from the bounding set"),
+                source: e,
+            });
         }
     }
     Ok(())
@@ -140,9 +150,16 @@ struct CapData {
 
 /// Sets effective/permitted/inheritable with capset(2), then the ambient set.
 pub(crate) fn apply(s: &CapSets) -> Result<()> {
-    let mut hdr = CapHeader { version: 0x2008_0522, pid: 0 };
+    let mut hdr = CapHeader {
+        version: 0x2008_0522,
+        pid: 0,
+    };
     let data = [
-        CapData { effective: s.effective as u32, permitted: s.permitted as u32, inheritable: s.inheritable as u32 },
+        CapData {
+            effective: s.effective as u32,
+            permitted: s.permitted as u32,
+            inheritable: s.inheritable as u32,
+        },
         CapData {
             effective: (s.effective >> 32) as u32,
             permitted: (s.permitted >> 32) as u32,
@@ -154,14 +171,29 @@ pub(crate) fn apply(s: &CapSets) -> Result<()> {
         return Err(Error::sys("capset"));
     }
     // SAFETY: plain prctl.
-    if unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) } != 0 {
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
         return Err(Error::sys("clear ambient capabilities"));
     }
     for cap in 0..64u32 {
         if s.ambient & (1 << cap) != 0 {
             // SAFETY: plain prctl.
             let r = unsafe {
-                libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, cap as libc::c_ulong, 0, 0)
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    cap as libc::c_ulong,
+                    0,
+                    0,
+                )
             };
             if r != 0 {
                 return Err(Error::sys(format!("raise ambient capability {cap}")));

@@ -20,7 +20,10 @@ pub(crate) struct Cgroup {
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
-    std::fs::write(path, value).map_err(|e| Error::Cgroup { path: path.to_path_buf(), msg: format!("write {value:?}: {e}") })
+    std::fs::write(path, value).map_err(|e| Error::Cgroup {
+        path: path.to_path_buf(),
+        msg: format!("write {value:?}: {e}"),
+    })
 }
 
 /// Where each controller lives: (controller, mount point, v2).
@@ -36,7 +39,9 @@ fn hierarchies() -> Vec<(String, PathBuf, bool)> {
         match f[2] {
             "cgroup" => {
                 for c in ["memory", "cpu", "pids"] {
-                    if f[3].split(',').any(|o| o == c) && !out.iter().any(|(n, _, _): &(String, PathBuf, bool)| n == c) {
+                    if f[3].split(',').any(|o| o == c)
+                        && !out.iter().any(|(n, _, _): &(String, PathBuf, bool)| n == c)
+                    {
                         out.push((c.to_string(), PathBuf::from(f[1]), false));
                     }
                 }
@@ -61,7 +66,11 @@ fn own_v1_path(controller: &str) -> PathBuf {
     let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+        let (_, ctrls, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or("/"),
+        );
         if ctrls.split(',').any(|c| c == controller) {
             return PathBuf::from(path.trim_start_matches('/'));
         }
@@ -70,7 +79,10 @@ fn own_v1_path(controller: &str) -> PathBuf {
 }
 
 /// What the resources ask for, per controller, as (file, value) writes for v1 and v2.
-fn wanted(res: &LinuxResources) -> Vec<(&'static str, Vec<(&'static str, String)>, Vec<(&'static str, String)>)> {
+/// Writes to one controller's files: (file, value).
+type Writes = Vec<(&'static str, String)>;
+
+fn wanted(res: &LinuxResources) -> Vec<(&'static str, Writes, Writes)> {
     let mut out = Vec::new();
     if let Some(m) = res.memory() {
         let mut v1 = Vec::new();
@@ -79,9 +91,17 @@ fn wanted(res: &LinuxResources) -> Vec<(&'static str, Vec<(&'static str, String)
             v1.push(("memory.limit_in_bytes", l.to_string()));
             v2.push(("memory.max", l.to_string()));
             if let Some(s) = m.swap() {
-                let total = if s < 0 { "-1".to_string() } else { s.to_string() };
+                let total = if s < 0 {
+                    "-1".to_string()
+                } else {
+                    s.to_string()
+                };
                 v1.push(("memory.memsw.limit_in_bytes", total));
-                let swap_only = if s < 0 { "max".to_string() } else { (s - l).max(0).to_string() };
+                let swap_only = if s < 0 {
+                    "max".to_string()
+                } else {
+                    (s - l).max(0).to_string()
+                };
                 v2.push(("memory.swap.max", swap_only));
             }
         }
@@ -109,7 +129,11 @@ fn wanted(res: &LinuxResources) -> Vec<(&'static str, Vec<(&'static str, String)
         }
     }
     if let Some(p) = res.pids() {
-        let v = if p.limit() > 0 { p.limit().to_string() } else { "max".to_string() };
+        let v = if p.limit() > 0 {
+            p.limit().to_string()
+        } else {
+            "max".to_string()
+        };
         if p.limit() > 0 {
             out.push(("pids", vec![("pids.max", v.clone())], vec![("pids.max", v)]));
         }
@@ -139,7 +163,10 @@ impl Cgroup {
                 let parent = mnt.join("rbuild");
                 if let Err(e) = std::fs::create_dir_all(&parent) {
                     cg.destroy();
-                    return Err(Error::Cgroup { path: parent, msg: format!("mkdir: {e}") });
+                    return Err(Error::Cgroup {
+                        path: parent,
+                        msg: format!("mkdir: {e}"),
+                    });
                 }
                 let enable = format!("+{ctrl}");
                 // Enabling may already be done; errors surface when writing the limit below.
@@ -153,7 +180,10 @@ impl Cgroup {
             if existing.is_none() {
                 if let Err(e) = std::fs::create_dir_all(&dir) {
                     cg.destroy();
-                    return Err(Error::Cgroup { path: dir, msg: format!("mkdir: {e}") });
+                    return Err(Error::Cgroup {
+                        path: dir,
+                        msg: format!("mkdir: {e}"),
+                    });
                 }
             }
             let writes = if *v2 { &v2_writes } else { &v1_writes };
@@ -172,7 +202,11 @@ impl Cgroup {
             }
             match existing {
                 Some(i) => cg.dirs[i].controllers.push(ctrl.to_string()),
-                None => cg.dirs.push(CgroupDir { path: dir, v2: *v2, controllers: vec![ctrl.to_string()] }),
+                None => cg.dirs.push(CgroupDir {
+                    path: dir,
+                    v2: *v2,
+                    controllers: vec![ctrl.to_string()],
+                }),
             }
         }
         Ok(Some(cg))
@@ -180,13 +214,24 @@ impl Cgroup {
 
     /// The `cgroup.procs` files a process writes its pid (or 0) to, to join.
     pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.path.join("cgroup.procs")).collect()
+        self.dirs
+            .iter()
+            .map(|d| d.path.join("cgroup.procs"))
+            .collect()
     }
 
     /// Whether the kernel OOM-killed a process of this container.
     pub(crate) fn oom_killed(&self) -> bool {
-        for d in self.dirs.iter().filter(|d| d.controllers.iter().any(|c| c == "memory")) {
-            let file = if d.v2 { "memory.events" } else { "memory.oom_control" };
+        for d in self
+            .dirs
+            .iter()
+            .filter(|d| d.controllers.iter().any(|c| c == "memory"))
+        {
+            let file = if d.v2 {
+                "memory.events"
+            } else {
+                "memory.oom_control"
+            };
             let text = std::fs::read_to_string(d.path.join(file)).unwrap_or_default();
             for line in text.lines() {
                 if let Some(n) = line.strip_prefix("oom_kill ") {
@@ -227,7 +272,10 @@ mod tests {
         .unwrap();
         let w = wanted(&r);
         assert_eq!(w.len(), 3);
-        assert_eq!(w[0].1, vec![("memory.limit_in_bytes", "1048576".to_string())]);
+        assert_eq!(
+            w[0].1,
+            vec![("memory.limit_in_bytes", "1048576".to_string())]
+        );
         assert_eq!(w[1].2, vec![("cpu.max", "50000 100000".to_string())]);
         assert_eq!(w[2].1, vec![("pids.max", "20".to_string())]);
         let empty = LinuxResources::default();

@@ -25,7 +25,12 @@ pub struct RunOptions {
 impl RunOptions {
     /// Options with the given root and stdio inherited from the caller.
     pub fn new(rootfs: Rootfs) -> Self {
-        RunOptions { rootfs, stdin: Stdio::inherit(), stdout: Stdio::inherit(), stderr: Stdio::inherit() }
+        RunOptions {
+            rootfs,
+            stdin: Stdio::inherit(),
+            stdout: Stdio::inherit(),
+            stderr: Stdio::inherit(),
+        }
     }
 }
 
@@ -92,7 +97,9 @@ pub(crate) fn random_id() -> String {
     // SAFETY: filling a valid buffer.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     if n != b.len() as isize {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let v = t.as_nanos() as u64 ^ (std::process::id() as u64) << 32;
         b.copy_from_slice(&v.to_le_bytes()[..6]);
     }
@@ -101,11 +108,15 @@ pub(crate) fn random_id() -> String {
 
 fn read_report(r: &mut BufReader<File>) -> Result<Option<Report>> {
     let mut line = String::new();
-    let n = r.read_line(&mut line).map_err(|e| Error::Helper(format!("read report: {e}")))?;
+    let n = r
+        .read_line(&mut line)
+        .map_err(|e| Error::Helper(format!("read report: {e}")))?;
     if n == 0 {
         return Ok(None);
     }
-    serde_json::from_str(&line).map(Some).map_err(|e| Error::Helper(format!("bad report {line:?}: {e}")))
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|e| Error::Helper(format!("bad report {line:?}: {e}")))
 }
 
 /// Starts the process tree described by `spec` (process args/env/cwd/user/terminal/capabilities/
@@ -118,22 +129,34 @@ fn read_report(r: &mut BufReader<File>) -> Result<Option<Report>> {
 ///
 /// The current binary must call [`crate::init_if_requested`] at the start of `main`.
 pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Container> {
-    let process = spec.process().as_ref().ok_or_else(|| Error::InvalidSpec("no process".into()))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidSpec("no process".into()))?;
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(Error::InvalidSpec("process.args is empty".into()));
     }
     let id = random_id();
     let state_dir = std::env::temp_dir().join(format!("rbuild-sandbox-{id}"));
     let terminal = process.terminal().unwrap_or(false);
-    let cfg = InitConfig { spec: spec.clone(), rootfs: opts.rootfs, state_dir: state_dir.clone(), id };
-    let cfg_json = serde_json::to_vec(&cfg).map_err(|e| Error::InvalidSpec(format!("serialize spec: {e}")))?;
+    let cfg = InitConfig {
+        spec: spec.clone(),
+        rootfs: opts.rootfs,
+        state_dir: state_dir.clone(),
+        id,
+    };
+    let cfg_json =
+        serde_json::to_vec(&cfg).map_err(|e| Error::InvalidSpec(format!("serialize spec: {e}")))?;
 
     let (cfg_r, cfg_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
     let (cfg_fd, rep_fd) = (cfg_r.as_raw_fd(), rep_w.as_raw_fd());
 
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0("rbuild-sandbox-init").arg(INIT_MARKER).arg(cfg_fd.to_string()).arg(rep_fd.to_string());
+    cmd.arg0("rbuild-sandbox-init")
+        .arg(INIT_MARKER)
+        .arg(cfg_fd.to_string())
+        .arg(rep_fd.to_string());
     let mut pty_master = None;
     if terminal {
         let pty = nix::pty::openpty(None, None).map_err(|e| Error::Sys {
@@ -141,12 +164,19 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
             source: std::io::Error::from_raw_os_error(e as i32),
         })?;
         let dup = |fd: &OwnedFd| {
-            fd.try_clone().map(Stdio::from).map_err(|e| Error::Sys { op: "dup pty".into(), source: e })
+            fd.try_clone().map(Stdio::from).map_err(|e| Error::Sys {
+                op: "dup pty".into(),
+                source: e,
+            })
         };
-        cmd.stdin(dup(&pty.slave)?).stdout(dup(&pty.slave)?).stderr(Stdio::from(pty.slave));
+        cmd.stdin(dup(&pty.slave)?)
+            .stdout(dup(&pty.slave)?)
+            .stderr(Stdio::from(pty.slave));
         pty_master = Some(pty.master);
     } else {
-        cmd.stdin(opts.stdin).stdout(opts.stdout).stderr(opts.stderr);
+        cmd.stdin(opts.stdin)
+            .stdout(opts.stdout)
+            .stderr(opts.stderr);
     }
     // SAFETY: only async-signal-safe fcntl calls between fork and exec.
     unsafe {
@@ -159,7 +189,9 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
             Ok(())
         });
     }
-    let mut helper = cmd.spawn().map_err(|e| Error::io("start sandbox helper", "/proc/self/exe", e))?;
+    let mut helper = cmd
+        .spawn()
+        .map_err(|e| Error::io("start sandbox helper", "/proc/self/exe", e))?;
     drop(cfg_r);
     drop(rep_w);
     // Stdio handed to the helper is owned by `cmd`; drop it now so pipes see EOF properly.
@@ -170,7 +202,9 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
         if let Err(e) = w.write_all(&cfg_json) {
             let _ = helper.kill();
             let _ = helper.wait();
-            return Err(Error::Helper(format!("send spec to helper: {e} (does main() call init_if_requested()?)")));
+            return Err(Error::Helper(format!(
+                "send spec to helper: {e} (does main() call init_if_requested()?)"
+            )));
         }
     }
     match read_report(&mut report) {
@@ -179,7 +213,15 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
             let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
             // SAFETY: a new fd we own.
             let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as i32) });
-            Ok(Container { helper, report, pid: pid as u32, pidfd, pty_master, state_dir, done: false })
+            Ok(Container {
+                helper,
+                report,
+                pid: pid as u32,
+                pidfd,
+                pty_master,
+                state_dir,
+                done: false,
+            })
         }
         Ok(Some(Report::Failed { error })) => {
             let _ = helper.wait();
@@ -233,7 +275,13 @@ impl Container {
         let r = match &self.pidfd {
             // SAFETY: valid pidfd, no siginfo.
             Some(fd) => unsafe {
-                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0)
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    signal,
+                    std::ptr::null::<u8>(),
+                    0,
+                )
             },
             // SAFETY: plain kill.
             None => (unsafe { libc::kill(self.pid as i32, signal) }) as libc::c_long,
@@ -243,7 +291,10 @@ impl Container {
             if e.raw_os_error() == Some(libc::ESRCH) {
                 return Ok(()); // already gone
             }
-            return Err(Error::Sys { op: format!("send signal {signal} to container pid {}", self.pid), source: e });
+            return Err(Error::Sys {
+                op: format!("send signal {signal} to container pid {}", self.pid),
+                source: e,
+            });
         }
         Ok(())
     }
@@ -267,10 +318,15 @@ impl Container {
                     Some(s) => ExitStatus::Signaled(s),
                     None => ExitStatus::Exited(code),
                 };
-                Ok(Outcome { status, oom_killed: oom })
+                Ok(Outcome {
+                    status,
+                    oom_killed: oom,
+                })
             }
             Some(Report::Failed { error }) => Err(Error::Helper(error)),
-            other => Err(Error::Helper(format!("helper ended ({st:?}) without an exit report: {other:?}"))),
+            other => Err(Error::Helper(format!(
+                "helper ended ({st:?}) without an exit report: {other:?}"
+            ))),
         }
     }
 }

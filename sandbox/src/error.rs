@@ -61,7 +61,11 @@ impl Error {
     }
 
     /// An error for `op` on `path` from an `io::Error`.
-    pub(crate) fn io(op: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        op: impl Into<String>,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         Error::Path {
             op: op.into(),
             path: path.into(),
@@ -78,7 +82,11 @@ impl Error {
     }
 
     /// An error from a nix errno.
-    pub(crate) fn nix(op: impl Into<String>, path: impl Into<PathBuf>, e: nix::errno::Errno) -> Self {
+    pub(crate) fn nix(
+        op: impl Into<String>,
+        path: impl Into<PathBuf>,
+        e: nix::errno::Errno,
+    ) -> Self {
         Error::Path {
             op: op.into(),
             path: path.into(),

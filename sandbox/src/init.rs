@@ -34,9 +34,17 @@ pub(crate) struct InitConfig {
 /// What the helper tells the caller, one JSON line each.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Report {
-    Started { pid: i32 },
-    Failed { error: String },
-    Exited { code: i32, signal: Option<i32>, oom: bool },
+    Started {
+        pid: i32,
+    },
+    Failed {
+        error: String,
+    },
+    Exited {
+        code: i32,
+        signal: Option<i32>,
+        oom: bool,
+    },
 }
 
 /// What PID 1 tells the helper before exec, one JSON line each (the pipe closes on exec).
@@ -54,7 +62,9 @@ pub fn init_if_requested() {
     if args.next().as_deref() != Some(std::ffi::OsStr::new(INIT_MARKER)) {
         return;
     }
-    let fd = |a: Option<std::ffi::OsString>| a.and_then(|s| s.to_str().and_then(|s| s.parse::<i32>().ok()));
+    let fd = |a: Option<std::ffi::OsString>| {
+        a.and_then(|s| s.to_str().and_then(|s| s.parse::<i32>().ok()))
+    };
     let (Some(cfg_fd), Some(rep_fd)) = (fd(args.next()), fd(args.next())) else {
         eprintln!("rbuild-sandbox-init: bad arguments");
         std::process::exit(125);
@@ -79,14 +89,24 @@ fn send<T: serde::Serialize>(w: &mut File, msg: &T) {
 fn helper_main(mut cfg_in: File, mut rep: File) -> i32 {
     let mut buf = Vec::new();
     if let Err(e) = cfg_in.read_to_end(&mut buf) {
-        send(&mut rep, &Report::Failed { error: format!("read config: {e}") });
+        send(
+            &mut rep,
+            &Report::Failed {
+                error: format!("read config: {e}"),
+            },
+        );
         return 1;
     }
     drop(cfg_in);
     let cfg: InitConfig = match serde_json::from_slice(&buf) {
         Ok(c) => c,
         Err(e) => {
-            send(&mut rep, &Report::Failed { error: format!("parse config: {e}") });
+            send(
+                &mut rep,
+                &Report::Failed {
+                    error: format!("parse config: {e}"),
+                },
+            );
             return 1;
         }
     };
@@ -94,19 +114,26 @@ fn helper_main(mut cfg_in: File, mut rep: File) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&cfg.state_dir);
-            send(&mut rep, &Report::Failed { error: e.to_string() });
+            send(
+                &mut rep,
+                &Report::Failed {
+                    error: e.to_string(),
+                },
+            );
             1
         }
     }
 }
 
 fn has_ns(spec: &Spec, t: LinuxNamespaceType) -> Result<bool> {
-    let Some(ns) = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()) else { return Ok(false) };
+    let Some(ns) = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()) else {
+        return Ok(false);
+    };
     match ns.iter().find(|n| n.typ() == t) {
         None => Ok(false),
-        Some(n) if n.path().is_some() => {
-            Err(Error::InvalidSpec(format!("joining an existing {t:?} namespace (path) is not supported")))
-        }
+        Some(n) if n.path().is_some() => Err(Error::InvalidSpec(format!(
+            "joining an existing {t:?} namespace (path) is not supported"
+        ))),
         Some(_) => Ok(true),
     }
 }
@@ -125,10 +152,16 @@ const FORWARDED: [Signal; 9] = [
 
 fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
     let spec = &cfg.spec;
-    std::fs::create_dir_all(cfg.state_dir.join("root")).map_err(|e| Error::io("mkdir", &cfg.state_dir, e))?;
-    let hostname = spec.hostname().clone().filter(|h| !h.is_empty()).unwrap_or_else(|| cfg.id.clone());
+    std::fs::create_dir_all(cfg.state_dir.join("root"))
+        .map_err(|e| Error::io("mkdir", &cfg.state_dir, e))?;
+    let hostname = spec
+        .hostname()
+        .clone()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| cfg.id.clone());
     let hostname_file = cfg.state_dir.join("hostname");
-    std::fs::write(&hostname_file, format!("{hostname}\n")).map_err(|e| Error::io("write", &hostname_file, e))?;
+    std::fs::write(&hostname_file, format!("{hostname}\n"))
+        .map_err(|e| Error::io("write", &hostname_file, e))?;
     for t in [
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Uts,
@@ -147,12 +180,14 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
     for s in FORWARDED {
         mask.add(s);
     }
-    mask.thread_block().map_err(|e| Error::nix("block signals", "", e))?;
+    mask.thread_block()
+        .map_err(|e| Error::nix("block signals", "", e))?;
 
-    let (setup_r, setup_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Error::nix("pipe2", "", e))?;
+    let (setup_r, setup_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::nix("pipe2", "", e))?;
     if new_pid_ns {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| Error::nix("unshare pid namespace", "", e))?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+            .map_err(|e| Error::nix("unshare pid namespace", "", e))?;
     }
     // SAFETY: the helper is single-threaded (a fresh exec that started no threads).
     let child = match unsafe { nix::unistd::fork() } {
@@ -191,7 +226,12 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
         remove_stubs(&cfg.rootfs, &stubs);
         return Err(Error::Setup(e));
     }
-    send(rep, &Report::Started { pid: child.as_raw() });
+    send(
+        rep,
+        &Report::Started {
+            pid: child.as_raw(),
+        },
+    );
 
     let status = loop {
         let sig = match mask.wait() {
@@ -203,7 +243,9 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
             loop {
                 match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(p, c)) if p == child => done = Some((c, None)),
-                    Ok(WaitStatus::Signaled(p, s, _)) if p == child => done = Some((128 + s as i32, Some(s as i32))),
+                    Ok(WaitStatus::Signaled(p, s, _)) if p == child => {
+                        done = Some((128 + s as i32, Some(s as i32)))
+                    }
                     Ok(WaitStatus::StillAlive) | Err(_) => break,
                     Ok(_) => {}
                 }
@@ -221,23 +263,82 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
     }
     remove_stubs(&cfg.rootfs, &stubs);
     let _ = std::fs::remove_dir_all(&cfg.state_dir);
-    send(rep, &Report::Exited { code: status.0, signal: status.1, oom });
+    send(
+        rep,
+        &Report::Exited {
+            code: status.0,
+            signal: status.1,
+            oom,
+        },
+    );
     Ok(())
 }
 
 /// Removes the mount-point stubs setup created in the upper layer if they are still empty, so a
 /// RUN step's layer does not record `/etc/hosts`, `/dev/null`, `/proc`... it never made.
 fn remove_stubs(rootfs: &Rootfs, stubs: &[PathBuf]) {
-    let Rootfs::Overlay { upper, .. } = rootfs else { return };
+    use std::os::unix::fs::MetadataExt;
+    let Rootfs::Overlay { upper, lower, .. } = rootfs else {
+        return;
+    };
+    let mut parents: Vec<PathBuf> = Vec::new();
     for s in stubs.iter().rev() {
-        let p = upper.join(s.strip_prefix("/").unwrap_or(s));
-        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
-        if m.is_dir() {
-            let _ = std::fs::remove_dir(&p);
-        } else if m.is_file() && m.len() == 0 {
-            let _ = std::fs::remove_file(&p);
+        let rel = s.strip_prefix("/").unwrap_or(s);
+        let p = upper.join(rel);
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let removed = if m.is_dir() {
+            std::fs::remove_dir(&p).is_ok()
+        } else {
+            m.is_file() && m.len() == 0 && std::fs::remove_file(&p).is_ok()
+        };
+        if removed {
+            parents.extend(
+                rel.ancestors()
+                    .skip(1)
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .map(Path::to_path_buf),
+            );
         }
     }
+    // Directories copied up only to hold a stub: drop them when empty and identical (mode, owner)
+    // to the lower directory they came from.
+    parents.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    parents.dedup();
+    for rel in parents {
+        let p = upper.join(&rel);
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let Some(lm) = lower
+            .iter()
+            .find_map(|l| std::fs::symlink_metadata(l.join(&rel)).ok())
+        else {
+            continue;
+        };
+        let same = m.is_dir()
+            && lm.is_dir()
+            && m.mode() == lm.mode()
+            && m.uid() == lm.uid()
+            && m.gid() == lm.gid();
+        let has_xattr_opaque = nix_getxattr(&p, "trusted.overlay.opaque");
+        if same && !has_xattr_opaque {
+            let _ = std::fs::remove_dir(&p); // fails (fine) unless empty
+        }
+    }
+}
+
+/// Whether `path` carries the extended attribute `name`.
+fn nix_getxattr(path: &Path, name: &str) -> bool {
+    let (Ok(p), Ok(n)) = (
+        CString::new(path.as_os_str().as_bytes()),
+        CString::new(name),
+    ) else {
+        return false;
+    };
+    // SAFETY: size query with a null buffer.
+    unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
 }
 
 fn cstring(s: &str, what: &str) -> Result<CString> {
@@ -245,7 +346,13 @@ fn cstring(s: &str, what: &str) -> Result<CString> {
 }
 
 /// PID 1: finish the isolation and exec. Returns only on failure.
-fn container_main(cfg: &InitConfig, hostname: &str, hostname_file: &Path, cgroup: Option<&Cgroup>, setup: &mut File) -> Error {
+fn container_main(
+    cfg: &InitConfig,
+    hostname: &str,
+    hostname_file: &Path,
+    cgroup: Option<&Cgroup>,
+    setup: &mut File,
+) -> Error {
     match setup_and_exec(cfg, hostname, hostname_file, cgroup, setup) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -260,7 +367,9 @@ fn setup_and_exec(
     setup: &mut File,
 ) -> Result<std::convert::Infallible> {
     let spec = &cfg.spec;
-    SigSet::empty().thread_set_mask().map_err(|e| Error::nix("unblock signals", "", e))?;
+    SigSet::empty()
+        .thread_set_mask()
+        .map_err(|e| Error::nix("unblock signals", "", e))?;
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
 
@@ -287,12 +396,17 @@ fn setup_and_exec(
     }
     nix::sched::unshare(flags).map_err(|e| Error::nix(format!("unshare {flags:?}"), "", e))?;
 
-    let process = spec.process().as_ref().ok_or_else(|| Error::InvalidSpec("no process".into()))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidSpec("no process".into()))?;
     nix::unistd::setsid().map_err(|e| Error::nix("setsid", "", e))?;
     if process.terminal().unwrap_or(false) {
         // SAFETY: stdin is the pty slave given by the caller.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
-            return Err(Error::sys("make the pty the controlling terminal (TIOCSCTTY)"));
+            return Err(Error::sys(
+                "make the pty the controlling terminal (TIOCSCTTY)",
+            ));
         }
     }
 
@@ -310,7 +424,11 @@ fn setup_and_exec(
         mounts: spec.mounts().as_deref().unwrap_or(&[]),
         masked: linux.masked_paths().as_deref().unwrap_or(&[]),
         readonly: linux.readonly_paths().as_deref().unwrap_or(&[]),
-        root_readonly: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+        root_readonly: spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
         etc_binds,
     };
     let stubs = setup_rootfs(&mut Linux, &plan)?;
@@ -346,7 +464,11 @@ fn setup_and_exec(
         .to_string();
 
     let cwd = process.cwd();
-    let cwd = if cwd.as_os_str().is_empty() { Path::new("/") } else { cwd.as_path() };
+    let cwd = if cwd.as_os_str().is_empty() {
+        Path::new("/")
+    } else {
+        cwd.as_path()
+    };
     if !cwd.is_dir() {
         std::fs::create_dir_all(cwd).map_err(|e| Error::io("create working directory", cwd, e))?;
         let _ = nix::unistd::chown(cwd, Some(uid.into()), Some(gid.into()));
@@ -371,8 +493,10 @@ fn setup_and_exec(
         groups.push((*g).into());
     }
     nix::unistd::setgroups(&groups).map_err(|e| Error::nix("setgroups", "", e))?;
-    nix::unistd::setresgid(gid.into(), gid.into(), gid.into()).map_err(|e| Error::nix(format!("setgid {gid}"), "", e))?;
-    nix::unistd::setresuid(uid.into(), uid.into(), uid.into()).map_err(|e| Error::nix(format!("setuid {uid}"), "", e))?;
+    nix::unistd::setresgid(gid.into(), gid.into(), gid.into())
+        .map_err(|e| Error::nix(format!("setgid {gid}"), "", e))?;
+    nix::unistd::setresuid(uid.into(), uid.into(), uid.into())
+        .map_err(|e| Error::nix(format!("setuid {uid}"), "", e))?;
     caps::set_keepcaps(false)?;
     caps::apply(&capsets)?;
     // Credential changes clear the parent-death signal: set it again.
@@ -387,14 +511,29 @@ fn setup_and_exec(
     }
 
     let args = process.args().clone().unwrap_or_default();
-    let argv: Vec<CString> = args.iter().map(|a| cstring(a, "argument")).collect::<Result<_>>()?;
-    let envp: Vec<CString> = env.iter().map(|e| cstring(e, "environment entry")).collect::<Result<_>>()?;
-    let Some(arg0) = args.first() else { return Err(Error::InvalidSpec("process.args is empty".into())) };
+    let argv: Vec<CString> = args
+        .iter()
+        .map(|a| cstring(a, "argument"))
+        .collect::<Result<_>>()?;
+    let envp: Vec<CString> = env
+        .iter()
+        .map(|e| cstring(e, "environment entry"))
+        .collect::<Result<_>>()?;
+    let Some(arg0) = args.first() else {
+        return Err(Error::InvalidSpec("process.args is empty".into()));
+    };
 
     // Every fd above 2 is closed by the exec (CVE-2024-21626 class); the setup pipe too, which tells
     // the helper the exec happened.
     // SAFETY: close_range with CLOEXEC flag only marks fds.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as u32) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     if r != 0 {
         return Err(Error::sys("close_range(3.., CLOEXEC)"));
     }
@@ -408,7 +547,8 @@ fn setup_and_exec(
         // SAFETY: exiting PID 1 without running destructors.
         unsafe { libc::_exit(not_found_code) };
     }
-    let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::InvalidSpec("path with NUL".into()))?;
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::InvalidSpec("path with NUL".into()))?;
     let e = nix::unistd::execve(&cpath, &argv, &envp).unwrap_err();
     let (code, why) = match e {
         nix::errno::Errno::ENOENT => (127, "no such file or directory".to_string()),
@@ -423,14 +563,19 @@ fn setup_and_exec(
 /// PATH lookup like Go's exec.LookPath with Docker's messages. Err is (exit code, message).
 fn lookup(arg0: &str, path_var: &str) -> std::result::Result<PathBuf, (i32, String)> {
     let executable = |p: &Path| {
-        let Ok(c) = CString::new(p.as_os_str().as_bytes()) else { return false };
+        let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+            return false;
+        };
         // SAFETY: valid NUL-terminated path.
         p.is_file() && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0
     };
     if arg0.contains('/') {
         let p = PathBuf::from(arg0);
         if !p.exists() {
-            return Err((127, format!("exec: \"{arg0}\": stat {arg0}: no such file or directory")));
+            return Err((
+                127,
+                format!("exec: \"{arg0}\": stat {arg0}: no such file or directory"),
+            ));
         }
         if !executable(&p) {
             return Err((126, format!("exec: \"{arg0}\": permission denied")));
@@ -444,7 +589,10 @@ fn lookup(arg0: &str, path_var: &str) -> std::result::Result<PathBuf, (i32, Stri
             return Ok(p);
         }
     }
-    Err((127, format!("exec: \"{arg0}\": executable file not found in $PATH")))
+    Err((
+        127,
+        format!("exec: \"{arg0}\": executable file not found in $PATH"),
+    ))
 }
 
 fn loopback_up() -> Result<()> {
@@ -499,16 +647,26 @@ fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
 /// CAP_SYS_RESOURCE).
 fn apply_rlimits(limits: &[oci_spec::runtime::PosixRlimit]) -> Result<()> {
     for l in limits {
-        let name = serde_json::to_value(l.typ()).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-        let res = rlimit_resource(&name).ok_or_else(|| Error::InvalidSpec(format!("unknown rlimit {name}")))?;
-        let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let name = serde_json::to_value(l.typ())
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let res = rlimit_resource(&name)
+            .ok_or_else(|| Error::InvalidSpec(format!("unknown rlimit {name}")))?;
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: valid out pointer.
         if unsafe { libc::getrlimit(res, &mut cur) } != 0 {
             return Err(Error::sys(format!("getrlimit {name}")));
         }
         let hard = l.hard().min(cur.rlim_max);
         let soft = l.soft().min(hard);
-        let new = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
         // SAFETY: valid pointer.
         if unsafe { libc::setrlimit(res, &new) } != 0 {
             return Err(Error::sys(format!("setrlimit {name} {soft}:{hard}")));
@@ -524,7 +682,13 @@ mod tests {
     #[test]
     fn lookup_messages() {
         let e = lookup("definitely-not-here", "/nonexistent:/also-not").unwrap_err();
-        assert_eq!(e, (127, "exec: \"definitely-not-here\": executable file not found in $PATH".to_string()));
+        assert_eq!(
+            e,
+            (
+                127,
+                "exec: \"definitely-not-here\": executable file not found in $PATH".to_string()
+            )
+        );
         let e = lookup("/nope/x", "").unwrap_err();
         assert_eq!(e.0, 127);
         assert!(lookup("sh", "/bin:/usr/bin").is_ok());
@@ -532,7 +696,19 @@ mod tests {
 
     #[test]
     fn report_roundtrip() {
-        let s = serde_json::to_string(&Report::Exited { code: 137, signal: Some(9), oom: true }).unwrap();
-        assert!(matches!(serde_json::from_str::<Report>(&s).unwrap(), Report::Exited { code: 137, signal: Some(9), oom: true }));
+        let s = serde_json::to_string(&Report::Exited {
+            code: 137,
+            signal: Some(9),
+            oom: true,
+        })
+        .unwrap();
+        assert!(matches!(
+            serde_json::from_str::<Report>(&s).unwrap(),
+            Report::Exited {
+                code: 137,
+                signal: Some(9),
+                oom: true
+            }
+        ));
     }
 }

@@ -39,7 +39,10 @@ mod user;
 pub use container::{spawn, Container, ExitStatus, Outcome, RunOptions};
 pub use error::{Error, Result};
 pub use init::init_if_requested;
-pub use spec::{default_seccomp, default_spec, BLOCKED_SYSCALLS, DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS};
+pub use spec::{
+    default_seccomp, default_spec, BLOCKED_SYSCALLS, DEFAULT_CAPABILITIES, MASKED_PATHS,
+    READONLY_PATHS,
+};
 pub use user::resolve_user;
 
 use std::path::{Path, PathBuf};
@@ -79,13 +82,23 @@ impl OverlayMount {
     /// Mounts an overlay of `lower` (TOP FIRST) with an optional `(upper, work)` at `target`, which
     /// must be an existing directory. Without upper the mount is read-only. With no lower at all an
     /// empty read-only tmpfs is mounted (nothing to show).
-    pub fn mount(lower: &[PathBuf], upper_work: Option<(&Path, &Path)>, target: &Path) -> Result<Self> {
+    pub fn mount(
+        lower: &[PathBuf],
+        upper_work: Option<(&Path, &Path)>,
+        target: &Path,
+    ) -> Result<Self> {
         if lower.is_empty() {
             match upper_work {
                 // A lone upper: bind it (writes land in it directly).
                 Some((upper, _)) => {
-                    nix::mount::mount(Some(upper), target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
-                        .map_err(|e| Error::nix(format!("bind {} on", upper.display()), target, e))?;
+                    nix::mount::mount(
+                        Some(upper),
+                        target,
+                        None::<&str>,
+                        nix::mount::MsFlags::MS_BIND,
+                        None::<&str>,
+                    )
+                    .map_err(|e| Error::nix(format!("bind {} on", upper.display()), target, e))?;
                 }
                 None => {
                     nix::mount::mount(
@@ -101,7 +114,9 @@ impl OverlayMount {
         } else {
             sys::mount_overlay_new_api(lower, upper_work, target)?;
         }
-        Ok(OverlayMount { target: target.to_path_buf() })
+        Ok(OverlayMount {
+            target: target.to_path_buf(),
+        })
     }
 
     /// Where the overlay is mounted.

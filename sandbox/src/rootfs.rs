@@ -61,7 +61,11 @@ pub(crate) struct MountOptions {
 }
 
 pub(crate) fn parse_options(options: &[String]) -> MountOptions {
-    let mut o = MountOptions { flags: MsFlags::empty(), propagation: MsFlags::empty(), data: Vec::new() };
+    let mut o = MountOptions {
+        flags: MsFlags::empty(),
+        propagation: MsFlags::empty(),
+        data: Vec::new(),
+    };
     for opt in options {
         let (set, clear) = match opt.as_str() {
             "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
@@ -157,24 +161,43 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
         }
     };
     // Nothing we mount may propagate back to the host.
-    sys.mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
 
     match plan.rootfs {
         RootfsConfig::Overlay { lower, upper, work } => {
             sys.mount_overlay(lower, Some((upper, work)), root)?;
         }
-        RootfsConfig::OverlayReadOnly { lower } if lower.is_empty() => {
+        RootfsConfig::OverlayReadOnly { lower } => {
+            // A throwaway tmpfs holds the upper layer, so mount points can be created; the root is
+            // made read-only once everything is mounted.
             sys.mount(
                 Some(Path::new("tmpfs")),
                 root,
                 Some("tmpfs"),
-                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                MsFlags::MS_NOSUID,
                 Some("mode=755"),
             )?;
+            if !lower.is_empty() {
+                let (u, w) = (root.join(".upper"), root.join(".work"));
+                sys.mkdir_all(&u)?;
+                sys.mkdir_all(&w)?;
+                sys.mount_overlay(lower, Some((&u, &w)), root)?;
+            }
         }
-        RootfsConfig::OverlayReadOnly { lower } => sys.mount_overlay(lower, None, root)?,
         RootfsConfig::Dir(dir) => {
-            sys.mount(Some(dir), root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+            sys.mount(
+                Some(dir),
+                root,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
         }
     }
 
@@ -186,7 +209,10 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
         let data = (!opts.data.is_empty()).then(|| opts.data.join(","));
         if is_bind {
             let src = m.source().as_ref().ok_or_else(|| {
-                Error::InvalidSpec(format!("bind mount at {} has no source", m.destination().display()))
+                Error::InvalidSpec(format!(
+                    "bind mount at {} has no source",
+                    m.destination().display()
+                ))
             })?;
             if sys.is_dir(src) {
                 let c = sys.mkdir_all(&dest)?;
@@ -204,7 +230,13 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
             sys.mount(Some(src), &dest, None, bind | MsFlags::MS_BIND, None)?;
             let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
             if !extra.is_empty() {
-                sys.mount(None, &dest, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None)?;
+                sys.mount(
+                    None,
+                    &dest,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+                    None,
+                )?;
             }
         } else {
             let c = sys.mkdir_all(&dest)?;
@@ -212,7 +244,13 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
             if typ == "cgroup" || typ == "cgroup2" {
                 // The cgroup ns makes the container's own cgroup the root of this view. On a
                 // v1/v2 hybrid host, mounting v1 controllers is not needed by builds; best effort.
-                let _ = sys.mount(Some(Path::new("cgroup2")), &dest, Some("cgroup2"), opts.flags, None);
+                let _ = sys.mount(
+                    Some(Path::new("cgroup2")),
+                    &dest,
+                    Some("cgroup2"),
+                    opts.flags,
+                    None,
+                );
                 continue;
             }
             let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
@@ -262,7 +300,11 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
             None,
             &dest,
             None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
             None,
         )?;
     }
@@ -279,9 +321,21 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
             continue;
         }
         if sys.is_dir(p) {
-            sys.mount(Some(Path::new("tmpfs")), p, Some("tmpfs"), MsFlags::MS_RDONLY, None)?;
+            sys.mount(
+                Some(Path::new("tmpfs")),
+                p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None,
+            )?;
         } else {
-            sys.mount(Some(Path::new("/dev/null")), p, None, MsFlags::MS_BIND, None)?;
+            sys.mount(
+                Some(Path::new("/dev/null")),
+                p,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?;
         }
     }
     for p in plan.readonly {
@@ -294,12 +348,23 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
             None,
             p,
             None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
             None,
         )?;
     }
-    if plan.root_readonly {
-        sys.mount(None, Path::new("/"), None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+    if plan.root_readonly || matches!(plan.rootfs, RootfsConfig::OverlayReadOnly { .. }) {
+        sys.mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
     }
     Ok(stubs)
 }
@@ -317,7 +382,10 @@ mod tests {
         std::os::unix::fs::symlink("/etc", r.join("a/abs")).unwrap();
         std::os::unix::fs::symlink("../../../../..", r.join("a/b/up")).unwrap();
         assert_eq!(secure_join(r, Path::new("/a/b/c")), r.join("a/b/c"));
-        assert_eq!(secure_join(r, Path::new("/a/abs/hosts")), r.join("etc/hosts"));
+        assert_eq!(
+            secure_join(r, Path::new("/a/abs/hosts")),
+            r.join("etc/hosts")
+        );
         assert_eq!(secure_join(r, Path::new("/a/b/up/x")), r.join("x"));
         assert_eq!(secure_join(r, Path::new("../../etc")), r.join("etc"));
         std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
@@ -326,8 +394,17 @@ mod tests {
 
     #[test]
     fn options() {
-        let o = parse_options(&["nosuid".into(), "ro".into(), "mode=755".into(), "rprivate".into(), "rbind".into()]);
-        assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC);
+        let o = parse_options(&[
+            "nosuid".into(),
+            "ro".into(),
+            "mode=755".into(),
+            "rprivate".into(),
+            "rbind".into(),
+        ]);
+        assert_eq!(
+            o.flags,
+            MsFlags::MS_NOSUID | MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC
+        );
         assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
         assert_eq!(o.data, vec!["mode=755".to_string()]);
     }
@@ -342,7 +419,11 @@ mod tests {
         };
         let linux = spec.linux().clone().unwrap();
         let mut rec = Recorder {
-            existing: vec!["/proc/kcore".into(), "/proc/sys".into(), "/proc/acpi".into()],
+            existing: vec![
+                "/proc/kcore".into(),
+                "/proc/sys".into(),
+                "/proc/acpi".into(),
+            ],
             dirs: vec!["/proc/sys".into(), "/proc/acpi".into()],
             ..Default::default()
         };
@@ -359,20 +440,36 @@ mod tests {
         let calls = &rec.calls;
         assert!(matches!(&calls[0], Call::Mount { target, flags, .. }
             if target == Path::new("/") && *flags == MsFlags::MS_REC | MsFlags::MS_PRIVATE));
-        assert!(matches!(&calls[1], Call::Overlay { lower, upper: Some(_), .. } if lower[0] == Path::new("/l1")));
+        assert!(
+            matches!(&calls[1], Call::Overlay { lower, upper: Some(_), .. } if lower[0] == Path::new("/l1"))
+        );
         let pos = |f: &dyn Fn(&Call) -> bool| calls.iter().position(f).unwrap();
         let proc_mount = pos(&|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "proc"));
         let pivot = pos(&|c| matches!(c, Call::PivotRoot(..)));
         let detach = pos(&|c| matches!(c, Call::Umount(_, f) if *f == libc::MNT_DETACH));
-        let kcore = pos(&|c| matches!(c, Call::Mount { target, source: Some(s), .. }
-            if target == Path::new("/proc/kcore") && s == Path::new("/dev/null")));
-        let acpi = pos(&|c| matches!(c, Call::Mount { target, fstype: Some(t), .. }
-            if target == Path::new("/proc/acpi") && t == "tmpfs"));
-        let sys_ro = pos(&|c| matches!(c, Call::Mount { target, flags, .. }
-            if target == Path::new("/proc/sys") && flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_REMOUNT)));
-        let hosts = pos(&|c| matches!(c, Call::Mount { target, source: Some(s), .. }
-            if target == Path::new("/state/root/etc/hosts") && s == Path::new("/etc/hosts")));
-        assert!(proc_mount < pivot && hosts < pivot && pivot < detach && detach < kcore && kcore < sys_ro);
+        let kcore = pos(&|c| {
+            matches!(c, Call::Mount { target, source: Some(s), .. }
+            if target == Path::new("/proc/kcore") && s == Path::new("/dev/null"))
+        });
+        let acpi = pos(&|c| {
+            matches!(c, Call::Mount { target, fstype: Some(t), .. }
+            if target == Path::new("/proc/acpi") && t == "tmpfs")
+        });
+        let sys_ro = pos(&|c| {
+            matches!(c, Call::Mount { target, flags, .. }
+            if target == Path::new("/proc/sys") && flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_REMOUNT))
+        });
+        let hosts = pos(&|c| {
+            matches!(c, Call::Mount { target, source: Some(s), .. }
+            if target == Path::new("/state/root/etc/hosts") && s == Path::new("/etc/hosts"))
+        });
+        assert!(
+            proc_mount < pivot
+                && hosts < pivot
+                && pivot < detach
+                && detach < kcore
+                && kcore < sys_ro
+        );
         assert!(acpi > detach);
         assert!(calls.iter().any(|c| matches!(c, Call::Mount { target, .. } if target == Path::new("/state/root/dev/null"))));
         assert!(calls.iter().any(|c| matches!(c, Call::Symlink(t, l) if t == Path::new("/proc/self/fd") && l == Path::new("/state/root/dev/fd"))));
@@ -387,7 +484,10 @@ mod tests {
         }))
         .unwrap();
         let rootfs = RootfsConfig::Dir("/img".into());
-        let mut rec = Recorder { dirs: vec!["/host/data".into()], ..Default::default() };
+        let mut rec = Recorder {
+            dirs: vec!["/host/data".into()],
+            ..Default::default()
+        };
         let plan = RootPlan {
             root: Path::new("/r"),
             rootfs: &rootfs,
@@ -412,7 +512,9 @@ mod tests {
             flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             data: None
         }));
-        assert!(matches!(rec.calls.last(), Some(Call::Mount { target, flags, .. })
-            if target == Path::new("/") && flags.contains(MsFlags::MS_RDONLY)));
+        assert!(
+            matches!(rec.calls.last(), Some(Call::Mount { target, flags, .. })
+            if target == Path::new("/") && flags.contains(MsFlags::MS_RDONLY))
+        );
     }
 }

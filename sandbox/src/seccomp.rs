@@ -3,8 +3,8 @@
 use crate::error::{Error, Result};
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
 
@@ -87,14 +87,17 @@ fn x86_only(_name: &str) -> Option<i64> {
 }
 
 fn target_arch() -> Result<TargetArch> {
-    TargetArch::try_from(std::env::consts::ARCH).map_err(|e| Error::Seccomp(format!("architecture: {e}")))
+    TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| Error::Seccomp(format!("architecture: {e}")))
 }
 
 fn action(a: LinuxSeccompAction, errno: Option<u32>, default_errno: u32) -> Result<SeccompAction> {
     Ok(match a {
         LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
         LinuxSeccompAction::ScmpActErrno => SeccompAction::Errno(errno.unwrap_or(default_errno)),
-        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => SeccompAction::KillThread,
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            SeccompAction::KillThread
+        }
         LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
         LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
         LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
@@ -105,15 +108,22 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>, default_errno: u32) -> Resu
     })
 }
 
+/// Per syscall: (matched unconditionally, or-ed argument rules).
+type Group = BTreeMap<i64, (bool, Vec<SeccompRule>)>;
+
 /// Compiles `policy` into one BPF program per distinct non-default action. The kernel applies the
 /// most restrictive result of all installed filters, so with an allowing default action each group
 /// blocks its own syscalls independently. A non-allowing default supports one group only.
 pub(crate) fn compile(policy: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
     let arch = target_arch()?;
     let default_errno = policy.default_errno_ret().unwrap_or(libc::EPERM as u32);
-    let default = action(policy.default_action(), policy.default_errno_ret(), default_errno)?;
+    let default = action(
+        policy.default_action(),
+        policy.default_errno_ret(),
+        default_errno,
+    )?;
     // action -> syscall -> (unconditional, rules)
-    let mut groups: Vec<(SeccompAction, BTreeMap<i64, (bool, Vec<SeccompRule>)>)> = Vec::new();
+    let mut groups: Vec<(SeccompAction, Group)> = Vec::new();
     for sc in policy.syscalls().as_deref().unwrap_or(&[]) {
         let act = action(sc.action(), sc.errno_ret(), default_errno)?;
         if act == default {
@@ -139,18 +149,24 @@ pub(crate) fn compile(policy: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
                     LinuxSeccompOperator::ScmpCmpEq => (SeccompCmpOp::Eq, a.value()),
                     LinuxSeccompOperator::ScmpCmpGe => (SeccompCmpOp::Ge, a.value()),
                     LinuxSeccompOperator::ScmpCmpGt => (SeccompCmpOp::Gt, a.value()),
-                    LinuxSeccompOperator::ScmpCmpMaskedEq => {
-                        (SeccompCmpOp::MaskedEq(a.value()), a.value_two().unwrap_or(0))
-                    }
+                    LinuxSeccompOperator::ScmpCmpMaskedEq => (
+                        SeccompCmpOp::MaskedEq(a.value()),
+                        a.value_two().unwrap_or(0),
+                    ),
                 };
-                let index = u8::try_from(a.index())
-                    .map_err(|_| Error::Seccomp(format!("argument index {} out of range", a.index())))?;
+                let index = u8::try_from(a.index()).map_err(|_| {
+                    Error::Seccomp(format!("argument index {} out of range", a.index()))
+                })?;
                 conds.push(
-                    SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, val)
-                        .map_err(|e| Error::Seccomp(format!("condition on {:?}: {e}", sc.names())))?,
+                    SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, val).map_err(
+                        |e| Error::Seccomp(format!("condition on {:?}: {e}", sc.names())),
+                    )?,
                 );
             }
-            Some(SeccompRule::new(conds).map_err(|e| Error::Seccomp(format!("rule on {:?}: {e}", sc.names())))?)
+            Some(
+                SeccompRule::new(conds)
+                    .map_err(|e| Error::Seccomp(format!("rule on {:?}: {e}", sc.names())))?,
+            )
         };
         for name in sc.names() {
             let Some(nr) = syscall_nr(name) else { continue };
@@ -163,7 +179,8 @@ pub(crate) fn compile(policy: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
     }
     if default != SeccompAction::Allow && groups.len() > 1 {
         return Err(Error::Seccomp(
-            "a policy whose default action is not SCMP_ACT_ALLOW may have only one other action".into(),
+            "a policy whose default action is not SCMP_ACT_ALLOW may have only one other action"
+                .into(),
         ));
     }
     let mut progs = Vec::new();
@@ -177,7 +194,8 @@ pub(crate) fn compile(policy: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
             .into_iter()
             .map(|(nr, (uncond, rules))| (nr, if uncond { Vec::new() } else { rules }))
             .collect();
-        let f = SeccompFilter::new(rules, default.clone(), act, arch).map_err(|e| Error::Seccomp(e.to_string()))?;
+        let f = SeccompFilter::new(rules, default.clone(), act, arch)
+            .map_err(|e| Error::Seccomp(e.to_string()))?;
         progs.push(BpfProgram::try_from(f).map_err(|e| Error::Seccomp(e.to_string()))?);
     }
     Ok(progs)
@@ -192,8 +210,12 @@ struct SockFprog {
 /// Installs the programs on the calling thread. Needs no_new_privs or CAP_SYS_ADMIN.
 pub(crate) fn install(progs: &[BpfProgram]) -> Result<()> {
     for p in progs {
-        let len = u16::try_from(p.len()).map_err(|_| Error::Seccomp("filter longer than 65535 instructions".into()))?;
-        let prog = SockFprog { len, filter: p.as_ptr() };
+        let len = u16::try_from(p.len())
+            .map_err(|_| Error::Seccomp("filter longer than 65535 instructions".into()))?;
+        let prog = SockFprog {
+            len,
+            filter: p.as_ptr(),
+        };
         // SAFETY: the kernel copies the program; `p` outlives the call.
         let r = unsafe {
             libc::syscall(
@@ -204,7 +226,10 @@ pub(crate) fn install(progs: &[BpfProgram]) -> Result<()> {
             )
         };
         if r != 0 {
-            return Err(Error::Seccomp(format!("install filter: {}", std::io::Error::last_os_error())));
+            return Err(Error::Seccomp(format!(
+                "install filter: {}",
+                std::io::Error::last_os_error()
+            )));
         }
     }
     Ok(())
@@ -225,7 +250,17 @@ mod tests {
 
     #[test]
     fn blocked_names_are_known_here() {
-        for n in ["mount", "umount2", "pivot_root", "unshare", "setns", "keyctl", "bpf", "kexec_load", "reboot"] {
+        for n in [
+            "mount",
+            "umount2",
+            "pivot_root",
+            "unshare",
+            "setns",
+            "keyctl",
+            "bpf",
+            "kexec_load",
+            "reboot",
+        ] {
             assert!(syscall_nr(n).is_some(), "{n}");
         }
         assert!(syscall_nr("no_such_call").is_none());

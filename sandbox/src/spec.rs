@@ -38,7 +38,13 @@ pub const MASKED_PATHS: [&str; 12] = [
 ];
 
 /// Docker's read-only paths.
-pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Syscalls Docker's default seccomp profile refuses (EPERM) to a container with the default
 /// capabilities. Docker's profile is an allow list; rbuild uses the equivalent deny list of the
@@ -125,7 +131,8 @@ pub fn default_seccomp() -> serde_json::Value {
             "args": [{"index": 0, "value": f, "valueTwo": f, "op": "SCMP_CMP_MASKED_EQ"}],
         }));
     }
-    syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}));
+    syscalls
+        .push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}));
     json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": syscalls})
 }
 
@@ -134,7 +141,12 @@ pub fn default_seccomp() -> serde_json::Value {
 /// `/dev/mqueue`, read-only `/sys` and `/sys/fs/cgroup` mounts, masked and read-only paths,
 /// no_new_privileges and Docker's default seccomp policy. Runs as root (0:0) until the caller sets
 /// `process.user`. `root.path` is unused by [`crate::spawn`].
-pub fn default_spec(args: Vec<String>, env: Vec<String>, cwd: &str, network_isolated: bool) -> Spec {
+pub fn default_spec(
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: &str,
+    network_isolated: bool,
+) -> Spec {
     let mut namespaces = vec![
         json!({"type": "pid"}),
         json!({"type": "ipc"}),
@@ -195,15 +207,37 @@ mod tests {
         assert_eq!(p.args().as_ref().unwrap(), &vec!["sh".to_string()]);
         assert_eq!(p.cwd().to_str(), Some("/work"));
         assert_eq!(p.no_new_privileges(), Some(true));
-        assert_eq!(p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap().len(), 14);
+        assert_eq!(
+            p.capabilities()
+                .as_ref()
+                .unwrap()
+                .bounding()
+                .as_ref()
+                .unwrap()
+                .len(),
+            14
+        );
         let l = s.linux().as_ref().unwrap();
-        let ns: Vec<_> = l.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
-        assert!(ns.contains(&LinuxNamespaceType::Pid) && !ns.contains(&LinuxNamespaceType::Network));
+        let ns: Vec<_> = l
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert!(
+            ns.contains(&LinuxNamespaceType::Pid) && !ns.contains(&LinuxNamespaceType::Network)
+        );
         assert!(l.seccomp().is_some());
         assert_eq!(s.mounts().as_ref().unwrap().len(), 7);
         let s = default_spec(vec![], vec![], "", true);
         let l = s.linux().as_ref().unwrap();
-        assert!(l.namespaces().as_ref().unwrap().iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+        assert!(l
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Network));
         assert_eq!(s.process().as_ref().unwrap().cwd().to_str(), Some("/"));
     }
 }

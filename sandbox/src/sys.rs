@@ -20,7 +20,12 @@ pub(crate) trait Sys {
         data: Option<&str>,
     ) -> Result<()>;
     /// Mounts an overlay (new mount API) or, for a single read-only lower, a read-only bind.
-    fn mount_overlay(&mut self, lower: &[PathBuf], upper_work: Option<(&Path, &Path)>, target: &Path) -> Result<()>;
+    fn mount_overlay(
+        &mut self,
+        lower: &[PathBuf],
+        upper_work: Option<(&Path, &Path)>,
+        target: &Path,
+    ) -> Result<()>;
     /// umount2(2).
     fn umount2(&mut self, target: &Path, flags: i32) -> Result<()>;
     /// pivot_root(2).
@@ -59,13 +64,28 @@ impl Sys for Linux {
         data: Option<&str>,
     ) -> Result<()> {
         nix::mount::mount(source, target, fstype, flags, data).map_err(|e| {
-            let what = fstype.unwrap_or(if flags.contains(MsFlags::MS_BIND) { "bind" } else { "" });
-            let src = source.map(|s| format!(" {}", s.display())).unwrap_or_default();
-            Error::nix(format!("mount {what}{src} (flags {:#x}) on", flags.bits()), target, e)
+            let what = fstype.unwrap_or(if flags.contains(MsFlags::MS_BIND) {
+                "bind"
+            } else {
+                ""
+            });
+            let src = source
+                .map(|s| format!(" {}", s.display()))
+                .unwrap_or_default();
+            Error::nix(
+                format!("mount {what}{src} (flags {:#x}) on", flags.bits()),
+                target,
+                e,
+            )
         })
     }
 
-    fn mount_overlay(&mut self, lower: &[PathBuf], upper_work: Option<(&Path, &Path)>, target: &Path) -> Result<()> {
+    fn mount_overlay(
+        &mut self,
+        lower: &[PathBuf],
+        upper_work: Option<(&Path, &Path)>,
+        target: &Path,
+    ) -> Result<()> {
         mount_overlay_new_api(lower, upper_work, target)
     }
 
@@ -171,12 +191,23 @@ fn fsconfig_string(fd: &OwnedFd, key: &str, value: &Path, target: &Path) -> Resu
     let v = cstr(value)?;
     // SAFETY: valid fd and NUL-terminated strings.
     let r = unsafe {
-        libc::syscall(libc::SYS_fsconfig, fd.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0)
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fd.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            k.as_ptr(),
+            v.as_ptr(),
+            0,
+        )
     };
     if r != 0 {
         let err = std::io::Error::last_os_error();
         return Err(Error::Path {
-            op: format!("overlay option {key}={}{} for", value.display(), fs_context_log(fd)),
+            op: format!(
+                "overlay option {key}={}{} for",
+                value.display(),
+                fs_context_log(fd)
+            ),
             path: target.to_path_buf(),
             source: err,
         });
@@ -201,7 +232,13 @@ pub(crate) fn mount_overlay_new_api(
     }
     if upper_work.is_none() && lower.len() == 1 {
         let mut l = Linux;
-        l.mount(Some(&lower[0]), target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+        l.mount(
+            Some(&lower[0]),
+            target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
         return l.mount(
             None,
             target,
@@ -239,12 +276,20 @@ pub(crate) fn mount_overlay_new_api(
     if r != 0 {
         let err = std::io::Error::last_os_error();
         return Err(Error::Path {
-            op: format!("create overlay ({} lowers){} for", lower.len(), fs_context_log(&fs)),
+            op: format!(
+                "create overlay ({} lowers){} for",
+                lower.len(),
+                fs_context_log(&fs)
+            ),
             path: target.to_path_buf(),
             source: err,
         });
     }
-    let attrs = if upper_work.is_none() { MOUNT_ATTR_RDONLY } else { 0 };
+    let attrs = if upper_work.is_none() {
+        MOUNT_ATTR_RDONLY
+    } else {
+        0
+    };
     // SAFETY: valid fd.
     let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
     if m < 0 {
@@ -275,8 +320,18 @@ pub(crate) fn mount_overlay_new_api(
 #[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Call {
-    Mount { source: Option<PathBuf>, target: PathBuf, fstype: Option<String>, flags: MsFlags, data: Option<String> },
-    Overlay { lower: Vec<PathBuf>, upper: Option<PathBuf>, target: PathBuf },
+    Mount {
+        source: Option<PathBuf>,
+        target: PathBuf,
+        fstype: Option<String>,
+        flags: MsFlags,
+        data: Option<String>,
+    },
+    Overlay {
+        lower: Vec<PathBuf>,
+        upper: Option<PathBuf>,
+        target: PathBuf,
+    },
     Umount(PathBuf, i32),
     PivotRoot(PathBuf, PathBuf),
     Chdir(PathBuf),
@@ -298,7 +353,14 @@ pub(crate) struct Recorder {
 
 #[cfg(test)]
 impl Sys for Recorder {
-    fn mount(&mut self, source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<()> {
+    fn mount(
+        &mut self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()> {
         self.calls.push(Call::Mount {
             source: source.map(Path::to_path_buf),
             target: target.to_path_buf(),
@@ -308,7 +370,12 @@ impl Sys for Recorder {
         });
         Ok(())
     }
-    fn mount_overlay(&mut self, lower: &[PathBuf], upper_work: Option<(&Path, &Path)>, target: &Path) -> Result<()> {
+    fn mount_overlay(
+        &mut self,
+        lower: &[PathBuf],
+        upper_work: Option<(&Path, &Path)>,
+        target: &Path,
+    ) -> Result<()> {
         self.calls.push(Call::Overlay {
             lower: lower.to_vec(),
             upper: upper_work.map(|(u, _)| u.to_path_buf()),
@@ -321,7 +388,10 @@ impl Sys for Recorder {
         Ok(())
     }
     fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> Result<()> {
-        self.calls.push(Call::PivotRoot(new_root.to_path_buf(), put_old.to_path_buf()));
+        self.calls.push(Call::PivotRoot(
+            new_root.to_path_buf(),
+            put_old.to_path_buf(),
+        ));
         Ok(())
     }
     fn chdir(&mut self, path: &Path) -> Result<()> {
@@ -337,7 +407,8 @@ impl Sys for Recorder {
         Ok(true)
     }
     fn symlink(&mut self, target: &Path, link: &Path) -> Result<()> {
-        self.calls.push(Call::Symlink(target.to_path_buf(), link.to_path_buf()));
+        self.calls
+            .push(Call::Symlink(target.to_path_buf(), link.to_path_buf()));
         Ok(())
     }
     fn is_dir(&mut self, path: &Path) -> bool {

@@ -108,12 +108,19 @@ pub(crate) fn resolve(
     let mut additional = Vec::new();
     if let Some(name) = &name {
         for grp in groups {
-            if grp.members.iter().any(|m| m == name) && grp.gid != gid && !additional.contains(&grp.gid) {
+            if grp.members.iter().any(|m| m == name)
+                && grp.gid != gid
+                && !additional.contains(&grp.gid)
+            {
                 additional.push(grp.gid);
             }
         }
     }
-    let home = if home.is_empty() { "/".to_string() } else { home };
+    let home = if home.is_empty() {
+        "/".to_string()
+    } else {
+        home
+    };
     Ok((uid, gid, additional, home))
 }
 
@@ -153,7 +160,8 @@ mod tests {
     use super::*;
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\napp:x:1000:1000::/home/app:/bin/sh\n";
-    const GROUP: &str = "root:x:0:\nwheel:x:10:app,root\nstaff:x:50:app\napp:x:1000:\nnogroup:x:65534:\n";
+    const GROUP: &str =
+        "root:x:0:\nwheel:x:10:app,root\nstaff:x:50:app\napp:x:1000:\nnogroup:x:65534:\n";
 
     fn r(u: &str) -> Result<(u32, u32, Vec<u32>, String)> {
         resolve(&parse_passwd(PASSWD), &parse_group(GROUP), u)
@@ -162,18 +170,33 @@ mod tests {
     #[test]
     fn names_and_numbers() {
         assert_eq!(r("root").unwrap(), (0, 0, vec![10], "/root".into()));
-        assert_eq!(r("app").unwrap(), (1000, 1000, vec![10, 50], "/home/app".into()));
-        assert_eq!(r("1000").unwrap(), (1000, 1000, vec![10, 50], "/home/app".into()));
+        assert_eq!(
+            r("app").unwrap(),
+            (1000, 1000, vec![10, 50], "/home/app".into())
+        );
+        assert_eq!(
+            r("1000").unwrap(),
+            (1000, 1000, vec![10, 50], "/home/app".into())
+        );
         assert_eq!(r("4242").unwrap(), (4242, 0, vec![], "/".into()));
         assert_eq!(r("4242:7").unwrap(), (4242, 7, vec![], "/".into()));
-        assert_eq!(r("app:staff").unwrap(), (1000, 50, vec![10], "/home/app".into()));
+        assert_eq!(
+            r("app:staff").unwrap(),
+            (1000, 50, vec![10], "/home/app".into())
+        );
         assert_eq!(r("nobody:nogroup").unwrap().1, 65534);
     }
 
     #[test]
     fn errors() {
-        assert!(r("ghost").unwrap_err().to_string().contains("unable to find user ghost"));
-        assert!(r("app:ghosts").unwrap_err().to_string().contains("unable to find group ghosts"));
+        assert!(r("ghost")
+            .unwrap_err()
+            .to_string()
+            .contains("unable to find user ghost"));
+        assert!(r("app:ghosts")
+            .unwrap_err()
+            .to_string()
+            .contains("unable to find group ghosts"));
     }
 
     #[test]
@@ -190,6 +213,9 @@ mod tests {
         std::fs::write(d.path().join("etc/group"), GROUP).unwrap();
         assert_eq!(resolve_user(d.path(), "app").unwrap().0, 1000);
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(resolve_user(empty.path(), "0").unwrap(), (0, 0, vec![], "/".into()));
+        assert_eq!(
+            resolve_user(empty.path(), "0").unwrap(),
+            (0, 0, vec![], "/".into())
+        );
     }
 }
