@@ -430,6 +430,11 @@ fn setup_and_exec(
             .and_then(|r| r.readonly())
             .unwrap_or(false),
         etc_binds,
+        console: if process.terminal().unwrap_or(false) {
+            std::fs::read_link("/proc/self/fd/0").ok()
+        } else {
+            None
+        },
     };
     let stubs = setup_rootfs(&mut Linux, &plan)?;
     send(setup, &SetupMsg::Stubs(stubs));

@@ -143,6 +143,8 @@ pub(crate) struct RootPlan<'a> {
     pub root_readonly: bool,
     /// Host files bind-mounted read-only at container paths (resolv.conf, hosts, hostname).
     pub etc_binds: Vec<(PathBuf, PathBuf)>,
+    /// The terminal's pty slave (host path), bound on `/dev/console` so `tty` finds it.
+    pub console: Option<PathBuf>,
 }
 
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -272,6 +274,13 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
         }
         let host = Path::new("/dev").join(d);
         sys.mount(Some(&host), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    if let Some(console) = &plan.console {
+        let target = dev.join("console");
+        if sys.touch(&target)? {
+            note(vec![target.clone()], &mut stubs);
+        }
+        sys.mount(Some(console), &target, None, MsFlags::MS_BIND, None)?;
     }
     for (target, link) in [
         ("/proc/self/fd", "fd"),
@@ -435,6 +444,7 @@ mod tests {
             readonly: linux.readonly_paths().as_deref().unwrap(),
             root_readonly: false,
             etc_binds: vec![("/etc/hosts".into(), "/etc/hosts".into())],
+            console: None,
         };
         setup_rootfs(&mut rec, &plan).unwrap();
         let calls = &rec.calls;
@@ -496,6 +506,7 @@ mod tests {
             readonly: &[],
             root_readonly: true,
             etc_binds: vec![],
+            console: Some("/dev/pts/7".into()),
         };
         setup_rootfs(&mut rec, &plan).unwrap();
         assert!(rec.calls.contains(&Call::Mount {

@@ -412,6 +412,32 @@ fn pids_limit(f: &Fixture) {
 /// One isolation test.
 type TestFn = fn(&Fixture);
 
+fn terminal(f: &Fixture) {
+    let mut spec = sh_spec("tty; test -t 0 && echo interactive", true);
+    let mut p = spec.process().clone().unwrap();
+    p.set_terminal(Some(true));
+    spec.set_process(Some(p));
+    let mut c = spawn(&spec, RunOptions::new(f.overlay())).expect("spawn with terminal");
+    let master = c.pty_master().expect("pty master");
+    let mut m = std::fs::File::from(master);
+    let status = c.wait().unwrap();
+    assert_eq!(status, ExitStatus::Exited(0));
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // After the slave side is closed, reading the master gives the output then EIO.
+    while let Ok(n) = m.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("/dev/console") && out.contains("interactive"),
+        "{out}"
+    );
+}
+
 fn main() {
     rbuild_sandbox::init_if_requested();
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -437,6 +463,7 @@ fn main() {
         ("setup_error_is_reported", setup_error_is_reported),
         ("memory_oom", memory_oom),
         ("pids_limit", pids_limit),
+        ("terminal", terminal),
     ];
     let mut failed = Vec::new();
     for (name, t) in tests {
