@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use crate::error::{Error, Result};
 
 /// Current schema version (`PRAGMA user_version`).
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS images (
@@ -55,9 +55,33 @@ CREATE TABLE IF NOT EXISTS stat_cache (
 );
 ";
 
+/// Version 2: the step index (miss explanations) and cache mounts.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS step_index (
+    identity TEXT NOT NULL,               -- which step of which Dockerfile (not its content)
+    key      TEXT NOT NULL,               -- a cache key that step had
+    inputs   TEXT NOT NULL,               -- JSON document the key was computed from
+    used     INTEGER NOT NULL,            -- unix seconds of the last build that had this key
+    PRIMARY KEY (identity, key)
+);
+CREATE INDEX IF NOT EXISTS step_index_used ON step_index(identity, used);
+CREATE TABLE IF NOT EXISTS cache_mounts (
+    id          TEXT PRIMARY KEY,         -- the mount's id (default: its target)
+    dir         TEXT NOT NULL,            -- directory name under cachemounts/
+    created     INTEGER NOT NULL,
+    last_used   INTEGER NOT NULL,
+    usage_count INTEGER NOT NULL
+);
+";
+
 /// The schema, for documentation and tests.
 pub(crate) fn schema() -> &'static str {
-    SCHEMA_V1
+    concat_schema()
+}
+
+fn concat_schema() -> &'static str {
+    static S: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    S.get_or_init(|| format!("{SCHEMA_V1}{SCHEMA_V2}"))
 }
 
 pub(crate) fn open(path: &Path) -> Result<Connection> {
@@ -90,6 +114,10 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     }
     if version < 1 {
         tx.execute_batch(SCHEMA_V1).map_err(err("create schema"))?;
+    }
+    if version < 2 {
+        tx.execute_batch(SCHEMA_V2)
+            .map_err(err("migrate schema to version 2"))?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

@@ -6,6 +6,7 @@
 //! snapshots/<id>/fs      committed snapshots: one layer's diff each (overlay lowerdirs)
 //! snapshots/tmp-<rand>/  snapshots being written (fs/ + work/; flocked while in progress)
 //! locks/<name>           per-key lock files (flock)
+//! cachemounts/<hex>/     `RUN --mount=type=cache` directories (never part of a layer)
 //! meta.db                SQLite (WAL): tags, layers, snapshots, cache records, stat cache
 //! ```
 //!
@@ -21,6 +22,7 @@ mod blobs;
 mod db;
 mod error;
 mod locks;
+mod mounts;
 mod records;
 mod snapshots;
 
@@ -36,6 +38,7 @@ use rusqlite::Connection;
 pub use blobs::BlobWriter;
 pub use error::{Error, Result};
 pub use locks::KeyLock;
+pub use mounts::{CacheMountGuard, CacheMountRecord, Sharing};
 pub use records::{
     schema_sql, CacheKey, CacheRecord, FileStat, PruneOptions, PruneReport, TagRecord, UsageRecord,
 };
