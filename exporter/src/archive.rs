@@ -9,7 +9,7 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use rbuild_cache::Store;
 use rbuild_types::{Digest, ImageRef, Platform};
 
-use crate::image::{ensure_snapshot, load_image, our_digest, write_image};
+use crate::image::{ensure_snapshot, load_image, our_digest, write_image_raw};
 use crate::oci::{write_layout, Compression, TarOut};
 use crate::unpack::{apply_layer, decompressed};
 use crate::{Error, Result};
@@ -65,6 +65,34 @@ pub fn export_local_dir(store: &Store, manifest: &Digest, dest: &Path) -> Result
     Ok(())
 }
 
+/// Writes the image's final filesystem as one tar file (`--output type=tar,dest=F`): the layers
+/// are applied into a temporary directory beside `dest`, which is then written as a sorted tar
+/// (mtimes clamped to `epoch` when given) and renamed into place.
+pub fn export_rootfs_tar(
+    store: &Store,
+    manifest: &Digest,
+    dest: &Path,
+    epoch: Option<i64>,
+) -> Result<()> {
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".rbuild-rootfs-")
+        .tempdir_in(&parent)
+        .map_err(Error::io("create temporary directory in", &parent))?;
+    let root = tmp.path().join("fs");
+    export_local_dir(store, manifest, &root)?;
+    let out_tmp = tmp.path().join("out.tar");
+    let mut f = std::io::BufWriter::new(File::create(&out_tmp).map_err(Error::io("create", &out_tmp))?);
+    crate::layer::write_tar_clamped(&root, &mut f, epoch)?;
+    std::io::Write::flush(&mut f).map_err(Error::io("write", &out_tmp))?;
+    drop(f);
+    fs::rename(&out_tmp, dest).map_err(Error::io("rename to", dest))?;
+    Ok(())
+}
+
 /// Reads one file of an extracted archive, refusing names that leave it.
 fn archive_file(root: &Path, name: &str) -> Result<PathBuf> {
     let rel = Path::new(name);
@@ -93,7 +121,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &'static str) ->
 /// Stores the layers (decompressing, verifying each against its diff_id) and the config of an
 /// image; returns the new manifest digest in the store.
 fn import_image(store: &Store, config_path: &Path, layer_paths: &[PathBuf]) -> Result<Digest> {
-    let config: ImageConfiguration = read_json(config_path, "config")?;
+    let config_bytes = fs::read(config_path).map_err(Error::io("read", config_path))?;
+    let config: ImageConfiguration =
+        serde_json::from_slice(&config_bytes).map_err(|e| Error::InvalidImage {
+            what: "config",
+            digest: config_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != layer_paths.len() {
         return Err(Error::InvalidImage {
@@ -131,7 +165,8 @@ fn import_image(store: &Store, config_path: &Path, layer_paths: &[PathBuf]) -> R
             Err(e) => return Err(e.into()),
         }
     }
-    let m = write_image(store, &config)?;
+    // The config is kept byte for byte, so the image id stays the one the archive had.
+    let (m, _) = write_image_raw(store, &config_bytes)?;
     for d in diff_ids {
         if let Ok(d) = d.parse::<Digest>() {
             ensure_snapshot(store, &d)?;

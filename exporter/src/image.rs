@@ -109,6 +109,20 @@ pub fn write_image_json(store: &Store, config: &serde_json::Value) -> Result<(Di
     write_manifest(store, bytes, &diff_ids)
 }
 
+/// Writes an image whose config is given as raw bytes (as pulled from a registry or read from an
+/// archive), stored unchanged so its digest (the image id) is preserved. The bytes must parse as
+/// an OCI image config; its `rootfs.diff_ids` must be blobs in the store. Returns the manifest
+/// and config digests.
+pub fn write_image_raw(store: &Store, config_json: &[u8]) -> Result<(Digest, Digest)> {
+    let config: ImageConfiguration =
+        serde_json::from_slice(config_json).map_err(|e| Error::InvalidImage {
+            what: "config",
+            digest: Digest::of(config_json).to_string(),
+            reason: e.to_string(),
+        })?;
+    write_manifest(store, config_json.to_vec(), config.rootfs().diff_ids())
+}
+
 /// Stores `config_json` and a manifest referencing it and the uncompressed layers `diff_ids`.
 fn write_manifest(
     store: &Store,

@@ -28,6 +28,17 @@ pub(crate) const OVERLAY_OPAQUE: &[u8] = b"trusted.overlay.opaque";
 /// links, symlinks, device nodes, fifos and xattrs (except `trusted.overlay.*`) are kept.
 /// Sockets are skipped. Also records `put_layer(diff_id, snapshot)`.
 pub fn write_layer(store: &Store, snapshot: &SnapshotId) -> Result<(Digest, u64)> {
+    write_layer_clamped(store, snapshot, None)
+}
+
+/// [`write_layer`] with every entry's mtime clamped to `epoch` (seconds) when given, as
+/// BuildKit's `rewrite-timestamp` does for `SOURCE_DATE_EPOCH`: files a RUN step wrote get the
+/// epoch instead of the build's wall clock, so two builds of the same inputs give the same layer.
+pub fn write_layer_clamped(
+    store: &Store,
+    snapshot: &SnapshotId,
+    epoch: Option<i64>,
+) -> Result<(Digest, u64)> {
     let root = store.snapshot_dir(snapshot);
     if !root.is_dir() {
         return Err(Error::io("open snapshot", &root)(io::Error::from(
@@ -35,17 +46,18 @@ pub fn write_layer(store: &Store, snapshot: &SnapshotId) -> Result<(Digest, u64)
         )));
     }
     let mut w = store.blob_writer()?;
-    write_tar(&root, &mut w)?;
+    write_tar_clamped(&root, &mut w, epoch)?;
     let (d, size) = w.commit(None)?;
     store.put_layer(&d, snapshot, size)?;
     Ok((d, size))
 }
 
-/// Writes `root` as a layer tar into `out`.
-pub(crate) fn write_tar(root: &Path, out: &mut dyn Write) -> Result<()> {
+/// Writes `root` as a layer tar into `out`, mtimes clamped to `epoch` when given.
+pub(crate) fn write_tar_clamped(root: &Path, out: &mut dyn Write, epoch: Option<i64>) -> Result<()> {
     let mut b = tar::Builder::new(out);
     let mut links = HashMap::new();
-    walk(&mut b, root, Path::new(""), &mut links)?;
+    let clamp = epoch.map(|e| e.max(0) as u64);
+    walk(&mut b, root, Path::new(""), &mut links, clamp)?;
     b.finish().map_err(Error::io("write layer tar for", root))?;
     Ok(())
 }
@@ -57,6 +69,7 @@ fn walk<W: Write>(
     abs: &Path,
     rel: &Path,
     links: &mut Links,
+    clamp: Option<u64>,
 ) -> Result<()> {
     let mut names: Vec<_> = fs::read_dir(abs)
         .map_err(Error::io("read dir", abs))?
@@ -73,7 +86,8 @@ fn walk<W: Write>(
         h.set_mode(m.mode() & 0o7777);
         h.set_uid(m.uid() as u64);
         h.set_gid(m.gid() as u64);
-        h.set_mtime(m.mtime().max(0) as u64);
+        let mtime = clamp_mtime(m.mtime(), clamp);
+        h.set_mtime(mtime);
         h.set_size(0);
         if ft.is_char_device() && m.rdev() == 0 {
             // Overlay whiteout -> .wh.<name>
@@ -99,11 +113,11 @@ fn walk<W: Write>(
                 oh.set_entry_type(EntryType::Regular);
                 oh.set_mode(0);
                 oh.set_size(0);
-                oh.set_mtime(m.mtime().max(0) as u64);
+                oh.set_mtime(mtime);
                 b.append_data(&mut oh, relp.join(OPAQUE_MARKER), io::empty())
                     .map_err(Error::io("write tar entry for", &path))?;
             }
-            walk(b, &path, &relp, links)?;
+            walk(b, &path, &relp, links, clamp)?;
         } else if ft.is_file() {
             if m.nlink() > 1 {
                 if let Some(first) = links.get(&(m.dev(), m.ino())) {
@@ -146,6 +160,15 @@ fn walk<W: Write>(
         // Sockets cannot be represented in a tar; they are skipped.
     }
     Ok(())
+}
+
+/// An entry's mtime: its own, but never later than the clamp.
+fn clamp_mtime(mtime: i64, clamp: Option<u64>) -> u64 {
+    let t = mtime.max(0) as u64;
+    match clamp {
+        Some(c) => t.min(c),
+        None => t,
+    }
 }
 
 /// Writes a PAX extended header carrying the xattrs of `path` (if any) as `SCHILY.xattr.*`.
@@ -204,6 +227,22 @@ pub(crate) fn pax_data(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mtimes_clamp_to_the_epoch() {
+        assert_eq!(clamp_mtime(2_000_000_000, Some(1_000)), 1_000);
+        assert_eq!(clamp_mtime(500, Some(1_000)), 500);
+        assert_eq!(clamp_mtime(-5, None), 0);
+        assert_eq!(clamp_mtime(2_000_000_000, None), 2_000_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("new"), b"x").unwrap();
+        let mut a = Vec::new();
+        write_tar_clamped(dir.path(), &mut a, Some(1_000)).unwrap();
+        let mut ar = tar::Archive::new(&a[..]);
+        for e in ar.entries().unwrap() {
+            assert_eq!(e.unwrap().header().mtime().unwrap(), 1_000);
+        }
+    }
 
     #[test]
     fn pax_lengths_count_themselves() {

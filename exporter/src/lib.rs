@@ -22,10 +22,15 @@ use std::path::PathBuf;
 
 use rbuild_types::Digest;
 
-pub use archive::{export_docker_archive, export_local_dir, load_archive};
-pub use image::{ensure_snapshot, import_rootfs, load_image, write_image, write_image_json, Image};
-pub use layer::{write_layer, OPAQUE_MARKER, WHITEOUT_PREFIX};
-pub use oci::{export_oci_archive, Compression};
+pub use archive::{export_docker_archive, export_local_dir, export_rootfs_tar, load_archive};
+pub use image::{
+    ensure_snapshot, import_rootfs, load_image, write_image, write_image_json, write_image_raw,
+    Image,
+};
+pub use layer::{write_layer, write_layer_clamped, OPAQUE_MARKER, WHITEOUT_PREFIX};
+pub use oci::{
+    distribution_manifest, export_oci_archive, export_oci_dir, Compression, DistributionManifest,
+};
 pub use unpack::{decompressed, unpack_layer};
 
 /// Errors of the exporter. Each names the path, digest or entry involved.

@@ -167,12 +167,20 @@ pub(crate) fn full_name(r: &ImageRef) -> String {
     }
 }
 
-/// A tar being written to `dest` through a temporary file renamed into place when complete.
+/// Where an image layout (or docker archive) is written: a tar file, renamed into place when
+/// complete, or a directory (`--output type=oci,tar=false`).
 pub(crate) struct TarOut {
-    builder: tar::Builder<io::BufWriter<File>>,
-    tmp: PathBuf,
+    target: Target,
     dest: PathBuf,
     done: bool,
+}
+
+enum Target {
+    Tar {
+        builder: tar::Builder<io::BufWriter<File>>,
+        tmp: PathBuf,
+    },
+    Dir,
 }
 
 impl TarOut {
@@ -184,8 +192,20 @@ impl TarOut {
         let tmp = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
         let f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
         Ok(TarOut {
-            builder: tar::Builder::new(io::BufWriter::with_capacity(1 << 20, f)),
-            tmp,
+            target: Target::Tar {
+                builder: tar::Builder::new(io::BufWriter::with_capacity(1 << 20, f)),
+                tmp,
+            },
+            dest: dest.to_path_buf(),
+            done: false,
+        })
+    }
+
+    /// Writes into the directory `dest` (created if missing) instead of a tar.
+    pub(crate) fn create_dir(dest: &Path) -> Result<TarOut> {
+        fs::create_dir_all(dest).map_err(Error::io("create", dest))?;
+        Ok(TarOut {
+            target: Target::Dir,
             dest: dest.to_path_buf(),
             done: false,
         })
@@ -203,26 +223,55 @@ impl TarOut {
     }
 
     pub(crate) fn dir(&mut self, name: &str) -> Result<()> {
-        let mut h = Self::header(0, tar::EntryType::Directory, 0o755);
-        self.builder
-            .append_data(&mut h, name, io::empty())
-            .map_err(Error::io("write", &self.tmp))
+        match &mut self.target {
+            Target::Tar { builder, tmp } => {
+                let mut h = Self::header(0, tar::EntryType::Directory, 0o755);
+                builder
+                    .append_data(&mut h, name, io::empty())
+                    .map_err(Error::io("write", &*tmp))
+            }
+            Target::Dir => {
+                let p = self.dest.join(name);
+                fs::create_dir_all(&p).map_err(Error::io("create", &p))
+            }
+        }
     }
 
     pub(crate) fn bytes(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        let mut h = Self::header(data.len() as u64, tar::EntryType::Regular, 0o644);
-        self.builder
-            .append_data(&mut h, name, data)
-            .map_err(Error::io("write", &self.tmp))
+        match &mut self.target {
+            Target::Tar { builder, tmp } => {
+                let mut h = Self::header(data.len() as u64, tar::EntryType::Regular, 0o644);
+                builder
+                    .append_data(&mut h, name, data)
+                    .map_err(Error::io("write", &*tmp))
+            }
+            Target::Dir => {
+                let p = self.dest.join(name);
+                write_atomic(&p, |f| f.write_all(data))
+            }
+        }
     }
 
     pub(crate) fn file(&mut self, name: &str, path: &Path) -> Result<()> {
-        let f = File::open(path).map_err(Error::io("open", path))?;
-        let len = f.metadata().map_err(Error::io("stat", path))?.len();
-        let mut h = Self::header(len, tar::EntryType::Regular, 0o644);
-        self.builder
-            .append_data(&mut h, name, io::Read::take(f, len))
-            .map_err(Error::io("write", &self.tmp))
+        match &mut self.target {
+            Target::Tar { builder, tmp } => {
+                let f = File::open(path).map_err(Error::io("open", path))?;
+                let len = f.metadata().map_err(Error::io("stat", path))?.len();
+                let mut h = Self::header(len, tar::EntryType::Regular, 0o644);
+                builder
+                    .append_data(&mut h, name, io::Read::take(f, len))
+                    .map_err(Error::io("write", &*tmp))
+            }
+            Target::Dir => {
+                let p = self.dest.join(name);
+                if p.is_file() && name.starts_with("blobs/") {
+                    // Content-addressed: a blob already in the layout is the same blob.
+                    return Ok(());
+                }
+                let mut src = File::open(path).map_err(Error::io("open", path))?;
+                write_atomic(&p, |f| io::copy(&mut src, f).map(|_| ()))
+            }
+        }
     }
 
     pub(crate) fn blob(&mut self, store: &Store, d: &Digest) -> Result<()> {
@@ -233,15 +282,13 @@ impl TarOut {
     }
 
     pub(crate) fn finish(mut self) -> Result<()> {
-        self.builder
-            .finish()
-            .map_err(Error::io("write", &self.tmp))?;
-        let w = self.builder.get_mut();
-        w.flush().map_err(Error::io("write", &self.tmp))?;
-        w.get_ref()
-            .sync_all()
-            .map_err(Error::io("fsync", &self.tmp))?;
-        fs::rename(&self.tmp, &self.dest).map_err(Error::io("rename to", &self.dest))?;
+        if let Target::Tar { builder, tmp } = &mut self.target {
+            builder.finish().map_err(Error::io("write", &*tmp))?;
+            let w = builder.get_mut();
+            w.flush().map_err(Error::io("write", &*tmp))?;
+            w.get_ref().sync_all().map_err(Error::io("fsync", &*tmp))?;
+            fs::rename(&*tmp, &self.dest).map_err(Error::io("rename to", &self.dest))?;
+        }
         self.done = true;
         Ok(())
     }
@@ -249,10 +296,33 @@ impl TarOut {
 
 impl Drop for TarOut {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_file(&self.tmp);
+        if let Target::Tar { tmp, .. } = &self.target {
+            if !self.done {
+                let _ = fs::remove_file(tmp);
+            }
         }
     }
+}
+
+/// Writes `path` through a temporary sibling renamed into place.
+fn write_atomic(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let r = File::create(&tmp).and_then(|mut f| {
+        fill(&mut f)?;
+        f.sync_all()
+    });
+    if let Err(e) = r {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("write", path)(e));
+    }
+    fs::rename(&tmp, path).map_err(Error::io("rename to", path))
 }
 
 /// Writes the layout files (`oci-layout`, `index.json`, blobs) of one image into `out`;
@@ -348,6 +418,67 @@ pub fn export_oci_archive(
     let (d, _) = write_layout(store, manifest, names, compression, &mut out)?;
     out.finish()?;
     Ok(d)
+}
+
+/// Writes an OCI image layout into the directory `dest` (`--output type=oci,dest=DIR,tar=false`),
+/// with the same content as [`export_oci_archive`]. Blobs already in the directory are kept.
+pub fn export_oci_dir(
+    store: &Store,
+    manifest: &Digest,
+    names: &[ImageRef],
+    dest: &Path,
+    compression: Compression,
+) -> Result<Digest> {
+    let mut out = TarOut::create_dir(dest)?;
+    let (d, _) = write_layout(store, manifest, names, compression, &mut out)?;
+    out.finish()?;
+    Ok(d)
+}
+
+/// An image as a registry receives it: manifest bytes (layers compressed), its digest, and the
+/// blobs it references (config first, then the layers), all in the store.
+#[derive(Clone, Debug)]
+pub struct DistributionManifest {
+    /// The manifest document, as pushed.
+    pub bytes: Vec<u8>,
+    /// Its digest (what the registry names it by).
+    pub digest: Digest,
+    /// Media type of the manifest.
+    pub media_type: String,
+    /// Config blob digest.
+    pub config: Digest,
+    /// Layer blob digests (compressed), in order.
+    pub layers: Vec<Digest>,
+}
+
+/// Prepares an image of the store for a push: layers compressed with `compression` (in
+/// parallel, once: kept for the next push), the manifest rewritten with the compressed
+/// descriptors and stored as a blob.
+pub fn distribution_manifest(
+    store: &Store,
+    manifest: &Digest,
+    compression: Compression,
+) -> Result<DistributionManifest> {
+    let img = load_image(store, manifest)?;
+    let m = compressed_manifest(store, &img.manifest, compression)?;
+    let bytes = serde_json::to_vec(&m).map_err(|e| Error::InvalidImage {
+        what: "manifest",
+        digest: manifest.to_string(),
+        reason: e.to_string(),
+    })?;
+    let digest = store.put_blob(&bytes)?;
+    let layers = m
+        .layers()
+        .iter()
+        .map(|l| our_digest(l.digest(), "layer"))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(DistributionManifest {
+        bytes,
+        digest,
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        config: img.config_digest,
+        layers,
+    })
 }
 
 #[cfg(test)]
