@@ -438,6 +438,33 @@ fn terminal(f: &Fixture) {
     );
 }
 
+fn startup_time(f: &Fixture) {
+    let spec = default_spec(
+        vec!["/bin/true".into()],
+        vec![],
+        "/",
+        std::env::var_os("NETNS").is_some(),
+    );
+    let n = 20;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        let opts = RunOptions {
+            rootfs: f.overlay(),
+            stdin: Stdio::null(),
+            stdout: Stdio::null(),
+            stderr: Stdio::null(),
+        };
+        assert_eq!(
+            spawn(&spec, opts).unwrap().wait().unwrap(),
+            ExitStatus::Exited(0)
+        );
+    }
+    println!(
+        "  `true` start to finish: {:?} per container",
+        start.elapsed() / n
+    );
+}
+
 fn main() {
     rbuild_sandbox::init_if_requested();
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -464,6 +491,7 @@ fn main() {
         ("memory_oom", memory_oom),
         ("pids_limit", pids_limit),
         ("terminal", terminal),
+        ("startup_time", startup_time),
     ];
     let mut failed = Vec::new();
     for (name, t) in tests {
