@@ -85,7 +85,8 @@ pub fn export_rootfs_tar(
     let root = tmp.path().join("fs");
     export_local_dir(store, manifest, &root)?;
     let out_tmp = tmp.path().join("out.tar");
-    let mut f = std::io::BufWriter::new(File::create(&out_tmp).map_err(Error::io("create", &out_tmp))?);
+    let mut f =
+        std::io::BufWriter::new(File::create(&out_tmp).map_err(Error::io("create", &out_tmp))?);
     crate::layer::write_tar_clamped(&root, &mut f, epoch)?;
     std::io::Write::flush(&mut f).map_err(Error::io("write", &out_tmp))?;
     drop(f);

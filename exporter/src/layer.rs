@@ -53,7 +53,11 @@ pub fn write_layer_clamped(
 }
 
 /// Writes `root` as a layer tar into `out`, mtimes clamped to `epoch` when given.
-pub(crate) fn write_tar_clamped(root: &Path, out: &mut dyn Write, epoch: Option<i64>) -> Result<()> {
+pub(crate) fn write_tar_clamped(
+    root: &Path,
+    out: &mut dyn Write,
+    epoch: Option<i64>,
+) -> Result<()> {
     let mut b = tar::Builder::new(out);
     let mut links = HashMap::new();
     let clamp = epoch.map(|e| e.max(0) as u64);
