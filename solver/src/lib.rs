@@ -518,7 +518,11 @@ impl Solver<'_> {
         let sb = self.store.new_snapshot()?;
         work(&sb)?;
         let snapshot = sb.commit()?;
-        let (diff_id, size) = rbuild_exporter::write_layer(self.store, &snapshot)?;
+        let (diff_id, size) = rbuild_exporter::write_layer_clamped(
+            self.store,
+            &snapshot,
+            self.opts.source_date_epoch,
+        )?;
         let now = chrono::Utc::now().timestamp();
         self.store.cache_put(&CacheRecord {
             key: key.clone(),
