@@ -41,6 +41,8 @@ pub(crate) struct BuildArgs {
     /// Write the image id to this file.
     #[arg(long)]
     iidfile: Option<PathBuf>,
+    #[command(flatten)]
+    cache: crate::cache_cmds::CacheBuildArgs,
     /// Build context directory.
     context: PathBuf,
 }
@@ -123,7 +125,7 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&dockerfile).with_context(|| {
         format!("failed to read dockerfile: open {dockerfile_name}: no such file or not readable; pass -f PATH or add a Dockerfile to the context")
     })?;
-    let progress = progress::Progress::new(args.progress);
+    let progress = progress::Progress::new(args.progress).with_explain(args.cache.explain_cache);
     progress.internal(
         1,
         &format!(
@@ -160,6 +162,8 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         dockerfile: dockerfile.clone(),
         dockerfile_name,
         no_cache: args.no_cache,
+        no_cache_filter: args.cache.no_cache_filter.clone(),
+        forwarded: args.cache.forwarded()?,
         first_vertex: 2,
         source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
             .ok()

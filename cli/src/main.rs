@@ -3,6 +3,7 @@
 //! `rbuild -t web:v1 .` is `rbuild build -t web:v1 .`. The CLI is the only crate that prints.
 
 mod build;
+mod cache_cmds;
 mod images;
 mod progress;
 mod run;
@@ -39,6 +40,13 @@ enum Command {
     Images,
     /// Run a command in a new container.
     Run(run::RunArgs),
+    /// Show build cache disk usage (records, cache mounts).
+    Du(cache_cmds::DuArgs),
+    /// Remove unused build cache, least recently used first.
+    Prune(cache_cmds::PruneArgs),
+    /// Inspect the build cache.
+    #[command(subcommand)]
+    Cache(cache_cmds::CacheCommand),
     /// Make a one-layer image from a rootfs tar.
     Import {
         /// The tar file (a root filesystem).
@@ -112,5 +120,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run::run(&open_store(cli.root)?, args),
+        Command::Du(a) => cache_cmds::du(&open_store(cli.root)?, a),
+        Command::Prune(a) => cache_cmds::prune(&open_store(cli.root)?, a),
+        Command::Cache(c) => cache_cmds::cache(&open_store(cli.root)?, c),
     }
 }

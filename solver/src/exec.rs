@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use rbuild_cache::{SnapshotBuilder, Store};
 use rbuild_frontend::{CopyFrom, CopyOp, ExecOp, NetworkMode};
@@ -13,7 +13,7 @@ use rbuild_sandbox::{OverlayMount, Rootfs, RunOptions};
 
 use crate::context::{self, IgnoreRules};
 use crate::fsutil::{self, Attrs};
-use crate::{Error, NodeOut};
+use crate::Error;
 
 /// How many output lines a failure report keeps.
 const TAIL_LINES: usize = 10;
@@ -119,12 +119,13 @@ pub(crate) fn run(
     store: &Store,
     exec: &ExecOp,
     lowers: &[PathBuf],
-    _sources: &[&Arc<NodeOut>],
+    mounts: &crate::mounts::Prepared,
     sb: &SnapshotBuilder,
     log: &mut (dyn FnMut(String) + Send),
 ) -> Result<(), ExecError> {
     let (uid, gid, groups, home) = resolve_user(store, lowers, &exec.user)?;
     let mut env = exec.env.clone();
+    env.extend(mounts.env.iter().cloned());
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }
@@ -147,6 +148,11 @@ pub(crate) fn run(
             Some(groups)
         });
         p.set_user(u);
+    }
+    if !mounts.mounts.is_empty() {
+        let mut all = spec.mounts().clone().unwrap_or_default();
+        all.extend(mounts.mounts.iter().cloned());
+        spec.set_mounts(Some(all));
     }
     let rootfs = Rootfs::Overlay {
         lower: lowers_or_empty(store, lowers)?,
