@@ -9,6 +9,7 @@
 //! cached. Progress is reported as [`Event`]s; the solver never prints.
 
 pub mod container;
+mod add;
 mod context;
 mod exec;
 mod fsutil;
@@ -509,9 +510,24 @@ impl Solver<'_> {
             }
             Op::Copy(copy) => {
                 let parent = parent.expect("copy has a rootfs input");
+                // ADD's URLs and git repositories are fetched first: their content is in the key.
+                let remote = exec::fetch_remote(self.store, copy).map_err(|e| match e {
+                    exec::ExecError::Failed { output, .. } => Error::CopyFailed {
+                        step: self.step_name(n),
+                        message: output.join("\n"),
+                    },
+                    exec::ExecError::Other(e) => e,
+                })?;
+                let local: Vec<String> = copy
+                    .srcs
+                    .iter()
+                    .filter(|s| !(copy.add && add::is_remote(s)))
+                    .cloned()
+                    .collect();
+                let fetched: Vec<&str> = remote.files.iter().map(|f| f.digest.as_str()).collect();
                 let content = match &copy.from {
                     rbuild_frontend::CopyFrom::Context => {
-                        let (d, files) = context::selection_digest(&self.opts.context, &copy.srcs, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
+                        let (d, files) = context::selection_digest(&self.opts.context, &local, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
                             .map_err(|e| Error::CopyFailed {
                                 step: self.step_name(n),
                                 message: format!(
@@ -519,7 +535,7 @@ impl Solver<'_> {
                                     self.opts.context.display()
                                 ),
                             })?;
-                        json!({"context": d.to_string(), "files": files})
+                        json!({"context": d.to_string(), "files": files, "remote": fetched})
                     }
                     rbuild_frontend::CopyFrom::Input => {
                         json!({"source": sources.first().map(|s| s.key.to_string())})
@@ -538,6 +554,7 @@ impl Solver<'_> {
                         src.as_deref(),
                         &self.opts.context,
                         &self.ignore,
+                        &remote.files,
                         sb,
                     )
                     .map_err(|e| match e {
@@ -547,6 +564,22 @@ impl Solver<'_> {
                         },
                         exec::ExecError::Other(e) => e,
                     })
+                })
+            }
+            Op::Mkdir { path, user } => {
+                let parent = parent.expect("mkdir has a rootfs input");
+                let doc = json!({
+                    "v": KEY_VERSION, "op": "mkdir", "path": path, "user": user, "parent": parent.key.to_string(),
+                });
+                self.cached_or(n, &parent, doc, |sb| {
+                    exec::mkdir(self.store, path, user, &parent_dirs(self.store, &parent), sb)
+                        .map_err(|e| match e {
+                            exec::ExecError::Failed { output, .. } => Error::CopyFailed {
+                                step: self.step_name(n),
+                                message: output.join("\n"),
+                            },
+                            exec::ExecError::Other(e) => e,
+                        })
                 })
             }
         }
