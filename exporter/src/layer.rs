@@ -52,6 +52,15 @@ pub fn write_layer_clamped(
     Ok((d, size))
 }
 
+/// Writes any overlay upper directory (e.g. a kept container's writable layer) as an uncompressed
+/// layer tar blob, with the same translation as [`write_layer`]; returns (diff_id, size). No
+/// snapshot is recorded: [`crate::ensure_snapshot`] unpacks the blob when the layer is used.
+pub fn write_layer_dir(store: &Store, dir: &Path) -> Result<(Digest, u64)> {
+    let mut w = store.blob_writer()?;
+    write_tar_clamped(dir, &mut w, None)?;
+    Ok(w.commit(None)?)
+}
+
 /// Writes `root` as a layer tar into `out`, mtimes clamped to `epoch` when given.
 pub(crate) fn write_tar_clamped(
     root: &Path,

@@ -27,7 +27,9 @@ pub use image::{
     ensure_snapshot, import_rootfs, load_image, write_image, write_image_json, write_image_raw,
     Image,
 };
-pub use layer::{write_layer, write_layer_clamped, OPAQUE_MARKER, WHITEOUT_PREFIX};
+pub use layer::{
+    write_layer, write_layer_clamped, write_layer_dir, OPAQUE_MARKER, WHITEOUT_PREFIX,
+};
 pub use oci::{
     distribution_manifest, export_oci_archive, export_oci_dir, Compression, DistributionManifest,
 };
