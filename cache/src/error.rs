@@ -65,6 +65,9 @@ pub enum Error {
         /// The offending text.
         value: String,
     },
+    /// A container or volume name is taken, unknown, in use or invalid (the message says which).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl Error {

@@ -159,7 +159,16 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
         .arg(rep_fd.to_string());
     let mut pty_master = None;
     if terminal {
-        let pty = nix::pty::openpty(None, None).map_err(|e| Error::Sys {
+        // The pty starts with the caller's terminal size (stdout's, else stdin's), so the program
+        // sees the right size from its first instruction; later resizes use TIOCSWINSZ.
+        // SAFETY: zeroed winsize is valid; TIOCGWINSZ only writes it.
+        let size = unsafe {
+            let mut ws: libc::winsize = std::mem::zeroed();
+            (libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) == 0
+                || libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0)
+                .then_some(ws)
+        };
+        let pty = nix::pty::openpty(size.as_ref(), None).map_err(|e| Error::Sys {
             op: "openpty".into(),
             source: std::io::Error::from_raw_os_error(e as i32),
         })?;
