@@ -61,4 +61,59 @@ if [ "${BENCH_NO_DEBIAN:-0}" != 1 ] && [ ! -s "$W/debian-rootfs.tar" ] && comman
     echo "bench/setup.sh: debootstrap failed (see $W/debootstrap.log); the debian scenario is left out" >&2
   fi
 fi
+# Optional: current BuildKit built from source (see ../shared/peers.md or bench/README): when
+# $BUILDKIT_BIN (default $BENCH_WORK/buildkit-bin) holds buildkitd and buildctl, start a local
+# registry (docker-registry on 127.0.0.1:5077) with the base images in it and buildkitd with
+# docker.io mirrored to that registry, so `FROM busybox:local` resolves there.
+bk=${BUILDKIT_BIN:-$W/buildkit-bin}
+bksock=/run/rbuild-bench-buildkitd.sock
+if [ -x "$bk/buildkitd" ] && [ -x "$bk/buildctl" ]; then
+  command -v docker-registry >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry >>"$W/apt.log" 2>&1 || true
+  command -v skopeo >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q skopeo >>"$W/apt.log" 2>&1 || true
+  if ! curl -fs http://127.0.0.1:5077/v2/ >/dev/null 2>&1; then
+    mkdir -p "$W/registry"
+    cat >"$W/registry.yml" <<EOC
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $W/registry
+http:
+  addr: 127.0.0.1:5077
+EOC
+    nohup docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
+    i=0; until curl -fs http://127.0.0.1:5077/v2/ >/dev/null 2>&1; do i=$((i + 1)); [ $i -lt 40 ] || break; sleep 0.25; done
+  fi
+  for img in busybox debian; do
+    [ -s "$W/$img-rootfs.tar" ] || continue
+    if ! skopeo inspect --tls-verify=false "docker://127.0.0.1:5077/library/$img:local" >/dev/null 2>&1; then
+      DOCKER_HOST=unix://$sock /usr/bin/docker import "$W/$img-rootfs.tar" "$img:local" >/dev/null &&
+        DOCKER_HOST=unix://$sock /usr/bin/docker save -o "$W/$img-docker.tar" "$img:local" &&
+        skopeo copy -q --dest-tls-verify=false "docker-archive:$W/$img-docker.tar" \
+          "docker://127.0.0.1:5077/library/$img:local" && rm -f "$W/$img-docker.tar" ||
+        echo "bench/setup.sh: could not put $img:local into the registry (needs the dockerd above)" >&2
+    fi
+  done
+  if ! "$bk/buildctl" --addr unix://$bksock debug workers >/dev/null 2>&1; then
+    cat >"$W/buildkitd.toml" <<EOC
+[worker.oci]
+  snapshotter = "overlayfs"
+  networkMode = "host"
+[worker.containerd]
+  enabled = false
+[registry."docker.io"]
+  mirrors = ["127.0.0.1:5077"]
+[registry."127.0.0.1:5077"]
+  http = true
+EOC
+    echo "bench/setup.sh: starting buildkitd on $bksock (log $W/buildkitd.log)"
+    PATH=$bk:$PATH nohup "$bk/buildkitd" --root /var/lib/rbuild-bench-buildkitd --addr unix://$bksock \
+      --config "$W/buildkitd.toml" >"$W/buildkitd.log" 2>&1 &
+    echo $! >/run/rbuild-bench-buildkitd.pid
+    i=0
+    until "$bk/buildctl" --addr unix://$bksock debug workers >/dev/null 2>&1; do
+      i=$((i + 1)); [ $i -lt 60 ] || { echo "bench/setup.sh: buildkitd did not answer, see $W/buildkitd.log" >&2; break; }
+      sleep 0.5
+    done
+  fi
+fi
 echo "bench/setup.sh: ready in $W"
