@@ -415,8 +415,6 @@ fn cpus_sets_the_cfs_quota() {
         .env("RBUILD_ROOT", env.root.path())
         .spawn()
         .unwrap();
-    let pid_file = format!("/proc/{}/task", child.id());
-    let _ = pid_file;
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut found = false;
     while Instant::now() < deadline && !found {

@@ -499,7 +499,8 @@ pub fn start(
     }
     let mut resources = serde_json::Map::new();
     if let Some(m) = req.memory {
-        resources.insert("memory".into(), json!({"limit": m}));
+        // memory+swap = the limit: no swap on top (Docker allows as much swap again).
+        resources.insert("memory".into(), json!({"limit": m, "swap": m}));
     }
     if let Some(c) = req.cpus {
         resources.insert(
