@@ -112,6 +112,43 @@ impl Store {
                 remove_if_unlocked(&e.path())?;
             }
         }
+        self.clean_tmp()
+    }
+
+    /// Removes `tmp/<prefix>-<pid>-<n>` scratch directories of processes that no longer run,
+    /// detaching any mount a killed build left on them first (so nothing is deleted through a
+    /// still-mounted overlay).
+    fn clean_tmp(&self) -> Result<()> {
+        let tmp = self.root().join("tmp");
+        let rd = match fs::read_dir(&tmp) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("read", &tmp)(e)),
+        };
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid: Option<u32> = name.split('-').nth(1).and_then(|p| p.parse().ok());
+            let Some(pid) = pid else { continue };
+            if Path::new("/proc").join(pid.to_string()).exists() {
+                continue;
+            }
+            let dir = e.path();
+            let prefix = format!("{}/", dir.display());
+            let mut mounted: Vec<&str> = mountinfo
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|m| *m == dir.to_string_lossy() || m.starts_with(&prefix))
+                .collect();
+            mounted.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in mounted {
+                if let Ok(c) = std::ffi::CString::new(m) {
+                    // SAFETY: umount2 with a valid NUL-terminated path.
+                    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+                }
+            }
+            snapshots::remove_tree(&dir).map_err(Error::io("remove leftover", &dir))?;
+        }
         Ok(())
     }
 

@@ -286,18 +286,17 @@ impl Store {
         Ok(())
     }
 
-    /// The most recent other key step `identity` had, with its inputs.
-    pub fn step_index_previous(
+    /// The key step `identity` had most recently, with its inputs.
+    pub fn step_index_latest(
         &self,
         identity: &str,
-        key: &CacheKey,
     ) -> Result<Option<(CacheKey, serde_json::Value)>> {
         let row: Option<(String, String)> = self
             .conn()
             .query_row(
-                "SELECT key, inputs FROM step_index WHERE identity = ?1 AND key != ?2
+                "SELECT key, inputs FROM step_index WHERE identity = ?1
                  ORDER BY used DESC, rowid DESC LIMIT 1",
-                params![identity, key.to_string()],
+                params![identity],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
@@ -350,18 +349,28 @@ mod tests {
     }
 
     #[test]
-    fn step_index_returns_the_previous_other_key() {
+    fn step_index_returns_the_latest_key() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path()).unwrap();
         let k1 = CacheKey::new(Digest::of(b"1"));
         let k2 = CacheKey::new(Digest::of(b"2"));
-        assert!(s.step_index_previous("a", &k1).unwrap().is_none());
+        assert!(s.step_index_latest("a").unwrap().is_none());
         s.step_index_put("a", &k1, &serde_json::json!({"n": 1})).unwrap();
         s.step_index_put("a", &k2, &serde_json::json!({"n": 2})).unwrap();
-        let (k, v) = s.step_index_previous("a", &k2).unwrap().unwrap();
-        assert_eq!((k, v["n"].as_i64()), (k1.clone(), Some(1)));
-        let (k, _) = s.step_index_previous("a", &k1).unwrap().unwrap();
-        assert_eq!(k, k2);
-        assert!(s.step_index_previous("b", &k1).unwrap().is_none());
+        let (k, v) = s.step_index_latest("a").unwrap().unwrap();
+        assert_eq!((k, v["n"].as_i64()), (k2.clone(), Some(2)));
+        s.step_index_put("a", &k1, &serde_json::json!({"n": 1})).unwrap();
+        let (k, _) = s.step_index_latest("a").unwrap().unwrap();
+        assert_eq!(k, k1);
+        assert!(s.step_index_latest("b").unwrap().is_none());
+        for i in 0..20u8 {
+            s.step_index_put("a", &CacheKey::new(Digest::of(&[i])), &serde_json::json!(i))
+                .unwrap();
+        }
+        let n: i64 = s
+            .conn()
+            .query_row("SELECT COUNT(*) FROM step_index WHERE identity = 'a'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, INDEX_KEEP, "the index keeps a bounded history per step");
     }
 }

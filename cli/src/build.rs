@@ -41,23 +41,70 @@ pub(crate) struct BuildArgs {
     /// Write the image id to this file.
     #[arg(long)]
     iidfile: Option<PathBuf>,
+    /// Push the tagged image(s) to their registry (as `--output type=image,push=true`).
+    #[arg(long)]
+    push: bool,
+    /// Always pull base images from their registry, even when the store has them.
+    #[arg(long)]
+    pull: bool,
+    /// Write build metadata (image digest, config digest, names) as JSON to this file.
+    #[arg(long)]
+    metadata_file: Option<PathBuf>,
+    /// Timestamp (seconds since the epoch) for the config, history and file mtimes (overrides
+    /// SOURCE_DATE_EPOCH).
+    #[arg(long)]
+    source_date_epoch: Option<i64>,
+    /// Set an image label K=V (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    #[command(flatten)]
+    registry: crate::image_cmds::RegistryArgs,
+    #[command(flatten)]
+    cache: crate::cache_cmds::CacheBuildArgs,
     /// Build context directory.
     context: PathBuf,
 }
 
-/// One `--output`.
-#[derive(Debug)]
+/// One `--output`, as `docker buildx build --output` takes it.
+#[derive(Debug, PartialEq)]
 enum Output {
+    /// `type=image[,name=N][,push=true]`: the store (tags), optionally pushed.
+    Image { names: Vec<String>, push: bool },
+    /// `type=oci,dest=F[,tar=false]`.
     Oci {
         dest: PathBuf,
+        tar: bool,
         compression: rbuild_exporter::Compression,
     },
+    /// `type=docker,dest=F`.
+    Docker { dest: PathBuf },
+    /// `type=local,dest=DIR`.
+    Local { dest: PathBuf },
+    /// `type=tar,dest=F`.
+    Tar { dest: PathBuf },
+}
+
+fn parse_bool(s: &str, k: &str, v: &str) -> Result<bool> {
+    match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => bail!("--output {s}: {k} must be true or false"),
+    }
 }
 
 fn parse_output(s: &str) -> Result<Output> {
     let mut kind = None;
     let mut dest = None;
+    let mut names = Vec::new();
+    let mut push = false;
+    let mut tar = true;
     let mut compression = rbuild_exporter::Compression::Gzip;
+    // A bare path is `type=local,dest=PATH` (or a tar to stdout is not supported: `-`).
+    if !s.contains('=') {
+        return Ok(Output::Local {
+            dest: PathBuf::from(s),
+        });
+    }
     for part in s.split(',') {
         let (k, v) = part.split_once('=').ok_or_else(|| {
             anyhow!("--output {s}: expected key=value pairs like type=oci,dest=out.tar")
@@ -65,25 +112,50 @@ fn parse_output(s: &str) -> Result<Output> {
         match k {
             "type" => kind = Some(v.to_string()),
             "dest" => dest = Some(PathBuf::from(v)),
+            "name" => names.extend(v.split(',').map(str::to_string)),
+            "push" => push = parse_bool(s, k, v)?,
+            "tar" => tar = parse_bool(s, k, v)?,
             "compression" => {
-                compression = match v {
-                    "gzip" => rbuild_exporter::Compression::Gzip,
-                    "zstd" => rbuild_exporter::Compression::Zstd,
-                    "uncompressed" => rbuild_exporter::Compression::None,
-                    _ => bail!("--output {s}: compression must be gzip, zstd or uncompressed"),
-                }
+                compression = v.parse().map_err(|_| {
+                    anyhow!("--output {s}: compression must be gzip, zstd or uncompressed")
+                })?
             }
+            // Accepted for compatibility; rbuild's layers are always reproducible when
+            // SOURCE_DATE_EPOCH is set.
+            "rewrite-timestamp" | "oci-mediatypes" | "force-compression" => {}
             _ => bail!("--output {s}: unknown option {k:?}"),
         }
     }
-    match kind.as_deref() {
-        Some("oci") => Ok(Output::Oci {
-            dest: dest.ok_or_else(|| anyhow!("--output {s}: type=oci needs dest=FILE"))?,
-            compression,
-        }),
-        Some(other) => bail!("--output {s}: type={other} is not supported yet (supported: oci)"),
-        None => bail!("--output {s}: missing type=, e.g. type=oci,dest=out.tar"),
+    let need = |what: &str| -> Result<PathBuf> {
+        dest.clone()
+            .ok_or_else(|| anyhow!("--output {s}: type={what} needs dest=PATH"))
+    };
+    let kind =
+        kind.ok_or_else(|| anyhow!("--output {s}: missing type=, e.g. type=oci,dest=out.tar"))?;
+    if dest.as_deref() == Some(std::path::Path::new("-")) {
+        bail!("--output {s}: writing to standard output is not supported; give a file name");
     }
+    Ok(match kind.as_str() {
+        "image" | "registry" => Output::Image {
+            names,
+            push: push || kind == "registry",
+        },
+        "oci" => Output::Oci {
+            dest: need("oci")?,
+            tar,
+            compression,
+        },
+        "docker" => Output::Docker {
+            dest: need("docker")?,
+        },
+        "local" => Output::Local {
+            dest: need("local")?,
+        },
+        "tar" => Output::Tar { dest: need("tar")? },
+        other => bail!(
+            "--output {s}: unknown type={other} (supported: image, registry, oci, docker, local, tar)"
+        ),
+    })
 }
 
 pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
@@ -123,7 +195,7 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&dockerfile).with_context(|| {
         format!("failed to read dockerfile: open {dockerfile_name}: no such file or not readable; pass -f PATH or add a Dockerfile to the context")
     })?;
-    let progress = progress::Progress::new(args.progress);
+    let progress = progress::Progress::new(args.progress).with_explain(args.cache.explain_cache);
     progress.internal(
         1,
         &format!(
@@ -153,17 +225,38 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         platform,
         dockerfile_name: dockerfile_name.clone(),
     };
-    let resolver = rbuild_solver::StoreResolver::new(&store);
-    let graph = rbuild_frontend::convert(&text, &opts, &resolver).map_err(|e| anyhow!("{e}"))?;
+    let client = args.registry.client(opts.platform.clone())?;
+    let resolver = crate::image_cmds::PullingResolver::new(&store, &client, args.pull);
+    let mut graph =
+        rbuild_frontend::convert(&text, &opts, &resolver).map_err(|e| anyhow!("{e}"))?;
+    for l in &args.labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--label {l}: expected KEY=VALUE"))?;
+        let target = graph.target;
+        graph.stages[target]
+            .config
+            .labels
+            .insert(k.to_string(), v.to_string());
+    }
+    let epoch = match args.source_date_epoch {
+        Some(e) => Some(e),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) if !v.trim().is_empty() => Some(v.trim().parse::<i64>().map_err(|_| {
+                anyhow!("SOURCE_DATE_EPOCH={v}: expected seconds since the Unix epoch")
+            })?),
+            _ => None,
+        },
+    };
     let solve_opts = rbuild_solver::SolveOptions {
         context: args.context.clone(),
         dockerfile: dockerfile.clone(),
         dockerfile_name,
         no_cache: args.no_cache,
+        no_cache_filter: args.cache.no_cache_filter.clone(),
+        forwarded: args.cache.forwarded()?,
         first_vertex: 2,
-        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|s| s.parse().ok()),
+        source_date_epoch: epoch,
     };
     let sink = |ev| progress.event(ev);
     let result =
@@ -174,22 +267,92 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         id,
         name: "exporting to image".into(),
     });
-    for t in &tags {
+    let mut names = tags.clone();
+    let mut push_names: Vec<ImageRef> = Vec::new();
+    for o in &outputs {
+        if let Output::Image { names: n, push } = o {
+            for x in n {
+                let r = parse_ref(x)?;
+                if !names.contains(&r) {
+                    names.push(r.clone());
+                }
+                if *push {
+                    push_names.push(r);
+                }
+            }
+            if *push && n.is_empty() {
+                push_names.extend(tags.iter().cloned());
+            }
+        }
+    }
+    if args.push {
+        push_names.extend(tags.iter().cloned());
+    }
+    push_names.dedup();
+    if (args.push
+        || outputs
+            .iter()
+            .any(|o| matches!(o, Output::Image { push: true, .. })))
+        && push_names.is_empty()
+    {
+        bail!("--push needs a name to push to: add -t REGISTRY/NAME:TAG");
+    }
+    for t in &names {
         store.set_tag(t, &result.manifest)?;
     }
     for o in &outputs {
         match o {
-            Output::Oci { dest, compression } => {
-                rbuild_exporter::export_oci_archive(
-                    &store,
-                    &result.manifest,
-                    &tags,
-                    dest,
-                    *compression,
-                )
-                .with_context(|| format!("writing OCI archive {}", dest.display()))?;
+            Output::Image { .. } => {}
+            Output::Oci {
+                dest,
+                tar,
+                compression,
+            } => {
+                if *tar {
+                    rbuild_exporter::export_oci_archive(
+                        &store,
+                        &result.manifest,
+                        &names,
+                        dest,
+                        *compression,
+                    )
+                } else {
+                    rbuild_exporter::export_oci_dir(
+                        &store,
+                        &result.manifest,
+                        &names,
+                        dest,
+                        *compression,
+                    )
+                }
+                .with_context(|| format!("writing OCI layout {}", dest.display()))?;
+            }
+            Output::Docker { dest } => {
+                rbuild_exporter::export_docker_archive(&store, &result.manifest, &names, dest)
+                    .with_context(|| format!("writing docker archive {}", dest.display()))?;
+            }
+            Output::Local { dest } => {
+                rbuild_exporter::export_local_dir(&store, &result.manifest, dest)
+                    .with_context(|| format!("writing the filesystem into {}", dest.display()))?;
+            }
+            Output::Tar { dest } => {
+                rbuild_exporter::export_rootfs_tar(&store, &result.manifest, dest, epoch)
+                    .with_context(|| format!("writing the filesystem tar {}", dest.display()))?;
             }
         }
+    }
+    let mut pushed = None;
+    for r in &push_names {
+        let d = client
+            .push(
+                &store,
+                &result.manifest,
+                r,
+                rbuild_exporter::Compression::Gzip,
+            )
+            .with_context(|| format!("pushing {r}"))?;
+        eprintln!("pushing {r} done: {d}");
+        pushed = Some(d);
     }
     progress.event(rbuild_solver::Event::Done {
         id,
@@ -199,8 +362,17 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         std::fs::write(f, result.config.to_string())
             .with_context(|| format!("writing {}", f.display()))?;
     }
+    if let Some(f) = &args.metadata_file {
+        let meta = serde_json::json!({
+            "containerimage.config.digest": result.config.to_string(),
+            "containerimage.digest": pushed.as_ref().unwrap_or(&result.manifest).to_string(),
+            "image.name": names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+        });
+        std::fs::write(f, serde_json::to_string_pretty(&meta)?)
+            .with_context(|| format!("writing {}", f.display()))?;
+    }
     eprintln!("writing image {} done", result.config);
-    for t in &tags {
+    for t in &names {
         eprintln!("naming to {t} done");
     }
     let _ = progress.total();

@@ -6,7 +6,9 @@ use anyhow::Result;
 use rbuild_cache::Store;
 use rbuild_types::ImageRef;
 
-fn human_size(n: u64) -> String {
+use crate::image_cmds::ListFormat;
+
+pub(crate) fn human_size(n: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -21,7 +23,7 @@ fn human_size(n: u64) -> String {
     }
 }
 
-fn human_ago(created: Option<&str>) -> String {
+pub(crate) fn human_ago(created: Option<&str>) -> String {
     let Some(t) = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()) else {
         return "N/A".into();
     };
@@ -36,7 +38,31 @@ fn human_ago(created: Option<&str>) -> String {
     }
 }
 
-pub(crate) fn images(store: &Store) -> Result<ExitCode> {
+pub(crate) fn images(store: &Store, format: ListFormat) -> Result<ExitCode> {
+    if format == ListFormat::Json {
+        for t in store.list_tags()? {
+            let img = rbuild_exporter::load_image(store, &t.manifest)?;
+            let (name, tag) = match t.name.parse::<ImageRef>() {
+                Ok(r) => (r.name(), r.tag.clone().unwrap_or_else(|| "<none>".into())),
+                Err(_) => (t.name.clone(), "<none>".into()),
+            };
+            let created = img.config.created().clone().unwrap_or_default();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "Repository": name,
+                    "Tag": tag,
+                    "ID": img.config_digest.to_string(),
+                    "Digest": t.manifest.to_string(),
+                    "CreatedAt": created,
+                    "CreatedSince": human_ago(img.config.created().as_deref()),
+                    "Size": human_size(img.size),
+                    "VirtualSize": img.size,
+                })
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{:<30} {:<12} {:<14} {:<24} SIZE",
         "REPOSITORY", "TAG", "IMAGE ID", "CREATED"

@@ -3,7 +3,9 @@
 //! `rbuild -t web:v1 .` is `rbuild build -t web:v1 .`. The CLI is the only crate that prints.
 
 mod build;
+mod cache_cmds;
 mod containers;
+mod image_cmds;
 mod images;
 mod progress;
 mod run;
@@ -38,7 +40,57 @@ enum Command {
     /// Build an image from a Dockerfile (the default command).
     Build(build::BuildArgs),
     /// List images.
-    Images,
+    Images {
+        /// Output format (`json`: one object per line, as `docker images --format json`).
+        #[arg(long, value_enum, default_value = "table")]
+        format: image_cmds::ListFormat,
+    },
+    /// Manage images (inspect, ls).
+    #[command(subcommand)]
+    Image(image_cmds::ImageCommand),
+    /// Pull an image from a registry into the store.
+    Pull(image_cmds::PullArgs),
+    /// Push an image of the store to a registry.
+    Push(image_cmds::PushArgs),
+    /// Save registry credentials (in ~/.docker/config.json, shared with docker and skopeo).
+    Login(image_cmds::LoginArgs),
+    /// Remove saved registry credentials.
+    Logout {
+        /// Registry host[:port].
+        server: String,
+    },
+    /// Show the history of an image (one line per step, newest first).
+    History {
+        /// Image name or id.
+        image: String,
+        /// Do not truncate CREATED BY.
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Give an image another name.
+    Tag {
+        /// Existing image (name or id).
+        source: String,
+        /// New name.
+        target: String,
+    },
+    /// Remove image names (layers stay until `rbuild prune`).
+    Rmi {
+        /// Image names or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Remove every name of an image given by id.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Write an image to a docker (default) or OCI archive.
+    Save(image_cmds::SaveArgs),
+    /// Load images from a docker or OCI archive.
+    Load {
+        /// The archive.
+        #[arg(short, long)]
+        input: PathBuf,
+    },
     /// Run a command in a new container.
     Run(run::RunArgs),
     /// List containers (running ones; -a: also those kept after they exited).
@@ -52,6 +104,13 @@ enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(volumes::VolumeCommand),
+    /// Show build cache disk usage (records, cache mounts).
+    Du(cache_cmds::DuArgs),
+    /// Remove unused build cache, least recently used first.
+    Prune(cache_cmds::PruneArgs),
+    /// Inspect the build cache.
+    #[command(subcommand)]
+    Cache(cache_cmds::CacheCommand),
     /// Make a one-layer image from a rootfs tar.
     Import {
         /// The tar file (a root filesystem).
@@ -114,7 +173,21 @@ pub(crate) fn parse_ref(s: &str) -> Result<ImageRef> {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build::build(open_store(cli.root)?, args),
-        Command::Images => images::images(&open_store(cli.root)?),
+        Command::Images { format } => images::images(&open_store(cli.root)?, format),
+        Command::Image(c) => image_cmds::image(&open_store(cli.root)?, c),
+        Command::Pull(a) => image_cmds::pull(&open_store(cli.root)?, a),
+        Command::Push(a) => image_cmds::push(&open_store(cli.root)?, a),
+        Command::Login(a) => image_cmds::login(a),
+        Command::Logout { server } => image_cmds::logout(&server),
+        Command::History { image, no_trunc } => {
+            image_cmds::history(&open_store(cli.root)?, &image, no_trunc)
+        }
+        Command::Tag { source, target } => {
+            image_cmds::tag(&open_store(cli.root)?, &source, &target)
+        }
+        Command::Rmi { images, force } => image_cmds::rmi(&open_store(cli.root)?, &images, force),
+        Command::Save(a) => image_cmds::save(&open_store(cli.root)?, a),
+        Command::Load { input } => image_cmds::load(&open_store(cli.root)?, &input),
         Command::Import { tar, name } => {
             let store = open_store(cli.root)?;
             let name = parse_ref(&name)?;
@@ -130,5 +203,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Diff(a) => containers::diff(&open_store(cli.root)?, a),
         Command::Commit(a) => containers::commit(&open_store(cli.root)?, a),
         Command::Volume(c) => volumes::volume(&open_store(cli.root)?, c),
+        Command::Du(a) => cache_cmds::du(&open_store(cli.root)?, a),
+        Command::Prune(a) => cache_cmds::prune(&open_store(cli.root)?, a),
+        Command::Cache(c) => cache_cmds::cache(&open_store(cli.root)?, c),
     }
 }

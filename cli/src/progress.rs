@@ -24,6 +24,10 @@ pub enum Mode {
 pub struct Progress {
     inner: Mutex<Inner>,
     tty: bool,
+    /// Show cache-miss explanations in a terminal too (`--explain-cache`); plain always shows them.
+    explain: bool,
+    /// Show trace lines (`RBUILD_DEBUG=1`).
+    debug: bool,
 }
 
 struct Inner {
@@ -53,7 +57,15 @@ impl Progress {
                 started: Instant::now(),
             }),
             tty,
+            explain: false,
+            debug: std::env::var_os("RBUILD_DEBUG").is_some_and(|v| !v.is_empty() && v != "0"),
         }
+    }
+
+    /// Also explains cache misses in a terminal.
+    pub fn with_explain(mut self, explain: bool) -> Progress {
+        self.explain = explain;
+        self
     }
 
     fn line(&self, inner: &Inner, s: &str) {
@@ -84,6 +96,9 @@ impl Progress {
                     format!("#{id} ERROR {}: {first}", secs(elapsed))
                 }
                 Event::Warning(w) => format!("WARNING: {w}"),
+                Event::CacheMiss { id, reason } => format!("#{id} cache miss: {reason}"),
+                Event::Debug(d) if self.debug => format!("DEBUG: {d}"),
+                Event::Debug(_) => return,
             };
             self.line(&inner, &s);
             return;
@@ -127,6 +142,12 @@ impl Progress {
                 }
             }
             Event::Warning(w) => self.line(&inner, &format!("WARNING: {w}")),
+            Event::CacheMiss { reason, .. } if self.explain => {
+                self.line(&inner, &format!(" => cache miss: {reason}"))
+            }
+            Event::CacheMiss { .. } => {}
+            Event::Debug(d) if self.debug => self.line(&inner, &format!("DEBUG: {d}")),
+            Event::Debug(_) => {}
         }
     }
 

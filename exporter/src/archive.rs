@@ -243,11 +243,14 @@ pub fn load_archive(store: &Store, archive: &Path) -> Result<Vec<(Option<ImageRe
                 out.push((None, m.clone()));
             }
             for t in tags {
-                let r: ImageRef = t.parse().map_err(|_| Error::InvalidImage {
-                    what: "docker manifest.json",
-                    digest: archive.display().to_string(),
-                    reason: format!("invalid RepoTag {t:?}"),
-                })?;
+                let r: ImageRef =
+                    t.parse()
+                        .map(strip_docker_io)
+                        .map_err(|_| Error::InvalidImage {
+                            what: "docker manifest.json",
+                            digest: archive.display().to_string(),
+                            reason: format!("invalid RepoTag {t:?}"),
+                        })?;
                 store.set_tag(&r, &m)?;
                 out.push((Some(r), m.clone()));
             }
@@ -331,6 +334,8 @@ fn safe_name(p: &Path) -> Result<Option<PathBuf>> {
         match c {
             std::path::Component::Normal(n) => out.push(n),
             std::path::Component::CurDir => {}
+            // `dir/../x` (skopeo links layers this way) is fine while it stays inside.
+            std::path::Component::ParentDir if out.pop() => {}
             _ => {
                 return Err(Error::UnsafePath {
                     path: p.to_path_buf(),
@@ -340,4 +345,20 @@ fn safe_name(p: &Path) -> Result<Option<PathBuf>> {
         }
     }
     Ok((!out.as_os_str().is_empty()).then_some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_names_stay_inside() {
+        let ok = |s: &str| safe_name(Path::new(s)).unwrap();
+        assert_eq!(ok("a/b"), Some(PathBuf::from("a/b")));
+        assert_eq!(ok("a/../b.tar"), Some(PathBuf::from("b.tar")));
+        assert_eq!(ok("./"), None);
+        assert!(safe_name(Path::new("../x")).is_err());
+        assert!(safe_name(Path::new("a/../../x")).is_err());
+        assert!(safe_name(Path::new("/etc/passwd")).is_err());
+    }
 }

@@ -711,7 +711,25 @@ impl Ctx<'_> {
                     wd
                 };
                 st.config.working_dir = wd.clone();
+                // BuildKit creates the directory (a layer) for every WORKDIR but `/`.
+                if wd != "/" {
+                    let node = self.graph.add_node(Node {
+                        op: Op::Mkdir {
+                            path: wd.clone(),
+                            user: st.config.user.clone(),
+                        },
+                        stage: st.index,
+                        display: st.display(&uppercase_cmd(&loc.original)),
+                        line: loc.line,
+                    });
+                    self.graph.add_edge(st.node, node, Input::Rootfs);
+                    st.node = node;
+                }
+                // A layer, but without the " # buildkit" mark (BuildKit passes no state here).
                 st.history(format!("WORKDIR {wd}"), false);
+                if let Some(h) = st.history.last_mut() {
+                    h.empty_layer = wd == "/";
+                }
             }
             Command::User(u) => {
                 let u = self.expand(st, u)?;
@@ -842,12 +860,47 @@ impl Ctx<'_> {
         r: &instructions::Run,
     ) -> Result<(), String> {
         let mut cmd = r.cmd.clone();
+        let mut heredoc_script = None;
         if !cmd.files.is_empty() {
             if cmd.args.len() != 1 || !cmd.prepend_shell {
                 return Err("heredocs are only supported with the shell form of RUN".into());
             }
             let only = parser::parse_heredoc(&cmd.args[0])?;
-            if only.is_some() {
+            if only.is_some() && cmd.files[0].content.starts_with("#!") {
+                // As BuildKit: a single heredoc with a shebang becomes an executable file
+                // (0755) mounted read-only at /dev/pipes/<name>, which the shell runs.
+                let f = &cmd.files[0];
+                let scratch = self.graph.add_node(Node {
+                    op: Op::Scratch,
+                    stage: st.index,
+                    display: "[internal] scratch".into(),
+                    line: loc.line,
+                });
+                let file = self.graph.add_node(Node {
+                    op: Op::Copy(CopyOp {
+                        add: false,
+                        from: CopyFrom::Inline {
+                            name: f.name.clone(),
+                            content: f.chomped_content(),
+                        },
+                        srcs: Vec::new(),
+                        dest: "/".into(),
+                        chown: None,
+                        chmod: Some("0755".into()),
+                        link: false,
+                        parents: false,
+                        excludes: Vec::new(),
+                        keep_git_dir: false,
+                        checksum: None,
+                    }),
+                    stage: st.index,
+                    display: "[internal] preparing inline document".into(),
+                    line: loc.line,
+                });
+                self.graph.add_edge(scratch, file, Input::Rootfs);
+                heredoc_script = Some((file, f.name.clone()));
+                cmd.args = vec![format!("/dev/pipes/{}", f.name)];
+            } else if only.is_some() {
                 cmd.args = vec![cmd.files[0].chomped_content()];
             } else {
                 let mut b = cmd.args[0].clone();
@@ -913,6 +966,17 @@ impl Ctx<'_> {
                 },
                 options,
             });
+        }
+        if let Some((file, _)) = heredoc_script {
+            mounts.push(Mount {
+                kind: "bind".into(),
+                target: "/dev/pipes".into(),
+                options: vec![
+                    ("from".into(), "[heredoc]".into()),
+                    ("source".into(), "/".into()),
+                ],
+            });
+            sources.push(file);
         }
         let node = self.graph.add_node(Node {
             op: Op::Exec(ExecOp {

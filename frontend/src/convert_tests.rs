@@ -81,8 +81,8 @@ fn multi_stage_graph() {
     let g = convert(WEB, &opts(), &f).unwrap();
     assert_eq!(g.stages.len(), 2);
     assert_eq!(g.target, 1);
-    // one shared image node, two RUNs, two COPYs
-    assert_eq!(g.graph.node_count(), 5);
+    // one shared image node, two RUNs, WORKDIR's mkdir, two COPYs
+    assert_eq!(g.graph.node_count(), 6);
     assert_eq!(f.calls.borrow().len(), 2);
     let build = &g.stages[0];
     assert_eq!(build.name.as_deref(), Some("build"));
@@ -116,7 +116,17 @@ fn multi_stage_graph() {
     };
     assert_eq!(c1.from, CopyFrom::Context);
     assert_eq!(c1.dest, "/app/");
-    assert_eq!(parents(&g, copy1, Input::Rootfs), vec![img]);
+    // WORKDIR creates its directory, as BuildKit's Mkdir file op.
+    let mkdir = parents(&g, copy1, Input::Rootfs)[0];
+    assert_eq!(
+        g.graph[mkdir].op,
+        Op::Mkdir {
+            path: "/app".into(),
+            user: String::new()
+        }
+    );
+    assert_eq!(g.graph[mkdir].display, "[stage-1 2/6] WORKDIR /app");
+    assert_eq!(parents(&g, mkdir, Input::Rootfs), vec![img]);
     assert_eq!(
         g.graph[copy2].display,
         "[stage-1 5/6] COPY --from=build /out/hello /app/hello"
@@ -139,7 +149,7 @@ fn multi_stage_graph() {
     assert_eq!(
         h,
         vec![
-            ("WORKDIR /app", true),
+            ("WORKDIR /app", false),
             ("ENV GREETING=hello NAME=world", true),
             ("COPY index.html /app/ # buildkit", false),
             ("COPY /out/hello /app/hello # buildkit", false),

@@ -122,6 +122,14 @@ pub enum Op {
     /// A COPY or ADD step. Inputs: [`Input::Rootfs`], and [`Input::CopySource`] when `from` is a
     /// stage or image (absent when copying from the build context).
     Copy(CopyOp),
+    /// WORKDIR: creates a directory and its parents (0755) if missing, as BuildKit's `Mkdir`
+    /// file op. Input: [`Input::Rootfs`].
+    Mkdir {
+        /// Absolute path.
+        path: String,
+        /// Owner: the stage's USER at that point (empty means root).
+        user: String,
+    },
 }
 
 /// Network mode of a RUN step.

@@ -7,6 +7,9 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rbuild_cache::{FileStat, Store};
 use rbuild_types::Digest;
 use sha2::{Digest as _, Sha256};
 
@@ -332,30 +335,66 @@ fn walk_inner(
     Ok(())
 }
 
+/// Counters of one build's context hashing, for `RBUILD_DEBUG` traces and tests.
+#[derive(Debug, Default)]
+pub struct HashStats {
+    /// Files whose digest came from the stat cache (not read).
+    pub stat_hits: AtomicU64,
+    /// Files read and hashed.
+    pub files_read: AtomicU64,
+}
+
 /// Content digest of the files a COPY selects: for every entry (sorted by path) its relative path,
 /// type, permission bits, and the sha256 of its bytes (or its link target). Ownership and mtime are
 /// not part of it: COPY from the context resets ownership, and touching a file changes nothing.
+/// `excludes` are the COPY's `--exclude` patterns. With a store, file digests come from its stat
+/// cache when (path, size, mtime, ctime, inode) are unchanged, and newly hashed files are recorded.
 /// Returns the digest and a per-path map of file digests (for explaining cache misses).
 pub fn selection_digest(
     root: &Path,
     srcs: &[String],
+    excludes: &[String],
     ignore: &IgnoreRules,
+    store: Option<&Store>,
+    stats: &HashStats,
 ) -> io::Result<(Digest, BTreeMap<String, String>)> {
+    let excludes: Vec<IgnoreRules> = excludes.iter().map(|p| IgnoreRules::parse(p)).collect();
+    let excluded = |rel: &str| excludes.iter().any(|x| x.is_excluded(rel));
     let mut files = BTreeMap::new();
+    let mut learned: Vec<(PathBuf, FileStat, Digest)> = Vec::new();
     for src in srcs {
         for entry in expand_source(root, src, ignore)? {
+            if excluded(&entry.rel) {
+                continue;
+            }
             walk(&entry, ignore, &mut |rel, abs, md| {
+                if excluded(rel) {
+                    return Ok(());
+                }
                 let kind = md.file_type();
                 let desc = if kind.is_symlink() {
                     format!("l {}", fs::read_link(abs)?.display())
                 } else if kind.is_dir() {
                     format!("d {:o}", md.permissions().mode() & 0o7777)
                 } else if kind.is_file() {
-                    format!(
-                        "f {:o} {}",
-                        md.permissions().mode() & 0o7777,
-                        file_digest(abs)?
-                    )
+                    let st = FileStat::from_metadata(md);
+                    let cached = match store {
+                        Some(s) => s.stat_cache_get(abs, &st).map_err(io::Error::other)?,
+                        None => None,
+                    };
+                    let d = match cached {
+                        Some(d) => {
+                            stats.stat_hits.fetch_add(1, Ordering::Relaxed);
+                            d
+                        }
+                        None => {
+                            stats.files_read.fetch_add(1, Ordering::Relaxed);
+                            let d = file_digest(abs)?;
+                            learned.push((abs.to_path_buf(), st, d.clone()));
+                            d
+                        }
+                    };
+                    format!("f {:o} {d}", md.permissions().mode() & 0o7777)
                 } else {
                     format!("o {:o} {}", md.mode(), md.rdev())
                 };
@@ -363,6 +402,13 @@ pub fn selection_digest(
                 Ok(())
             })?;
         }
+    }
+    if let (Some(s), false) = (store, learned.is_empty()) {
+        let entries: Vec<(&Path, FileStat, Digest)> = learned
+            .iter()
+            .map(|(p, st, d)| (p.as_path(), *st, d.clone()))
+            .collect();
+        s.stat_cache_put(&entries).map_err(io::Error::other)?;
     }
     let mut h = Sha256::new();
     for (k, v) in &files {
@@ -425,24 +471,25 @@ mod tests {
         fs::write(d.path().join("a"), "1").unwrap();
         fs::write(d.path().join("b"), "2").unwrap();
         let ig = IgnoreRules::default();
-        let (d1, _) = selection_digest(d.path(), &["a".into()], &ig).unwrap();
+        let st = HashStats::default();
+        let (d1, _) = selection_digest(d.path(), &["a".into()], &[], &ig, None, &st).unwrap();
         fs::write(d.path().join("b"), "3").unwrap();
-        let (d2, _) = selection_digest(d.path(), &["a".into()], &ig).unwrap();
+        let (d2, _) = selection_digest(d.path(), &["a".into()], &[], &ig, None, &st).unwrap();
         assert_eq!(
             d1, d2,
             "changing an unselected file must not change the digest"
         );
         fs::write(d.path().join("a"), "1").unwrap();
-        let (d3, _) = selection_digest(d.path(), &["a".into()], &ig).unwrap();
+        let (d3, _) = selection_digest(d.path(), &["a".into()], &[], &ig, None, &st).unwrap();
         assert_eq!(
             d1, d3,
             "rewriting the same bytes must not change the digest"
         );
         fs::write(d.path().join("a"), "x").unwrap();
-        let (d4, _) = selection_digest(d.path(), &["a".into()], &ig).unwrap();
+        let (d4, _) = selection_digest(d.path(), &["a".into()], &[], &ig, None, &st).unwrap();
         assert_ne!(d1, d4);
-        assert!(selection_digest(d.path(), &["missing".into()], &ig).is_err());
-        let (g, files) = selection_digest(d.path(), &["*".into()], &ig).unwrap();
+        assert!(selection_digest(d.path(), &["missing".into()], &[], &ig, None, &st).is_err());
+        let (g, files) = selection_digest(d.path(), &["*".into()], &[], &ig, None, &st).unwrap();
         assert_eq!(files.len(), 2);
         assert_ne!(g, d4);
     }

@@ -5,15 +5,15 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use rbuild_cache::{SnapshotBuilder, Store};
 use rbuild_frontend::{CopyFrom, CopyOp, ExecOp, NetworkMode};
 use rbuild_sandbox::{OverlayMount, Rootfs, RunOptions};
 
 use crate::context::{self, IgnoreRules};
-use crate::fsutil::{self, Attrs};
-use crate::{Error, NodeOut};
+use crate::fsutil;
+use crate::Error;
 
 /// How many output lines a failure report keeps.
 const TAIL_LINES: usize = 10;
@@ -119,12 +119,13 @@ pub(crate) fn run(
     store: &Store,
     exec: &ExecOp,
     lowers: &[PathBuf],
-    _sources: &[&Arc<NodeOut>],
+    mounts: &crate::mounts::Prepared,
     sb: &SnapshotBuilder,
     log: &mut (dyn FnMut(String) + Send),
 ) -> Result<(), ExecError> {
     let (uid, gid, groups, home) = resolve_user(store, lowers, &exec.user)?;
     let mut env = exec.env.clone();
+    env.extend(mounts.env.iter().cloned());
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }
@@ -147,6 +148,11 @@ pub(crate) fn run(
             Some(groups)
         });
         p.set_user(u);
+    }
+    if !mounts.mounts.is_empty() {
+        let mut all = spec.mounts().clone().unwrap_or_default();
+        all.extend(mounts.mounts.iter().cloned());
+        spec.set_mounts(Some(all));
     }
     let rootfs = Rootfs::Overlay {
         lower: lowers_or_empty(store, lowers)?,
@@ -217,40 +223,62 @@ fn copy_failed(msg: impl Into<String>) -> ExecError {
 }
 
 /// Looks a name up in the image's `/etc/passwd` or `/etc/group` (field 3 is the id).
-fn lookup_id(root: &Path, file: &str, name: &str) -> Option<u32> {
+fn lookup_id(root: &Path, file: &str, name: &str, field: usize) -> Option<u32> {
     let text = fs::read_to_string(fsutil::resolve_link(root, file).ok()?).ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 2 && f[0] == name)
-            .then(|| f[2].parse().ok())
+        (f.len() > field && f[0] == name)
+            .then(|| f[field].parse().ok())
             .flatten()
     })
 }
 
-/// `--chown=user[:group]` to ids; a user without group uses the uid as gid (Docker's rule).
+/// `--chown=user[:group]` to ids, as BuildKit: a user name alone takes its primary group from
+/// `/etc/passwd`, a numeric uid alone uses the uid as gid.
 fn parse_chown(root: &Path, spec: &str) -> Result<(u32, u32), ExecError> {
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let id = |name: &str, file: &str| -> Result<u32, ExecError> {
-        name.parse::<u32>().ok().or_else(|| lookup_id(root, file, name)).ok_or_else(|| {
-            copy_failed(format!(
-                "--chown={spec}: no {} named \"{name}\" in the image's {file}; use a numeric id or create it first",
-                if file.ends_with("passwd") { "user" } else { "group" }
-            ))
-        })
+    let missing = |what: &str, name: &str, file: &str| {
+        copy_failed(format!(
+            "--chown={spec}: no {what} named \"{name}\" in the image's {file}; use a numeric id or create it first"
+        ))
     };
-    let uid = id(u, "/etc/passwd")?;
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, n),
+        Err(_) => {
+            let uid = lookup_id(root, "/etc/passwd", u, 2)
+                .ok_or_else(|| missing("user", u, "/etc/passwd"))?;
+            let gid = lookup_id(root, "/etc/passwd", u, 3).unwrap_or(uid);
+            (uid, gid)
+        }
+    };
     let gid = match g {
-        Some(g) => id(g, "/etc/group")?,
-        None => uid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => lookup_id(root, "/etc/group", g, 2)
+                .ok_or_else(|| missing("group", g, "/etc/group"))?,
+        },
+        None => primary,
     };
     Ok((uid, gid))
 }
 
+/// Where one selected source lives and what it is.
+struct Source {
+    /// Path relative to the source root, as the user selected it (for messages and `--parents`).
+    rel: String,
+    /// Host path.
+    abs: PathBuf,
+    /// True for a remote (URL/git) source: never unpacked, a git tree is copied as a directory.
+    remote: bool,
+}
+
 /// Runs a COPY/ADD: mounts the parent chain with the snapshot as upper at a scratch mount point and
-/// copies the selected sources into it with Docker's destination rules.
+/// copies the selected sources into it with Docker's destination rules. `fetched` holds the remote
+/// sources of an ADD, downloaded before the cache key was computed.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn copy(
     store: &Store,
     op: &CopyOp,
@@ -258,6 +286,7 @@ pub(crate) fn copy(
     source_lowers: Option<&[PathBuf]>,
     context_dir: &Path,
     ignore: &IgnoreRules,
+    fetched: &[crate::add::Fetched],
     sb: &SnapshotBuilder,
 ) -> Result<(), ExecError> {
     let mnt = TempDir::new(store, "copy")?;
@@ -273,6 +302,7 @@ pub(crate) fn copy(
     let _src_mount;
     let inline_dir;
     let no_ignore = IgnoreRules::default();
+    let mut srcs = op.srcs.clone();
     let (src_root, ignore, default_owner): (PathBuf, &IgnoreRules, Option<(u32, u32)>) =
         match &op.from {
             CopyFrom::Context => (context_dir.to_path_buf(), ignore, Some((0, 0))),
@@ -286,13 +316,15 @@ pub(crate) fn copy(
             }
             CopyFrom::Inline { name, content } => {
                 inline_dir = TempDir::new(store, "inline")?;
-                let f = inline_dir.0.join(context::clean_path(name));
+                let rel = context::clean_path(name);
+                let f = inline_dir.0.join(&rel);
                 if let Some(parent) = f.parent() {
                     fs::create_dir_all(parent).map_err(io_err("writing heredoc"))?;
                 }
                 fs::write(&f, content).map_err(io_err("writing heredoc"))?;
                 let perm = std::os::unix::fs::PermissionsExt::from_mode(0o644);
                 fs::set_permissions(&f, perm).map_err(io_err("writing heredoc"))?;
+                srcs = vec![rel];
                 (inline_dir.0.clone(), &no_ignore, Some((0, 0)))
             }
         };
@@ -300,14 +332,23 @@ pub(crate) fn copy(
         Some(c) => Some(parse_chown(&root, c)?),
         None => default_owner,
     };
-    let mut entries = Vec::new();
-    for src in &op.srcs {
-        if op.add
-            && (src.starts_with("http://")
-                || src.starts_with("https://")
-                || src.starts_with("git@"))
-        {
-            return Err(copy_failed(format!("ADD {src}: remote sources are not supported yet; download the file into the context and ADD it from there")));
+    let excluded = |rel: &str| {
+        op.excludes
+            .iter()
+            .any(|p| IgnoreRules::parse(p).is_excluded(rel))
+    };
+    let mut entries: Vec<Source> = Vec::new();
+    for src in &srcs {
+        if op.add && crate::add::is_remote(src) {
+            let f = fetched.iter().find(|f| &f.src == src).ok_or_else(|| {
+                copy_failed(format!("ADD {src}: the remote source was not fetched"))
+            })?;
+            entries.push(Source {
+                rel: src.clone(),
+                abs: f.path.clone(),
+                remote: true,
+            });
+            continue;
         }
         let found = context::expand_source(&src_root, src, ignore).map_err(|e| {
             copy_failed(format!(
@@ -316,12 +357,16 @@ pub(crate) fn copy(
                 src_root.display()
             ))
         })?;
-        let excluded = |rel: &str| {
-            op.excludes
-                .iter()
-                .any(|p| IgnoreRules::parse(p).is_excluded(rel))
-        };
-        entries.extend(found.into_iter().filter(|e| !excluded(&e.rel)));
+        entries.extend(
+            found
+                .into_iter()
+                .filter(|e| !excluded(&e.rel))
+                .map(|e| Source {
+                    rel: e.rel,
+                    abs: e.abs,
+                    remote: false,
+                }),
+        );
     }
     let dest = &op.dest;
     let dest_host =
@@ -335,11 +380,7 @@ pub(crate) fn copy(
         match p.strip_prefix(&src_root) {
             Ok(rel) => {
                 let rel = rel.to_string_lossy();
-                !ignore.is_excluded(&rel)
-                    && !op
-                        .excludes
-                        .iter()
-                        .any(|x| IgnoreRules::parse(x).is_excluded(&rel))
+                !ignore.is_excluded(&rel) && !excluded(&rel)
             }
             Err(_) => true,
         }
@@ -347,16 +388,29 @@ pub(crate) fn copy(
     for e in &entries {
         let md =
             fs::symlink_metadata(&e.abs).map_err(io_err(format!("reading {}", e.abs.display())))?;
-        let target_path = if op.parents {
+        // ADD of a local tar archive: its contents go into the destination directory.
+        if op.add && !e.remote && md.is_file() && crate::add::is_archive(&e.abs) {
+            let d = fsutil::mkdir_all_in_root(&root, dest, owner)
+                .map_err(|err| copy_failed(format!("cannot create {dest}: {err}")))?;
+            let keep = if op.chown.is_some() { owner } else { None };
+            crate::add::extract(&e.abs, &d, keep)
+                .map_err(|err| copy_failed(format!("extracting {} into {dest}: {err}", e.rel)))?;
+            continue;
+        }
+        let file_name = if e.remote {
+            e.abs
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            fsutil::base_name(&e.rel).to_string_lossy().into_owned()
+        };
+        let target_path = if op.parents && !e.remote {
             format!("{}/{}", dest.trim_end_matches('/'), e.rel)
         } else if md.is_dir() {
             dest.clone()
         } else if dest_is_dir {
-            format!(
-                "{}/{}",
-                dest.trim_end_matches('/'),
-                fsutil::base_name(&e.rel).to_string_lossy()
-            )
+            format!("{}/{file_name}", dest.trim_end_matches('/'))
         } else {
             dest.clone()
         };
@@ -372,19 +426,97 @@ pub(crate) fn copy(
         } else {
             parent_host.join(name)
         };
-        let mode = match &op.chmod {
-            Some(c) => Some(fsutil::parse_chmod(c, 0o644, md.is_dir()).ok_or_else(|| {
-                copy_failed(format!(
-                    "--chmod={c}: not an octal mode or symbolic mode like u+x"
-                ))
-            })?),
-            None => None,
+        if let Some(c) = &op.chmod {
+            if fsutil::parse_chmod(c, 0o644, false).is_none() {
+                return Err(copy_failed(format!(
+                    "--chmod={c}: not an octal mode (0755) or a symbolic mode like u+x,go-w"
+                )));
+            }
+        }
+        // --exclude patterns match below a copied directory too (relative to it, as BuildKit).
+        let mut filter = |p: &Path| {
+            e.remote
+                || (ignore_rel(p)
+                    && p.strip_prefix(&e.abs)
+                        .map(|r| !excluded(&r.to_string_lossy()))
+                        .unwrap_or(true))
         };
-        let attrs = Attrs { owner, mode };
-        let mut filter = |p: &Path| ignore_rel(p);
-        fsutil::copy_tree(&e.abs, &dst, attrs, &mut filter)
+        fsutil::copy_tree_chmod(&e.abs, &dst, owner, op.chmod.as_deref(), &mut filter)
             .map_err(|err| copy_failed(format!("copying {} to {target_path}: {err}", e.rel)))?;
     }
     drop(target);
     Ok(())
+}
+
+/// WORKDIR: creates `path` with its parents (0755, owned by `user` resolved in the image), as
+/// BuildKit's `Mkdir` file op with `WithParents`. An existing directory is left as it is.
+pub(crate) fn mkdir(
+    store: &Store,
+    path: &str,
+    user: &str,
+    lowers: &[PathBuf],
+    sb: &SnapshotBuilder,
+) -> Result<(), ExecError> {
+    let mnt = TempDir::new(store, "mkdir")?;
+    let (upper, work) = (sb.fs_dir(), sb.work_dir());
+    let target = OverlayMount::mount(
+        &lowers_or_empty(store, lowers)?,
+        Some((&upper, &work)),
+        &mnt.0,
+    )?;
+    // As BuildKit, a user the image does not know owns nothing special: root.
+    let owner = if user.is_empty() {
+        None
+    } else {
+        Some(parse_chown(target.path(), user).unwrap_or((0, 0)))
+    };
+    fsutil::mkdir_all_in_root(target.path(), path, owner)
+        .map_err(|err| copy_failed(format!("cannot create {path}: {err}")))?;
+    drop(target);
+    Ok(())
+}
+
+/// The remote sources of an ADD, fetched into a scratch directory that lives as long as this.
+pub(crate) struct Remote {
+    _dir: Option<TempDir>,
+    /// One entry per remote source, in order.
+    pub files: Vec<crate::add::Fetched>,
+}
+
+/// Downloads the URLs and clones the git repositories an ADD names (nothing for COPY), verifying
+/// `--checksum`. Runs before the cache key is computed: the content is part of the key.
+pub(crate) fn fetch_remote(store: &Store, op: &CopyOp) -> Result<Remote, ExecError> {
+    let remote: Vec<&String> = op
+        .srcs
+        .iter()
+        .filter(|s| op.add && crate::add::is_remote(s))
+        .collect();
+    if let (Some(c), true) = (&op.checksum, remote.is_empty()) {
+        return Err(copy_failed(format!(
+            "--checksum={c} is only supported for HTTP(S) and git sources"
+        )));
+    }
+    if remote.is_empty() {
+        return Ok(Remote {
+            _dir: None,
+            files: Vec::new(),
+        });
+    }
+    let dir = TempDir::new(store, "fetch")?;
+    let mut files = Vec::new();
+    for (i, src) in remote.into_iter().enumerate() {
+        let d = dir.0.join(i.to_string());
+        fs::create_dir(&d).map_err(io_err(format!("creating {}", d.display())))?;
+        let f = if crate::add::is_git(src) {
+            crate::add::git_clone(src, &d, op.keep_git_dir, op.checksum.as_deref())
+        } else {
+            crate::add::download(src, &d, op.checksum.as_deref())
+        }
+        .map_err(copy_failed)?;
+        files.push(f);
+    }
+    Ok(Remote {
+        _dir: Some(dir),
+        files,
+    })
 }

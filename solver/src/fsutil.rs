@@ -71,15 +71,6 @@ fn comp_name(c: Component<'_>) -> Option<std::ffi::OsString> {
     }
 }
 
-/// How copied files are owned and permissioned.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Attrs {
-    /// Owner for every copied entry; `None` keeps the source's.
-    pub owner: Option<(u32, u32)>,
-    /// Permission bits for every copied entry (files and dirs); `None` keeps the source's.
-    pub mode: Option<u32>,
-}
-
 /// Creates `path` (absolute in the container) and its missing parents under `root` as directories
 /// (0755, owned by `owner` or root). Returns the host path.
 pub fn mkdir_all_in_root(
@@ -144,10 +135,14 @@ pub fn resolve_link(root: &Path, path: &str) -> io::Result<PathBuf> {
 
 /// Copies `src` (host path, not following a symlink at `src` itself) to host path `dst`, recursively
 /// for directories (merging into an existing directory), keeping modes, times and symlinks.
-pub fn copy_tree(
+/// `owner` replaces every entry's owner; `chmod` (COPY's `--chmod`: octal, or symbolic like
+/// `u+x,go-w` applied to each entry's own mode, so `+X` only touches directories and executables)
+/// its permission bits.
+pub fn copy_tree_chmod(
     src: &Path,
     dst: &Path,
-    attrs: Attrs,
+    owner: Option<(u32, u32)>,
+    chmod: Option<&str>,
     filter: &mut dyn FnMut(&Path) -> bool,
 ) -> io::Result<()> {
     let md = fs::symlink_metadata(src)?;
@@ -171,7 +166,7 @@ pub fn copy_tree(
             if !filter(&s) {
                 continue;
             }
-            copy_tree(&s, &dst.join(&n), attrs, filter)?;
+            copy_tree_chmod(&s, &dst.join(&n), owner, chmod, filter)?;
         }
     } else {
         if let Ok(d) = fs::symlink_metadata(dst) {
@@ -192,14 +187,24 @@ pub fn copy_tree(
             nix::sys::stat::mknod(dst, kind, perm, md.rdev()).map_err(io::Error::from)?;
         }
     }
-    apply_attrs(dst, &md, attrs)
+    apply_attrs(dst, &md, owner, chmod)
 }
 
-fn apply_attrs(dst: &Path, src_md: &fs::Metadata, attrs: Attrs) -> io::Result<()> {
-    let (uid, gid) = attrs.owner.unwrap_or((src_md.uid(), src_md.gid()));
+fn apply_attrs(
+    dst: &Path,
+    src_md: &fs::Metadata,
+    owner: Option<(u32, u32)>,
+    chmod: Option<&str>,
+) -> io::Result<()> {
+    let (uid, gid) = owner.unwrap_or((src_md.uid(), src_md.gid()));
     std::os::unix::fs::lchown(dst, Some(uid), Some(gid))?;
     if !src_md.file_type().is_symlink() {
-        let mode = attrs.mode.unwrap_or(src_md.mode() & 0o7777);
+        let own = src_md.mode() & 0o7777;
+        let mode = match chmod {
+            Some(c) => parse_chmod(c, own, src_md.is_dir())
+                .ok_or_else(|| io::Error::other(format!("invalid --chmod={c}")))?,
+            None => own,
+        };
         fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
     }
     let at = TimeSpec::new(src_md.atime(), src_md.atime_nsec());
@@ -212,6 +217,22 @@ fn apply_attrs(dst: &Path, src_md: &fs::Metadata, attrs: Attrs) -> io::Result<()
         UtimensatFlags::NoFollowSymlink,
     )
     .map_err(io::Error::from)
+}
+
+/// A path made relative and lexically clean (no root, `.` or `..` components), for joining
+/// under a directory without leaving it.
+pub fn clean_rel(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The last component of a `/`-separated path (the whole string when it has no `/`).
@@ -315,19 +336,23 @@ mod tests {
         fs::set_permissions(src.join("sub/f"), fs::Permissions::from_mode(0o751)).unwrap();
         symlink("sub/f", src.join("l")).unwrap();
         let dst = d.path().join("dst");
-        copy_tree(&src, &dst, Attrs::default(), &mut |_| true).unwrap();
+        copy_tree_chmod(&src, &dst, None, None, &mut |_| true).unwrap();
         assert_eq!(fs::read_to_string(dst.join("sub/f")).unwrap(), "x");
         assert_eq!(
             fs::metadata(dst.join("sub/f")).unwrap().mode() & 0o7777,
             0o751
         );
         assert_eq!(fs::read_link(dst.join("l")).unwrap(), Path::new("sub/f"));
-        let with = Attrs {
-            owner: Some((12, 34)),
-            mode: Some(0o600),
-        };
-        copy_tree(&src, &dst, with, &mut |_| true).unwrap();
+        copy_tree_chmod(&src, &dst, Some((12, 34)), Some("600"), &mut |_| true).unwrap();
         let md = fs::metadata(dst.join("sub/f")).unwrap();
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (12, 34, 0o600));
+        assert_eq!(
+            fs::metadata(dst.join("sub")).unwrap().mode() & 0o7777,
+            0o600
+        );
+        copy_tree_chmod(&src, &dst, None, Some("u+x,g+w"), &mut |_| true).unwrap();
+        // Symbolic modes apply to each entry's own mode.
+        let md = fs::metadata(dst.join("sub/f")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o771);
     }
 }

@@ -9,10 +9,13 @@
 //! cached. Progress is reported as [`Event`]s; the solver never prints.
 
 pub mod container;
+mod add;
 mod context;
 mod exec;
 mod fsutil;
+mod explain;
 mod image;
+mod mounts;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,10 +30,11 @@ use rbuild_frontend::{BuildGraph, ImageConfig, ImageResolver, Input, Op};
 use rbuild_types::{Digest, ImageRef, Platform};
 use serde_json::{json, Value};
 
-pub use context::IgnoreRules;
+pub use context::{HashStats, IgnoreRules};
+pub use mounts::{Forwarded, SecretSource};
 
 /// Version of the cache key encoding; bump to invalidate every record when the encoding changes.
-const KEY_VERSION: u32 = 1;
+const KEY_VERSION: u32 = 2;
 
 /// Errors of a solve.
 #[derive(Debug, thiserror::Error)]
@@ -135,8 +139,18 @@ pub enum Event {
         /// Why.
         error: String,
     },
-    /// Something the user should know (an unused build arg, a cache miss reason).
+    /// Something the user should know (an unused build arg).
     Warning(String),
+    /// Why the first missed step of a chain was not cached, against the nearest previous record
+    /// of the same step, e.g. `COPY app/ /src: app/main.go changed`.
+    CacheMiss {
+        /// Vertex number.
+        id: usize,
+        /// The instruction and what changed.
+        reason: String,
+    },
+    /// A trace line for `RBUILD_DEBUG=1` (e.g. stat cache figures).
+    Debug(String),
 }
 
 /// Options of a solve.
@@ -150,6 +164,10 @@ pub struct SolveOptions {
     pub dockerfile_name: String,
     /// `--no-cache`: run every step again.
     pub no_cache: bool,
+    /// `--no-cache-filter STAGE`: run every step of these stages (names or indexes) again.
+    pub no_cache_filter: Vec<String>,
+    /// `--secret` and `--ssh`: what `RUN --mount=type=secret|ssh` may use.
+    pub forwarded: Forwarded,
     /// First vertex number to use (the CLI numbers its own internal steps before).
     pub first_vertex: usize,
     /// `SOURCE_DATE_EPOCH`: timestamps of config and history.
@@ -176,6 +194,13 @@ struct Layer {
 #[derive(Clone, Debug)]
 struct NodeOut {
     key: CacheKey,
+    /// Served from the cache (or a base image): a miss below it is the first of its chain.
+    cached: bool,
+    /// For a base image whose reference resolves to another manifest than last time: the
+    /// explanation for its first missed step.
+    from_change: Option<String>,
+    /// Position in its stage's chain (0 for FROM), part of a step's identity.
+    depth: usize,
     layers: Vec<Layer>,
     /// History of the base image at the bottom of this chain.
     base_history: Vec<Value>,
@@ -236,6 +261,9 @@ struct Solver<'a> {
     ignore: IgnoreRules,
     progress: &'a (dyn Fn(Event) + Sync),
     vertex_ids: HashMap<NodeIndex, usize>,
+    stats: HashStats,
+    /// The Dockerfile's absolute path: steps are identified by it, their stage and position.
+    dockerfile_id: String,
 }
 
 /// Builds the target of `graph` and writes its image into the store (untagged; the caller tags it).
@@ -268,12 +296,28 @@ pub fn solve(
         ignore,
         progress,
         vertex_ids,
+        stats: HashStats::default(),
+        dockerfile_id: std::fs::canonicalize(&opts.dockerfile)
+            .unwrap_or_else(|_| opts.dockerfile.clone())
+            .display()
+            .to_string(),
     };
     for w in &graph.warnings {
         progress(Event::Warning(w.clone()));
     }
-    let results = solver.run_all(&order)?;
-    solver.export(&results)
+    let results = solver.run_all(&order);
+    progress(Event::Debug(format!(
+        "context: {} files verified by the stat cache, {} files read",
+        solver
+            .stats
+            .stat_hits
+            .load(std::sync::atomic::Ordering::Relaxed),
+        solver
+            .stats
+            .files_read
+            .load(std::sync::atomic::Ordering::Relaxed)
+    )));
+    solver.export(&results?)
 }
 
 impl Solver<'_> {
@@ -295,8 +339,11 @@ impl Solver<'_> {
             loop {
                 while first_error.is_none() {
                     let Some(n) = ready.pop() else { break };
-                    let inputs: Vec<(Input, Arc<NodeOut>)> = g
-                        .edges_directed(n, Direction::Incoming)
+                    // In the order the frontend added them: `from=` mounts map to sources by it.
+                    let mut edges: Vec<_> = g.edges_directed(n, Direction::Incoming).collect();
+                    edges.sort_by_key(|e| e.id());
+                    let inputs: Vec<(Input, Arc<NodeOut>)> = edges
+                        .iter()
                         .map(|e| (*e.weight(), results[&e.source()].clone()))
                         .collect();
                     let tx = tx.clone();
@@ -397,6 +444,9 @@ impl Solver<'_> {
             Op::Scratch => Ok((
                 NodeOut {
                     key: key_of(&json!({"v": KEY_VERSION, "op": "scratch"})),
+                    cached: true,
+                    from_change: None,
+                    depth: 0,
                     layers: vec![],
                     base_history: vec![],
                 },
@@ -408,16 +458,40 @@ impl Solver<'_> {
             } => self.pull_image(reference, platform),
             Op::Exec(exec) => {
                 let parent = parent.expect("exec has a rootfs input");
+                let bind_content = mounts::key_content(
+                    exec,
+                    &self.opts.context,
+                    &self.ignore,
+                    self.store,
+                    &self.stats,
+                )
+                .map_err(|e| Error::CopyFailed {
+                    step: self.step_name(n),
+                    message: format!(
+                        "failed to compute cache key of a bind mount: {e} in the build context {}",
+                        self.opts.context.display()
+                    ),
+                })?;
                 let doc = json!({
                     "v": KEY_VERSION, "op": "exec", "exec": exec, "parent": parent.key.to_string(),
                     "sources": sources.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
+                    "bind_content": bind_content,
                 });
                 self.cached_or(n, &parent, doc, |sb| {
+                    let prepared = mounts::prepare(
+                        self.store,
+                        exec,
+                        &sources,
+                        &self.opts.context,
+                        &self.ignore,
+                        &self.opts.forwarded,
+                        &self.step_name(n),
+                    )?;
                     exec::run(
                         self.store,
                         exec,
                         &parent_dirs(self.store, &parent),
-                        &sources,
+                        &prepared,
                         sb,
                         &mut |line| {
                             (self.progress)(Event::Log {
@@ -440,9 +514,24 @@ impl Solver<'_> {
             }
             Op::Copy(copy) => {
                 let parent = parent.expect("copy has a rootfs input");
+                // ADD's URLs and git repositories are fetched first: their content is in the key.
+                let remote = exec::fetch_remote(self.store, copy).map_err(|e| match e {
+                    exec::ExecError::Failed { output, .. } => Error::CopyFailed {
+                        step: self.step_name(n),
+                        message: output.join("\n"),
+                    },
+                    exec::ExecError::Other(e) => e,
+                })?;
+                let local: Vec<String> = copy
+                    .srcs
+                    .iter()
+                    .filter(|s| !(copy.add && add::is_remote(s)))
+                    .cloned()
+                    .collect();
+                let fetched: Vec<&str> = remote.files.iter().map(|f| f.digest.as_str()).collect();
                 let content = match &copy.from {
                     rbuild_frontend::CopyFrom::Context => {
-                        let (d, files) = context::selection_digest(&self.opts.context, &copy.srcs, &self.ignore)
+                        let (d, files) = context::selection_digest(&self.opts.context, &local, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
                             .map_err(|e| Error::CopyFailed {
                                 step: self.step_name(n),
                                 message: format!(
@@ -450,7 +539,7 @@ impl Solver<'_> {
                                     self.opts.context.display()
                                 ),
                             })?;
-                        json!({"context": d.to_string(), "files": files})
+                        json!({"context": d.to_string(), "files": files, "remote": fetched})
                     }
                     rbuild_frontend::CopyFrom::Input => {
                         json!({"source": sources.first().map(|s| s.key.to_string())})
@@ -469,6 +558,7 @@ impl Solver<'_> {
                         src.as_deref(),
                         &self.opts.context,
                         &self.ignore,
+                        &remote.files,
                         sb,
                     )
                     .map_err(|e| match e {
@@ -478,6 +568,22 @@ impl Solver<'_> {
                         },
                         exec::ExecError::Other(e) => e,
                     })
+                })
+            }
+            Op::Mkdir { path, user } => {
+                let parent = parent.expect("mkdir has a rootfs input");
+                let doc = json!({
+                    "v": KEY_VERSION, "op": "mkdir", "path": path, "user": user, "parent": parent.key.to_string(),
+                });
+                self.cached_or(n, &parent, doc, |sb| {
+                    exec::mkdir(self.store, path, user, &parent_dirs(self.store, &parent), sb)
+                        .map_err(|e| match e {
+                            exec::ExecError::Failed { output, .. } => Error::CopyFailed {
+                                step: self.step_name(n),
+                                message: output.join("\n"),
+                            },
+                            exec::ExecError::Other(e) => e,
+                        })
                 })
             }
         }
@@ -493,13 +599,17 @@ impl Solver<'_> {
         work: impl FnOnce(&rbuild_cache::SnapshotBuilder) -> Result<(), Error>,
     ) -> Result<(NodeOut, bool), Error> {
         let key = key_of(&doc);
-        let out = |layer: Layer| NodeOut {
+        let out = |layer: Layer, cached: bool| NodeOut {
             key: key.clone(),
+            cached,
+            from_change: None,
+            depth: parent.depth + 1,
             layers: parent.layers.iter().cloned().chain([layer]).collect(),
             base_history: parent.base_history.clone(),
         };
+        let no_cache = self.no_cache_for(n);
         let lookup = |store: &Store| -> Result<Option<Layer>, Error> {
-            if self.opts.no_cache {
+            if no_cache {
                 return Ok(None);
             }
             Ok(store
@@ -512,12 +622,43 @@ impl Solver<'_> {
                     _ => None,
                 }))
         };
+        let identity = format!(
+            "{}\0{}\0{}",
+            self.dockerfile_id, self.graph.graph[n].stage, parent.depth + 1
+        );
+        let indexed = json!({"display": self.instruction(n), "doc": doc});
+        let previous = self
+            .store
+            .step_index_latest(&identity)?
+            .filter(|(k, _)| *k != key);
+        self.store.step_index_put(&identity, &key, &indexed)?;
         if let Some(l) = lookup(self.store)? {
-            return Ok((out(l), true));
+            return Ok((out(l, true), true));
         }
         let _lock = self.store.lock_key(&key)?;
         if let Some(l) = lookup(self.store)? {
-            return Ok((out(l), true));
+            return Ok((out(l, true), true));
+        }
+        if let Some(id) = self.vertex_ids.get(&n) {
+            let reason = if no_cache {
+                None
+            } else if let Some(change) = &parent.from_change {
+                Some(change.clone())
+            } else if parent.cached {
+                previous.and_then(|(_, prev)| {
+                    explain::explain(
+                        &self.instruction(n),
+                        &prev,
+                        &indexed,
+                        &self.graph.stages[self.graph.graph[n].stage].config.env,
+                    )
+                })
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                (self.progress)(Event::CacheMiss { id: *id, reason });
+            }
         }
         let sb = self.store.new_snapshot()?;
         work(&sb)?;
@@ -539,7 +680,25 @@ impl Solver<'_> {
             last_used: now,
             usage_count: 1,
         })?;
-        Ok((out(Layer { diff_id, snapshot }), false))
+        Ok((out(Layer { diff_id, snapshot }, false), false))
+    }
+
+    /// The instruction of a node as written (its display without the `[stage n/m]` prefix).
+    fn instruction(&self, n: NodeIndex) -> String {
+        let d = &self.graph.graph[n].display;
+        d.split_once("] ").map(|(_, i)| i).unwrap_or(d).to_string()
+    }
+
+    /// `--no-cache`, or `--no-cache-filter` naming the node's stage (by name or index).
+    fn no_cache_for(&self, n: NodeIndex) -> bool {
+        if self.opts.no_cache {
+            return true;
+        }
+        let stage = self.graph.graph[n].stage;
+        let name = self.graph.stages.get(stage).and_then(|s| s.name.clone());
+        self.opts.no_cache_filter.iter().any(|f| {
+            name.as_deref().is_some_and(|nm| nm.eq_ignore_ascii_case(f)) || *f == stage.to_string()
+        })
     }
 
     fn pull_image(
@@ -568,11 +727,27 @@ impl Solver<'_> {
             layers.push(Layer { diff_id, snapshot });
         }
         let base_history = doc["history"].as_array().cloned().unwrap_or_default();
-        let key =
-            key_of(&json!({"v": KEY_VERSION, "op": "image", "manifest": manifest.to_string()}));
+        let doc = json!({"v": KEY_VERSION, "op": "image", "manifest": manifest.to_string()});
+        let key = key_of(&doc);
+        // Base images are indexed by reference, so a changed resolution is explained once for
+        // every Dockerfile using it.
+        let identity = format!("image\0{reference}");
+        let from_change = match self.store.step_index_latest(&identity)? {
+            Some((k, prev)) if k != key => {
+                let was = prev["manifest"].as_str().unwrap_or_default().to_string();
+                Some(format!(
+                    "FROM: base image {reference} now resolves to {manifest} (was {was})"
+                ))
+            }
+            _ => None,
+        };
+        self.store.step_index_put(&identity, &key, &doc)?;
         Ok((
             NodeOut {
                 key,
+                cached: true,
+                from_change,
+                depth: 0,
                 layers,
                 base_history,
             },

@@ -1,0 +1,398 @@
+//! What ADD adds to COPY: local tar archives extracted into the destination, files downloaded from
+//! HTTP(S) URLs and git repositories cloned, as BuildKit does.
+//!
+//! Remote sources are fetched *before* the cache key is computed (their content digest, or the
+//! commit of a git ref, is part of the key), into a scratch directory that lives until the copy ran.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::sys::stat::{utimensat, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use sha2::{Digest as _, Sha256};
+
+use crate::fsutil;
+
+/// True for an ADD source BuildKit downloads over HTTP(S) (git URLs excluded).
+pub fn is_url(src: &str) -> bool {
+    (src.starts_with("http://") || src.starts_with("https://")) && !is_git(src)
+}
+
+/// True for an ADD source BuildKit treats as a git repository: `git://`, `git@host:`, `ssh://`,
+/// or an http(s)/file URL whose path ends in `.git` (a `#ref:subdir` fragment may follow).
+pub fn is_git(src: &str) -> bool {
+    let base = src.split('#').next().unwrap_or(src);
+    src.starts_with("git://")
+        || src.starts_with("git@")
+        || src.starts_with("ssh://")
+        || ((base.starts_with("http://")
+            || base.starts_with("https://")
+            || base.starts_with("file://"))
+            && base.trim_end_matches('/').ends_with(".git"))
+}
+
+/// True for any source that is not a path (URL or git).
+pub fn is_remote(src: &str) -> bool {
+    is_url(src) || is_git(src)
+}
+
+/// A source fetched ahead of the copy.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The source as written.
+    pub src: String,
+    /// Host path of the file (URL) or checked-out tree (git).
+    pub path: PathBuf,
+    /// What goes into the cache key: `sha256:...` of the body, or `git:<commit>`.
+    pub digest: String,
+}
+
+/// Downloads `url` into `dir`, naming the file after the last path component of the URL (or the
+/// `Content-Disposition` filename), with mode 0600 and the `Last-Modified` time, as BuildKit's http
+/// source. `checksum` (`sha256:<hex>`) is verified.
+pub fn download(url: &str, dir: &Path, checksum: Option<&str>) -> Result<Fetched, String> {
+    let resp = ureq::get(url)
+        .call()
+        .map_err(|e| format!("ADD {url}: download failed: {e}"))?;
+    let headers = resp.headers();
+    let disposition = headers
+        .get("content-disposition")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(';')
+                .filter_map(|p| p.trim().strip_prefix("filename="))
+                .next()
+                .map(|f| f.trim_matches('"').to_string())
+        });
+    let last_modified = headers
+        .get("last-modified")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+        .map(|t| t.timestamp());
+    let name = disposition
+        .filter(|n| !n.is_empty() && !n.contains('/'))
+        .unwrap_or_else(|| url_file_name(url));
+    let path = dir.join(&name);
+    let mut file = fs::File::create(&path).map_err(|e| format!("ADD {url}: {e}"))?;
+    let mut body = resp.into_body();
+    let mut reader = body.with_config().limit(u64::MAX).reader();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("ADD {url}: reading the body: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .map_err(|e| format!("ADD {url}: {e}"))?;
+    }
+    drop(file);
+    let digest = format!("sha256:{}", hex::encode(h.finalize()));
+    if let Some(want) = checksum {
+        if !want.starts_with("sha256:") {
+            return Err(format!(
+                "--checksum={want}: only sha256:<64 hex digits> is supported"
+            ));
+        }
+        if want != digest {
+            return Err(format!(
+                "ADD {url}: digest mismatch: --checksum={want} but the download is {digest}"
+            ));
+        }
+    }
+    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| format!("ADD {url}: {e}"))?;
+    if let Some(t) = last_modified {
+        let ts = TimeSpec::new(t, 0);
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            &ts,
+            &ts,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| format!("ADD {url}: setting mtime: {e}"))?;
+    }
+    Ok(Fetched {
+        src: url.to_string(),
+        path,
+        digest,
+    })
+}
+
+/// BuildKit's file name for a URL: the last non-empty path component, `__unnamed__` without one.
+pub fn url_file_name(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let path = rest
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .split_once('/')
+        .map(|(_, p)| p)
+        .unwrap_or("");
+    path.rsplit('/')
+        .find(|c| !c.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| "__unnamed__".into())
+}
+
+/// Clones the git repository `src` (`URL[#ref[:subdir]]`) into `dir/checkout`, checks out the ref
+/// (default branch when none) and returns the tree (the subdirectory when given). `.git` is kept
+/// only with `keep_git_dir`. `checksum`, when given, must be a prefix of the full commit id.
+pub fn git_clone(
+    src: &str,
+    dir: &Path,
+    keep_git_dir: bool,
+    checksum: Option<&str>,
+) -> Result<Fetched, String> {
+    let (url, fragment) = match src.split_once('#') {
+        Some((u, f)) => (u, f),
+        None => (src, ""),
+    };
+    let (reference, subdir) = match fragment.split_once(':') {
+        Some((r, s)) => (r, s),
+        None => (fragment, ""),
+    };
+    let checkout = dir.join("checkout");
+    let git = |args: &[&str], cwd: Option<&Path>| -> Result<String, String> {
+        let mut c = Command::new("git");
+        c.args(args).env("GIT_TERMINAL_PROMPT", "0");
+        if let Some(d) = cwd {
+            c.current_dir(d);
+        }
+        let out = c.output().map_err(|e| {
+            format!("ADD {src}: cannot run git ({e}); install git to ADD git repositories")
+        })?;
+        if !out.status.success() {
+            return Err(format!(
+                "ADD {src}: git {} failed: {}",
+                args.first().copied().unwrap_or(""),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let co = checkout.to_string_lossy().into_owned();
+    git(&["clone", "--quiet", "--no-checkout", url, &co], None)?;
+    let rev = if reference.is_empty() {
+        "HEAD".to_string()
+    } else {
+        // A branch or tag of the remote, or a commit id.
+        let remote = format!("origin/{reference}");
+        if git(
+            &["rev-parse", "--verify", "--quiet", &remote],
+            Some(&checkout),
+        )
+        .is_ok()
+        {
+            remote
+        } else {
+            reference.to_string()
+        }
+    };
+    let commit = git(
+        &["rev-parse", "--verify", &format!("{rev}^{{commit}}")],
+        Some(&checkout),
+    )
+    .map_err(|_| format!("ADD {src}: no branch, tag or commit named {reference:?}"))?;
+    if let Some(want) = checksum {
+        if !commit.starts_with(want) {
+            return Err(format!(
+                "ADD {src}: --checksum={want} does not match commit {commit}"
+            ));
+        }
+    }
+    git(
+        &["checkout", "--quiet", "--detach", &commit],
+        Some(&checkout),
+    )?;
+    if !keep_git_dir {
+        fs::remove_dir_all(checkout.join(".git")).map_err(|e| format!("ADD {src}: {e}"))?;
+    }
+    let path = if subdir.is_empty() {
+        checkout
+    } else {
+        fsutil::resolve_in_root(&checkout, subdir).map_err(|e| format!("ADD {src}: {e}"))?
+    };
+    if !path.exists() {
+        return Err(format!(
+            "ADD {src}: the repository has no directory {subdir:?} at {commit}"
+        ));
+    }
+    Ok(Fetched {
+        src: src.to_string(),
+        path,
+        digest: format!("git:{commit}:{keep_git_dir}"),
+    })
+}
+
+/// Compression of a file, sniffed from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+    Zstd,
+}
+
+fn sniff(head: &[u8]) -> Compression {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if head.starts_with(b"BZh") {
+        Compression::Bzip2
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Compression::Xz
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+fn open_decompressed(path: &Path) -> io::Result<Box<dyn Read>> {
+    let mut f = BufReader::new(fs::File::open(path)?);
+    let kind = sniff(f.fill_buf()?);
+    Ok(match kind {
+        Compression::None => Box::new(f),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(f)),
+        Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(f)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(f)?),
+    })
+}
+
+/// True when `path` is a tar archive, plain or compressed with gzip, bzip2, xz or zstd (by content,
+/// as Docker's `archive.DetectCompression`, never by file name).
+pub fn is_archive(path: &Path) -> bool {
+    let Ok(mut r) = open_decompressed(path) else {
+        return false;
+    };
+    let mut block = [0u8; 512];
+    let mut got = 0;
+    while got < block.len() {
+        match r.read(&mut block[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(_) => return false,
+        }
+    }
+    if got < block.len() {
+        return false;
+    }
+    // A tar header: its checksum field matches the sum of the header bytes (with the field as spaces).
+    let field = &block[148..156];
+    let text: String = field
+        .iter()
+        .take_while(|b| **b != 0 && **b != b' ')
+        .map(|b| *b as char)
+        .collect();
+    let Ok(want) = u32::from_str_radix(text.trim(), 8) else {
+        return false;
+    };
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                *b as u32
+            }
+        })
+        .sum();
+    sum == want
+}
+
+/// Extracts the archive at `path` into host directory `dest` (inside the mounted rootfs). Entries
+/// keep their modes, times and owners unless `owner` is given; paths never leave `dest`.
+pub fn extract(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    let mut ar = tar::Archive::new(open_decompressed(path)?);
+    ar.set_preserve_permissions(true);
+    ar.set_preserve_mtime(true);
+    ar.set_preserve_ownerships(owner.is_none());
+    ar.set_unpack_xattrs(false);
+    ar.set_overwrite(true);
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let rel = entry.path()?.into_owned();
+        let kind = entry.header().entry_type();
+        if !entry.unpack_in(dest)? {
+            continue;
+        }
+        if let Some((u, g)) = owner {
+            let p = dest.join(fsutil::clean_rel(&rel));
+            std::os::unix::fs::lchown(&p, Some(u), Some(g))?;
+            if !kind.is_symlink() {
+                // chown clears set-id bits: put the archive's mode back.
+                if let Ok(m) = entry.header().mode() {
+                    fs::set_permissions(
+                        &p,
+                        std::os::unix::fs::PermissionsExt::from_mode(m & 0o7777),
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_sources() {
+        assert!(is_url("https://example.com/a.tar.gz"));
+        assert!(!is_url("https://example.com/repo.git"));
+        assert!(is_git("https://example.com/repo.git#v1:sub"));
+        assert!(is_git("git@github.com:moby/buildkit.git"));
+        assert!(is_git("file:///srv/repo.git"));
+        assert!(!is_remote("dir/file"));
+        assert_eq!(url_file_name("http://h:1/x/y.txt?q=1"), "y.txt");
+        assert_eq!(url_file_name("http://h:1/x/dir/"), "dir");
+        assert_eq!(url_file_name("http://h:1"), "__unnamed__");
+    }
+
+    #[test]
+    fn detects_and_extracts_compressed_tars() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o640);
+        h.set_uid(7);
+        h.set_gid(8);
+        h.set_cksum();
+        b.append_data(&mut h, "sub/f", &b"hi"[..]).unwrap();
+        let tar_bytes = b.into_inner().unwrap();
+        let plain = d.path().join("a.tar");
+        fs::write(&plain, &tar_bytes).unwrap();
+        let gz = d.path().join("a.bin");
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&tar_bytes).unwrap();
+        fs::write(&gz, e.finish().unwrap()).unwrap();
+        let xz = d.path().join("a.xz");
+        let mut e = xz2::write::XzEncoder::new(Vec::new(), 1);
+        e.write_all(&tar_bytes).unwrap();
+        fs::write(&xz, e.finish().unwrap()).unwrap();
+        let text = d.path().join("t.gz");
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&[b'x'; 600]).unwrap();
+        fs::write(&text, e.finish().unwrap()).unwrap();
+        assert!(is_archive(&plain) && is_archive(&gz) && is_archive(&xz));
+        assert!(!is_archive(&text), "gzip of a non-tar is not an archive");
+        let out = d.path().join("out");
+        fs::create_dir(&out).unwrap();
+        extract(&xz, &out, Some((3, 4))).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let md = fs::metadata(out.join("sub/f")).unwrap();
+        assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (3, 4, 0o640));
+        assert_eq!(fs::read_to_string(out.join("sub/f")).unwrap(), "hi");
+    }
+}
