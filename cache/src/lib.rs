@@ -78,6 +78,9 @@ impl Store {
             fs::create_dir_all(&p).map_err(Error::io("create", &p))?;
         }
         let root = fs::canonicalize(root).map_err(Error::io("resolve", root))?;
+        // Fail early and clearly on a read-only store (SQLite would only say "unable to open").
+        let probe = root.join("locks").join(".writable");
+        fs::write(&probe, b"").map_err(Error::io("write to the store", &probe))?;
         let db_path = root.join("meta.db");
         let conn = db::open(&db_path)?;
         let store = Store {

@@ -175,7 +175,10 @@ impl Store {
             flock(&init_lock, false, false)
                 .map_err(Error::io("lock", self.root().join("locks")))?;
             if !dir.is_dir() {
-                let tmp = self.root().join("ingest").join(format!("cm-{}", random_name(12)));
+                let tmp = self
+                    .root()
+                    .join("ingest")
+                    .join(format!("cm-{}", random_name(12)));
                 fs::create_dir(&tmp).map_err(Error::io("create", &tmp))?;
                 let guard = File::open(&tmp).map_err(Error::io("open", &tmp))?;
                 flock(&guard, false, false).map_err(Error::io("lock", &tmp))?;
@@ -218,7 +221,9 @@ impl Store {
                 .prepare("SELECT id, dir, created, last_used, usage_count FROM cache_mounts ORDER BY last_used DESC, id")
                 .map_err(self.db_err("list cache mounts"))?;
             let rows = st
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
                 .map_err(self.db_err("list cache mounts"))?
                 .collect::<rusqlite::Result<_>>()
                 .map_err(self.db_err("list cache mounts"))?;
@@ -246,9 +251,14 @@ impl Store {
         }
         let dir = self.root().join("cachemounts").join(&name);
         // Rename first so a crash mid-removal never leaves a half-empty mount in place.
-        let doomed = self.root().join("ingest").join(format!("rm-{}", random_name(12)));
+        let doomed = self
+            .root()
+            .join("ingest")
+            .join(format!("rm-{}", random_name(12)));
         match fs::rename(&dir, &doomed) {
-            Ok(()) => crate::snapshots::remove_tree(&doomed).map_err(Error::io("remove", &doomed))?,
+            Ok(()) => {
+                crate::snapshots::remove_tree(&doomed).map_err(Error::io("remove", &doomed))?
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove", &dir)(e)),
         }
@@ -269,7 +279,9 @@ impl Store {
         inputs: &serde_json::Value,
     ) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(self.db_err("begin step index put"))?;
+        let tx = conn
+            .transaction()
+            .map_err(self.db_err("begin step index put"))?;
         tx.execute(
             "INSERT INTO step_index (identity, key, inputs, used) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(identity, key) DO UPDATE SET used = ?4, inputs = ?3",
@@ -333,7 +345,10 @@ mod tests {
         assert!(!busy.dir().join("x").exists());
         let busy_dir = busy.dir().to_path_buf();
         drop(busy);
-        assert!(!busy_dir.exists(), "throw-away private mount must be removed");
+        assert!(
+            !busy_dir.exists(),
+            "throw-away private mount must be removed"
+        );
         assert!(!s.remove_cache_mount("go").unwrap(), "in use: not removed");
         drop(m);
         let again = s.cache_mount("go", Sharing::Locked, |_| Ok(())).unwrap();
@@ -355,11 +370,14 @@ mod tests {
         let k1 = CacheKey::new(Digest::of(b"1"));
         let k2 = CacheKey::new(Digest::of(b"2"));
         assert!(s.step_index_latest("a").unwrap().is_none());
-        s.step_index_put("a", &k1, &serde_json::json!({"n": 1})).unwrap();
-        s.step_index_put("a", &k2, &serde_json::json!({"n": 2})).unwrap();
+        s.step_index_put("a", &k1, &serde_json::json!({"n": 1}))
+            .unwrap();
+        s.step_index_put("a", &k2, &serde_json::json!({"n": 2}))
+            .unwrap();
         let (k, v) = s.step_index_latest("a").unwrap().unwrap();
         assert_eq!((k, v["n"].as_i64()), (k2.clone(), Some(2)));
-        s.step_index_put("a", &k1, &serde_json::json!({"n": 1})).unwrap();
+        s.step_index_put("a", &k1, &serde_json::json!({"n": 1}))
+            .unwrap();
         let (k, _) = s.step_index_latest("a").unwrap().unwrap();
         assert_eq!(k, k1);
         assert!(s.step_index_latest("b").unwrap().is_none());
@@ -369,7 +387,11 @@ mod tests {
         }
         let n: i64 = s
             .conn()
-            .query_row("SELECT COUNT(*) FROM step_index WHERE identity = 'a'", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM step_index WHERE identity = 'a'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(n, INDEX_KEEP, "the index keeps a bounded history per step");
     }

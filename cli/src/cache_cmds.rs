@@ -148,6 +148,18 @@ pub(crate) enum CacheCommand {
     },
 }
 
+/// How to fix a store that is full or read-only, when `e` says so.
+pub(crate) fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    let text = format!("{e:#}");
+    if text.contains("No space left on device") || text.contains("database or disk is full") {
+        Some("HINT: the store's file system is full; free space, or remove unused build cache with `rbuild prune` (`rbuild du` shows what it holds). The store itself is intact.")
+    } else if text.contains("Read-only file system") {
+        Some("HINT: the store is on a read-only file system; use a writable one with --root or RBUILD_ROOT.")
+    } else {
+        None
+    }
+}
+
 /// Length of the short record ids shown (as buildctl's 25 characters).
 const SHORT_ID: usize = 25;
 
@@ -378,7 +390,9 @@ pub(crate) fn prune(store: &Store, args: PruneArgs) -> Result<ExitCode> {
                 "regular" | "exec.cachemount" => types.push(t.to_string()),
                 _ => bail!("--filter type={t}: supported types are regular and exec.cachemount"),
             },
-            _ => bail!("--filter {f}: supported filters are until=DUR and type=regular|exec.cachemount"),
+            _ => bail!(
+                "--filter {f}: supported filters are until=DUR and type=regular|exec.cachemount"
+            ),
         }
     }
     let keep_storage = args
@@ -544,8 +558,18 @@ fn inspect_text(r: &CacheRecord, parent: Option<&CacheRecord>) -> Result<()> {
     writeln!(o, "ID:          {}", short_id(r))?;
     writeln!(o, "Key:         {}", r.key)?;
     writeln!(o, "Step:        {}", r.description)?;
-    writeln!(o, "Created:     {} ({})", rfc3339(r.created), ago(r.created))?;
-    writeln!(o, "Last used:   {} ({})", rfc3339(r.last_used), ago(r.last_used))?;
+    writeln!(
+        o,
+        "Created:     {} ({})",
+        rfc3339(r.created),
+        ago(r.created)
+    )?;
+    writeln!(
+        o,
+        "Last used:   {} ({})",
+        rfc3339(r.last_used),
+        ago(r.last_used)
+    )?;
     writeln!(o, "Usage count: {}", r.usage_count)?;
     writeln!(o, "Size:        {}", human_size(r.size))?;
     if let Some(d) = &r.diff_id {
@@ -572,7 +596,11 @@ fn inspect_text(r: &CacheRecord, parent: Option<&CacheRecord>) -> Result<()> {
             writeln!(o, "  command: {}", e["args"])?;
             writeln!(o, "  workdir: {}", e["cwd"].as_str().unwrap_or("/"))?;
             let user = e["user"].as_str().unwrap_or_default();
-            writeln!(o, "  user:    {}", if user.is_empty() { "root" } else { user })?;
+            writeln!(
+                o,
+                "  user:    {}",
+                if user.is_empty() { "root" } else { user }
+            )?;
             writeln!(o, "  network: {}", e["network"])?;
             for env in e["env"].as_array().into_iter().flatten() {
                 writeln!(o, "  env:     {}", env.as_str().unwrap_or_default())?;
@@ -584,7 +612,11 @@ fn inspect_text(r: &CacheRecord, parent: Option<&CacheRecord>) -> Result<()> {
                 writeln!(o, "  source:  {}", s.as_str().unwrap_or_default())?;
             }
             for (target, c) in inputs["bind_content"].as_object().into_iter().flatten() {
-                writeln!(o, "  bind {target}: {}", c["context"].as_str().unwrap_or_default())?;
+                writeln!(
+                    o,
+                    "  bind {target}: {}",
+                    c["context"].as_str().unwrap_or_default()
+                )?;
                 for (p, d) in c["files"].as_object().into_iter().flatten() {
                     writeln!(o, "    {p}  {}", d.as_str().unwrap_or_default())?;
                 }
@@ -595,12 +627,20 @@ fn inspect_text(r: &CacheRecord, parent: Option<&CacheRecord>) -> Result<()> {
             writeln!(
                 o,
                 "  op:      {}",
-                if c["add"] == json!(true) { "ADD" } else { "COPY" }
+                if c["add"] == json!(true) {
+                    "ADD"
+                } else {
+                    "COPY"
+                }
             )?;
             writeln!(o, "  sources: {}", c["srcs"])?;
             writeln!(o, "  dest:    {}", c["dest"].as_str().unwrap_or_default())?;
             for (k, v) in c.as_object().into_iter().flatten() {
-                if !matches!(k.as_str(), "add" | "srcs" | "dest") && !v.is_null() && *v != json!(false) && *v != json!([]) {
+                if !matches!(k.as_str(), "add" | "srcs" | "dest")
+                    && !v.is_null()
+                    && *v != json!(false)
+                    && *v != json!([])
+                {
                     writeln!(o, "  {k}: {v}")?;
                 }
             }
@@ -615,7 +655,12 @@ fn inspect_text(r: &CacheRecord, parent: Option<&CacheRecord>) -> Result<()> {
                 writeln!(o, "  files ({}):", files.len())?;
                 for (p, d) in files {
                     let path = p.split_once(':').map(|(_, p)| p).unwrap_or(p);
-                    writeln!(o, "    {:<40} {}", if path.is_empty() { "." } else { path }, d.as_str().unwrap_or_default())?;
+                    writeln!(
+                        o,
+                        "    {:<40} {}",
+                        if path.is_empty() { "." } else { path },
+                        d.as_str().unwrap_or_default()
+                    )?;
                 }
             }
         }

@@ -151,6 +151,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ERROR: {e:#}");
+            if let Some(hint) = cache_cmds::hint(&e) {
+                eprintln!("{hint}");
+            }
             ExitCode::from(1)
         }
     }

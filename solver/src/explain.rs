@@ -58,7 +58,9 @@ fn diff(prev: &Value, cur: &Value, stage_env: &[String]) -> String {
                     ));
                 }
             }
-            if let (Some(pb), Some(cb)) = (p["bind_content"].as_object(), c["bind_content"].as_object()) {
+            if let (Some(pb), Some(cb)) =
+                (p["bind_content"].as_object(), c["bind_content"].as_object())
+            {
                 for (target, cv) in cb {
                     let pv = pb.get(target).cloned().unwrap_or(Value::Null);
                     if pv != *cv {
@@ -252,8 +254,12 @@ mod tests {
                 "copy": {"srcs": ["app/"], "dest": "/src/", "add": false},
                 "content": {"context": "x", "files": files, "remote": []}}})
         };
-        let a = doc(json!({"app/:app": "d 755", "app/:app/main.go": "f 644 sha256:1", "app/:app/old.go": "f 644 sha256:2"}));
-        let b = doc(json!({"app/:app": "d 755", "app/:app/main.go": "f 644 sha256:3", "app/:app/new.go": "f 644 sha256:4"}));
+        let a = doc(
+            json!({"app/:app": "d 755", "app/:app/main.go": "f 644 sha256:1", "app/:app/old.go": "f 644 sha256:2"}),
+        );
+        let b = doc(
+            json!({"app/:app": "d 755", "app/:app/main.go": "f 644 sha256:3", "app/:app/new.go": "f 644 sha256:4"}),
+        );
         assert_eq!(
             explain("COPY app/ /src", &a, &b, &[]).unwrap(),
             "COPY app/ /src: app/main.go changed, app/new.go added, app/old.go removed"

@@ -163,10 +163,14 @@ pub(crate) fn prepare(
                 if fs::symlink_metadata(&host).is_err() {
                     return Err(fail(format!(
                         "--mount=type=bind,source={source}: not found in the {}",
-                        if from.is_some() { "source stage" } else { "build context" }
+                        if from.is_some() {
+                            "source stage"
+                        } else {
+                            "build context"
+                        }
                     )));
                 }
-                if flag(m, "rw") || flag(m, "readwrite") {
+                if opt(m, "readonly") == Some("false") {
                     // Writes go to a throw-away upper directory.
                     let lower = if host.is_dir() {
                         host
@@ -226,8 +230,17 @@ pub(crate) fn prepare(
                     std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
                     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
                 })?;
-                p.mounts
-                    .push(oci_mount(&m.target, "bind", guard.dir(), &["rbind", "rw"]));
+                let access = if opt(m, "readonly") == Some("true") {
+                    "ro"
+                } else {
+                    "rw"
+                };
+                p.mounts.push(oci_mount(
+                    &m.target,
+                    "bind",
+                    guard.dir(),
+                    &["rbind", access],
+                ));
                 p.caches.push(guard);
             }
             "tmpfs" => {
@@ -347,7 +360,10 @@ pub(crate) fn key_content(
     let mut out = serde_json::Map::new();
     for m in &exec.mounts {
         if m.kind == "bind" && opt(m, "from").is_none() {
-            let source = opt(m, "source").or(opt(m, "src")).unwrap_or("/").to_string();
+            let source = opt(m, "source")
+                .or(opt(m, "src"))
+                .unwrap_or("/")
+                .to_string();
             let (d, files) = crate::context::selection_digest(
                 context,
                 &[source],
