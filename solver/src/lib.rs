@@ -8,12 +8,12 @@
 //! gives "reuse up to the first changed instruction" and lets an unchanged independent stage stay
 //! cached. Progress is reported as [`Event`]s; the solver never prints.
 
-pub mod container;
 mod add;
+pub mod container;
 mod context;
 mod exec;
-mod fsutil;
 mod explain;
+mod fsutil;
 mod image;
 mod mounts;
 
@@ -576,14 +576,20 @@ impl Solver<'_> {
                     "v": KEY_VERSION, "op": "mkdir", "path": path, "user": user, "parent": parent.key.to_string(),
                 });
                 self.cached_or(n, &parent, doc, |sb| {
-                    exec::mkdir(self.store, path, user, &parent_dirs(self.store, &parent), sb)
-                        .map_err(|e| match e {
-                            exec::ExecError::Failed { output, .. } => Error::CopyFailed {
-                                step: self.step_name(n),
-                                message: output.join("\n"),
-                            },
-                            exec::ExecError::Other(e) => e,
-                        })
+                    exec::mkdir(
+                        self.store,
+                        path,
+                        user,
+                        &parent_dirs(self.store, &parent),
+                        sb,
+                    )
+                    .map_err(|e| match e {
+                        exec::ExecError::Failed { output, .. } => Error::CopyFailed {
+                            step: self.step_name(n),
+                            message: output.join("\n"),
+                        },
+                        exec::ExecError::Other(e) => e,
+                    })
                 })
             }
         }
@@ -624,7 +630,9 @@ impl Solver<'_> {
         };
         let identity = format!(
             "{}\0{}\0{}",
-            self.dockerfile_id, self.graph.graph[n].stage, parent.depth + 1
+            self.dockerfile_id,
+            self.graph.graph[n].stage,
+            parent.depth + 1
         );
         let indexed = json!({"display": self.instruction(n), "doc": doc});
         let previous = self
