@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS step_index (
     identity TEXT NOT NULL,               -- which step of which Dockerfile (not its content)
     key      TEXT NOT NULL,               -- a cache key that step had
     inputs   TEXT NOT NULL,               -- JSON document the key was computed from
-    used     INTEGER NOT NULL,            -- unix seconds of the last build that had this key
+    used     INTEGER NOT NULL,            -- unix nanoseconds of the last build that had this key
     PRIMARY KEY (identity, key)
 );
 CREATE INDEX IF NOT EXISTS step_index_used ON step_index(identity, used);

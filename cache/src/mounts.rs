@@ -285,7 +285,13 @@ impl Store {
         tx.execute(
             "INSERT INTO step_index (identity, key, inputs, used) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(identity, key) DO UPDATE SET used = ?4, inputs = ?3",
-            params![identity, key.to_string(), inputs.to_string(), now()],
+            // Nanoseconds: two builds in the same second still order correctly.
+            params![
+                identity,
+                key.to_string(),
+                inputs.to_string(),
+                chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+            ],
         )
         .map_err(self.db_err("put step index"))?;
         tx.execute(
