@@ -117,7 +117,7 @@ fn rebuild_with_nothing_changed_is_all_cached() {
     env.build_ok("web:v1", &web, &[]);
     let log = env.build_ok("web:v1", &web, &[]);
     let steps = steps(&log);
-    assert_eq!(steps.len(), 6, "FROM, WORKDIR, 2 RUN, 2 COPY:\n{log}");
+    assert_eq!(steps.len(), 7, "FROM, 2 WORKDIR, 2 RUN, 2 COPY:\n{log}");
     for (id, name) in &steps {
         assert!(cached(&log, id), "step #{id} {name} was not CACHED:\n{log}");
     }
