@@ -134,6 +134,12 @@ fn default_root() -> PathBuf {
 
 fn main() -> ExitCode {
     rbuild_sandbox::init_if_requested();
+    // Die quietly on a closed pipe (`rbuild images | head`), as other command-line tools do,
+    // instead of panicking in println!.
+    // SAFETY: setting a signal disposition to the default has no preconditions.
+    unsafe {
+        nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
+    }
     let mut argv: Vec<String> = std::env::args().collect();
     // `rbuild -t x .` means `rbuild build -t x .`.
     if let Some(first) = argv.get(1) {

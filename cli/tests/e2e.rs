@@ -291,3 +291,34 @@ fn clear_errors() {
     );
     assert!(!e.contains("panicked"));
 }
+
+#[test]
+fn source_date_epoch_layers_are_not_reused_from_unclamped_builds() {
+    let df = "FROM busybox:local\nRUN echo hi > /hi && mkdir -p /d && touch /d/f\nCOPY a /a\n";
+    // The layers (not the config: each store imported busybox at its own time) must be equal.
+    let id_of = |env: &Env, dir: &std::path::Path, epoch: Option<&str>| {
+        let mut args = vec!["build", "--progress", "plain", "-t", "ep:1"];
+        if let Some(e) = epoch {
+            args.extend(["--source-date-epoch", e]);
+        }
+        args.push(dir.to_str().unwrap());
+        assert_ok(&env.rbuild(&args));
+        let out = env.rbuild(&["image", "inspect", "ep:1"]);
+        assert_ok(&out);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["RootFS"]["Layers"].clone()
+    };
+    // Store A builds without the epoch first, then with it; store B only with it.
+    let a = Env::new();
+    let dir_a = a.context("ctx", df, &[("a", "x")]);
+    id_of(&a, &dir_a, None);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let with_a = id_of(&a, &dir_a, Some("1700000000"));
+    let b = Env::new();
+    let dir_b = b.context("ctx", df, &[("a", "x")]);
+    let with_b = id_of(&b, &dir_b, Some("1700000000"));
+    assert_eq!(
+        with_a, with_b,
+        "an epoch build must not reuse layers with unclamped times"
+    );
+}

@@ -604,6 +604,11 @@ impl Solver<'_> {
         doc: Value,
         work: impl FnOnce(&rbuild_cache::SnapshotBuilder) -> Result<(), Error>,
     ) -> Result<(NodeOut, bool), Error> {
+        let mut doc = doc;
+        if let Some(epoch) = self.opts.source_date_epoch {
+            // Layer mtimes are clamped to the epoch, so the layer differs from one made without it.
+            doc["source_date_epoch"] = json!(epoch);
+        }
         let key = key_of(&doc);
         let out = |layer: Layer, cached: bool| NodeOut {
             key: key.clone(),
