@@ -46,62 +46,156 @@ pub const READONLY_PATHS: [&str; 5] = [
     "/proc/sysrq-trigger",
 ];
 
-/// Syscalls Docker's default seccomp profile refuses (EPERM) to a container with the default
-/// capabilities. Docker's profile is an allow list; rbuild uses the equivalent deny list of the
-/// dangerous calls so new harmless syscalls keep working.
-pub const BLOCKED_SYSCALLS: &[&str] = &[
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "init_module",
-    "io_uring_enter",
-    "io_uring_register",
-    "io_uring_setup",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "query_module",
-    "quotactl",
-    "quotactl_fd",
-    "reboot",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "_sysctl",
-    "sysfs",
-    "syslog",
-    "umount",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vhangup",
+/// The syscalls Docker's default seccomp profile (moby `profiles/seccomp/default.json`, Docker 25+)
+/// allows to every container, whatever its capabilities. Names that do not exist on the running
+/// architecture (the 32-bit `*32`/`*64`/`*_time64` variants...) are skipped when compiling.
+/// As in Docker 25+, `io_uring_*` are not in the list.
+#[rustfmt::skip]
+pub const SECCOMP_ALLOWED: &[&str] = &[
+    "accept", "accept4", "access", "adjtimex", "alarm", "bind", "brk", "cachestat", "capget",
+    "capset", "chdir", "chmod", "chown", "chown32", "clock_adjtime", "clock_adjtime64",
+    "clock_getres", "clock_getres_time64", "clock_gettime", "clock_gettime64", "clock_nanosleep",
+    "clock_nanosleep_time64", "close", "close_range", "connect", "copy_file_range", "creat", "dup",
+    "dup2", "dup3", "epoll_create", "epoll_create1", "epoll_ctl", "epoll_ctl_old", "epoll_pwait",
+    "epoll_pwait2", "epoll_wait", "epoll_wait_old", "eventfd", "eventfd2", "execve", "execveat",
+    "exit", "exit_group", "faccessat", "faccessat2", "fadvise64", "fadvise64_64", "fallocate",
+    "fanotify_mark", "fchdir", "fchmod", "fchmodat", "fchmodat2", "fchown", "fchown32", "fchownat",
+    "fcntl", "fcntl64", "fdatasync", "fgetxattr", "flistxattr", "flock", "fork", "fremovexattr",
+    "fsetxattr", "fstat", "fstat64", "fstatat64", "fstatfs", "fstatfs64", "fsync", "ftruncate",
+    "ftruncate64", "futex", "futex_requeue", "futex_time64", "futex_wait", "futex_waitv",
+    "futex_wake", "futimesat", "getcpu", "getcwd", "getdents", "getdents64", "getegid",
+    "getegid32", "geteuid", "geteuid32", "getgid", "getgid32", "getgroups", "getgroups32",
+    "getitimer", "getpeername", "getpgid", "getpgrp", "getpid", "getppid", "getpriority",
+    "getrandom", "getresgid", "getresgid32", "getresuid", "getresuid32", "getrlimit",
+    "get_robust_list", "getrusage", "getsid", "getsockname", "getsockopt", "get_thread_area",
+    "gettid", "gettimeofday", "getuid", "getuid32", "getxattr", "inotify_add_watch",
+    "inotify_init", "inotify_init1", "inotify_rm_watch", "io_cancel", "ioctl", "io_destroy",
+    "io_getevents", "io_pgetevents", "io_pgetevents_time64", "ioprio_get", "ioprio_set",
+    "io_setup", "io_submit", "ipc", "kill", "landlock_add_rule", "landlock_create_ruleset",
+    "landlock_restrict_self", "lchown", "lchown32", "lgetxattr", "link", "linkat", "listen",
+    "listxattr", "llistxattr", "_llseek", "lremovexattr", "lseek", "lsetxattr", "lstat", "lstat64",
+    "madvise", "map_shadow_stack", "membarrier", "memfd_create", "memfd_secret", "mincore",
+    "mkdir", "mkdirat", "mknod", "mknodat", "mlock", "mlock2", "mlockall", "mmap", "mmap2",
+    "mprotect", "mq_getsetattr", "mq_notify", "mq_open", "mq_timedreceive",
+    "mq_timedreceive_time64", "mq_timedsend", "mq_timedsend_time64", "mq_unlink", "mremap",
+    "msgctl", "msgget", "msgrcv", "msgsnd", "msync", "munlock", "munlockall", "munmap",
+    "name_to_handle_at", "nanosleep", "newfstatat", "_newselect", "open", "openat", "openat2",
+    "pause", "pidfd_open", "pidfd_send_signal", "pipe", "pipe2", "pkey_alloc", "pkey_free",
+    "pkey_mprotect", "poll", "ppoll", "ppoll_time64", "prctl", "pread64", "preadv", "preadv2",
+    "prlimit64", "process_mrelease", "pselect6", "pselect6_time64", "pwrite64", "pwritev",
+    "pwritev2", "read", "readahead", "readlink", "readlinkat", "readv", "recv", "recvfrom",
+    "recvmmsg", "recvmmsg_time64", "recvmsg", "remap_file_pages", "removexattr", "rename",
+    "renameat", "renameat2", "restart_syscall", "rmdir", "rseq", "rt_sigaction", "rt_sigpending",
+    "rt_sigprocmask", "rt_sigqueueinfo", "rt_sigreturn", "rt_sigsuspend", "rt_sigtimedwait",
+    "rt_sigtimedwait_time64", "rt_tgsigqueueinfo", "sched_getaffinity", "sched_getattr",
+    "sched_getparam", "sched_get_priority_max", "sched_get_priority_min", "sched_getscheduler",
+    "sched_rr_get_interval", "sched_rr_get_interval_time64", "sched_setaffinity", "sched_setattr",
+    "sched_setparam", "sched_setscheduler", "sched_yield", "seccomp", "select", "semctl", "semget",
+    "semop", "semtimedop", "semtimedop_time64", "send", "sendfile", "sendfile64", "sendmmsg",
+    "sendmsg", "sendto", "setfsgid", "setfsgid32", "setfsuid", "setfsuid32", "setgid", "setgid32",
+    "setgroups", "setgroups32", "setitimer", "setpgid", "setpriority", "setregid", "setregid32",
+    "setresgid", "setresgid32", "setresuid", "setresuid32", "setreuid", "setreuid32", "setrlimit",
+    "set_robust_list", "setsid", "setsockopt", "set_thread_area", "set_tid_address", "setuid",
+    "setuid32", "setxattr", "shmat", "shmctl", "shmdt", "shmget", "shutdown", "sigaltstack",
+    "signalfd", "signalfd4", "sigprocmask", "sigreturn", "socketcall", "socketpair", "splice",
+    "stat", "stat64", "statfs", "statfs64", "statx", "symlink", "symlinkat", "sync",
+    "sync_file_range", "syncfs", "sysinfo", "tee", "tgkill", "time", "timer_create",
+    "timer_delete", "timer_getoverrun", "timer_gettime", "timer_gettime64", "timer_settime",
+    "timer_settime64", "timerfd_create", "timerfd_gettime", "timerfd_gettime64", "timerfd_settime",
+    "timerfd_settime64", "times", "tkill", "truncate", "truncate64", "ugetrlimit", "umask",
+    "uname", "unlink", "unlinkat", "utime", "utimensat", "utimensat_time64", "utimes", "vfork",
+    "vmsplice", "wait4", "waitid", "waitpid", "write", "writev",
+    // Docker lists these three with `minKernel: 4.8` (ptrace could bypass seccomp before).
+    "process_vm_readv", "process_vm_writev", "ptrace",
 ];
+
+/// Architecture-specific additions of Docker's profile for the architectures rbuild builds for.
+pub const SECCOMP_ALLOWED_ARCH: &[&str] = &[
+    // amd64
+    "arch_prctl",
+    "modify_ldt",
+    // arm64
+    "arm_fadvise64_64",
+    "arm_sync_file_range",
+    "sync_file_range2",
+    "breakpoint",
+    "cacheflush",
+    "set_tls",
+];
+
+/// Docker's capability-conditional groups: these syscalls are allowed only when the container holds
+/// the capability (none of them is in [`DEFAULT_CAPABILITIES`] but `CAP_SYS_CHROOT`).
+pub const SECCOMP_CAP_SYSCALLS: &[(&str, &[&str])] = &[
+    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
+    (
+        "CAP_SYS_ADMIN",
+        &[
+            "bpf",
+            "clone",
+            "clone3",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "syslog",
+            "umount",
+            "umount2",
+            "unshare",
+        ],
+    ),
+    ("CAP_SYS_BOOT", &["reboot"]),
+    ("CAP_SYS_CHROOT", &["chroot"]),
+    (
+        "CAP_SYS_MODULE",
+        &["delete_module", "init_module", "finit_module"],
+    ),
+    ("CAP_SYS_PACCT", &["acct"]),
+    (
+        "CAP_SYS_PTRACE",
+        &[
+            "kcmp",
+            "pidfd_getfd",
+            "process_madvise",
+            "process_vm_readv",
+            "process_vm_writev",
+            "ptrace",
+        ],
+    ),
+    ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
+    (
+        "CAP_SYS_TIME",
+        &["settimeofday", "stime", "clock_settime", "clock_settime64"],
+    ),
+    ("CAP_SYS_TTY_CONFIG", &["vhangup"]),
+    (
+        "CAP_SYS_NICE",
+        &[
+            "get_mempolicy",
+            "mbind",
+            "set_mempolicy",
+            "set_mempolicy_home_node",
+        ],
+    ),
+    ("CAP_SYSLOG", &["syslog"]),
+    ("CAP_BPF", &["bpf"]),
+    ("CAP_PERFMON", &["perf_event_open"]),
+];
+
+/// `personality(2)` arguments Docker allows: PER_LINUX, PER_LINUX32, UNAME26, UNAME26|PER_LINUX32
+/// and 0xffffffff (query).
+pub const PERSONALITY_ALLOWED: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
 /// The CLONE_NEW* flags Docker's profile refuses in clone(2) without CAP_SYS_ADMIN.
 pub const CLONE_NS_FLAGS: [u64; 7] = [
@@ -114,26 +208,58 @@ pub const CLONE_NS_FLAGS: [u64; 7] = [
     libc::CLONE_NEWCGROUP as u64,
 ];
 
-/// Docker's default seccomp policy as an OCI `linux.seccomp` value (deny list, see
-/// [`BLOCKED_SYSCALLS`]; clone with namespace flags refused; clone3 answers ENOSYS so libcs fall back
-/// to clone, as Docker does).
-pub fn default_seccomp() -> serde_json::Value {
+/// Docker's default seccomp profile for a container holding `caps`, as an OCI `linux.seccomp`
+/// value: unlisted syscalls fail with EPERM; [`SECCOMP_ALLOWED`] and [`SECCOMP_ALLOWED_ARCH`] are
+/// allowed; `socket` for every family but AF_VSOCK; `personality` with [`PERSONALITY_ALLOWED`]
+/// only; the [`SECCOMP_CAP_SYSCALLS`] groups of the capabilities held; without CAP_SYS_ADMIN
+/// `clone` only without [`CLONE_NS_FLAGS`] and `clone3` answering ENOSYS (so libcs fall back to
+/// `clone`, whose flags can be inspected).
+pub fn docker_seccomp(caps: &[&str]) -> serde_json::Value {
+    let has = |c: &str| caps.contains(&c);
     let mut syscalls = vec![json!({
-        "names": BLOCKED_SYSCALLS,
-        "action": "SCMP_ACT_ERRNO",
-        "errnoRet": libc::EPERM,
+        "names": SECCOMP_ALLOWED.iter().chain(SECCOMP_ALLOWED_ARCH).collect::<Vec<_>>(),
+        "action": "SCMP_ACT_ALLOW",
     })];
-    for f in CLONE_NS_FLAGS {
+    syscalls.push(json!({
+        "names": ["socket"],
+        "action": "SCMP_ACT_ALLOW",
+        "args": [{"index": 0, "value": libc::AF_VSOCK, "op": "SCMP_CMP_NE"}],
+    }));
+    for v in PERSONALITY_ALLOWED {
         syscalls.push(json!({
-            "names": ["clone"],
-            "action": "SCMP_ACT_ERRNO",
-            "errnoRet": libc::EPERM,
-            "args": [{"index": 0, "value": f, "valueTwo": f, "op": "SCMP_CMP_MASKED_EQ"}],
+            "names": ["personality"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{"index": 0, "value": v, "op": "SCMP_CMP_EQ"}],
         }));
     }
-    syscalls
-        .push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}));
-    json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": syscalls})
+    for (cap, names) in SECCOMP_CAP_SYSCALLS {
+        if has(cap) {
+            syscalls.push(json!({"names": names, "action": "SCMP_ACT_ALLOW"}));
+        }
+    }
+    if !has("CAP_SYS_ADMIN") {
+        let mask: u64 = CLONE_NS_FLAGS.iter().fold(0, |m, f| m | f);
+        syscalls.push(json!({
+            "names": ["clone"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{"index": 0, "value": mask, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
+        }));
+        syscalls.push(json!({
+            "names": ["clone3"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": libc::ENOSYS,
+        }));
+    }
+    json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": libc::EPERM,
+        "syscalls": syscalls,
+    })
+}
+
+/// Docker's default seccomp profile for a container with [`DEFAULT_CAPABILITIES`].
+pub fn default_seccomp() -> serde_json::Value {
+    docker_seccomp(&DEFAULT_CAPABILITIES)
 }
 
 /// The default spec for rbuild: Docker's default capabilities, namespaces (mount, pid, uts, ipc,
