@@ -68,6 +68,9 @@ pub(crate) struct RunArgs {
     /// Name of the container (default: a generated one).
     #[arg(long)]
     name: Option<String>,
+    /// Run an init as PID 1 that forwards signals and reaps zombies (the command runs as its child).
+    #[arg(long)]
+    init: bool,
     /// Image to run.
     image: String,
     /// Command and arguments.
@@ -234,6 +237,7 @@ fn request(args: &RunArgs) -> Result<RunRequest> {
         memory,
         cpus: args.cpus,
         pids_limit: args.pids_limit.filter(|p| *p > 0),
+        init: args.init,
     })
 }
 

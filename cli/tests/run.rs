@@ -601,3 +601,76 @@ fn tty_resize_and_ctrl_c() {
     assert!(out.contains("got-INT"), "{out:?}");
     assert_eq!(c.wait().unwrap().code(), Some(7));
 }
+
+#[test]
+fn init_reaps_zombies_forwards_signals_and_passes_exit_codes() {
+    let env = Env::new();
+    // The command is PID 1's child; PID 1 is rbuild's init.
+    let out = run_ok(
+        &env,
+        &[
+            "--rm",
+            "--init",
+            "busybox:local",
+            "sh",
+            "-c",
+            "echo $$; cat /proc/1/comm",
+        ],
+    );
+    assert_eq!(out, "2\nrbuild-init\n");
+    assert_eq!(
+        sh(&env, &["--rm", "--init"], "exit 42").status.code(),
+        Some(42)
+    );
+    // An orphan whose parent exited goes to PID 1: `exec sleep` never reaps it, the init does.
+    let zombies = "(sleep 0.05 &); \
+        (sleep 0.4; grep -l '^State:[[:space:]]*Z' /proc/[0-9]*/status | wc -l) & exec sleep 0.8";
+    let out = sh(&env, &["--rm"], zombies);
+    assert!(
+        stdout(&out).trim().parse::<u32>().unwrap_or(0) >= 1,
+        "control: without --init the orphan stays a zombie: {}",
+        stdout(&out)
+    );
+    let out = sh(&env, &["--rm", "--init"], zombies);
+    assert_eq!(stdout(&out).trim(), "0", "{}", stderr(&out));
+
+    // SIGTERM to rbuild -> helper -> init -> the command (no handler: 128+15, as docker --init).
+    let mut c = Command::new(bin())
+        .args(["run", "--rm", "--init", "busybox:local", "sh", "-c"])
+        .arg("echo ready; exec sleep 10")
+        .env("RBUILD_ROOT", env.root.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = c.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    out.read_exact(&mut buf).unwrap();
+    let start = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(c.wait().unwrap().code(), Some(143));
+    assert!(start.elapsed() < Duration::from_secs(5));
+
+    // With -it the command is the terminal's foreground process group: Ctrl-C reaches it.
+    let (mut c, mut m) = spawn_in_terminal(
+        &env,
+        &[
+            "run",
+            "--rm",
+            "-it",
+            "--init",
+            "busybox:local",
+            "sh",
+            "-c",
+            "trap 'echo got-INT; exit 7' INT; echo ready; while :; do sleep 0.1; done",
+        ],
+    );
+    assert!(read_until(&mut m, "ready").contains("ready"));
+    m.write_all(&[3]).unwrap();
+    let out = read_until(&mut m, "got-INT");
+    assert!(out.contains("got-INT"), "{out:?}");
+    assert_eq!(c.wait().unwrap().code(), Some(7));
+}

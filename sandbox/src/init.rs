@@ -543,26 +543,130 @@ fn setup_and_exec(
         return Err(Error::sys("close_range(3.., CLOEXEC)"));
     }
 
-    let (path, not_found_code, msg) = match lookup(arg0, &path_var) {
-        Ok(p) => (p, 0, String::new()),
-        Err((code, msg)) => (PathBuf::new(), code, msg),
-    };
-    if not_found_code != 0 {
-        let _ = writeln!(std::io::stderr(), "{msg}");
-        // SAFETY: exiting PID 1 without running destructors.
-        unsafe { libc::_exit(not_found_code) };
+    if crate::spec::wants_init(spec) {
+        return run_init(
+            process.terminal().unwrap_or(false),
+            arg0,
+            &path_var,
+            &argv,
+            &envp,
+        );
     }
-    let cpath = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::InvalidSpec("path with NUL".into()))?;
-    let e = nix::unistd::execve(&cpath, &argv, &envp).unwrap_err();
+    exec_program(arg0, &path_var, &argv, &envp)
+}
+
+/// Looks `arg0` up in PATH and execs it; on failure prints Docker's message and exits 127/126.
+fn exec_program(arg0: &str, path_var: &str, argv: &[CString], envp: &[CString]) -> ! {
+    let path = match lookup(arg0, path_var) {
+        Ok(p) => p,
+        Err((code, msg)) => {
+            let _ = writeln!(std::io::stderr(), "{msg}");
+            // SAFETY: exiting without running destructors (PID 1 or the init's child).
+            unsafe { libc::_exit(code) };
+        }
+    };
+    let e = match CString::new(path.as_os_str().as_bytes()) {
+        Ok(cpath) => nix::unistd::execve(&cpath, argv, envp).unwrap_err(),
+        Err(_) => nix::errno::Errno::EINVAL,
+    };
     let (code, why) = match e {
         nix::errno::Errno::ENOENT => (127, "no such file or directory".to_string()),
         nix::errno::Errno::EACCES => (126, "permission denied".to_string()),
         other => (126, other.desc().to_lowercase()),
     };
     let _ = writeln!(std::io::stderr(), "exec {}: {why}", path.display());
-    // SAFETY: exiting PID 1 without running destructors.
+    // SAFETY: exiting without running destructors.
     unsafe { libc::_exit(code) };
+}
+
+/// The signals the init blocks and waits for: all but the uncatchable and the synchronous ones
+/// (as tini).
+fn init_signals() -> SigSet {
+    let mut set = SigSet::all();
+    for s in [
+        Signal::SIGKILL,
+        Signal::SIGSTOP,
+        Signal::SIGILL,
+        Signal::SIGTRAP,
+        Signal::SIGABRT,
+        Signal::SIGBUS,
+        Signal::SIGFPE,
+        Signal::SIGSEGV,
+        Signal::SIGSYS,
+    ] {
+        set.remove(s);
+    }
+    set
+}
+
+/// `--init`: PID 1 stays in this (already loaded) code as the init, with the same user,
+/// capabilities and seccomp filter as the program, and forks the program into its own process
+/// group (the terminal's foreground group with `-t`, so Ctrl-C reaches it directly). Nothing has to
+/// exist in the image for it, and no file is executed from outside the container's root.
+fn run_init(
+    terminal: bool,
+    arg0: &str,
+    path_var: &str,
+    argv: &[CString],
+    envp: &[CString],
+) -> Result<std::convert::Infallible> {
+    let set = init_signals();
+    // Blocked before the fork so no signal slips between fork and the wait loop; SIGTTOU blocked
+    // also lets the child take the terminal's foreground.
+    set.thread_block()
+        .map_err(|e| Error::nix("block signals in the init", "", e))?;
+    // SAFETY: PID 1 is single-threaded.
+    match unsafe { libc::fork() } {
+        -1 => Err(Error::sys("fork the program under the init")),
+        0 => {
+            // SAFETY: plain calls on our own process and stdin.
+            unsafe {
+                libc::setpgid(0, 0);
+                if terminal {
+                    libc::tcsetpgrp(0, libc::getpid());
+                }
+            }
+            let _ = SigSet::empty().thread_set_mask();
+            exec_program(arg0, path_var, argv, envp)
+        }
+        child => init_loop(Pid::from_raw(child), &set),
+    }
+}
+
+/// The init's life: forward signals to the program, reap every child (orphans of the namespace
+/// are re-parented to PID 1), exit with the program's status once it is gone. The kernel then kills
+/// whatever is left in the pid namespace.
+fn init_loop(child: Pid, set: &SigSet) -> ! {
+    // SAFETY: plain prctl; the name shows in /proc/1/comm and ps.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"rbuild-init".as_ptr(), 0, 0, 0) };
+    // Keep only stdio: this closes the setup pipe's write end, which tells the helper the program
+    // is started (the program's copy closes when it execs).
+    // SAFETY: close_range on our own fds.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    loop {
+        let Ok(sig) = set.wait() else { continue };
+        match sig {
+            Signal::SIGCHLD => loop {
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(p, code)) if p == child => {
+                        // SAFETY: the init ends here.
+                        unsafe { libc::_exit(code) }
+                    }
+                    Ok(WaitStatus::Signaled(p, s, _)) if p == child => {
+                        // SAFETY: the init ends here.
+                        unsafe { libc::_exit(128 + s as i32) }
+                    }
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            },
+            // Job-control noise from the terminal, meant for the init itself.
+            Signal::SIGTTIN | Signal::SIGTTOU => {}
+            s => {
+                let _ = nix::sys::signal::kill(child, s);
+            }
+        }
+    }
 }
 
 /// PATH lookup like Go's exec.LookPath with Docker's messages. Err is (exit code, message).

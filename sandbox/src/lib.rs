@@ -40,9 +40,9 @@ pub use container::{spawn, Container, ExitStatus, Outcome, RunOptions};
 pub use error::{Error, Result};
 pub use init::init_if_requested;
 pub use spec::{
-    default_seccomp, default_spec, docker_seccomp, DEFAULT_CAPABILITIES, MASKED_PATHS,
-    PERSONALITY_ALLOWED, READONLY_PATHS, SECCOMP_ALLOWED, SECCOMP_ALLOWED_ARCH,
-    SECCOMP_CAP_SYSCALLS,
+    default_seccomp, default_spec, docker_seccomp, set_init, wants_init, DEFAULT_CAPABILITIES,
+    INIT_ANNOTATION, MASKED_PATHS, PERSONALITY_ALLOWED, READONLY_PATHS, SECCOMP_ALLOWED,
+    SECCOMP_ALLOWED_ARCH, SECCOMP_CAP_SYSCALLS,
 };
 pub use user::resolve_user;
 

@@ -262,6 +262,30 @@ pub fn default_seccomp() -> serde_json::Value {
     docker_seccomp(&DEFAULT_CAPABILITIES)
 }
 
+/// Spec annotation asking for a minimal init as the container's PID 1 (`rbuild run --init`, as
+/// `docker run --init`): it forks the program, forwards every signal it gets to it, reaps every
+/// orphan of the pid namespace and exits with the program's status (128+N for signal N).
+pub const INIT_ANNOTATION: &str = "org.rbuild.init";
+
+/// Sets (or clears) [`INIT_ANNOTATION`] on `spec`.
+pub fn set_init(spec: &mut Spec, init: bool) {
+    let mut a = spec.annotations().clone().unwrap_or_default();
+    if init {
+        a.insert(INIT_ANNOTATION.to_string(), "true".to_string());
+    } else {
+        a.remove(INIT_ANNOTATION);
+    }
+    spec.set_annotations(Some(a));
+}
+
+/// Whether `spec` asks for the init (see [`INIT_ANNOTATION`]).
+pub fn wants_init(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(INIT_ANNOTATION))
+        .is_some_and(|v| v == "true")
+}
+
 /// The default spec for rbuild: Docker's default capabilities, namespaces (mount, pid, uts, ipc,
 /// cgroup; network only when `network_isolated`), `/proc`, `/dev`, `/dev/pts`, `/dev/shm`,
 /// `/dev/mqueue`, read-only `/sys` and `/sys/fs/cgroup` mounts, masked and read-only paths,

@@ -459,6 +459,91 @@ fn seccomp_allow_list(f: &Fixture) {
     assert_eq!(lines[6].trim(), "1", "{out}");
 }
 
+fn with_init(mut spec: oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
+    rbuild_sandbox::set_init(&mut spec, true);
+    spec
+}
+
+fn init_reaps_zombies(f: &Fixture) {
+    // An orphan (the background sleep of a subshell that exits) is re-parented to PID 1; PID 1 then
+    // execs `sleep`, which never reaps. A checker counts zombies while PID 1 sleeps.
+    let script = "(sleep 0.05 &); \
+        (sleep 0.4; grep -l '^State:[[:space:]]*Z' /proc/[0-9]*/status | wc -l) & exec sleep 0.8";
+    let (o, out, err) = run_spec(&sh_spec(script, true), f.overlay());
+    assert_eq!(o.code(), 0, "{err}");
+    assert!(
+        out.trim().parse::<u32>().unwrap_or(0) >= 1,
+        "without --init the orphan stays a zombie (control): {out:?}"
+    );
+    let (o, out, err) = run_spec(&with_init(sh_spec(script, true)), f.overlay());
+    assert_eq!(o.code(), 0, "{err}");
+    assert_eq!(out.trim(), "0", "the init reaped the orphan");
+    // The program is PID 1's child, in its own process group; exit codes pass through.
+    let (o, out, err) = run_spec(
+        &with_init(sh_spec("echo $$; cat /proc/1/comm; exit 3", true)),
+        f.overlay(),
+    );
+    assert_eq!(o.status, ExitStatus::Exited(3), "{err}");
+    assert_eq!(out.lines().next(), Some("2"), "{out}");
+    assert_eq!(out.lines().nth(1), Some("rbuild-init"), "{out}");
+    let (o, _, _) = run_spec(&with_init(sh_spec("kill -9 $$", true)), f.overlay());
+    assert_eq!(o.status, ExitStatus::Exited(137));
+    // A missing program: the same message and code as without the init.
+    let mut spec = default_spec(
+        vec!["nosuchcmd".into()],
+        vec!["PATH=/bin".into()],
+        "/",
+        true,
+    );
+    rbuild_sandbox::set_init(&mut spec, true);
+    let (o, _, err) = run_spec(&spec, f.overlay());
+    assert_eq!(o.code(), 127, "{err}");
+    assert!(err.contains("executable file not found"), "{err}");
+}
+
+fn init_forwards_signals(f: &Fixture) {
+    use std::io::BufRead;
+    for (script, sig, want) in [
+        (
+            "trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.02; done",
+            libc::SIGTERM,
+            ExitStatus::Exited(7),
+        ),
+        // No handler: the program dies of the signal, the init exits 128+N (as tini).
+        (
+            "echo ready; exec sleep 10",
+            libc::SIGINT,
+            ExitStatus::Exited(130),
+        ),
+        (
+            "echo ready; exec sleep 10",
+            libc::SIGUSR1,
+            ExitStatus::Exited(138),
+        ),
+    ] {
+        let opts = RunOptions {
+            rootfs: f.overlay(),
+            stdin: Stdio::null(),
+            stdout: Stdio::piped(),
+            stderr: Stdio::null(),
+        };
+        let mut c = spawn(&with_init(sh_spec(script, true)), opts).unwrap();
+        let mut out = std::io::BufReader::new(c.stdout().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        let start = std::time::Instant::now();
+        c.kill(sig).unwrap();
+        let mut rest = String::new();
+        let _ = out.read_to_string(&mut rest);
+        assert_eq!(c.wait().unwrap(), want, "{script}: {rest}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        if sig == libc::SIGTERM {
+            assert_eq!(rest, "got-term\n");
+        }
+    }
+}
+
 /// One isolation test.
 type TestFn = fn(&Fixture);
 
@@ -531,6 +616,8 @@ fn main() {
         ("mount_fails", mount_fails),
         ("seccomp_allow_list", seccomp_allow_list),
         ("exit_codes_and_signals", exit_codes_and_signals),
+        ("init_reaps_zombies", init_reaps_zombies),
+        ("init_forwards_signals", init_forwards_signals),
         ("no_extra_fds", no_extra_fds),
         ("only_lo", only_lo),
         ("dev_and_etc", dev_and_etc),

@@ -83,6 +83,8 @@ pub struct RunRequest {
     pub cpus: Option<f64>,
     /// `--pids-limit`.
     pub pids_limit: Option<i64>,
+    /// `--init`: a minimal init is PID 1 (reaps orphans, forwards signals), the command its child.
+    pub init: bool,
 }
 
 /// Combines Entrypoint and Cmd as Docker does.
@@ -409,7 +411,8 @@ pub fn start(
             "-w {cwd}: the working directory must be an absolute path"
         )));
     }
-    let spec = rbuild_sandbox::default_spec(args.clone(), env, &cwd, req.network_none);
+    let mut spec = rbuild_sandbox::default_spec(args.clone(), env, &cwd, req.network_none);
+    rbuild_sandbox::set_init(&mut spec, req.init);
 
     // The container's record and writable layer.
     let id = new_id(req.name.as_deref().unwrap_or(""));
