@@ -26,39 +26,104 @@ fn write(path: &Path, value: &str) -> Result<()> {
     })
 }
 
-/// Where each controller lives: (controller, mount point, v2).
-fn hierarchies() -> Vec<(String, PathBuf, bool)> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mut out = Vec::new();
-    let mut v2_mount = None;
-    for line in mounts.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 4 {
-            continue;
+/// The environment variable choosing the cgroup version: `v1`, `v2` or `auto` (the default: per
+/// controller the v1 hierarchy when one is mounted, else the v2 one).
+pub const CGROUP_ENV: &str = "RBUILD_CGROUP";
+
+/// Which cgroup hierarchies the sandbox may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Auto,
+    V1,
+    V2,
+}
+
+impl Mode {
+    pub(crate) fn from_env() -> Result<Mode> {
+        match std::env::var(CGROUP_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(Mode::Auto),
+            Ok("v1") | Ok("1") => Ok(Mode::V1),
+            Ok("v2") | Ok("2") => Ok(Mode::V2),
+            Ok(other) => Err(Error::Cgroup {
+                path: PathBuf::from("/sys/fs/cgroup"),
+                msg: format!("{CGROUP_ENV}={other:?}: expected v1, v2 or auto"),
+            }),
         }
-        match f[2] {
-            "cgroup" => {
-                for c in ["memory", "cpu", "pids"] {
-                    if f[3].split(',').any(|o| o == c)
-                        && !out.iter().any(|(n, _, _): &(String, PathBuf, bool)| n == c)
-                    {
-                        out.push((c.to_string(), PathBuf::from(f[1]), false));
+    }
+}
+
+/// The mounted hierarchies: v1 controllers among memory/cpu/pids with their mount points, and the
+/// v2 mount point with the controllers its root offers.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Hierarchies {
+    pub v1: Vec<(String, PathBuf)>,
+    pub v2: Option<(PathBuf, Vec<String>)>,
+}
+
+impl Hierarchies {
+    /// Reads `/proc/self/mounts` and the v2 root's `cgroup.controllers`.
+    pub(crate) fn probe() -> Hierarchies {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut h = Hierarchies::default();
+        for line in mounts.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 {
+                continue;
+            }
+            match f[2] {
+                "cgroup" => {
+                    for c in ["memory", "cpu", "pids"] {
+                        if f[3].split(',').any(|o| o == c) && !h.v1.iter().any(|(n, _)| n == c) {
+                            h.v1.push((c.to_string(), PathBuf::from(f[1])));
+                        }
                     }
                 }
-            }
-            "cgroup2" if v2_mount.is_none() => v2_mount = Some(PathBuf::from(f[1])),
-            _ => {}
-        }
-    }
-    if let Some(m) = v2_mount {
-        let avail = std::fs::read_to_string(m.join("cgroup.controllers")).unwrap_or_default();
-        for c in ["memory", "cpu", "pids"] {
-            if avail.split_whitespace().any(|a| a == c) && !out.iter().any(|(n, _, _)| n == c) {
-                out.push((c.to_string(), m.clone(), true));
+                "cgroup2" if h.v2.is_none() => {
+                    let m = PathBuf::from(f[1]);
+                    let avail =
+                        std::fs::read_to_string(m.join("cgroup.controllers")).unwrap_or_default();
+                    h.v2 = Some((m, avail.split_whitespace().map(String::from).collect()));
+                }
+                _ => {}
             }
         }
+        h
     }
-    out
+
+    /// Where `controller` lives under `mode`: (mount point, v2); an error that says why not.
+    fn place(&self, controller: &str, mode: Mode) -> Result<(PathBuf, bool)> {
+        let v1 = self.v1.iter().find(|(n, _)| n == controller);
+        let v2 = self
+            .v2
+            .as_ref()
+            .filter(|(_, avail)| avail.iter().any(|a| a == controller));
+        let found = match mode {
+            Mode::Auto => v1
+                .map(|(_, m)| (m.clone(), false))
+                .or_else(|| v2.map(|(m, _)| (m.clone(), true))),
+            Mode::V1 => v1.map(|(_, m)| (m.clone(), false)),
+            Mode::V2 => v2.map(|(m, _)| (m.clone(), true)),
+        };
+        found.ok_or_else(|| {
+            let msg = match (mode, &self.v2) {
+                (Mode::V2, None) => format!(
+                    "{CGROUP_ENV}=v2 but no cgroup2 hierarchy is mounted (unset {CGROUP_ENV} to use v1)"
+                ),
+                (Mode::V2, Some((m, avail))) => format!(
+                    "{CGROUP_ENV}=v2 but the v2 hierarchy at {} offers no {controller} controller \
+                     (it offers: {}){}; unset {CGROUP_ENV} to use v1",
+                    m.display(),
+                    if avail.is_empty() { "none".to_string() } else { avail.join(" ") },
+                    if v1.is_some() { format!(", {controller} is bound to a v1 hierarchy") } else { String::new() },
+                ),
+                _ => format!("no {controller} controller mounted (v1 or v2)"),
+            };
+            Error::Cgroup {
+                path: PathBuf::from("/sys/fs/cgroup"),
+                msg,
+            }
+        })
+    }
 }
 
 /// This process's cgroup path (relative to the hierarchy root) for a v1 controller.
@@ -143,23 +208,53 @@ fn wanted(res: &LinuxResources) -> Vec<(&'static str, Writes, Writes)> {
 
 impl Cgroup {
     /// Creates the cgroups for container `id` and writes the limits; `None` when nothing is limited.
+    /// With `RBUILD_CGROUP=v2` every container gets a v2 cgroup (limits or not), as on a
+    /// unified-hierarchy host.
     pub(crate) fn create(id: &str, res: Option<&LinuxResources>) -> Result<Option<Cgroup>> {
-        let Some(res) = res else { return Ok(None) };
-        let wanted = wanted(res);
-        if wanted.is_empty() {
+        let mode = Mode::from_env()?;
+        let wanted = res.map(wanted).unwrap_or_default();
+        if wanted.is_empty() && mode != Mode::V2 {
             return Ok(None);
         }
-        let hier = hierarchies();
+        Cgroup::create_in(id, &wanted, &Hierarchies::probe(), mode).map(Some)
+    }
+
+    pub(crate) fn create_in(
+        id: &str,
+        wanted: &[(&'static str, Writes, Writes)],
+        hier: &Hierarchies,
+        mode: Mode,
+    ) -> Result<Cgroup> {
         let mut cg = Cgroup::default();
-        for (ctrl, v1_writes, v2_writes) in wanted {
-            let Some((_, mnt, v2)) = hier.iter().find(|(n, _, _)| n == ctrl) else {
-                cg.destroy();
+        let v2_dir = |mnt: &Path| mnt.join("rbuild").join(id);
+        if mode == Mode::V2 {
+            // The container's v2 cgroup even without limits: it is joined and removed as usual.
+            let Some((mnt, _)) = &hier.v2 else {
                 return Err(Error::Cgroup {
                     path: PathBuf::from("/sys/fs/cgroup"),
-                    msg: format!("no {ctrl} controller mounted (v1 or v2)"),
+                    msg: format!("{CGROUP_ENV}=v2 but no cgroup2 hierarchy is mounted"),
                 });
             };
-            let dir = if *v2 {
+            let dir = v2_dir(mnt);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::Cgroup {
+                path: dir.clone(),
+                msg: format!("mkdir: {e}"),
+            })?;
+            cg.dirs.push(CgroupDir {
+                path: dir,
+                v2: true,
+                controllers: Vec::new(),
+            });
+        }
+        for (ctrl, v1_writes, v2_writes) in wanted {
+            let (mnt, v2) = match hier.place(ctrl, mode) {
+                Ok(p) => p,
+                Err(e) => {
+                    cg.destroy();
+                    return Err(e);
+                }
+            };
+            let dir = if v2 {
                 let parent = mnt.join("rbuild");
                 if let Err(e) = std::fs::create_dir_all(&parent) {
                     cg.destroy();
@@ -172,7 +267,7 @@ impl Cgroup {
                 // Enabling may already be done; errors surface when writing the limit below.
                 let _ = std::fs::write(mnt.join("cgroup.subtree_control"), &enable);
                 let _ = std::fs::write(parent.join("cgroup.subtree_control"), &enable);
-                parent.join(id)
+                v2_dir(&mnt)
             } else {
                 mnt.join(own_v1_path(ctrl)).join(format!("rbuild-{id}"))
             };
@@ -186,7 +281,7 @@ impl Cgroup {
                     });
                 }
             }
-            let writes = if *v2 { &v2_writes } else { &v1_writes };
+            let writes = if v2 { v2_writes } else { v1_writes };
             for (file, value) in writes {
                 if let Err(e) = write(&dir.join(file), value) {
                     // memsw is absent when swap accounting is off: not fatal.
@@ -204,12 +299,12 @@ impl Cgroup {
                 Some(i) => cg.dirs[i].controllers.push(ctrl.to_string()),
                 None => cg.dirs.push(CgroupDir {
                     path: dir,
-                    v2: *v2,
+                    v2,
                     controllers: vec![ctrl.to_string()],
                 }),
             }
         }
-        Ok(Some(cg))
+        Ok(cg)
     }
 
     /// The `cgroup.procs` files a process writes its pid (or 0) to, to join.
@@ -280,5 +375,60 @@ mod tests {
         assert_eq!(w[2].1, vec![("pids.max", "20".to_string())]);
         let empty = LinuxResources::default();
         assert!(wanted(&empty).is_empty());
+    }
+
+    #[test]
+    fn v2_writes_in_a_fake_hierarchy() {
+        // A directory standing in for a cgroup2 mount that offers the three controllers: the v2
+        // file names and values are what the kernel's v2 interface expects.
+        let tmp = std::env::temp_dir().join(format!("rbuild-cg-test-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let hier = Hierarchies {
+            v1: vec![("memory".into(), PathBuf::from("/nonexistent-v1"))],
+            v2: Some((
+                tmp.clone(),
+                vec!["cpu".into(), "memory".into(), "pids".into()],
+            )),
+        };
+        let r: LinuxResources = serde_json::from_value(serde_json::json!({
+            "memory": {"limit": 16777216, "swap": 16777216},
+            "cpu": {"quota": 50000, "period": 100000},
+            "pids": {"limit": 20}
+        }))
+        .unwrap();
+        let cg = Cgroup::create_in("c1", &wanted(&r), &hier, Mode::V2).unwrap();
+        let dir = tmp.join("rbuild/c1");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("memory.max"), "16777216");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(read("pids.max"), "20");
+        assert_eq!(cg.dirs.len(), 1);
+        assert!(cg.dirs[0].v2);
+        assert_eq!(cg.dirs[0].controllers, vec!["memory", "cpu", "pids"]);
+        assert_eq!(cg.procs_files(), vec![dir.join("cgroup.procs")]);
+        // Controllers are enabled for the children of the root and of rbuild/.
+        assert!(
+            std::fs::read_to_string(tmp.join("rbuild/cgroup.subtree_control"))
+                .unwrap()
+                .starts_with('+')
+        );
+        // auto prefers v1 where a controller has one; v2 refuses a controller it lacks.
+        assert!(!hier.place("memory", Mode::Auto).unwrap().1);
+        assert!(hier.place("pids", Mode::Auto).unwrap().1);
+        let bare = Hierarchies {
+            v1: vec![("memory".into(), PathBuf::from("/sys/fs/cgroup/memory"))],
+            v2: Some((
+                PathBuf::from("/sys/fs/cgroup/unified"),
+                vec!["hugetlb".into()],
+            )),
+        };
+        let e = bare.place("memory", Mode::V2).unwrap_err().to_string();
+        assert!(
+            e.contains("offers no memory controller (it offers: hugetlb)")
+                && e.contains("bound to a v1 hierarchy"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 }

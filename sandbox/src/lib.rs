@@ -36,6 +36,7 @@ mod spec;
 mod sys;
 mod user;
 
+pub use cgroup::CGROUP_ENV;
 pub use container::{spawn, Container, ExitStatus, Outcome, RunOptions};
 pub use error::{Error, Result};
 pub use init::init_if_requested;
