@@ -322,3 +322,31 @@ fn source_date_epoch_layers_are_not_reused_from_unclamped_builds() {
         "an epoch build must not reuse layers with unclamped times"
     );
 }
+
+#[test]
+fn copy_into_new_and_deleted_paths_matches_overlay_semantics() {
+    let env = Env::new();
+    let df = "FROM busybox:local\n\
+RUN mkdir -p /opt/keep /opt/other && echo old > /opt/keep/a && chmod 750 /opt\n\
+RUN rm -rf /opt/keep\n\
+COPY dir /opt/keep\n\
+COPY dir /srv/new/\n\
+COPY one.txt /opt/other/one.txt\n";
+    let dir = env.context(
+        "fast",
+        df,
+        &[("dir/b", "new-b"), ("dir/sub/c", "new-c"), ("one.txt", "1")],
+    );
+    env.build_ok("fast:1", &dir, &[]);
+    let out = env.rbuild(&[
+        "run", "--rm", "fast:1", "sh", "-c",
+        "find /opt /srv | sort; stat -c '%n %a %u' /opt /opt/keep/b /srv/new/sub/c; cat /opt/keep/b /opt/other/one.txt",
+    ]);
+    assert_ok(&out);
+    assert_eq!(
+        stdout(&out),
+        "/opt\n/opt/keep\n/opt/keep/b\n/opt/keep/sub\n/opt/keep/sub/c\n/opt/other\n/opt/other/one.txt\n\
+/srv\n/srv/new\n/srv/new/b\n/srv/new/sub\n/srv/new/sub/c\n\
+/opt 750 0\n/opt/keep/b 644 0\n/srv/new/sub/c 644 0\nnew-b1"
+    );
+}
