@@ -4,12 +4,13 @@
 //! `FROM <stage>`, `COPY --from` and `RUN --mount=from=`) produce nodes. Config-only
 //! instructions fold into the stage's [`ImageConfig`] and history.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use rbuild_types::{ImageRef, Platform};
 
-use crate::error::Error;
+use crate::error::{Error, Msg};
 use crate::graph::*;
 use crate::instructions::{self, CmdLine, Command, Located};
 use crate::parser;
@@ -60,6 +61,8 @@ struct Ctx<'a> {
     target_platform: Platform,
     /// The error of a stage dispatched on behalf of another one (kept whole, with its own line).
     nested: Option<Error>,
+    /// The word the last failed expansion or stage reference was about (for the error's column).
+    err_token: RefCell<Option<String>>,
 }
 
 /// Converts a Dockerfile into the build graph for `opts.target` (or the last stage).
@@ -73,7 +76,8 @@ pub fn convert(
     } else {
         opts.dockerfile_name.as_str()
     };
-    convert_inner(dockerfile_text, opts, resolver).map_err(|e| e.with_file(file))
+    convert_inner(dockerfile_text, opts, resolver)
+        .map_err(|e| e.with_file(file).with_source(dockerfile_text))
 }
 
 fn platform_args(target: &Platform, build: &Platform) -> Vec<(String, String)> {
@@ -216,6 +220,7 @@ fn convert_inner(
         visiting: Vec::new(),
         target_platform,
         nested: None,
+        err_token: RefCell::new(None),
     };
     ctx.dispatch_stage(target)?;
 
@@ -457,15 +462,17 @@ impl Ctx<'_> {
             None if allow_index => match name.parse::<usize>() {
                 Ok(i) if i < current => Some(i),
                 Ok(i) if i < self.stages.len() => {
+                    self.blame(name);
                     return Err(format!(
                         "stage index {i} refers to this or a later stage; only earlier stages can be copied from"
-                    ))
+                    ));
                 }
                 Ok(i) => {
+                    self.blame(name);
                     return Err(format!(
                         "stage index {i} is out of range: the Dockerfile has {} stages",
                         self.stages.len()
-                    ))
+                    ));
                 }
                 Err(_) => None,
             },
@@ -473,6 +480,7 @@ impl Ctx<'_> {
         };
         if let Some(i) = found {
             if self.visiting.contains(&i) {
+                self.blame(name);
                 return Err(format!(
                     "circular dependency detected on stage {}: a stage cannot use itself or a stage that depends on it",
                     stage_label(self.stages[i].name.as_deref(), i)
@@ -501,7 +509,9 @@ impl Ctx<'_> {
 
     fn dispatch_stage_inner(&mut self, i: usize) -> Result<Done, Error> {
         let (line, original) = (self.stages[i].line, self.stages[i].original.clone());
-        let ferr = |m: String| Error::instruction(line, &original, m);
+        // FROM errors are about the base image word.
+        let raw_base = self.stages[i].base.clone();
+        let ferr = |m: String| Error::instruction(line, &original, Msg::at(raw_base.as_str(), m));
         let lex = self.lexer();
         let base = lex
             .process_word(&self.stages[i].base, &lookup(&self.globals))
@@ -512,10 +522,14 @@ impl Ctx<'_> {
             ));
         }
         let platform = match &self.stages[i].platform {
-            Some(p) => {
-                let p = lex.process_word(p, &lookup(&self.globals)).map_err(ferr)?;
+            Some(raw) => {
+                let perr =
+                    |m: String| Error::instruction(line, &original, Msg::at(raw.as_str(), m));
+                let p = lex
+                    .process_word(raw, &lookup(&self.globals))
+                    .map_err(perr)?;
                 p.parse::<Platform>()
-                    .map_err(|e| ferr(format!("{e} in --platform")))?
+                    .map_err(|e| perr(format!("{e} in --platform")))?
             }
             None => self.target_platform.clone(),
         };
@@ -584,6 +598,7 @@ impl Ctx<'_> {
                         )));
                     }
                     loc.line = line;
+                    loc.end_line = line;
                     prepend.push(loc);
                 }
             }
@@ -611,11 +626,17 @@ impl Ctx<'_> {
         commands.extend(self.stages[i].commands.clone());
         for loc in &commands {
             st.step += 1;
+            self.err_token.replace(None);
             if let Err(m) = self.dispatch(&mut st, loc) {
-                return Err(self
-                    .nested
-                    .take()
-                    .unwrap_or_else(|| Error::instruction(loc.line, &loc.original, m)));
+                let token = self.err_token.take();
+                return Err(self.nested.take().unwrap_or_else(|| {
+                    Error::instruction_in(
+                        loc.line,
+                        loc.end_line,
+                        &loc.original,
+                        Msg { text: m, token },
+                    )
+                }));
             }
         }
         Ok(Done {
@@ -627,11 +648,20 @@ impl Ctx<'_> {
     }
 
     fn expand(&self, st: &StageState, w: &str) -> Result<String, String> {
-        self.lexer().process_word(w, &lookup(&st.env))
+        self.lexer()
+            .process_word(w, &lookup(&st.env))
+            .inspect_err(|_| self.blame(w))
     }
 
     fn expand_words(&self, st: &StageState, w: &str) -> Result<Vec<String>, String> {
-        self.lexer().process_words(w, &lookup(&st.env))
+        self.lexer()
+            .process_words(w, &lookup(&st.env))
+            .inspect_err(|_| self.blame(w))
+    }
+
+    /// Remembers the word an error is about (the error's caret goes under it).
+    fn blame(&self, word: &str) {
+        self.err_token.replace(Some(word.to_string()));
     }
 
     fn with_shell(st: &StageState, cmd: &CmdLine) -> Vec<String> {
@@ -843,10 +873,12 @@ impl Ctx<'_> {
         let near = instructions::suggest(from, &names)
             .map(|s| format!(" (did you mean stage {s:?}?)"))
             .unwrap_or_default();
-        let reference: ImageRef = from
-            .parse()
-            .map_err(|e| format!("no stage or image named {from:?}{near}: {e}"))?;
+        let reference: ImageRef = from.parse().map_err(|e| {
+            self.blame(from);
+            format!("no stage or image named {from:?}{near}: {e}")
+        })?;
         if let Err(m) = self.resolver.resolve_config(&reference, &st.platform) {
+            self.blame(from);
             return Err(format!("no stage or image named {from:?}{near}: {m}"));
         }
         let display = format!("FROM {from}");

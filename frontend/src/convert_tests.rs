@@ -194,11 +194,25 @@ fn errors_name_file_line_instruction() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.starts_with(
-            "testdata/web/Dockerfile:3: COPY --from=buidl /a /b: no stage or image named \"buidl\""
-        ),
+        e.starts_with("testdata/web/Dockerfile:3:13: no stage or image named \"buidl\""),
         "{e}"
     );
+    // The offending line, with a caret under the stage name.
+    assert!(
+        e.ends_with(&format!(
+            "\n  |\n3 | COPY --from=buidl /a /b\n  | {}^^^^^",
+            " ".repeat(12)
+        )),
+        "{e}"
+    );
+    let e = conv(
+        "FROM busybox:local AS build\nFROM busybox:local\nCOPY --from=biuld /a /b\n",
+        &o,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("did you mean stage \"build\"?"), "{e}");
+    assert!(e.starts_with("testdata/web/Dockerfile:3:13:"), "{e}");
     let e = conv("FROM busybox:local AS a\nCOPY --from=a /x /y\n", &o)
         .unwrap_err()
         .to_string();
@@ -212,15 +226,18 @@ fn errors_name_file_line_instruction() {
         .to_string();
     assert!(e.contains("duplicate stage name"), "{e}");
     let e = conv("RUN x\nFROM scratch\n", &o).unwrap_err().to_string();
-    assert!(e.contains(":1: RUN x: no FROM"), "{e}");
+    assert!(e.contains(":1:1: no FROM"), "{e}");
+    assert!(e.contains("\n1 | RUN x\n  | ^^^"), "{e}");
     let e = conv("ARG x\n", &o).unwrap_err().to_string();
     assert!(e.contains("no FROM"), "{e}");
     let e = conv("FROM nope:1\n", &o).unwrap_err().to_string();
-    assert!(e.contains(":1: FROM nope:1: cannot load base image"), "{e}");
+    assert!(e.contains(":1:6: cannot load base image"), "{e}");
+    assert!(e.ends_with("1 | FROM nope:1\n  |      ^^^^^^"), "{e}");
     let e = conv("FROM scratch\nCOPY --bad a b\n", &o)
         .unwrap_err()
         .to_string();
-    assert!(e.contains(":2: COPY --bad a b: unknown flag: --bad"), "{e}");
+    assert!(e.contains(":2:6: unknown flag: --bad"), "{e}");
+    assert!(e.ends_with("2 | COPY --bad a b\n  |      ^^^^^"), "{e}");
     let e = conv("FROM scratch\nCOPY --from=5 a b\n", &o)
         .unwrap_err()
         .to_string();
@@ -463,4 +480,221 @@ fn testdata_features_dockerfile() {
         }
     );
     assert_eq!(conf.dest, "/out/app.conf");
+}
+
+/// The error of converting `src`, rendered.
+fn err_of(src: &str) -> String {
+    conv(src, &opts()).unwrap_err().to_string()
+}
+
+/// `n` spaces then `^` × `w`: the caret line under column `n + 1`.
+fn caret(n: usize, w: usize) -> String {
+    format!("{}{}", " ".repeat(n), "^".repeat(w))
+}
+
+#[test]
+fn unknown_instruction_is_pretty_with_did_you_mean() {
+    let e = err_of("FROM busybox:local\nRUN true\nFRUM busybox\n");
+    assert_eq!(
+        e,
+        format!(
+            "Dockerfile:3:1: unknown instruction: FRUM (did you mean FROM?)\n  |\n3 | FRUM busybox\n  | {}",
+            caret(0, 4)
+        )
+    );
+    // Indented, lower case, far from any instruction: column of the word, no suggestion.
+    let e = err_of("FROM busybox:local\n   frobnicate now\n");
+    assert!(
+        e.starts_with("Dockerfile:2:4: unknown instruction: frobnicate\n"),
+        "{e}"
+    );
+    assert!(
+        e.ends_with(&format!("2 |    frobnicate now\n  | {}", caret(3, 10))),
+        "{e}"
+    );
+    // Ten lines and more widen the gutter.
+    let src = format!("FROM busybox:local\n{}WROKDIR /x\n", "RUN true\n".repeat(9));
+    let e = err_of(&src);
+    assert!(
+        e.starts_with("Dockerfile:11:1: unknown instruction: WROKDIR (did you mean WORKDIR?)"),
+        "{e}"
+    );
+    assert!(
+        e.ends_with(&format!("\n   |\n11 | WROKDIR /x\n   | {}", caret(0, 7))),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_flags_point_at_the_flag_and_suggest() {
+    let e = err_of("FROM busybox:local\nCOPY --form=a x /y\n");
+    assert!(
+        e.starts_with("Dockerfile:2:6: unknown flag: --form (did you mean --from? COPY accepts"),
+        "{e}"
+    );
+    assert!(
+        e.ends_with(&format!("2 | COPY --form=a x /y\n  | {}", caret(5, 6))),
+        "{e}"
+    );
+    let e = err_of("FROM busybox:local\nRUN --netwrok=none true\n");
+    assert!(
+        e.contains(":2:5: unknown flag: --netwrok (did you mean --network?"),
+        "{e}"
+    );
+    let e = err_of("FROM busybox:local\nWORKDIR --x /a\n");
+    assert!(
+        e.contains(":2:9: unknown flag: --x (WORKDIR takes no flags)"),
+        "{e}"
+    );
+    let e = err_of("FROM busybox:local\nCOPY --link --link a /b\n");
+    assert!(e.contains(":2:6: duplicate flag specified: --link"), "{e}");
+    let e = err_of("FROM busybox:local\nCOPY --from a /b\n");
+    assert!(
+        e.contains(":2:6: missing a value on flag: --from=<value>"),
+        "{e}"
+    );
+    // A flag on a continuation line: that line is the one shown.
+    let e = err_of("FROM busybox:local\nRUN true\nCOPY \\\n  --chmown=1 \\\n  a /b\n");
+    assert!(
+        e.starts_with("Dockerfile:4:3: unknown flag: --chmown (did you mean --chown?"),
+        "{e}"
+    );
+    assert!(
+        e.ends_with(&format!("4 |   --chmown=1 \\\n  | {}", caret(2, 8))),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_stages_suggest_a_stage() {
+    let src = "FROM busybox:local AS builder\nFROM busybox:local\nRUN --mount=from=bulder,target=/b true\n";
+    let e = err_of(src);
+    assert!(
+        e.starts_with(
+            "Dockerfile:3:18: no stage or image named \"bulder\" (did you mean stage \"builder\"?)"
+        ),
+        "{e}"
+    );
+    assert!(e.ends_with(&caret(17, 6)), "{e}");
+    let mut o = opts();
+    o.target = Some("buidler".into());
+    let e = conv(src, &o).unwrap_err().to_string();
+    assert!(
+        e.contains("target stage \"buidler\" could not be found; did you mean \"builder\"?"),
+        "{e}"
+    );
+    let e = err_of("FROM busybox:local AS a\nFROM busybox:local\nCOPY --from=7 /x /y\n");
+    assert!(
+        e.starts_with("Dockerfile:3:13: stage index 7 is out of range"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_arg_and_env_point_at_the_word() {
+    let e = err_of("FROM busybox:local\nENV A=1 B\n");
+    assert!(
+        e.starts_with("Dockerfile:2:9: Syntax error - can't find = in \"B\""),
+        "{e}"
+    );
+    assert!(e.contains("write `B=<value>`"), "{e}");
+    assert!(
+        e.ends_with(&format!("2 | ENV A=1 B\n  | {}", caret(8, 1))),
+        "{e}"
+    );
+    let e = err_of("FROM busybox:local\nLABEL onlykey\n");
+    assert!(
+        e.starts_with("Dockerfile:2:7: LABEL must have two arguments"),
+        "{e}"
+    );
+    let e = err_of("FROM busybox:local\nARG =x\n");
+    assert!(
+        e.starts_with("Dockerfile:2:5: ARG names can not be blank"),
+        "{e}"
+    );
+    let e = err_of("FROM busybox:local\nENV =x\n");
+    assert!(
+        e.starts_with("Dockerfile:2:5: ENV names can not be blank"),
+        "{e}"
+    );
+    // A failed expansion points at the word that failed, on its own line of a continuation.
+    let e = err_of("FROM busybox:local\nENV A=1 \\\n    B=${A:?is required}x C=${D\n");
+    assert!(e.starts_with("Dockerfile:3:"), "{e}");
+    assert!(e.contains("\n3 |     B=${A:?is required}x C=${D\n"), "{e}");
+    let e = err_of("FROM busybox:local\nWORKDIR ${NOPE:?set NOPE}\n");
+    assert!(
+        e.starts_with("Dockerfile:2:9: failed to process \"${NOPE:?set NOPE}\": NOPE: set NOPE"),
+        "{e}"
+    );
+    let e = err_of("ARG V=${\nFROM busybox:local\n");
+    assert!(e.starts_with("Dockerfile:1:1: "), "{e}");
+    let e = err_of("FROM busybox:local AS 1st\n");
+    assert!(
+        e.starts_with("Dockerfile:1:23: invalid name for build stage: \"1st\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn syntax_errors_have_line_and_column() {
+    let e = err_of("FROM busybox:local\nRUN <<EOF\necho hi\n");
+    assert!(
+        e.starts_with("Dockerfile:2:7: unterminated heredoc: add a line `EOF` after its body"),
+        "{e}"
+    );
+    assert!(
+        e.ends_with(&format!("2 | RUN <<EOF\n  | {}", caret(6, 3))),
+        "{e}"
+    );
+    let e = err_of("# escape=x\nFROM busybox:local\n");
+    assert!(
+        e.starts_with("Dockerfile:1:10: invalid escape token 'x'"),
+        "{e}"
+    );
+    let e = err_of("# escape=`\n# escape=`\nFROM busybox:local\n");
+    assert!(
+        e.starts_with("Dockerfile:2:10: only one escape parser directive"),
+        "{e}"
+    );
+    let e = err_of("FROM busybox:local\nCMD [\"a\", 1]\n");
+    assert!(
+        e.starts_with("Dockerfile:2:1: when using JSON array syntax"),
+        "{e}"
+    );
+    let e = err_of("# just a comment\n");
+    assert!(
+        e.starts_with("Dockerfile:1:1: file with no instructions"),
+        "{e}"
+    );
+}
+
+#[test]
+fn snippets_survive_crlf_tabs_bom_and_missing_source() {
+    let e = err_of("\u{feff}FROM busybox:local\r\n\tFRUM x\r\n");
+    assert!(
+        e.starts_with("Dockerfile:2:2: unknown instruction: FRUM"),
+        "{e}"
+    );
+    // A tab is shown as one space so the caret lines up.
+    assert!(
+        e.ends_with(&format!("2 |  FRUM x\n  | {}", caret(1, 4))),
+        "{e}"
+    );
+    let e = err_of("FROM busybox:local\nRUN true\nFRUM é\n");
+    assert!(e.contains("3 | FRUM é\n"), "{e}");
+    // Without the source (parse_instruction alone), the instruction is named instead.
+    let df = parser::parse("FROM a\nFRUM x\n").unwrap();
+    let e = instructions::parse_instruction(&df.instructions[1]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Dockerfile:2: FRUM x: unknown instruction: FRUM (did you mean FROM?)"
+    );
+    assert_eq!(e.column(), None);
+    let e = e.with_source("FROM a\nFRUM x\n");
+    assert_eq!((e.line(), e.column()), (Some(2), Some(1)));
+    // A source that does not have the line (e.g. an ONBUILD trigger's own text) is no panic.
+    let e = instructions::parse_instruction(&df.instructions[1])
+        .unwrap_err()
+        .with_source("");
+    assert_eq!(e.column(), None);
 }

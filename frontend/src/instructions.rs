@@ -2,7 +2,7 @@
 //! `instructions/` package). Words are kept as written: expansion needs the stage's
 //! environment and happens in [`crate::convert()`].
 
-use crate::error::Error;
+use crate::error::{Error, Msg};
 use crate::graph::NetworkMode;
 use crate::parser::{self, Heredoc, Instruction};
 
@@ -170,6 +170,8 @@ pub struct Located {
     pub command: Command,
     /// 1-based start line.
     pub line: usize,
+    /// 1-based last line (continuations, heredoc bodies).
+    pub end_line: usize,
     /// The instruction text (continuations joined).
     pub original: String,
 }
@@ -180,11 +182,14 @@ struct Flags {
 }
 
 impl Flags {
-    fn new(raw: &[String]) -> Result<Flags, String> {
+    fn new(raw: &[String]) -> Result<Flags, Msg> {
         let mut parsed = Vec::new();
         for f in raw {
             let Some(body) = f.strip_prefix("--") else {
-                return Err(format!("arguments to flags must start with --: {f}"));
+                return Err(Msg::at(
+                    f.as_str(),
+                    format!("arguments to flags must start with --: {f}"),
+                ));
             };
             match body.split_once('=') {
                 Some((k, v)) => parsed.push((k.to_string(), Some(v.to_string()))),
@@ -198,7 +203,7 @@ impl Flags {
     }
 
     /// Checks every flag is one of `allowed`; `repeatable` flags may be given several times.
-    fn check(&self, cmd: &str, allowed: &[&str], repeatable: &[&str]) -> Result<(), String> {
+    fn check(&self, cmd: &str, allowed: &[&str], repeatable: &[&str]) -> Result<(), Msg> {
         let mut seen: Vec<&str> = Vec::new();
         for (k, _) in &self.parsed {
             if !allowed.contains(&k.as_str()) {
@@ -211,10 +216,16 @@ impl Flags {
                         .unwrap_or_default();
                     format!("{near}{cmd} accepts {}", list.join(", "))
                 };
-                return Err(format!("unknown flag: --{k} ({hint})"));
+                return Err(Msg::at(
+                    format!("--{k}"),
+                    format!("unknown flag: --{k} ({hint})"),
+                ));
             }
             if seen.contains(&k.as_str()) && !repeatable.contains(&k.as_str()) {
-                return Err(format!("duplicate flag specified: --{k}"));
+                return Err(Msg::at(
+                    format!("--{k}"),
+                    format!("duplicate flag specified: --{k} (give it once)"),
+                ));
             }
             seen.push(k);
         }
@@ -222,34 +233,44 @@ impl Flags {
         Ok(())
     }
 
-    fn string(&self, name: &str) -> Result<Option<String>, String> {
+    fn string(&self, name: &str) -> Result<Option<String>, Msg> {
         match self.parsed.iter().rev().find(|(k, _)| k == name) {
             None => Ok(None),
             Some((_, Some(v))) => Ok(Some(v.clone())),
-            Some((_, None)) => Err(format!("missing a value on flag: --{name}=<value>")),
+            Some((_, None)) => Err(Msg::at(
+                format!("--{name}"),
+                format!("missing a value on flag: --{name}=<value>"),
+            )),
         }
     }
 
-    fn strings(&self, name: &str) -> Result<Vec<String>, String> {
+    fn strings(&self, name: &str) -> Result<Vec<String>, Msg> {
         self.parsed
             .iter()
             .filter(|(k, _)| k == name)
             .map(|(_, v)| {
-                v.clone()
-                    .ok_or_else(|| format!("missing a value on flag: --{name}=<value>"))
+                v.clone().ok_or_else(|| {
+                    Msg::at(
+                        format!("--{name}"),
+                        format!("missing a value on flag: --{name}=<value>"),
+                    )
+                })
             })
             .collect()
     }
 
-    fn bool(&self, name: &str) -> Result<Option<bool>, String> {
+    fn bool(&self, name: &str) -> Result<Option<bool>, Msg> {
         match self.parsed.iter().rev().find(|(k, _)| k == name) {
             None => Ok(None),
             Some((_, None)) => Ok(Some(true)),
             Some((_, Some(v))) => match v.to_ascii_lowercase().as_str() {
                 "true" | "" => Ok(Some(true)),
                 "false" => Ok(Some(false)),
-                _ => Err(format!(
-                    "expecting boolean value for flag --{name}, not: {v}"
+                _ => Err(Msg::at(
+                    format!("--{name}={v}"),
+                    format!(
+                        "expecting boolean value for flag --{name}, not: {v} (use true or false)"
+                    ),
                 )),
             },
         }
@@ -282,27 +303,28 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-fn exactly_one(node: &Instruction, name: &str) -> Result<String, String> {
+fn exactly_one(node: &Instruction, name: &str) -> Result<String, Msg> {
     if node.args.len() != 1 {
-        return Err(format!("{name} requires exactly one argument"));
+        return Err(format!("{name} requires exactly one argument").into());
     }
     Ok(node.args[0].clone())
 }
 
-fn kvps(node: &Instruction, name: &str) -> Result<Vec<(String, String)>, String> {
+fn kvps(node: &Instruction, name: &str) -> Result<Vec<(String, String)>, Msg> {
     if node.args.is_empty() {
-        return Err(format!(
-            "{name} requires at least one argument: {name} key=value"
-        ));
+        return Err(format!("{name} requires at least one argument: {name} key=value").into());
     }
     if !node.args.chunks_exact(3).remainder().is_empty() {
-        return Err(format!("bad input to {name}, too many arguments"));
+        return Err(format!("bad input to {name}, too many arguments").into());
     }
     node.args
         .chunks(3)
         .map(|c| {
             if c[0].is_empty() {
-                Err(format!("{name} names can not be blank"))
+                Err(Msg::at(
+                    format!("={}", c[1]),
+                    format!("{name} names can not be blank: write `{name} name=value`"),
+                ))
             } else {
                 Ok((c[0].clone(), c[1].clone()))
             }
@@ -414,7 +436,7 @@ pub fn format_duration(ns: i64) -> String {
     }
 }
 
-fn parse_mount(spec: &str) -> Result<RunMount, String> {
+fn parse_mount(spec: &str) -> Result<RunMount, Msg> {
     let mut kind = "bind".to_string();
     let mut target = String::new();
     let mut from = None;
@@ -433,7 +455,8 @@ fn parse_mount(spec: &str) -> Result<RunMount, String> {
                     .unwrap_or_default();
                 return Err(format!(
                     "unsupported mount type {v:?}{near}; use bind, cache, tmpfs, secret or ssh"
-                ));
+                )
+                .into());
             }
             kind = v;
         } else {
@@ -473,10 +496,11 @@ fn parse_mount(spec: &str) -> Result<RunMount, String> {
                 if !matches!(s.as_str(), "shared" | "private" | "locked") {
                     return Err(format!(
                         "unsupported sharing value {s:?}; use shared, private or locked"
-                    ));
+                    )
+                    .into());
                 }
                 if kind != "cache" {
-                    return Err(format!("invalid cache sharing set for {kind} mount"));
+                    return Err(format!("invalid cache sharing set for {kind} mount").into());
                 }
                 options.push(("sharing".into(), s));
             }
@@ -488,25 +512,23 @@ fn parse_mount(spec: &str) -> Result<RunMount, String> {
                     s.parse::<u32>().is_ok()
                 };
                 if !ok {
-                    return Err(format!("invalid value {s} for {k}"));
+                    return Err(format!("invalid value {s} for {k}").into());
                 }
                 if !matches!(kind.as_str(), "cache" | "secret" | "ssh") {
-                    return Err(format!("{k} not allowed for {kind:?} type mounts"));
+                    return Err(format!("{k} not allowed for {kind:?} type mounts").into());
                 }
                 options.push((k.clone(), s));
             }
             "env" if kind == "secret" => options.push(("env".into(), value(v)?)),
-            _ => return Err(format!("unexpected key '{k}' for mount type '{kind}'")),
+            _ => return Err(format!("unexpected key '{k}' for mount type '{kind}'").into()),
         }
     }
     if target.is_empty() && !matches!(kind.as_str(), "secret" | "ssh") {
-        return Err(format!(
-            "mount type={kind} requires a target: add target=/path"
-        ));
+        return Err(format!("mount type={kind} requires a target: add target=/path").into());
     }
     if let Some(f) = &from {
         if kind != "bind" && kind != "cache" {
-            return Err(format!("from is not allowed for {kind} mounts ({f})"));
+            return Err(format!("from is not allowed for {kind} mounts ({f})").into());
         }
     }
     options.sort();
@@ -520,7 +542,7 @@ fn parse_mount(spec: &str) -> Result<RunMount, String> {
 }
 
 /// Splits a `--mount` value on commas, honouring double quotes as CSV does.
-fn split_csv(s: &str) -> Result<Vec<String>, String> {
+fn split_csv(s: &str) -> Result<Vec<String>, Msg> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_q = false;
@@ -537,7 +559,7 @@ fn split_csv(s: &str) -> Result<Vec<String>, String> {
         }
     }
     if in_q {
-        return Err(format!("unterminated quote in --mount={s}"));
+        return Err(format!("unterminated quote in --mount={s}").into());
     }
     out.push(cur);
     Ok(out.into_iter().filter(|f| !f.is_empty()).collect())
@@ -549,12 +571,13 @@ pub fn parse_instruction(node: &Instruction) -> Result<Located, Error> {
         .map(|command| Located {
             command,
             line: node.start_line,
+            end_line: node.end_line,
             original: node.original.trim().to_string(),
         })
-        .map_err(|m| Error::instruction(node.start_line, node.original.trim(), m))
+        .map_err(|m| Error::instruction_in(node.start_line, node.end_line, node.original.trim(), m))
 }
 
-fn parse_inner(node: &Instruction) -> Result<Command, String> {
+fn parse_inner(node: &Instruction) -> Result<Command, Msg> {
     let flags = Flags::new(&node.flags)?;
     let name = node.name();
     let upper = name.to_ascii_uppercase();
@@ -573,7 +596,10 @@ fn parse_inner(node: &Instruction) -> Result<Command, String> {
                             c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c)
                         });
                     if !valid {
-                        return Err(format!("invalid name for build stage: {:?}, name can't start with a number or contain symbols", a[2]));
+                        return Err(Msg::at(
+                            a[2].as_str(),
+                            format!("invalid name for build stage: {:?}, name can't start with a number or contain symbols (use letters, digits, '-', '_' and '.', starting with a letter)", a[2]),
+                        ));
                     }
                     Some(n)
                 }
@@ -607,16 +633,17 @@ fn parse_inner(node: &Instruction) -> Result<Command, String> {
                 Some(o) => {
                     return Err(format!(
                         "unsupported network mode {o:?}: use default, none or host"
-                    ))
+                    )
+                    .into())
                 }
             };
             let insecure = match flags.string("security")?.as_deref() {
                 None | Some("sandbox") => false,
                 Some("insecure") => true,
                 Some(o) => {
-                    return Err(format!(
-                        "unsupported security mode {o:?}: use sandbox or insecure"
-                    ))
+                    return Err(
+                        format!("unsupported security mode {o:?}: use sandbox or insecure").into(),
+                    )
                 }
             };
             Command::Run(Run {
@@ -677,11 +704,11 @@ fn parse_inner(node: &Instruction) -> Result<Command, String> {
                 )?;
             }
             if node.args.len() < 2 {
-                return Err(format!("{upper} requires at least two arguments, but only one was provided. Destination could not be determined"));
+                return Err(format!("{upper} requires at least two arguments, but only one was provided. Destination could not be determined").into());
             }
             let dest = node.args[node.args.len() - 1].clone();
             if parser::parse_heredoc(&dest)?.is_some() {
-                return Err(format!("{upper} cannot accept a heredoc as a destination"));
+                return Err(format!("{upper} cannot accept a heredoc as a destination").into());
             }
             let mut srcs = Vec::new();
             let mut contents = Vec::new();
@@ -747,7 +774,12 @@ fn parse_inner(node: &Instruction) -> Result<Command, String> {
             let mut out = Vec::new();
             for a in &node.args {
                 match a.split_once('=') {
-                    Some(("", _)) => return Err("ARG names can not be blank".into()),
+                    Some(("", _)) => {
+                        return Err(Msg::at(
+                            a.as_str(),
+                            "ARG names can not be blank: write `ARG name=value`",
+                        ))
+                    }
                     Some((k, v)) => out.push((k.to_string(), Some(v.to_string()))),
                     None => out.push((a.clone(), None)),
                 }
@@ -767,7 +799,8 @@ fn parse_inner(node: &Instruction) -> Result<Command, String> {
                     return Err(format!(
                         "{} isn't allowed as an ONBUILD trigger",
                         child.command.to_ascii_uppercase()
-                    ))
+                    )
+                    .into())
                 }
                 _ => {}
             }
@@ -822,7 +855,7 @@ fn parse_inner(node: &Instruction) -> Result<Command, String> {
                     &[],
                 )?;
                 if typ != "CMD" {
-                    return Err(format!("unknown type {typ:?} in HEALTHCHECK (try CMD)"));
+                    return Err(format!("unknown type {typ:?} in HEALTHCHECK (try CMD)").into());
                 }
                 let mut args = rest.to_vec();
                 if !node.json && args.len() > 1 {
@@ -834,14 +867,16 @@ fn parse_inner(node: &Instruction) -> Result<Command, String> {
                 let t = if node.json { "CMD" } else { "CMD-SHELL" };
                 let mut test = vec![t.to_string()];
                 test.extend(args);
-                let dur = |n: &str| -> Result<i64, String> {
+                let dur = |n: &str| -> Result<i64, Msg> {
                     match flags.string(n)? {
                         None => Ok(0),
                         Some(s) if s.is_empty() => Ok(0),
                         Some(s) => {
-                            let d = parse_duration(&s)?;
+                            let d = parse_duration(&s).map_err(|m| Msg::at(s.as_str(), m))?;
                             if d != 0 && d < 1_000_000 {
-                                return Err(format!("interval --{n} cannot be less than 1ms"));
+                                return Err(
+                                    format!("interval --{n} cannot be less than 1ms").into()
+                                );
                             }
                             Ok(d)
                         }
@@ -854,7 +889,7 @@ fn parse_inner(node: &Instruction) -> Result<Command, String> {
                             .parse()
                             .map_err(|_| format!("invalid --retries value {s:?}: use a number"))?;
                         if r < 0 {
-                            return Err(format!("--retries cannot be negative ({r})"));
+                            return Err(format!("--retries cannot be negative ({r})").into());
                         }
                         r
                     }
@@ -886,7 +921,10 @@ fn parse_inner(node: &Instruction) -> Result<Command, String> {
             let near = suggest(&node.command, INSTRUCTIONS)
                 .map(|s| format!(" (did you mean {s}?)"))
                 .unwrap_or_default();
-            return Err(format!("unknown instruction: {}{near}", node.command));
+            return Err(Msg::at(
+                node.command.as_str(),
+                format!("unknown instruction: {}{near}", node.command),
+            ));
         }
     })
 }

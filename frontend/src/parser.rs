@@ -6,7 +6,7 @@
 //! the start and end line of every instruction. [`Instruction::dump`] prints the tree in the
 //! s-expression format BuildKit's own parser tests use.
 
-use crate::error::Error;
+use crate::error::{Error, Msg};
 use crate::shell::Lexer;
 
 /// The default escape character.
@@ -202,7 +202,7 @@ impl Directives {
 
     /// Looks for a parser directive on `line`; returns an error message for a repeated
     /// directive or a bad escape character.
-    fn possible_directive(&mut self, line: &str) -> Result<(), String> {
+    fn possible_directive(&mut self, line: &str) -> Result<(), Msg> {
         self.dir_line += 1;
         if self.done {
             return Ok(());
@@ -222,8 +222,9 @@ impl Directives {
             return Ok(());
         }
         if self.seen.contains(&key) {
-            return Err(format!(
-                "only one {key} parser directive can be used; remove the repeated `# {key}=` line"
+            return Err(Msg::at(
+                value,
+                format!("only one {key} parser directive can be used; remove the repeated `# {key}=` line"),
             ));
         }
         self.seen.push(key.clone());
@@ -232,8 +233,9 @@ impl Directives {
                 "\\" => self.escape = '\\',
                 "`" => self.escape = '`',
                 _ => {
-                    return Err(format!(
-                        "invalid escape token '{value}' does not match ` or \\"
+                    return Err(Msg::at(
+                        value.clone(),
+                        format!("invalid escape token '{value}' does not match ` or \\: write `# escape=\\` or `# escape=``"),
                     ))
                 }
             }
@@ -332,15 +334,20 @@ fn trim_newline(s: &str) -> &str {
     s.trim_end_matches(['\r', '\n'])
 }
 
-/// Parses a Dockerfile. Errors carry the file name `Dockerfile`; see [`Error::with_file`].
+/// Parses a Dockerfile. Errors carry the file name `Dockerfile` (see [`Error::with_file`]) and
+/// the offending source line.
 pub fn parse(text: &str) -> Result<Dockerfile, Error> {
+    parse_text(text).map_err(|e| e.with_source(text))
+}
+
+fn parse_text(text: &str) -> Result<Dockerfile, Error> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text.split_inclusive('\n');
     let mut d = Directives::new();
     let mut current_line = 0usize;
     let mut instructions = Vec::new();
     let mut warnings = Vec::new();
-    let err = |line: usize, msg: String| Error::syntax("Dockerfile", line, msg);
+    let err = |line: usize, msg: Msg| Error::syntax("Dockerfile", line, msg);
 
     while let Some(raw) = lines.next() {
         let token = trim_newline(raw).trim_start();
@@ -377,9 +384,10 @@ pub fn parse(text: &str) -> Result<Dockerfile, Error> {
                 "line {current_line}: Empty continuation line found in: {buf}; empty continuation lines will become errors in a future release"
             ));
         }
-        let mut node = node_from_line(&buf, d.escape, 0).map_err(|m| err(start_line, m))?;
+        let mut node = node_from_line(&buf, d.escape, 0)
+            .map_err(|m| Error::syntax_in("Dockerfile", start_line, current_line, m))?;
         if can_contain_heredoc(&node) && buf.contains("<<") {
-            let docs = heredocs_from_line(&buf).map_err(|m| err(start_line, m))?;
+            let docs = heredocs_from_line(&buf).map_err(|m| err(start_line, m.into()))?;
             for mut doc in docs {
                 let mut content = String::new();
                 let mut terminated = false;
@@ -398,9 +406,12 @@ pub fn parse(text: &str) -> Result<Dockerfile, Error> {
                 if !terminated {
                     return Err(err(
                         start_line,
-                        format!(
-                            "unterminated heredoc: add a line `{}` after its body",
-                            doc.name
+                        Msg::at(
+                            doc.name.clone(),
+                            format!(
+                                "unterminated heredoc: add a line `{}` after its body",
+                                doc.name
+                            ),
                         ),
                     ));
                 }
@@ -445,7 +456,7 @@ fn can_contain_heredoc(node: &Instruction) -> bool {
 }
 
 /// Splits one joined line into an instruction node.
-fn node_from_line(line: &str, escape: char, depth: usize) -> Result<Instruction, String> {
+fn node_from_line(line: &str, escape: char, depth: usize) -> Result<Instruction, Msg> {
     if depth > MAX_NESTING {
         return Err("ONBUILD nested too deeply".into());
     }
@@ -684,7 +695,7 @@ fn parse_words(rest: &str, escape: char) -> Vec<String> {
     words
 }
 
-fn parse_name_val(rest: &str, key: &str, escape: char) -> Result<Vec<String>, String> {
+fn parse_name_val(rest: &str, key: &str, escape: char) -> Result<Vec<String>, Msg> {
     let words = parse_words(rest, escape);
     if words.is_empty() {
         return Ok(Vec::new());
@@ -692,8 +703,12 @@ fn parse_name_val(rest: &str, key: &str, escape: char) -> Result<Vec<String>, St
     if !words[0].contains('=') {
         let parts = split_ws(rest, Some(2));
         if parts.len() < 2 {
-            return Err(format!(
-                "{key} must have two arguments: write `{key} name=value`"
+            return Err(Msg::at(
+                words[0].clone(),
+                format!(
+                    "{key} must have two arguments: write `{key} {} value` or `{key} {}=value`",
+                    words[0], words[0]
+                ),
             ));
         }
         return Ok(vec![parts[0].clone(), parts[1].clone(), String::new()]);
@@ -701,9 +716,12 @@ fn parse_name_val(rest: &str, key: &str, escape: char) -> Result<Vec<String>, St
     let mut out = Vec::new();
     for w in words {
         let Some((k, v)) = w.split_once('=') else {
-            return Err(format!(
-                "Syntax error - can't find = in {}. Must be of the form: name=value",
-                go_quote(&w)
+            return Err(Msg::at(
+                w.clone(),
+                format!(
+                    "Syntax error - can't find = in {}. Must be of the form: name=value (write `{w}=<value>`, or quote a value with spaces)",
+                    go_quote(&w)
+                ),
             ));
         };
         out.push(k.to_string());

@@ -158,6 +158,9 @@ impl ShellWord<'_, '_> {
         let mut result = String::new();
         let mut words = Words::default();
         while let Some(ch) = self.peek() {
+            if result.len() > MAX_WORD {
+                return Err(too_long());
+            }
             if Some(ch) == stop {
                 self.next();
                 return Ok((result, words.finish()));
@@ -166,6 +169,9 @@ impl ShellWord<'_, '_> {
             match ch {
                 '$' => {
                     let tmp = self.process_dollar()?;
+                    if result.len() + tmp.len() > MAX_WORD {
+                        return Err(too_long());
+                    }
                     result.push_str(&tmp);
                     words.add_string(&tmp);
                 }
@@ -261,6 +267,9 @@ impl ShellWord<'_, '_> {
                 }
                 Some('$') => {
                     let v = self.process_dollar()?;
+                    if result.len() + v.len() > MAX_WORD {
+                        return Err(too_long());
+                    }
                     result.push_str(&v);
                 }
                 Some(_) => {
@@ -380,6 +389,7 @@ impl ShellWord<'_, '_> {
                         let toks = parse_pattern(&pat)
                             .map_err(|e| format!("invalid pattern ({pat}) in substitution: {e}"))?;
                         let v: Vec<char> = value.chars().collect();
+                        check_match_work(&toks, &v)?;
                         if ch == '#' {
                             Ok(trim_prefix(&toks, &v, greedy).into_iter().collect())
                         } else {
@@ -425,7 +435,8 @@ impl ShellWord<'_, '_> {
                 let toks = parse_pattern(&pattern)
                     .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
                 let v: Vec<char> = value.chars().collect();
-                Ok(replace(&toks, &v, &replacement, all))
+                check_match_work(&toks, &v)?;
+                replace(&toks, &v, &replacement, all)
             }
             _ => Err(format!("unsupported modifier ({chs}) in substitution")),
         }
@@ -489,6 +500,31 @@ enum Tok {
 
 /// Longest pattern accepted, which bounds the matcher's work and recursion.
 const MAX_PATTERN: usize = 256;
+
+/// Longest expansion of one word (bytes). Nested `${v//p/r}` multiplies lengths, so without a
+/// bound a few hundred input bytes can expand without end.
+const MAX_WORD: usize = 1 << 20;
+
+/// Most pattern-position x value-position pairs one match may visit (each is memoized).
+const MAX_MATCH_WORK: usize = 4 << 20;
+
+fn too_long() -> String {
+    format!(
+        "expansion longer than {} KiB: a nested ${{v//p/r}} or a huge value grows it too much",
+        MAX_WORD >> 10
+    )
+}
+
+fn check_match_work(pat: &[Tok], v: &[char]) -> Result<(), String> {
+    if (pat.len() + 1).saturating_mul(v.len() + 1) > MAX_MATCH_WORK {
+        return Err(format!(
+            "pattern of {} characters on a value of {} characters is too much work: shorten the value or the pattern",
+            pat.len(),
+            v.len()
+        ));
+    }
+    Ok(())
+}
 
 fn parse_pattern(p: &str) -> Result<Vec<Tok>, String> {
     let chars: Vec<char> = p.chars().collect();
@@ -646,7 +682,7 @@ fn expand_template(repl: &str, matched: &str) -> String {
     out
 }
 
-fn replace(pat: &[Tok], v: &[char], repl: &str, all: bool) -> String {
+fn replace(pat: &[Tok], v: &[char], repl: &str, all: bool) -> Result<String, String> {
     let mut m = Matcher {
         pat,
         v,
@@ -662,9 +698,9 @@ fn replace(pat: &[Tok], v: &[char], repl: &str, all: bool) -> String {
                 let mut s: String = v[..a].iter().collect();
                 s.push_str(repl);
                 s.extend(&v[b..]);
-                s
+                Ok(s)
             }
-            None => v.iter().collect(),
+            None => Ok(v.iter().collect()),
         };
     }
     let mut out = String::new();
@@ -679,16 +715,67 @@ fn replace(pat: &[Tok], v: &[char], repl: &str, all: bool) -> String {
             let matched: String = v[a..b].iter().collect();
             out.push_str(&expand_template(repl, &matched));
         }
+        if out.len() > MAX_WORD {
+            return Err(too_long());
+        }
         last_end = b;
         search = if search + 1 > b { search + 1 } else { b };
     }
     out.extend(&v[last_end.min(v.len())..]);
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo fuzz run expand`: nested `${v//p/r}` with an empty pattern multiplies the
+    /// length at every level and ran for minutes; now it stops with an error at `MAX_WORD`.
+    #[test]
+    fn nested_replace_growth_is_bounded() {
+        let start = std::time::Instant::now();
+        let env = |k: &str| (k == "A").then(|| "abcdefgh".to_string());
+        let mut word = "$A".to_string();
+        for _ in 0..12 {
+            word = format!("${{A//{word}$A$A}}");
+            word = word.replacen("${A//", "${A///", 1);
+        }
+        let r = Lexer::new('\\').process_word(&word, &env);
+        assert!(r.unwrap_err().contains("expansion longer than"));
+        // The fuzzer's input, run with the harness's lexer flags and variables.
+        let fuzz_input = include_bytes!("../tests/fuzz-regressions/expand-growth.bin");
+        let mode = fuzz_input[0];
+        let mut lex = Lexer::new(if mode & 1 == 0 { '\\' } else { '`' });
+        lex.raw_quotes = mode & 2 != 0;
+        lex.raw_escapes = mode & 4 != 0;
+        lex.skip_process_quotes = mode & 8 != 0;
+        lex.skip_unset_env = mode & 16 != 0;
+        let env = |k: &str| match k {
+            "A" => Some("a b  c".to_string()),
+            "PAT" => Some("*.tar.gz".to_string()),
+            _ => None,
+        };
+        let word = std::str::from_utf8(&fuzz_input[1..]).unwrap();
+        let r = lex.process_word(word, &env);
+        assert!(
+            r.as_ref()
+                .err()
+                .is_some_and(|e| e.contains("expansion longer than")),
+            "{:?}",
+            r.map(|v| v.len())
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        // A big value with a long pattern is refused rather than matched at length x length cost.
+        let big = "x".repeat(100_000);
+        let r = Lexer::new('\\').process_word("${B%%*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y}", &|_| Some(big.clone()));
+        assert!(r.unwrap_err().contains("too much work"));
+        // Ordinary use is unaffected.
+        let plain = |k: &str| (k == "A").then(|| "abcdefgh".to_string());
+        let r = Lexer::new('\\')
+            .process_word("${A//b/B}-${A%%e*}", &plain)
+            .unwrap();
+        assert_eq!(r, "aBcdefgh-abcd");
+    }
 
     fn conformance_dir() -> Option<std::path::PathBuf> {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
