@@ -440,14 +440,18 @@ impl Store {
 
     /// The digest remembered for `path` if its stat still matches.
     pub fn stat_cache_get(&self, path: &Path, stat: &FileStat) -> Result<Option<Digest>> {
-        let row: Option<(i64, i64, i64, i64, String)> = self
-            .conn()
-            .query_row(
+        // Called once per context file: a cached statement avoids re-parsing the SQL each time.
+        let conn = self.conn();
+        let row: Option<(i64, i64, i64, i64, String)> = conn
+            .prepare_cached(
                 "SELECT size, mtime_ns, ctime_ns, inode, digest FROM stat_cache WHERE path = ?1",
-                [path.to_string_lossy()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
-            .optional()
+            .and_then(|mut st| {
+                st.query_row([path.to_string_lossy()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .optional()
+            })
             .map_err(self.db_err("get stat cache"))?;
         match row {
             Some((size, m, c, ino, d))
