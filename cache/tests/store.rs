@@ -185,6 +185,40 @@ fn stat_cache() {
 }
 
 #[test]
+fn stat_cache_under_reads_exactly_one_directory_tree() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let st = FileStat {
+        size: 1,
+        mtime_ns: 2,
+        ctime_ns: 3,
+        inode: 4,
+    };
+    let d = Digest::of(b"x");
+    let paths = [
+        "/ctx/a",
+        "/ctx/sub/b",
+        "/ctx-other/c",
+        "/ctx0/d",
+        "/ct/e",
+        "/ctx",
+    ];
+    let entries: Vec<(&std::path::Path, FileStat, Digest)> = paths
+        .iter()
+        .map(|p| (std::path::Path::new(*p), st, d.clone()))
+        .collect();
+    s.stat_cache_put(&entries).unwrap();
+    let mut got: Vec<String> = s
+        .stat_cache_under(std::path::Path::new("/ctx/"))
+        .unwrap()
+        .into_keys()
+        .map(|p| p.display().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["/ctx/a", "/ctx/sub/b"]);
+}
+
+#[test]
 fn key_lock_serializes_processes_and_threads() {
     let t = tempfile::tempdir().unwrap();
     let s = Store::open(t.path()).unwrap();

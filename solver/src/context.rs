@@ -362,6 +362,11 @@ pub fn selection_digest(
     let excluded = |rel: &str| excludes.iter().any(|x| x.is_excluded(rel));
     let mut files = BTreeMap::new();
     let mut learned: Vec<(PathBuf, FileStat, Digest)> = Vec::new();
+    // The stat cache entries below the root, read once.
+    let known = match store {
+        Some(s) => s.stat_cache_under(root).map_err(io::Error::other)?,
+        None => Default::default(),
+    };
     for src in srcs {
         for entry in expand_source(root, src, ignore)? {
             if excluded(&entry.rel) {
@@ -378,10 +383,10 @@ pub fn selection_digest(
                     format!("d {:o}", md.permissions().mode() & 0o7777)
                 } else if kind.is_file() {
                     let st = FileStat::from_metadata(md);
-                    let cached = match store {
-                        Some(s) => s.stat_cache_get(abs, &st).map_err(io::Error::other)?,
-                        None => None,
-                    };
+                    let cached = known
+                        .get(abs)
+                        .filter(|(known_st, _)| *known_st == st)
+                        .map(|(_, d)| d.clone());
                     let d = match cached {
                         Some(d) => {
                             stats.stat_hits.fetch_add(1, Ordering::Relaxed);
