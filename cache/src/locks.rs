@@ -9,7 +9,13 @@ use crate::error::{Error, Result};
 
 /// Takes an exclusive flock on `file`, blocking or not. Returns false when `nonblocking` and busy.
 pub(crate) fn flock_exclusive(file: &File, nonblocking: bool) -> io::Result<bool> {
-    let mut op = libc::LOCK_EX;
+    flock(file, false, nonblocking)
+}
+
+/// Takes a shared or exclusive flock on `file`, blocking or not. Returns false when `nonblocking`
+/// and busy.
+pub(crate) fn flock(file: &File, shared: bool, nonblocking: bool) -> io::Result<bool> {
+    let mut op = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
     if nonblocking {
         op |= libc::LOCK_NB;
     }

@@ -16,6 +16,7 @@ use rusqlite::{params, OptionalExtension};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
+use crate::locks::flock;
 use crate::records::CacheKey;
 use crate::{now, random_name, Store};
 
@@ -71,27 +72,6 @@ pub struct CacheMountRecord {
     pub last_used: i64,
     /// How many RUN steps used it.
     pub usage_count: u64,
-}
-
-fn flock(file: &File, shared: bool, nonblocking: bool) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let mut op = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
-    if nonblocking {
-        op |= libc::LOCK_NB;
-    }
-    loop {
-        // SAFETY: flock on a valid open file descriptor owned by `file`.
-        let r = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if r == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) if nonblocking => return Ok(false),
-            _ => return Err(e),
-        }
-    }
 }
 
 fn dir_name(id: &str) -> String {

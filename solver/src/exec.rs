@@ -83,6 +83,37 @@ fn lowers_or_empty(store: &Store, lowers: &[PathBuf]) -> Result<Vec<PathBuf>, Ex
     Ok(vec![empty])
 }
 
+/// The parent chain `lowers` (top first) with a new snapshot's directory as the writable upper,
+/// mounted at a scratch mount point in the store: file ops (COPY, WORKDIR) write through it and
+/// the upper becomes the layer. Unmounted, then its mount point removed, on drop.
+struct LayerMount {
+    // Field order is drop order: unmount before the mount point goes.
+    mount: OverlayMount,
+    _dir: TempDir,
+}
+
+impl LayerMount {
+    fn new(
+        store: &Store,
+        prefix: &str,
+        lowers: &[PathBuf],
+        sb: &SnapshotBuilder,
+    ) -> Result<LayerMount, ExecError> {
+        let dir = TempDir::new(store, prefix)?;
+        let (upper, work) = (sb.fs_dir(), sb.work_dir());
+        let mount = OverlayMount::mount(
+            &lowers_or_empty(store, lowers)?,
+            Some((&upper, &work)),
+            &dir.0,
+        )?;
+        Ok(LayerMount { mount, _dir: dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.mount.path()
+    }
+}
+
 /// Resolves `user` (`name`, `uid`, `uid:gid`, `name:group`) in the chain `lowers`; root when empty.
 fn resolve_user(
     store: &Store,
@@ -289,13 +320,8 @@ pub(crate) fn copy(
     fetched: &[crate::add::Fetched],
     sb: &SnapshotBuilder,
 ) -> Result<(), ExecError> {
-    let mnt = TempDir::new(store, "copy")?;
-    let (upper, work) = (sb.fs_dir(), sb.work_dir());
-    let target = OverlayMount::mount(
-        &lowers_or_empty(store, lowers)?,
-        Some((&upper, &work)),
-        &mnt.0,
-    )?;
+    let target = LayerMount::new(store, "copy", lowers, sb)?;
+    let upper = sb.fs_dir();
     let root = target.path().to_path_buf();
     // Where sources come from.
     let src_mnt;
@@ -499,13 +525,7 @@ pub(crate) fn mkdir(
     lowers: &[PathBuf],
     sb: &SnapshotBuilder,
 ) -> Result<(), ExecError> {
-    let mnt = TempDir::new(store, "mkdir")?;
-    let (upper, work) = (sb.fs_dir(), sb.work_dir());
-    let target = OverlayMount::mount(
-        &lowers_or_empty(store, lowers)?,
-        Some((&upper, &work)),
-        &mnt.0,
-    )?;
+    let target = LayerMount::new(store, "mkdir", lowers, sb)?;
     // As BuildKit, a user the image does not know owns nothing special: root.
     let owner = if user.is_empty() {
         None
