@@ -350,3 +350,60 @@ COPY one.txt /opt/other/one.txt\n";
 /opt 750 0\n/opt/keep/b 644 0\n/srv/new/sub/c 644 0\nnew-b1"
     );
 }
+
+#[test]
+fn a_copy_rerun_shares_unchanged_files_with_its_previous_result() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = Env::new();
+    let df = "FROM busybox:local\nCOPY files /files\n";
+    let files = [
+        ("files/keep.txt", "same"),
+        ("files/sub/change.txt", "v1"),
+        ("files/mode.sh", "echo"),
+    ];
+    let dir = env.context("reuse", df, &files);
+    env.build_ok("reuse:1", &dir, &[]);
+    fs::write(dir.join("files/sub/change.txt"), "v2").unwrap();
+    fs::set_permissions(dir.join("files/mode.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    // Same content, new mtime: must be copied (the layer keeps the new mtime), not shared.
+    let touched = dir.join("files/touched.txt");
+    fs::write(&touched, "t").unwrap();
+    env.build_ok("reuse:1", &dir, &[]);
+    fs::write(&touched, "t").unwrap();
+    fs::write(dir.join("files/sub/change.txt"), "v3").unwrap();
+    env.build_ok("reuse:1", &dir, &[]);
+    let out = env.rbuild(&[
+        "run",
+        "--rm",
+        "reuse:1",
+        "sh",
+        "-c",
+        "cat /files/keep.txt /files/sub/change.txt; stat -c ' %a' /files/mode.sh",
+    ]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "samev3 755\n");
+    // The stored snapshots: keep.txt is one inode shared by all three results; change.txt three.
+    let mut inodes = std::collections::BTreeMap::<String, std::collections::BTreeSet<u64>>::new();
+    for snap in fs::read_dir(env.root.path().join("snapshots")).unwrap() {
+        let fsdir = snap.unwrap().path().join("fs/files");
+        for name in ["keep.txt", "sub/change.txt", "touched.txt"] {
+            if let Ok(md) = fs::metadata(fsdir.join(name)) {
+                inodes.entry(name.into()).or_default().insert(md.ino());
+            }
+        }
+    }
+    assert_eq!(inodes["keep.txt"].len(), 1, "{inodes:?}");
+    assert_eq!(inodes["sub/change.txt"].len(), 3, "{inodes:?}");
+    assert_eq!(inodes["touched.txt"].len(), 2, "{inodes:?}");
+    let touched_mtime = fs::metadata(&touched).unwrap().mtime();
+    let out = env.rbuild(&[
+        "run",
+        "--rm",
+        "reuse:1",
+        "stat",
+        "-c",
+        "%Y",
+        "/files/touched.txt",
+    ]);
+    assert_eq!(stdout(&out).trim(), touched_mtime.to_string());
+}

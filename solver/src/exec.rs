@@ -83,6 +83,34 @@ fn lowers_or_empty(store: &Store, lowers: &[PathBuf]) -> Result<Vec<PathBuf>, Ex
     Ok(vec![empty])
 }
 
+/// The previous result of a COPY step, for sharing the files that did not change.
+pub(crate) struct Reuse {
+    /// The previous snapshot's directory.
+    dir: PathBuf,
+    /// `src:rel` keys of context files whose content digest and mode are the same now as then.
+    unchanged: std::collections::HashSet<String>,
+}
+
+impl Reuse {
+    /// Compares the `content` parts of the previous and the current key documents of a COPY
+    /// from the context; `None` when nothing is shared.
+    pub(crate) fn unchanged_files(
+        dir: PathBuf,
+        before: &serde_json::Value,
+        now: &serde_json::Value,
+    ) -> Option<Reuse> {
+        let (before, now) = (before["files"].as_object()?, now["files"].as_object()?);
+        let unchanged: std::collections::HashSet<String> = now
+            .iter()
+            .filter(|(k, v)| {
+                v.as_str().is_some_and(|v| v.starts_with("f ")) && before.get(*k) == Some(*v)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        (!unchanged.is_empty()).then_some(Reuse { dir, unchanged })
+    }
+}
+
 /// The parent chain `lowers` (top first) with a new snapshot's directory as the writable upper,
 /// mounted at a scratch mount point in the store: file ops (COPY, WORKDIR) write through it and
 /// the upper becomes the layer. Unmounted, then its mount point removed, on drop.
@@ -319,6 +347,7 @@ pub(crate) fn copy(
     ignore: &IgnoreRules,
     fetched: &[crate::add::Fetched],
     sb: &SnapshotBuilder,
+    reuse: Option<&Reuse>,
 ) -> Result<(), ExecError> {
     let target = LayerMount::new(store, "copy", lowers, sb)?;
     let upper = sb.fs_dir();
@@ -478,8 +507,35 @@ pub(crate) fn copy(
             Some(d) => (d, true),
             None => (dst, false),
         };
-        fsutil::copy_entry(&e.abs, &dst, owner, op.chmod.as_deref(), &mut filter, fresh)
-            .map_err(|err| copy_failed(format!("copying {} to {target_path}: {err}", e.rel)))?;
+        // Context files unchanged since the previous run of this step are hard links to that
+        // run's copies (layers are immutable, so sharing inodes is safe): a one-file change in a
+        // big tree writes one file, not all of them.
+        let link = |src: &Path, to: &Path| -> Option<PathBuf> {
+            let r = reuse.filter(|_| fresh && matches!(op.from, CopyFrom::Context))?;
+            let rel = src
+                .strip_prefix(context_dir)
+                .ok()?
+                .to_string_lossy()
+                .into_owned();
+            let src_key = srcs.iter().find(|s| {
+                let s = context::clean_path(s);
+                s.is_empty() || rel == s || rel.starts_with(&format!("{s}/"))
+            })?;
+            if !r.unchanged.contains(&format!("{src_key}:{rel}")) {
+                return None;
+            }
+            Some(r.dir.join(to.strip_prefix(&upper).ok()?))
+        };
+        fsutil::copy_entry(
+            &e.abs,
+            &dst,
+            owner,
+            op.chmod.as_deref(),
+            &mut filter,
+            fresh,
+            &link,
+        )
+        .map_err(|err| copy_failed(format!("copying {} to {target_path}: {err}", e.rel)))?;
     }
     drop(target);
     Ok(())

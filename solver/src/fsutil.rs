@@ -146,6 +146,7 @@ pub fn copy_entry(
     chmod: Option<&str>,
     filter: &mut dyn FnMut(&Path) -> bool,
     fresh: bool,
+    link: &dyn Fn(&Path, &Path) -> Option<PathBuf>,
 ) -> io::Result<()> {
     let md = fs::symlink_metadata(src)?;
     let ft = md.file_type();
@@ -177,7 +178,7 @@ pub fn copy_entry(
             if !filter(&s) {
                 continue;
             }
-            copy_entry(&s, &dst.join(&n), owner, chmod, filter, created)?;
+            copy_entry(&s, &dst.join(&n), owner, chmod, filter, created, link)?;
         }
         return apply_attrs(dst, &md, owner, chmod);
     }
@@ -189,6 +190,22 @@ pub fn copy_entry(
         }
     }
     if ft.is_file() {
+        // `link` may name an identical earlier copy (same content, checked by the caller; same
+        // size, mtime, owner and mode, checked here) to share instead of writing a new file.
+        if let Some(prev) = link(src, dst) {
+            let (uid, gid) = owner.unwrap_or((md.uid(), md.gid()));
+            let same = fs::symlink_metadata(&prev).is_ok_and(|p| {
+                p.is_file()
+                    && p.len() == md.len()
+                    && p.mtime() == md.mtime()
+                    && p.mtime_nsec() == md.mtime_nsec()
+                    && (p.uid(), p.gid()) == (uid, gid)
+                    && Some(p.mode() & 0o7777) == target_mode(&md, chmod).ok()
+            });
+            if same && fs::hard_link(&prev, dst).is_ok() {
+                return Ok(());
+            }
+        }
         // Copy through file descriptors and set owner, mode and times on the open file: one path
         // lookup per file instead of four.
         let mut from = fs::File::open(src)?;
@@ -367,7 +384,7 @@ mod tests {
         fs::set_permissions(src.join("sub/f"), fs::Permissions::from_mode(0o751)).unwrap();
         symlink("sub/f", src.join("l")).unwrap();
         let dst = d.path().join("dst");
-        copy_entry(&src, &dst, None, None, &mut |_| true, false).unwrap();
+        copy_entry(&src, &dst, None, None, &mut |_| true, false, &|_, _| None).unwrap();
         assert_eq!(fs::read_to_string(dst.join("sub/f")).unwrap(), "x");
         assert_eq!(
             fs::metadata(dst.join("sub/f")).unwrap().mode() & 0o7777,
@@ -381,6 +398,7 @@ mod tests {
             Some("600"),
             &mut |_| true,
             false,
+            &|_, _| None,
         )
         .unwrap();
         let md = fs::metadata(dst.join("sub/f")).unwrap();
@@ -389,7 +407,16 @@ mod tests {
             fs::metadata(dst.join("sub")).unwrap().mode() & 0o7777,
             0o600
         );
-        copy_entry(&src, &dst, None, Some("u+x,g+w"), &mut |_| true, false).unwrap();
+        copy_entry(
+            &src,
+            &dst,
+            None,
+            Some("u+x,g+w"),
+            &mut |_| true,
+            false,
+            &|_, _| None,
+        )
+        .unwrap();
         // Symbolic modes apply to each entry's own mode.
         let md = fs::metadata(dst.join("sub/f")).unwrap();
         assert_eq!(md.mode() & 0o7777, 0o771);

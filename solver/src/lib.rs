@@ -477,7 +477,7 @@ impl Solver<'_> {
                     "sources": sources.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
                     "bind_content": bind_content,
                 });
-                self.cached_or(n, &parent, doc, |sb| {
+                self.cached_or(n, &parent, doc, |sb, _| {
                     let prepared = mounts::prepare(
                         self.store,
                         exec,
@@ -546,11 +546,15 @@ impl Solver<'_> {
                     }
                     rbuild_frontend::CopyFrom::Inline { .. } => json!("inline"),
                 };
+                let content_now = content.clone();
                 let doc = json!({
                     "v": KEY_VERSION, "op": "copy", "copy": copy, "parent": parent.key.to_string(), "content": content,
                 });
-                self.cached_or(n, &parent, doc, |sb| {
+                self.cached_or(n, &parent, doc, |sb, previous| {
                     let src = sources.first().map(|s| parent_dirs(self.store, s));
+                    let reuse = previous.and_then(|(dir, prev_doc)| {
+                        exec::Reuse::unchanged_files(dir, &prev_doc["doc"]["content"], &content_now)
+                    });
                     exec::copy(
                         self.store,
                         copy,
@@ -560,6 +564,7 @@ impl Solver<'_> {
                         &self.ignore,
                         &remote.files,
                         sb,
+                        reuse.as_ref(),
                     )
                     .map_err(|e| match e {
                         exec::ExecError::Failed { output, .. } => Error::CopyFailed {
@@ -575,7 +580,7 @@ impl Solver<'_> {
                 let doc = json!({
                     "v": KEY_VERSION, "op": "mkdir", "path": path, "user": user, "parent": parent.key.to_string(),
                 });
-                self.cached_or(n, &parent, doc, |sb| {
+                self.cached_or(n, &parent, doc, |sb, _| {
                     exec::mkdir(
                         self.store,
                         path,
@@ -602,7 +607,10 @@ impl Solver<'_> {
         n: NodeIndex,
         parent: &NodeOut,
         doc: Value,
-        work: impl FnOnce(&rbuild_cache::SnapshotBuilder) -> Result<(), Error>,
+        work: impl FnOnce(
+            &rbuild_cache::SnapshotBuilder,
+            Option<(PathBuf, &Value)>,
+        ) -> Result<(), Error>,
     ) -> Result<(NodeOut, bool), Error> {
         let mut doc = doc;
         if let Some(epoch) = self.opts.source_date_epoch {
@@ -658,10 +666,10 @@ impl Solver<'_> {
             } else if let Some(change) = &parent.from_change {
                 Some(change.clone())
             } else if parent.cached {
-                previous.and_then(|(_, prev)| {
+                previous.as_ref().and_then(|(_, prev)| {
                     explain::explain(
                         &self.instruction(n),
-                        &prev,
+                        prev,
                         &indexed,
                         &self.graph.stages[self.graph.graph[n].stage].config.env,
                     )
@@ -673,8 +681,20 @@ impl Solver<'_> {
                 (self.progress)(Event::CacheMiss { id: *id, reason });
             }
         }
+        // The previous result of this step, whose unchanged files a COPY may share (not with
+        // --no-cache, which must not trust anything made before).
+        let previous_result = match (&previous, no_cache) {
+            (Some((k, prev_doc)), false) => self
+                .store
+                .cache_peek(k)?
+                .and_then(|rec| rec.snapshot)
+                .map(|s| self.store.snapshot_dir(&s))
+                .filter(|d| d.is_dir())
+                .map(|d| (d, prev_doc)),
+            _ => None,
+        };
         let sb = self.store.new_snapshot()?;
-        work(&sb)?;
+        work(&sb, previous_result)?;
         let snapshot = sb.commit()?;
         let (diff_id, size) = rbuild_exporter::write_layer_clamped(
             self.store,
