@@ -375,6 +375,5 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
     for t in &names {
         eprintln!("naming to {t} done");
     }
-    let _ = progress.total();
     Ok(ExitCode::SUCCESS)
 }

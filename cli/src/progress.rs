@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rbuild_solver::Event;
@@ -34,7 +34,6 @@ struct Inner {
     multi: Option<MultiProgress>,
     bars: HashMap<usize, (ProgressBar, String)>,
     names: HashMap<usize, String>,
-    started: Instant,
 }
 
 fn secs(d: Duration) -> String {
@@ -54,7 +53,6 @@ impl Progress {
                 multi: tty.then(MultiProgress::new),
                 bars: HashMap::new(),
                 names: HashMap::new(),
-                started: Instant::now(),
             }),
             tty,
             explain: false,
@@ -162,13 +160,5 @@ impl Progress {
             self.line(&inner, &format!("#{id} {d}"));
         }
         self.event(Event::Done { id, elapsed });
-    }
-
-    /// Total time since the renderer started.
-    pub fn total(&self) -> Duration {
-        self.inner
-            .lock()
-            .map(|i| i.started.elapsed())
-            .unwrap_or_default()
     }
 }
