@@ -234,10 +234,14 @@ pub fn load_config(store: &Store, image: &ImageRef) -> Result<(Digest, Value), E
     let manifest = store
         .get_tag(image)?
         .ok_or_else(|| Error::ImageNotFound(image.clone()))?;
+    // The raw document, not the typed config: it keeps Docker's extension fields (OnBuild,
+    // Healthcheck, Shell). load_image has already checked that it parses.
     let img = rbuild_exporter::load_image(store, &manifest)?;
-    let doc = serde_json::to_value(&img.config).unwrap_or(Value::Null);
     let raw = store.read_blob(&img.config_digest)?;
-    let doc = serde_json::from_slice(&raw).unwrap_or(doc);
+    let doc = serde_json::from_slice(&raw).map_err(|e| Error::CopyFailed {
+        step: format!("FROM {image}"),
+        message: format!("image config {} is not JSON: {e}", img.config_digest),
+    })?;
     Ok((manifest, doc))
 }
 
