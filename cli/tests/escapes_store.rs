@@ -1,0 +1,109 @@
+//! Hostile cases of issue 11 on the store, exporter and registry side: the store is private, a
+//! local output drops set-id bits and device nodes, layers cannot plant overlay metadata, the
+//! registry client caps what it reads, and `prune` leaves snapshots in use alone.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+/// Runs `script` with `sh -c` as the unprivileged user nobody (uid/gid 65534, no groups).
+fn as_nobody(script: &str) -> Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// What another local user tries against the store at `root`; every line must fail.
+fn assert_nobody_locked_out(root: &Path) {
+    let r = root.display();
+    for probe in [
+        format!("ls {r}/snapshots"),
+        format!("ls {r}/blobs/sha256"),
+        format!("cat {r}/meta.db > /dev/null"),
+        format!("flock -n {r}/locks/.writable true"),
+        format!(": < {r}/locks/.writable"),
+    ] {
+        let out = as_nobody(&probe);
+        assert!(
+            !out.status.success(),
+            "another user could run `{probe}` against the store: {}",
+            stdout(&out)
+        );
+    }
+}
+
+#[test]
+fn the_store_is_private_and_a_loose_one_is_tightened() {
+    let env = Env::empty();
+    // The temporary directory holding the store is reachable by everyone, as /var/lib is.
+    std::fs::set_permissions(env.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = env.root.path().join("store");
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .args(args)
+            .env("RBUILD_ROOT", &root)
+            .current_dir(env.work.path())
+            .output()
+            .unwrap()
+    };
+    assert_ok(&run(&[
+        "import",
+        busybox_tar().to_str().unwrap(),
+        "busybox:local",
+    ]));
+    // The probe itself works: nobody can list a directory it may read.
+    assert!(as_nobody(&format!("ls {}", env.root.path().display()))
+        .status
+        .success());
+    assert_eq!(mode(&root), 0o700, "a new store is created 0700");
+    assert_eq!(mode(&root.join("meta.db")) & 0o077, 0);
+    assert_nobody_locked_out(&root);
+
+    // A store left readable by everyone (an older rbuild, a careless chmod) is tightened on open.
+    assert!(Command::new("chmod")
+        .args(["-R", "go+rwX", root.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(as_nobody(&format!("ls {}/snapshots", root.display()))
+        .status
+        .success());
+    // A non-root USER in a RUN step still reads the image and writes its own files.
+    let dir = env.context(
+        "user",
+        "FROM busybox:local\nUSER nobody\nRUN ls /bin/sh && cat /etc/passwd > /dev/null && echo ok > /tmp/mine && cat /tmp/mine\n",
+        &[],
+    );
+    let out = run(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "user:1",
+        dir.to_str().unwrap(),
+    ]);
+    assert_ok(&out);
+    assert!(stderr(&out).contains("ok"), "{}", stderr(&out));
+    for d in ["", "snapshots", "blobs", "locks", "tmp", "ingest"] {
+        assert_eq!(mode(&root.join(d)) & 0o077, 0, "{d} was tightened");
+    }
+    assert_nobody_locked_out(&root);
+    let out = run(&["run", "--rm", "-u", "nobody", "busybox:local", "cat", "/etc/passwd"]);
+    assert_ok(&out);
+}
