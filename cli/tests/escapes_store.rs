@@ -104,6 +104,56 @@ fn the_store_is_private_and_a_loose_one_is_tightened() {
         assert_eq!(mode(&root.join(d)) & 0o077, 0, "{d} was tightened");
     }
     assert_nobody_locked_out(&root);
-    let out = run(&["run", "--rm", "-u", "nobody", "busybox:local", "cat", "/etc/passwd"]);
+    let out = run(&[
+        "run",
+        "--rm",
+        "-u",
+        "nobody",
+        "busybox:local",
+        "cat",
+        "/etc/passwd",
+    ]);
     assert_ok(&out);
+}
+
+#[test]
+fn local_output_drops_setid_bits_and_devices_unless_asked() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let env = Env::new();
+    let dir = env.context(
+        "special",
+        "FROM busybox:local\nRUN cp /bin/busybox /suid && chmod 4755 /suid && cp /bin/busybox /sgid && chmod 2755 /sgid && mknod /sda b 8 0 && mkfifo /fifo\n",
+        &[],
+    );
+    let plain = env.work.path().join("plain");
+    let special = env.work.path().join("special-out");
+    env.build_ok(
+        "special:1",
+        &dir,
+        &[
+            "--output",
+            &format!("type=local,dest={}", plain.display()),
+            "--output",
+            &format!(
+                "type=local,dest={},preserve-special=true",
+                special.display()
+            ),
+        ],
+    );
+    assert_eq!(mode(&plain.join("suid")), 0o755, "setuid bit dropped");
+    assert_eq!(mode(&plain.join("sgid")), 0o755, "setgid bit dropped");
+    assert!(
+        std::fs::symlink_metadata(plain.join("sda")).is_err(),
+        "no block device on the host"
+    );
+    assert!(std::fs::symlink_metadata(plain.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(plain.join("bin/busybox").is_file());
+
+    assert_eq!(mode(&special.join("suid")), 0o4755);
+    assert_eq!(mode(&special.join("sgid")), 0o2755);
+    let sda = std::fs::symlink_metadata(special.join("sda")).unwrap();
+    assert!(sda.file_type().is_block_device() && sda.rdev() == nix::sys::stat::makedev(8, 0));
 }

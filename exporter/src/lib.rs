@@ -33,7 +33,7 @@ pub use layer::{
 pub use oci::{
     distribution_manifest, export_oci_archive, export_oci_dir, Compression, DistributionManifest,
 };
-pub use unpack::{decompressed, unpack_layer};
+pub use unpack::{apply_tar_xattrs, decompressed, layer_xattr_allowed, unpack_layer};
 
 /// Errors of the exporter. Each names the path, digest or entry involved.
 #[derive(Debug, thiserror::Error)]
