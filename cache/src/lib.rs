@@ -43,7 +43,7 @@ use rusqlite::Connection;
 pub use blobs::BlobWriter;
 pub use containers::{valid_name, ContainerRecord};
 pub use error::{Error, Result};
-pub use locks::KeyLock;
+pub use locks::{KeyLock, SnapshotUse};
 pub use mounts::{CacheMountGuard, CacheMountRecord, Sharing};
 pub use records::{
     schema_sql, CacheKey, CacheRecord, FileStat, PruneOptions, PruneReport, TagRecord, UsageRecord,

@@ -157,3 +157,112 @@ fn local_output_drops_setid_bits_and_devices_unless_asked() {
     let sda = std::fs::symlink_metadata(special.join("sda")).unwrap();
     assert!(sda.file_type().is_block_device() && sda.rdev() == nix::sys::stat::makedev(8, 0));
 }
+
+/// Waits until `file` contains `needle` (a step or container announcing it is running).
+fn wait_for(file: &Path, needle: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .contains(needle)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} never appeared in {}: {}",
+            file.display(),
+            std::fs::read_to_string(file).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn spawn_logged(env: &Env, args: &[&str], log: &Path) -> std::process::Child {
+    let f = std::fs::File::create(log).unwrap();
+    Command::new(bin())
+        .args(args)
+        .env("RBUILD_ROOT", env.root.path())
+        .current_dir(env.work.path())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn prune_leaves_the_snapshots_of_a_running_build_alone() {
+    let env = Env::new();
+    let dir = env.context(
+        "busy",
+        "FROM busybox:local\nRUN echo from-step-one > /a\nRUN echo step-two-started && sleep 3 && cat /a\n",
+        &[],
+    );
+    let log = env.work.path().join("build.log");
+    let mut build = spawn_logged(
+        &env,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "busy:1",
+            dir.to_str().unwrap(),
+        ],
+        &log,
+    );
+    wait_for(&log, "step-two-started");
+    let prune = env.rbuild(&["prune", "--all", "-f"]);
+    assert_ok(&prune);
+    let st = build.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(st.success(), "the build failed after a prune:\n{text}");
+    assert!(text.contains("from-step-one"), "{text}");
+    // The image's layers are all there: it runs and exports.
+    let out = env.rbuild(&["run", "--rm", "busy:1", "cat", "/a"]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "from-step-one\n");
+    let oci = env.work.path().join("busy.tar");
+    assert_ok(&env.rbuild(&["save", "busy:1", "-o", oci.to_str().unwrap()]));
+}
+
+#[test]
+fn prune_leaves_the_snapshots_of_a_running_container_alone() {
+    let env = Env::new();
+    let dir = env.context(
+        "ctr",
+        "FROM busybox:local\nRUN echo layer-content > /b\n",
+        &[],
+    );
+    env.build_ok("ctr:1", &dir, &[]);
+    let log = env.work.path().join("run.log");
+    let mut run = spawn_logged(
+        &env,
+        &[
+            "run",
+            "--rm",
+            "ctr:1",
+            "sh",
+            "-c",
+            "echo container-up; sleep 3; cat /b",
+        ],
+        &log,
+    );
+    wait_for(&log, "container-up");
+    // Nothing names the image any more: only the running container uses its layers.
+    assert_ok(&env.rbuild(&["rmi", "ctr:1"]));
+    assert_ok(&env.rbuild(&["prune", "--all", "-f"]));
+    let st = run.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(st.success(), "the container failed after a prune:\n{text}");
+    assert!(text.contains("layer-content"), "{text}");
+    // Once it has exited, the same prune removes what nothing uses.
+    let snaps = || {
+        std::fs::read_dir(env.root.path().join("snapshots"))
+            .unwrap()
+            .count()
+    };
+    let before = snaps();
+    assert_ok(&env.rbuild(&["prune", "--all", "-f"]));
+    assert!(
+        snaps() < before,
+        "the unused snapshot was pruned afterwards"
+    );
+}
