@@ -146,7 +146,7 @@ fn unpack(reader: impl Read, dest: &Path, how: Mode) -> Result<()> {
                 continue;
             }
             if kind != EntryType::Directory {
-                mode &= !(libc::S_ISUID | libc::S_ISGID) as u32;
+                mode &= !(libc::S_ISUID | libc::S_ISGID);
             }
         }
         let uid = header.uid().unwrap_or(0) as u32;
