@@ -266,3 +266,101 @@ fn prune_leaves_the_snapshots_of_a_running_container_alone() {
         "the unused snapshot was pruned afterwards"
     );
 }
+
+/// A tar entry with PAX `SCHILY.xattr.*` records.
+fn append_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    kind: tar::EntryType,
+    data: &[u8],
+    xattrs: &[(&str, &[u8])],
+) {
+    if !xattrs.is_empty() {
+        let records: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
+        b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+            .unwrap();
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(data.len() as u64);
+    h.set_path(path).unwrap();
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("blob");
+    std::fs::write(&f, data).unwrap();
+    let out = Command::new("sha256sum").arg(&f).output().unwrap();
+    stdout(&out).split(' ').next().unwrap().to_string()
+}
+
+#[test]
+fn a_loaded_layer_cannot_plant_overlay_metadata() {
+    let env = Env::new();
+    // Layer 1: busybox. Layer 2: /etc marked opaque through a PAX xattr (which would hide the
+    // lower /etc in the overlay) and a redirect on /bin pointing at /etc.
+    let base = std::fs::read(busybox_tar()).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    append_entry(
+        &mut b,
+        "etc",
+        tar::EntryType::Directory,
+        b"",
+        &[("trusted.overlay.opaque", b"y")],
+    );
+    append_entry(&mut b, "etc/planted", tar::EntryType::Regular, b"x\n", &[]);
+    append_entry(
+        &mut b,
+        "bin",
+        tar::EntryType::Directory,
+        b"",
+        &[("trusted.overlay.redirect", b"/etc")],
+    );
+    let top = b.into_inner().unwrap();
+    let (d1, d2) = (sha256_hex(&base), sha256_hex(&top));
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{d1}"), format!("sha256:{d2}")]},
+    })
+    .to_string();
+    let manifest = serde_json::json!([{
+        "Config": "config.json", "RepoTags": ["planted:1"], "Layers": ["l1.tar", "l2.tar"],
+    }])
+    .to_string();
+    let mut a = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("manifest.json", manifest.as_bytes()),
+        ("config.json", config.as_bytes()),
+        ("l1.tar", &base[..]),
+        ("l2.tar", &top[..]),
+    ] {
+        append_entry(&mut a, name, tar::EntryType::Regular, data, &[]);
+    }
+    let archive = env.work.path().join("planted.tar");
+    std::fs::write(&archive, a.into_inner().unwrap()).unwrap();
+    assert_ok(&env.rbuild(&["load", "-i", archive.to_str().unwrap()]));
+    let out = env.rbuild(&[
+        "run",
+        "--rm",
+        "planted:1",
+        "sh",
+        "-c",
+        "cat /etc/planted && test -s /etc/passwd && test -x /bin/sh && echo lower-etc-visible",
+    ]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "x\nlower-etc-visible\n");
+}
