@@ -142,6 +142,11 @@ fn parse_output(s: &str) -> Result<Output> {
     if dest.as_deref() == Some(std::path::Path::new("-")) {
         bail!("--output {s}: writing to standard output is not supported; give a file name");
     }
+    if preserve_special && kind != "local" {
+        bail!(
+            "--output {s}: preserve-special applies to type=local only (archives keep everything)"
+        );
+    }
     Ok(match kind.as_str() {
         "image" | "registry" => Output::Image {
             names,
@@ -392,4 +397,37 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         eprintln!("naming to {t} done");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_outputs_take_preserve_special() {
+        assert_eq!(
+            parse_output("type=local,dest=out").unwrap(),
+            Output::Local {
+                dest: "out".into(),
+                preserve_special: false
+            }
+        );
+        assert_eq!(
+            parse_output("type=local,dest=out,preserve-special=true").unwrap(),
+            Output::Local {
+                dest: "out".into(),
+                preserve_special: true
+            }
+        );
+        assert_eq!(
+            parse_output("out").unwrap(),
+            Output::Local {
+                dest: "out".into(),
+                preserve_special: false
+            }
+        );
+        let e = parse_output("type=oci,dest=o.tar,preserve-special=true").unwrap_err();
+        assert!(e.to_string().contains("type=local only"), "{e}");
+        assert!(parse_output("type=local,dest=o,preserve-special=maybe").is_err());
+    }
 }
