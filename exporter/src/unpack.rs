@@ -137,6 +137,9 @@ fn unpack(reader: impl Read, dest: &Path, how: Mode) -> Result<()> {
             remove_existing(&target)?;
             sys::mknod(&target, libc::S_IFCHR, 0, 0, 0)
                 .map_err(Error::io("create whiteout", &target))?;
+            // The entry's mtime, so writing the snapshot again gives the same layer.
+            sys::set_mtime(&target, header.mtime().unwrap_or(0) as i64)
+                .map_err(Error::io("set mtime of", &target))?;
             continue;
         }
         let target = parent.join(&name);
