@@ -7,6 +7,7 @@
 //! snapshots/tmp-<rand>/  snapshots being written (fs/ + work/; flocked while in progress)
 //! locks/<name>           per-key and per-snapshot lock files (flock)
 //! cachemounts/<hex>/     `RUN --mount=type=cache` directories (never part of a layer)
+//! ctxindex/<hex>         context indexes: per COPY selection, the stat and digest of each file
 //! meta.db                SQLite (WAL): tags, layers, snapshots, cache records, stat cache
 //! ```
 //!
@@ -24,6 +25,7 @@
 
 mod blobs;
 mod containers;
+mod ctxindex;
 mod db;
 mod error;
 mod locks;
@@ -42,6 +44,7 @@ use rusqlite::Connection;
 
 pub use blobs::BlobWriter;
 pub use containers::{valid_name, ContainerRecord};
+pub use ctxindex::ContextIndex;
 pub use error::{Error, Result};
 pub use locks::{KeyLock, SnapshotUse};
 pub use mounts::{CacheMountGuard, CacheMountRecord, Sharing};
@@ -282,6 +285,7 @@ const PRIVATE_DIRS: &[&str] = &[
     "cachemounts",
     "containers",
     "volumes",
+    "ctxindex",
 ];
 
 /// Creates `dir` with mode 0700 (its missing parents get the usual 0755) or tightens an existing

@@ -159,7 +159,7 @@ type RawRecord = (
     Option<String>,
     i64,
     String,
-    String,
+    Option<String>,
     i64,
     i64,
     i64,
@@ -187,8 +187,11 @@ fn cook_record(raw: RawRecord) -> Result<CacheRecord> {
         diff_id: diff_id.map(|s| parse("diff_id", s)).transpose()?,
         size: size.max(0) as u64,
         description,
-        inputs: serde_json::from_str(&inputs)
-            .map_err(|e| Error::Corrupt(format!("cache record inputs: {e}")))?,
+        inputs: match inputs.as_deref() {
+            None => serde_json::Value::Null,
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| Error::Corrupt(format!("cache record inputs: {e}")))?,
+        },
         created,
         last_used,
         usage_count: usage.max(0) as u64,
@@ -197,6 +200,9 @@ fn cook_record(raw: RawRecord) -> Result<CacheRecord> {
 
 const RECORD_COLUMNS: &str =
     "key, snapshot, diff_id, size, description, inputs, created, last_used, usage_count";
+/// [`RECORD_COLUMNS`] with NULL for `inputs`.
+const LIGHT_RECORD_COLUMNS: &str =
+    "key, snapshot, diff_id, size, description, NULL, created, last_used, usage_count";
 
 impl Store {
     pub(crate) fn record_snapshot(&self, id: &SnapshotId) -> Result<()> {
@@ -351,6 +357,17 @@ impl Store {
 
     /// Looks a key up; on a hit updates `last_used` and `usage_count` and returns the updated record.
     pub fn cache_get(&self, key: &CacheKey) -> Result<Option<CacheRecord>> {
+        self.cache_get_columns(key, RECORD_COLUMNS)
+    }
+
+    /// [`Store::cache_get`] without the record's input document (`inputs` is `null`): what a
+    /// build's cache lookup needs. The document of a COPY from a big context holds every file's
+    /// digest; reading and parsing it on every hit would cost more than the rest of a no-op.
+    pub fn cache_hit(&self, key: &CacheKey) -> Result<Option<CacheRecord>> {
+        self.cache_get_columns(key, LIGHT_RECORD_COLUMNS)
+    }
+
+    fn cache_get_columns(&self, key: &CacheKey, columns: &str) -> Result<Option<CacheRecord>> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.db_err("begin cache get"))?;
         let n = tx
@@ -364,7 +381,7 @@ impl Store {
         }
         let raw = tx
             .query_row(
-                &format!("SELECT {RECORD_COLUMNS} FROM cache_records WHERE key = ?1"),
+                &format!("SELECT {columns} FROM cache_records WHERE key = ?1"),
                 [key.to_string()],
                 raw_record,
             )

@@ -506,7 +506,7 @@ impl Solver<'_> {
                     "sources": sources.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
                     "bind_content": bind_content,
                 });
-                self.cached_or(n, &parent, doc, |sb, _| {
+                self.cached_or(n, &parent, doc, &|_| {}, |sb, _| {
                     let prepared = mounts::prepare(
                         self.store,
                         exec,
@@ -562,9 +562,12 @@ impl Solver<'_> {
                     .cloned()
                     .collect();
                 let fetched: Vec<&str> = remote.files.iter().map(|f| f.digest.as_str()).collect();
+                // The per-file digests of a context selection are kept with the step (explanations,
+                // sharing unchanged files) but are not part of the key: the context digest covers them.
+                let mut files = None;
                 let content = match &copy.from {
                     rbuild_frontend::CopyFrom::Context => {
-                        let (d, files) = context::selection_digest(&self.context, &local, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
+                        let (d, f) = context::selection_digest(&self.context, &local, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
                             .map_err(|e| Error::CopyFailed {
                                 step: self.step_name(n),
                                 message: format!(
@@ -572,21 +575,27 @@ impl Solver<'_> {
                                     self.opts.context.display()
                                 ),
                             })?;
-                        json!({"context": d.to_string(), "files": files, "remote": fetched})
+                        files = Some(f);
+                        json!({"context": d.to_string(), "remote": fetched})
                     }
                     rbuild_frontend::CopyFrom::Input => {
                         json!({"source": sources.first().map(|s| s.key.to_string())})
                     }
                     rbuild_frontend::CopyFrom::Inline { .. } => json!("inline"),
                 };
-                let content_now = content.clone();
                 let doc = json!({
                     "v": KEY_VERSION, "op": "copy", "copy": copy, "parent": parent.key.to_string(), "content": content,
                 });
-                self.cached_or(n, &parent, doc, |sb, previous| {
+                let details = |d: &mut Value| {
+                    if let Some(f) = &files {
+                        d["content"]["files"] = json!(f);
+                    }
+                };
+                self.cached_or(n, &parent, doc, &details, |sb, previous| {
                     let src = sources.first().map(|s| parent_dirs(self.store, s));
                     let reuse = previous.and_then(|(dir, prev_doc)| {
-                        exec::Reuse::unchanged_files(dir, &prev_doc["doc"]["content"], &content_now)
+                        let now = json!({"files": files.as_ref()});
+                        exec::Reuse::unchanged_files(dir, &prev_doc["doc"]["content"], &now)
                     });
                     exec::copy(
                         self.store,
@@ -613,7 +622,7 @@ impl Solver<'_> {
                 let doc = json!({
                     "v": KEY_VERSION, "op": "mkdir", "path": path, "user": user, "parent": parent.key.to_string(),
                 });
-                self.cached_or(n, &parent, doc, |sb, _| {
+                self.cached_or(n, &parent, doc, &|_| {}, |sb, _| {
                     exec::mkdir(
                         self.store,
                         path,
@@ -635,11 +644,16 @@ impl Solver<'_> {
 
     /// Looks the key up; on a miss runs `work` into a fresh snapshot under the per-key lock,
     /// writes its layer and records it.
+    /// Looks the step up by the key of `doc`, or runs `work` into a fresh snapshot and records it.
+    /// `details` adds to the document what is not needed for the key but is kept with the step
+    /// (a COPY's per-file digests, for explanations and sharing): it runs only when the step's
+    /// key is new to the step index or the step runs, so a no-op rebuild never builds it.
     fn cached_or(
         &self,
         n: NodeIndex,
         parent: &NodeOut,
         doc: Value,
+        details: &dyn Fn(&mut Value),
         work: impl FnOnce(
             &rbuild_cache::SnapshotBuilder,
             Option<(PathBuf, &Value)>,
@@ -665,7 +679,7 @@ impl Solver<'_> {
                 return Ok(None);
             }
             let hit = store
-                .cache_get(&key)?
+                .cache_hit(&key)?
                 .and_then(|rec| match (rec.snapshot, rec.diff_id) {
                     (Some(s), Some(d)) if store.snapshot_dir(&s).is_dir() => Some(Layer {
                         diff_id: d,
@@ -684,12 +698,17 @@ impl Solver<'_> {
             self.graph.graph[n].stage,
             parent.depth + 1
         );
-        let indexed = json!({"display": self.instruction(n), "doc": doc});
+        let full = || {
+            let mut d = doc.clone();
+            details(&mut d);
+            json!({"display": self.instruction(n), "doc": d})
+        };
         let previous = self
             .store
-            .step_index_latest(&identity)?
-            .filter(|(k, _)| *k != key);
-        self.store.step_index_put(&identity, &key, &indexed)?;
+            .step_index_latest_unless(&identity, Some(&key))?;
+        if !self.store.step_index_touch(&identity, &key)? {
+            self.store.step_index_put(&identity, &key, &full())?;
+        }
         if let Some(l) = lookup(self.store)? {
             return Ok((out(l, true), true));
         }
@@ -697,6 +716,7 @@ impl Solver<'_> {
         if let Some(l) = lookup(self.store)? {
             return Ok((out(l, true), true));
         }
+        let indexed = full();
         if let Some(id) = self.vertex_ids.get(&n) {
             let reason = if no_cache {
                 None
@@ -745,7 +765,7 @@ impl Solver<'_> {
             diff_id: Some(diff_id.clone()),
             size,
             description: self.graph.graph[n].display.clone(),
-            inputs: doc,
+            inputs: indexed["doc"].clone(),
             created: now,
             last_used: now,
             usage_count: 1,
