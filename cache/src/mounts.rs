@@ -405,9 +405,14 @@ mod tests {
             .unwrap();
         let (k, _) = s.step_index_latest("a").unwrap().unwrap();
         assert_eq!(k, k1);
-        assert!(s.step_index_latest_unless("a", Some(&k1)).unwrap().is_none());
+        assert!(s
+            .step_index_latest_unless("a", Some(&k1))
+            .unwrap()
+            .is_none());
         assert!(s.step_index_touch("a", &k2).unwrap());
-        assert!(!s.step_index_touch("a", &CacheKey::new(Digest::of(b"new"))).unwrap());
+        assert!(!s
+            .step_index_touch("a", &CacheKey::new(Digest::of(b"new")))
+            .unwrap());
         assert_eq!(s.step_index_latest("a").unwrap().unwrap().0, k2);
         s.step_index_put("a", &k1, &serde_json::json!({"n": 1}))
             .unwrap();

@@ -166,7 +166,10 @@ fn cache_records_and_usage() {
     // The light lookup counts a use too, and leaves the input document out.
     let h = s.cache_hit(&k).unwrap().unwrap();
     assert_eq!((h.usage_count, h.inputs.is_null()), (3, true));
-    assert_eq!((h.snapshot, h.diff_id), (r1.snapshot.clone(), r1.diff_id.clone()));
+    assert_eq!(
+        (h.snapshot, h.diff_id),
+        (r1.snapshot.clone(), r1.diff_id.clone())
+    );
     assert_eq!(s.cache_hit(&CacheKey::of(b"other")).unwrap(), None);
     assert_eq!(k.to_string().parse::<CacheKey>().unwrap(), k);
     assert_eq!(s.cache_records().unwrap().len(), 1);

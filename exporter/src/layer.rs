@@ -313,7 +313,10 @@ mod tests {
         }
         assert_eq!(
             seen,
-            vec![("big".to_string(), big), ("small".to_string(), b"abc".to_vec())]
+            vec![
+                ("big".to_string(), big),
+                ("small".to_string(), b"abc".to_vec())
+            ]
         );
         // A file that shrank after its stat: the entry keeps its declared size, zero-filled.
         let f = File::open(dir.path().join("small")).unwrap();

@@ -1,7 +1,6 @@
 //! The build context: `.dockerignore` matching, selection of the files a COPY names, and content
 //! digests of that selection (bytes, mode, type; never mtime).
 
-use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::fs;
 use std::io::{self, Read};
@@ -416,10 +415,10 @@ fn walk_inner(
     };
     if !excluded {
         f(&Visit {
-                rel: rel.as_str(),
-                stat: st,
-                at,
-            })?;
+            rel: rel.as_str(),
+            stat: st,
+            at,
+        })?;
     }
     if excluded && !ignore.has_exceptions() {
         return Ok(());
@@ -480,7 +479,8 @@ fn stat_of(st: &libc::stat) -> FileStat {
 /// `excludes` are the COPY's `--exclude` patterns. With a store, file digests come from the
 /// selection's context index (`rbuild_cache::ContextIndex`) when (size, mtime, ctime, inode) are
 /// unchanged, and the index is written back when a file had to be read.
-/// Returns the digest and a per-path map of file digests (for explaining cache misses).
+/// Returns the digest and, in walk order, each entry's `src:path` and description (for
+/// explaining cache misses and sharing unchanged files; callers make a map of it when needed).
 pub fn selection_digest(
     root: &Root,
     srcs: &[String],
@@ -488,7 +488,7 @@ pub fn selection_digest(
     ignore: &IgnoreRules,
     store: Option<&Store>,
     stats: &HashStats,
-) -> io::Result<(Digest, BTreeMap<String, String>)> {
+) -> io::Result<(Digest, Vec<(String, String)>)> {
     // The selection's identity: where the context is and what is selected from it (the
     // .dockerignore rules are not part of it: they only drop entries).
     let mut index = match store {
@@ -504,7 +504,8 @@ pub fn selection_digest(
     };
     let excludes: Vec<IgnoreRules> = excludes.iter().map(|p| IgnoreRules::parse(p)).collect();
     let excluded = |rel: &str| excludes.iter().any(|x| x.is_excluded(rel));
-    let mut files = BTreeMap::new();
+    let mut files = Vec::new();
+    let mut h = Sha256::new();
     let mut buf = Vec::new();
     for src in srcs {
         for entry in expand_source(root, src, ignore)? {
@@ -537,7 +538,19 @@ pub fn selection_digest(
                     }
                     _ => format!("o {:o} {}", v.stat.st_mode, v.stat.st_rdev),
                 };
-                files.insert(format!("{src}\0{}", v.rel), desc);
+                // The digest covers the selection in walk order (sorted names, depth first):
+                // the same tree always gives the same digest, with no sort of all paths.
+                for part in [
+                    src.as_bytes(),
+                    b"\0",
+                    v.rel.as_bytes(),
+                    b"\0",
+                    desc.as_bytes(),
+                    b"\n",
+                ] {
+                    h.update(part);
+                }
+                files.push((format!("{src}:{}", v.rel), desc));
                 Ok(())
             })?;
         }
@@ -545,18 +558,7 @@ pub fn selection_digest(
     if let Some(s) = store {
         s.save_context_index(&index).map_err(io::Error::other)?;
     }
-    let mut h = Sha256::new();
-    for (k, v) in &files {
-        h.update(k.as_bytes());
-        h.update([0]);
-        h.update(v.as_bytes());
-        h.update([b'\n']);
-    }
-    let shown = files
-        .into_iter()
-        .map(|(k, v)| (k.replace('\0', ":"), v))
-        .collect();
-    Ok((Digest::from_hasher(h), shown))
+    Ok((Digest::from_hasher(h), files))
 }
 
 /// sha256 of a file's bytes, read in 1 MiB blocks into `buf` (reused between files).

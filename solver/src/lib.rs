@@ -588,13 +588,17 @@ impl Solver<'_> {
                 });
                 let details = |d: &mut Value| {
                     if let Some(f) = &files {
-                        d["content"]["files"] = json!(f);
+                        let map: serde_json::Map<String, Value> =
+                            f.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                        d["content"]["files"] = Value::Object(map);
                     }
                 };
                 self.cached_or(n, &parent, doc, &details, |sb, previous| {
                     let src = sources.first().map(|s| parent_dirs(self.store, s));
                     let reuse = previous.and_then(|(dir, prev_doc)| {
-                        let now = json!({"files": files.as_ref()});
+                        let mut now = json!({});
+                        details(&mut now);
+                        now["files"] = now["content"]["files"].take();
                         exec::Reuse::unchanged_files(dir, &prev_doc["doc"]["content"], &now)
                     });
                     exec::copy(
@@ -703,9 +707,7 @@ impl Solver<'_> {
             details(&mut d);
             json!({"display": self.instruction(n), "doc": d})
         };
-        let previous = self
-            .store
-            .step_index_latest_unless(&identity, Some(&key))?;
+        let previous = self.store.step_index_latest_unless(&identity, Some(&key))?;
         if !self.store.step_index_touch(&identity, &key)? {
             self.store.step_index_put(&identity, &key, &full())?;
         }
