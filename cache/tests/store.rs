@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 
-use rbuild_cache::{CacheKey, CacheRecord, FileStat, PruneOptions, SnapshotId, Store};
+use rbuild_cache::{CacheKey, CacheRecord, PruneOptions, SnapshotId, Store};
 use rbuild_types::{Digest, ImageRef};
 
 fn count(dir: &Path) -> usize {
@@ -173,57 +173,6 @@ fn cache_records_and_usage() {
     assert_eq!(s.cache_hit(&CacheKey::of(b"other")).unwrap(), None);
     assert_eq!(k.to_string().parse::<CacheKey>().unwrap(), k);
     assert_eq!(s.cache_records().unwrap().len(), 1);
-}
-
-#[test]
-fn stat_cache() {
-    let t = tempfile::tempdir().unwrap();
-    let s = Store::open(t.path()).unwrap();
-    let f = t.path().join("ctx-file");
-    fs::write(&f, b"data").unwrap();
-    let st = FileStat::from_metadata(&fs::metadata(&f).unwrap());
-    assert_eq!(s.stat_cache_get(&f, &st).unwrap(), None);
-    s.stat_cache_put(&[(&f, st, Digest::of(b"data"))]).unwrap();
-    assert_eq!(
-        s.stat_cache_get(&f, &st).unwrap(),
-        Some(Digest::of(b"data"))
-    );
-    let changed = FileStat { size: 5, ..st };
-    assert_eq!(s.stat_cache_get(&f, &changed).unwrap(), None);
-}
-
-#[test]
-fn stat_cache_under_reads_exactly_one_directory_tree() {
-    let t = tempfile::tempdir().unwrap();
-    let s = Store::open(t.path()).unwrap();
-    let st = FileStat {
-        size: 1,
-        mtime_ns: 2,
-        ctime_ns: 3,
-        inode: 4,
-    };
-    let d = Digest::of(b"x");
-    let paths = [
-        "/ctx/a",
-        "/ctx/sub/b",
-        "/ctx-other/c",
-        "/ctx0/d",
-        "/ct/e",
-        "/ctx",
-    ];
-    let entries: Vec<(&std::path::Path, FileStat, Digest)> = paths
-        .iter()
-        .map(|p| (std::path::Path::new(*p), st, d.clone()))
-        .collect();
-    s.stat_cache_put(&entries).unwrap();
-    let mut got: Vec<String> = s
-        .stat_cache_under(std::path::Path::new("/ctx/"))
-        .unwrap()
-        .into_keys()
-        .map(|p| p.display().to_string())
-        .collect();
-    got.sort();
-    assert_eq!(got, ["/ctx/a", "/ctx/sub/b"]);
 }
 
 #[test]

@@ -605,6 +605,39 @@ mod tests {
     }
 
     #[test]
+    fn walk_never_follows_a_symlink_out_of_the_context() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), "1").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("files/sub")).unwrap();
+        fs::write(d.path().join("files/sub/a"), "a").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("files/out")).unwrap();
+        let ig = IgnoreRules::default();
+        let st = HashStats::default();
+        let root = Root::open(d.path()).unwrap();
+        let (d1, files) = selection_digest(&root, &["files".into()], &[], &ig, None, &st).unwrap();
+        let names: Vec<&str> = files.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "files:files",
+                "files:files/out",
+                "files:files/sub",
+                "files:files/sub/a"
+            ]
+        );
+        let link = &files[1].1;
+        assert_eq!(*link, format!("l {}", outside.path().display()));
+        fs::write(outside.path().join("secret"), "2").unwrap();
+        let (d2, _) = selection_digest(&root, &["files".into()], &[], &ig, None, &st).unwrap();
+        assert_eq!(
+            d1, d2,
+            "what a symlink points at is not part of the selection"
+        );
+        assert_eq!(st.files_read.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
     fn digest_ignores_mtime_but_sees_content() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("a"), "1").unwrap();
