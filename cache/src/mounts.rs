@@ -293,16 +293,48 @@ impl Store {
     /// Marks `key` as the step's most recent key when the step index has it already (the
     /// inputs are left as they are); false when it does not (then call
     /// [`Store::step_index_put`]).
+    /// Nothing is written when `key` is the step's most recent key already (a no-op rebuild):
+    /// an update rewrites the whole row, whose inputs can be megabytes.
     pub fn step_index_touch(&self, identity: &str, key: &CacheKey) -> Result<bool> {
+        let conn = self.conn();
+        let latest: Option<String> = conn
+            .query_row(
+                "SELECT key FROM step_index WHERE identity = ?1 ORDER BY used DESC, rowid DESC LIMIT 1",
+                params![identity],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db_err("get step index"))?;
+        let key_text = key.to_string();
+        if latest.as_deref() == Some(key_text.as_str()) {
+            return Ok(true);
+        }
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-        let n = self
-            .conn()
+        let n = conn
             .execute(
                 "UPDATE step_index SET used = ?3 WHERE identity = ?1 AND key = ?2",
-                params![identity, key.to_string(), now],
+                params![identity, key_text, now],
             )
             .map_err(self.db_err("touch step index"))?;
         Ok(n > 0)
+    }
+
+    /// The most recent document the step index holds for `key` (any step), if any: the full
+    /// inputs of a step (a COPY's per-file digests), which its cache record leaves out.
+    pub fn step_index_inputs_of(&self, key: &CacheKey) -> Result<Option<serde_json::Value>> {
+        let text: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT inputs FROM step_index WHERE key = ?1 ORDER BY used DESC LIMIT 1",
+                params![key.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db_err("get step index"))?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| Error::Corrupt(format!("step index inputs: {e}")))
+        })
+        .transpose()
     }
 
     /// The key step `identity` had most recently, with its inputs.
@@ -414,6 +446,15 @@ mod tests {
             .step_index_touch("a", &CacheKey::new(Digest::of(b"new")))
             .unwrap());
         assert_eq!(s.step_index_latest("a").unwrap().unwrap().0, k2);
+        assert!(s.step_index_touch("a", &k2).unwrap(), "already the latest");
+        assert_eq!(
+            s.step_index_inputs_of(&k2).unwrap().unwrap()["n"].as_i64(),
+            Some(2)
+        );
+        assert!(s
+            .step_index_inputs_of(&CacheKey::new(Digest::of(b"none")))
+            .unwrap()
+            .is_none());
         s.step_index_put("a", &k1, &serde_json::json!({"n": 1}))
             .unwrap();
         let (k, v) = s.step_index_latest_unless("a", Some(&k2)).unwrap().unwrap();

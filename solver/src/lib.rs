@@ -767,7 +767,9 @@ impl Solver<'_> {
             diff_id: Some(diff_id.clone()),
             size,
             description: self.graph.graph[n].display.clone(),
-            inputs: indexed["doc"].clone(),
+            // The key document: small, since every hit updates the row (the step index keeps
+            // the details; `cache inspect` takes them from there).
+            inputs: doc,
             created: now,
             last_used: now,
             usage_count: 1,
