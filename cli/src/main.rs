@@ -104,6 +104,8 @@ enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(volumes::VolumeCommand),
+    #[command(flatten)]
+    Container(containers::ContainerCommand),
     /// Show build cache disk usage (records, cache mounts).
     Du(cache_cmds::DuArgs),
     /// Remove unused build cache, least recently used first.
@@ -134,6 +136,7 @@ fn default_root() -> PathBuf {
 
 fn main() -> ExitCode {
     rbuild_sandbox::init_if_requested();
+    rbuild_containers::monitor_if_requested(&rbuild_containers::monitor::NoNetworkSetup);
     // Die quietly on a closed pipe (`rbuild images | head`), as other command-line tools do,
     // instead of panicking in println!.
     // SAFETY: setting a signal disposition to the default has no preconditions.
@@ -212,6 +215,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Diff(a) => containers::diff(&open_store(cli.root)?, a),
         Command::Commit(a) => containers::commit(&open_store(cli.root)?, a),
         Command::Volume(c) => volumes::volume(&open_store(cli.root)?, c),
+        Command::Container(c) => containers::dispatch(&open_store(cli.root)?, c),
         Command::Du(a) => cache_cmds::du(&open_store(cli.root)?, a),
         Command::Prune(a) => cache_cmds::prune(&open_store(cli.root)?, a),
         Command::Cache(c) => cache_cmds::cache(&open_store(cli.root)?, c),

@@ -29,6 +29,7 @@ mod caps;
 mod cgroup;
 mod container;
 mod error;
+mod exec;
 mod init;
 mod rootfs;
 mod seccomp;
@@ -37,7 +38,7 @@ mod sys;
 mod user;
 
 pub use cgroup::CGROUP_ENV;
-pub use container::{spawn, Container, ExitStatus, Outcome, RunOptions};
+pub use container::{exec, spawn, Container, ExitStatus, Outcome, RunOptions};
 pub use error::{Error, Result};
 pub use init::init_if_requested;
 pub use spec::{

@@ -9,7 +9,6 @@
 //! cached. Progress is reported as [`Event`]s; the solver never prints.
 
 mod add;
-pub mod container;
 mod context;
 mod exec;
 mod explain;
@@ -31,6 +30,8 @@ use rbuild_types::{Digest, ImageRef, Platform};
 use serde_json::{json, Value};
 
 pub use context::{HashStats, IgnoreRules};
+pub use exec::{resolve_user_pub as resolve_image_user, DEFAULT_PATH};
+pub use image::runtime_config;
 pub use mounts::{Forwarded, SecretSource};
 
 /// Version of the cache key encoding; bump to invalidate every record when the encoding changes.
@@ -71,10 +72,6 @@ pub enum Error {
         /// What went wrong and how to fix it.
         message: String,
     },
-    /// `rbuild run` and the container commands (`ps`, `rm`, `diff`, `commit`, `volume`): what went
-    /// wrong and how to fix it.
-    #[error("{0}")]
-    Container(String),
     /// I/O outside the store.
     #[error("{what}: {source}")]
     Io {
