@@ -711,13 +711,13 @@ fn mounts_of(store: &Store, req: &RunRequest, lowers: &[PathBuf]) -> Result<Vec<
 fn finish_spec(
     spec: oci_spec::runtime::Spec,
     req: &RunRequest,
+    id: &str,
     user: (u32, u32, &[u32]),
     mounts: Vec<Value>,
 ) -> Result<oci_spec::runtime::Spec, Error> {
     let mut v = serde_json::to_value(&spec).map_err(|e| cerr(format!("spec: {e}")))?;
-    if let Some(h) = &req.hostname {
-        v["hostname"] = json!(h);
-    }
+    // Docker's default hostname: the short container id.
+    v["hostname"] = json!(req.hostname.clone().unwrap_or_else(|| id[..12].to_string()));
     v["process"]["user"] = json!({"uid": user.0, "gid": user.1});
     if !user.2.is_empty() {
         v["process"]["user"]["additionalGids"] = json!(user.2);
@@ -812,7 +812,7 @@ pub fn create(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Conta
     let dir = create_record(store, &mut record, req.name.as_deref())?;
     let result = (|| {
         let mounts = mounts_of(store, req, &lowers)?;
-        let spec = finish_spec(spec, req, (uid, gid, &groups), mounts)?;
+        let spec = finish_spec(spec, req, &id, (uid, gid, &groups), mounts)?;
         let entrypoint = match &req.entrypoint {
             Some(e) if e.is_empty() => vec![],
             Some(e) => vec![e.clone()],

@@ -20,7 +20,7 @@ use nix::unistd::ForkResult;
 use oci_spec::runtime::Spec;
 
 use crate::error::{Error, Result};
-use crate::init::{send, Report, SetupMsg, FORWARDED};
+use crate::init::{send, Report, SetupMsg, FORWARDED, PARENT_DEATH_SIGNAL};
 
 /// argv[1] of a re-executed exec helper.
 pub(crate) const EXEC_MARKER: &str = "__rbuild-sandbox-exec__";
@@ -138,6 +138,7 @@ pub(crate) fn exec_helper(cfg: &ExecConfig, rep: &mut File) -> Result<()> {
 
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
+    mask.add(PARENT_DEATH_SIGNAL);
     for s in FORWARDED {
         mask.add(s);
     }
@@ -181,6 +182,10 @@ pub(crate) fn exec_helper(cfg: &ExecConfig, rep: &mut File) -> Result<()> {
     );
     let (code, signal) = loop {
         let Ok(sig) = mask.wait() else { continue };
+        if sig == PARENT_DEATH_SIGNAL {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            continue;
+        }
         if sig != Signal::SIGCHLD {
             let _ = nix::sys::signal::kill(child, sig);
             continue;

@@ -77,11 +77,22 @@ pub fn init_if_requested() {
         // SAFETY: plain fcntl on our fd.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    // The helper dies with the process that started it (a killed `rbuild run` or container monitor
-    // leaves no container behind: PID 1 and exec'd processes die with the helper in turn).
+    // When the process that started the helper dies (a killed `rbuild run` or container monitor),
+    // the kernel sends the helper PARENT_DEATH_SIGNAL; it stays blocked until the helper's wait
+    // loop takes it and SIGKILLs PID 1 (the whole pid namespace goes with it). PID 1's own
+    // PR_SET_PDEATHSIG is not enough: the kernel clears it when credentials change at exec.
+    let mut pdeath = SigSet::empty();
+    pdeath.add(PARENT_DEATH_SIGNAL);
+    let _ = pdeath.thread_block();
     // SAFETY: plain prctl and getppid.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            PARENT_DEATH_SIGNAL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         if libc::getppid() == 1 {
             libc::_exit(125);
         }
@@ -176,6 +187,9 @@ fn has_ns(spec: &Spec, t: LinuxNamespaceType) -> Result<bool> {
     }
 }
 
+/// The helper's parent-death signal (one nobody forwards; see `init_if_requested`).
+pub(crate) const PARENT_DEATH_SIGNAL: Signal = Signal::SIGPWR;
+
 pub(crate) const FORWARDED: [Signal; 9] = [
     Signal::SIGHUP,
     Signal::SIGINT,
@@ -215,6 +229,7 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
 
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
+    mask.add(PARENT_DEATH_SIGNAL);
     for s in FORWARDED {
         mask.add(s);
     }
@@ -291,6 +306,8 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
             if let Some(d) = done {
                 break d;
             }
+        } else if sig == PARENT_DEATH_SIGNAL {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
         } else {
             let _ = nix::sys::signal::kill(child, sig);
         }
