@@ -146,6 +146,17 @@ pub(crate) enum ContainerCommand {
         /// Container.
         container: String,
     },
+    /// Copy files between a container and the host: `cp NAME:SRC DST`, `cp SRC NAME:DST`
+    /// (`-` for a tar stream on stdin/stdout). Works on stopped containers.
+    Cp {
+        /// Keep owners (uid:gid) from the source.
+        #[arg(short = 'a', long)]
+        archive: bool,
+        /// Source.
+        src: String,
+        /// Destination.
+        dst: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -230,6 +241,7 @@ pub(crate) fn dispatch(store: &Store, cmd: ContainerCommand) -> Result<ExitCode>
         ContainerCommand::Exec(a) => exec_cmd(store, a),
         ContainerCommand::Inspect { format, containers } => inspect(store, format, &containers),
         ContainerCommand::Top { container } => top(store, &container),
+        ContainerCommand::Cp { archive, src, dst } => cp(store, archive, &src, &dst),
     }
 }
 
@@ -269,6 +281,31 @@ fn start(store: &Store, attach: bool, names: &[String]) -> Result<ExitCode> {
     each(names, |n| match lifecycle::start(store, n).map_err(e)? {
         Started::Now(_) | Started::AlreadyRunning => Ok(n.to_string()),
     })
+}
+
+/// Splits `NAME:PATH` (a container side) from a host path (which has no `:` before a `/`).
+fn container_side(arg: &str) -> Option<(&str, &str)> {
+    if arg.starts_with('/') || arg.starts_with('.') || arg == "-" {
+        return None;
+    }
+    arg.split_once(':')
+}
+
+fn cp(store: &Store, archive: bool, src: &str, dst: &str) -> Result<ExitCode> {
+    use rbuild_containers::cp;
+    match (container_side(src), container_side(dst)) {
+        (Some((name, path)), None) => {
+            cp::copy_out(store, name, path, dst, archive, std::io::stdout().lock()).map_err(e)?
+        }
+        (None, Some((name, path))) => {
+            cp::copy_in(store, name, src, path, archive, std::io::stdin().lock()).map_err(e)?
+        }
+        (Some(_), Some(_)) => {
+            bail!("cp: copying between containers is not supported; copy through the host")
+        }
+        (None, None) => bail!("cp: one of SRC and DST must be CONTAINER:PATH"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Docker's `units.HumanDuration`.
@@ -366,7 +403,9 @@ fn matches_filter(store: &Store, st: &ContainerState, f: &str) -> Result<bool> {
         "ancestor" => {
             r.image == v
                 || parse_ref(v).is_ok_and(|x| x.to_string() == r.image)
-                || r.image_id.trim_start_matches("sha256:").starts_with(v.trim_start_matches("sha256:"))
+                || r.image_id
+                    .trim_start_matches("sha256:")
+                    .starts_with(v.trim_start_matches("sha256:"))
         }
         other => bail!("--filter {other}: unsupported filter (status, name, id, label, ancestor)"),
     })
@@ -456,7 +495,10 @@ pub(crate) fn ps(store: &Store, args: PsArgs) -> Result<ExitCode> {
         };
         m.insert("ID", id);
         m.insert("Image", r.image.clone());
-        m.insert("Command", format!("\"{}\"", trunc(&r.command.join(" "), 20)));
+        m.insert(
+            "Command",
+            format!("\"{}\"", trunc(&r.command.join(" "), 20)),
+        );
         let created = chrono::DateTime::from_timestamp(r.created, 0).unwrap_or_default();
         m.insert(
             "CreatedAt",
@@ -466,11 +508,7 @@ pub(crate) fn ps(store: &Store, args: PsArgs) -> Result<ExitCode> {
             "RunningFor",
             format!(
                 "{} ago",
-                human_duration(
-                    (chrono::Utc::now() - created)
-                        .to_std()
-                        .unwrap_or_default()
-                )
+                human_duration((chrono::Utc::now() - created).to_std().unwrap_or_default())
             ),
         );
         m.insert("Status", status_text(st));
@@ -516,11 +554,25 @@ pub(crate) fn ps(store: &Store, args: PsArgs) -> Result<ExitCode> {
                 Some(t) if !t.trim().is_empty() => t
                     .split("\\t")
                     .map(|c| {
-                        let f = c.trim().trim_start_matches("{{").trim_end_matches("}}").trim();
+                        let f = c
+                            .trim()
+                            .trim_start_matches("{{")
+                            .trim_end_matches("}}")
+                            .trim();
                         let key = f.trim_start_matches('.');
                         let static_key: &str = [
-                            "ID", "Image", "Command", "CreatedAt", "RunningFor", "Status",
-                            "State", "Ports", "Names", "Labels", "Mounts", "Networks",
+                            "ID",
+                            "Image",
+                            "Command",
+                            "CreatedAt",
+                            "RunningFor",
+                            "Status",
+                            "State",
+                            "Ports",
+                            "Names",
+                            "Labels",
+                            "Mounts",
+                            "Networks",
                         ]
                         .into_iter()
                         .find(|k| *k == key)
@@ -779,9 +831,11 @@ fn exec_cmd(store: &Store, a: ExecArgs) -> Result<ExitCode> {
     .map_err(e)?;
     let master = c.pty_master();
     let (raw, output) = crate::run::pump_pty(master.as_ref(), a.interactive)?;
-    crate::run::forward_signals(set, c.pid() as i32, master.as_ref().map(|m| {
-        std::os::fd::AsRawFd::as_raw_fd(m)
-    }));
+    crate::run::forward_signals(
+        set,
+        c.pid() as i32,
+        master.as_ref().map(|m| std::os::fd::AsRawFd::as_raw_fd(m)),
+    );
     let st = c.wait();
     if let Some(o) = output {
         let _ = o.join();
@@ -927,14 +981,20 @@ fn top(store: &Store, name: &str) -> Result<ExitCode> {
     };
     let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid"))
         .with_context(|| format!("reading the pid namespace of {pid}"))?;
-    let mut lines = vec![["UID", "PID", "PPID", "STAT", "CMD"].map(String::from).to_vec()];
+    let mut lines = vec![["UID", "PID", "PPID", "STAT", "CMD"]
+        .map(String::from)
+        .to_vec()];
     let mut pids: Vec<i32> = std::fs::read_dir("/proc")?
         .flatten()
         .filter_map(|d| d.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort();
     for p in pids {
-        if std::fs::read_link(format!("/proc/{p}/ns/pid")).ok().as_ref() != Some(&ns) {
+        if std::fs::read_link(format!("/proc/{p}/ns/pid"))
+            .ok()
+            .as_ref()
+            != Some(&ns)
+        {
             continue;
         }
         let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
@@ -973,7 +1033,10 @@ mod tests {
     #[test]
     fn human_durations_like_docker() {
         let s = Duration::from_secs;
-        assert_eq!(human_duration(Duration::from_millis(300)), "Less than a second");
+        assert_eq!(
+            human_duration(Duration::from_millis(300)),
+            "Less than a second"
+        );
         assert_eq!(human_duration(s(1)), "1 second");
         assert_eq!(human_duration(s(59)), "59 seconds");
         assert_eq!(human_duration(s(61)), "About a minute");
@@ -990,8 +1053,14 @@ mod tests {
         m.insert("Names", "web".to_string());
         let whole = json!({"State": {"Status": "running", "Pid": 7}});
         assert_eq!(render("{{.ID}}\\t{{.Names}}", &m, &whole), "abc\tweb");
-        assert_eq!(render("{{.State.Status}} {{.State.Pid}}", &m, &whole), "running 7");
-        assert_eq!(render("{{json .State}}", &m, &whole), r#"{"Pid":7,"Status":"running"}"#);
+        assert_eq!(
+            render("{{.State.Status}} {{.State.Pid}}", &m, &whole),
+            "running 7"
+        );
+        assert_eq!(
+            render("{{json .State}}", &m, &whole),
+            r#"{"Pid":7,"Status":"running"}"#
+        );
     }
 
     #[test]

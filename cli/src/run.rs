@@ -10,7 +10,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
 use rbuild_cache::Store;
-use rbuild_containers::run::{self as container, Bind, HealthOverride, LogOptions, RunRequest, Tmpfs, Volume};
+use rbuild_containers::run::{
+    self as container, Bind, HealthOverride, LogOptions, RunRequest, Tmpfs, Volume,
+};
 
 use crate::parse_ref;
 
@@ -261,7 +263,9 @@ fn log_options(opts: &[String]) -> Result<LogOptions> {
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| anyhow!("--log-opt {o}: expected a number of files >= 1"))?
             }
-            _ => bail!("--log-opt {o}: unknown option for the json-file driver (max-size, max-file)"),
+            _ => {
+                bail!("--log-opt {o}: unknown option for the json-file driver (max-size, max-file)")
+            }
         }
     }
     Ok(l)
@@ -354,8 +358,16 @@ fn request(args: &RunArgs) -> Result<RunRequest> {
         health: HealthOverride {
             disable: args.no_healthcheck,
             cmd: args.health_cmd.clone(),
-            interval: args.health_interval.as_deref().map(parse_duration).transpose()?,
-            timeout: args.health_timeout.as_deref().map(parse_duration).transpose()?,
+            interval: args
+                .health_interval
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?,
+            timeout: args
+                .health_timeout
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?,
             retries: args.health_retries,
             start_period: args
                 .health_start_period
@@ -562,7 +574,10 @@ pub(crate) fn run(store: &Store, args: RunArgs) -> Result<ExitCode> {
     check_cidfile(&args)?;
     let req = request(&args)?;
     if args.restart != "no" {
-        bail!("--restart {}: restart policies apply to detached containers; add -d", args.restart);
+        bail!(
+            "--restart {}: restart policies apply to detached containers; add -d",
+            args.restart
+        );
     }
     // Block the forwarded signals before any thread starts, so the forwarding thread gets them.
     let set = forwarded_set();

@@ -18,6 +18,7 @@
 //!   every container path resolved inside its root (`rbuild-fsroot`).
 //! - [`NetworkHook`]: the seam where the network setup attaches a container (empty: host or none).
 
+pub mod cp;
 pub mod exec;
 pub mod lifecycle;
 pub mod logs;

@@ -28,7 +28,11 @@ pub fn parse_signal(s: &str) -> Result<i32, Error> {
     };
     name.parse::<nix::sys::signal::Signal>()
         .map(|s| s as i32)
-        .map_err(|_| cerr(format!("invalid signal: {s} (use a name such as SIGTERM or a number)")))
+        .map_err(|_| {
+            cerr(format!(
+                "invalid signal: {s} (use a name such as SIGTERM or a number)"
+            ))
+        })
 }
 
 /// What `start` did.
@@ -52,8 +56,8 @@ pub fn start(store: &Store, name: &str) -> Result<Started, Error> {
     };
     let dir = store.container_dir(&rec.name);
     let _ = std::fs::remove_file(dir.join(STOP_MARKER));
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| cerr(format!("pipe: {e}")))?;
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| cerr(format!("pipe: {e}")))?;
     let lock_fd = lock.file().as_raw_fd();
     let ready_fd = ready_w.as_raw_fd();
     let mut cmd = Command::new("/proc/self/exe");
@@ -61,7 +65,10 @@ pub fn start(store: &Store, name: &str) -> Result<Started, Error> {
         .create(true)
         .append(true)
         .open(dir.join("monitor.log"))
-        .map_err(io_err(format!("opening {}", dir.join("monitor.log").display())))?;
+        .map_err(io_err(format!(
+            "opening {}",
+            dir.join("monitor.log").display()
+        )))?;
     cmd.arg0("rbuild-monitor")
         .arg(MONITOR_MARKER)
         .arg(store.root())
@@ -114,7 +121,12 @@ pub fn start(store: &Store, name: &str) -> Result<Started, Error> {
 
 /// Sends `signal` to the container's PID 1 (`rbuild kill`). With `stopping`, the restart policy
 /// will not restart it.
-pub fn kill(store: &Store, name: &str, signal: i32, stopping: bool) -> Result<ContainerRecord, Error> {
+pub fn kill(
+    store: &Store,
+    name: &str,
+    signal: i32,
+    stopping: bool,
+) -> Result<ContainerRecord, Error> {
     let st = get(store, name)?;
     let r = &st.record;
     if !st.status.is_running() {
@@ -155,7 +167,9 @@ pub fn stop(store: &Store, name: &str, timeout: Option<u32>) -> Result<Container
         .map(|c| parse_signal(&c.stop_signal))
         .transpose()?
         .unwrap_or(libc::SIGTERM);
-    let timeout = timeout.or(conf.as_ref().map(|c| c.stop_timeout)).unwrap_or(10);
+    let timeout = timeout
+        .or(conf.as_ref().map(|c| c.stop_timeout))
+        .unwrap_or(10);
     if let (Some(pid), Some(start)) = (r.pid, r.pid_start) {
         signal_checked(pid, start, sig);
         let deadline = Instant::now() + Duration::from_secs(timeout.into());
@@ -190,7 +204,10 @@ pub fn wait(store: &Store, name: &str) -> Result<i32, Error> {
     let r = crate::run::find(store, name)?;
     loop {
         let st = inspect_state(store, &crate::run::find(store, &r.id)?);
-        if !st.status.is_running() && st.status != Status::Restarting && !store.container_running(&r.name) {
+        if !st.status.is_running()
+            && st.status != Status::Restarting
+            && !store.container_running(&r.name)
+        {
             return Ok(st.record.exit_code.unwrap_or(0));
         }
         std::thread::sleep(Duration::from_millis(50));

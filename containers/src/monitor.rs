@@ -147,7 +147,12 @@ fn run_monitor(store: &Store, name: &str, ready: File, network: &dyn NetworkHook
     let dir = store.container_dir(&rec.name);
     let logs = match LogWriter::open(&dir, conf.log) {
         Ok(l) => l,
-        Err(e) => return fail(&mut ready, format!("opening the log in {}: {e}", dir.display())),
+        Err(e) => {
+            return fail(
+                &mut ready,
+                format!("opening the log in {}: {e}", dir.display()),
+            )
+        }
     };
     let me = std::process::id() as i32;
     let shared = Shared {
@@ -238,8 +243,14 @@ fn run_once(
     if let Some(m) = c.pty_master() {
         add(Some(Box::new(File::from(m))), "stdout");
     }
-    add(c.stdout().map(|s| Box::new(s) as Box<dyn Read + Send>), "stdout");
-    add(c.stderr().map(|s| Box::new(s) as Box<dyn Read + Send>), "stderr");
+    add(
+        c.stdout().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        "stdout",
+    );
+    add(
+        c.stderr().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        "stderr",
+    );
     let stop_health = Arc::new(AtomicBool::new(false));
     let health = conf.healthcheck.clone().map(|hc| {
         let (shared, conf, stop) = (shared.clone(), conf.clone(), stop_health.clone());
@@ -371,10 +382,7 @@ fn run_probe(conf: &ContainerConfig, hc: &Healthcheck, pid: u32) -> HealthProbe 
             let _ = reader.join();
             return finish(
                 -1,
-                format!(
-                    "Health check exceeded timeout ({}s)",
-                    timeout.as_secs_f64()
-                ),
+                format!("Health check exceeded timeout ({}s)", timeout.as_secs_f64()),
             );
         }
     };

@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn signal_checked_refuses_a_wrong_start_time() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
         let s = start_time(pid).unwrap();
         assert!(!signal_checked(pid, s + 7, libc::SIGKILL));

@@ -123,9 +123,8 @@ pub enum RestartPolicy {
 impl std::str::FromStr for RestartPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("--restart {s}: expected no, on-failure[:N], always or unless-stopped")
-        };
+        let bad =
+            || format!("--restart {s}: expected no, on-failure[:N], always or unless-stopped");
         Ok(match s.split_once(':') {
             None => match s {
                 "no" | "" => RestartPolicy::No,
@@ -199,11 +198,7 @@ impl Healthcheck {
     /// The probe's argv.
     pub fn argv(&self) -> Vec<String> {
         match self.test.first().map(String::as_str) {
-            Some("CMD-SHELL") => vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                self.test[1..].join(" "),
-            ],
+            Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), self.test[1..].join(" ")],
             Some("CMD") => self.test[1..].to_vec(),
             _ => vec![],
         }
@@ -656,7 +651,11 @@ fn check_request(req: &RunRequest) -> Result<(), Error> {
 }
 
 /// Makes the record and directory, with a generated name unless `--name`.
-fn create_record(store: &Store, record: &mut ContainerRecord, name: Option<&str>) -> Result<PathBuf, Error> {
+fn create_record(
+    store: &Store,
+    record: &mut ContainerRecord,
+    name: Option<&str>,
+) -> Result<PathBuf, Error> {
     if let Some(n) = name {
         record.name = n.to_string();
         return Ok(store.create_container(record)?);
@@ -858,7 +857,11 @@ pub(crate) fn spawn_container(
     store: &Store,
     rec: &ContainerRecord,
     conf: &ContainerConfig,
-    stdio: (std::process::Stdio, std::process::Stdio, std::process::Stdio),
+    stdio: (
+        std::process::Stdio,
+        std::process::Stdio,
+        std::process::Stdio,
+    ),
 ) -> Result<Container, Error> {
     let doc = config_of(store, rec)?;
     let mut lowers = lowers_of(store, &doc, &rec.image)?;
@@ -903,7 +906,9 @@ pub fn start(
         let _ = remove_dir(&dir);
         e
     };
-    let lock = store.lock_container(&record.name).map_err(|e| fail(e.into()))?;
+    let lock = store
+        .lock_container(&record.name)
+        .map_err(|e| fail(e.into()))?;
     let conf = ContainerConfig::load(store, &record.name).map_err(fail)?;
     let c = spawn_container(store, &record, &conf, stdio).map_err(fail)?;
     record_start(&mut record, c.pid());

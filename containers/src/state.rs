@@ -59,15 +59,17 @@ pub struct ContainerState {
 impl ContainerState {
     /// The live pid of PID 1, when running.
     pub fn pid(&self) -> Option<i32> {
-        self.status.is_running().then_some(self.record.pid).flatten()
+        self.status
+            .is_running()
+            .then_some(self.record.pid)
+            .flatten()
     }
 }
 
 /// Checks the record against the live processes.
 pub fn inspect_state(_store: &Store, r: &ContainerRecord) -> ContainerState {
     let pid_alive = matches!((r.pid, r.pid_start), (Some(p), Some(s)) if alive(p, s));
-    let supervised =
-        matches!((r.monitor_pid, r.monitor_start), (Some(p), Some(s)) if alive(p, s));
+    let supervised = matches!((r.monitor_pid, r.monitor_start), (Some(p), Some(s)) if alive(p, s));
     let status = if pid_alive && r.finished_at.is_none() {
         if r.paused {
             Status::Paused

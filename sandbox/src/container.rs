@@ -183,7 +183,13 @@ pub fn exec(
     let cfg_json =
         serde_json::to_vec(&cfg).map_err(|e| Error::InvalidSpec(format!("serialize spec: {e}")))?;
     let state_dir = std::env::temp_dir().join(format!("rbuild-exec-{}", random_id()));
-    launch(crate::exec::EXEC_MARKER, &cfg_json, terminal, stdio, state_dir)
+    launch(
+        crate::exec::EXEC_MARKER,
+        &cfg_json,
+        terminal,
+        stdio,
+        state_dir,
+    )
 }
 
 /// Starts a helper (`marker` says which), sends it `cfg_json` and waits for its `Started` report.

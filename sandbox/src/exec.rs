@@ -240,9 +240,18 @@ mod tests {
     #[test]
     fn hierarchies_match_by_controllers() {
         let mounts = vec![
-            ("rw,cpu,cpuacct".to_string(), PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")),
-            ("rw,memory".to_string(), PathBuf::from("/sys/fs/cgroup/memory")),
-            ("rw,name=systemd".to_string(), PathBuf::from("/sys/fs/cgroup/systemd")),
+            (
+                "rw,cpu,cpuacct".to_string(),
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
+            ),
+            (
+                "rw,memory".to_string(),
+                PathBuf::from("/sys/fs/cgroup/memory"),
+            ),
+            (
+                "rw,name=systemd".to_string(),
+                PathBuf::from("/sys/fs/cgroup/systemd"),
+            ),
             (String::new(), PathBuf::from("/sys/fs/cgroup/unified")),
         ];
         assert_eq!(
