@@ -414,12 +414,14 @@ fn matches_filter(store: &Store, st: &ContainerState, f: &str) -> Result<bool> {
 /// Replaces `{{.Field}}`, `{{json .}}` and `\t` in a format (the subset of Go templates that
 /// `--format` commonly uses).
 fn render(tpl: &str, fields: &BTreeMap<&str, String>, whole: &Value) -> String {
+    // `\t` and `\n` are escapes of the template's own text, never of the values put in it.
+    let literal = |t: &str| t.replace("\\t", "\t").replace("\\n", "\n");
     let mut out = String::new();
     let mut rest = tpl;
     while let Some(i) = rest.find("{{") {
-        out.push_str(&rest[..i]);
+        out.push_str(&literal(&rest[..i]));
         let Some(j) = rest[i..].find("}}") else {
-            out.push_str(&rest[i..]);
+            out.push_str(&literal(&rest[i..]));
             rest = "";
             break;
         };
@@ -440,8 +442,8 @@ fn render(tpl: &str, fields: &BTreeMap<&str, String>, whole: &Value) -> String {
             }
         }
     }
-    out.push_str(rest);
-    out.replace("\\t", "\t").replace("\\n", "\n")
+    out.push_str(&literal(rest));
+    out
 }
 
 fn lookup(v: &Value, path: &str) -> Value {
@@ -779,7 +781,8 @@ fn exec_cmd(store: &Store, a: ExecArgs) -> Result<ExitCode> {
     if a.detach {
         // Detached: the same command in its own session, without stdio; it outlives us.
         let mut cmd = std::process::Command::new("/proc/self/exe");
-        cmd.arg("--root").arg(store.root()).arg("exec");
+        // `--root` after the subcommand: a first argument that is no subcommand means `build`.
+        cmd.arg("exec").arg("--root").arg(store.root());
         for en in &a.env {
             cmd.args(["-e", en]);
         }

@@ -181,7 +181,14 @@ fn append<W: Write>(
     } else if ft.is_symlink() {
         let target = nix::fcntl::readlinkat(r.as_fd(), "").map_err(io::Error::from)?;
         h.set_size(0);
-        b.append_link(&mut h, name, target)?;
+        h.set_entry_type(tar::EntryType::Symlink);
+        // The target byte for byte (`append_link` would normalise `/` into `//`); a target too
+        // long for the header goes through `append_link`'s GNU long-name entry.
+        if h.set_link_name_literal(target.as_bytes()).is_ok() {
+            b.append_data(&mut h, name, io::empty())?;
+        } else {
+            b.append_link(&mut h, name, target)?;
+        }
     } else {
         h.set_size(0);
         b.append_data(&mut h, name, io::empty())?;
