@@ -78,7 +78,7 @@ pub(crate) struct CommitArgs {
 #[derive(Subcommand, Debug)]
 pub(crate) enum ContainerCommand {
     /// Create a container without starting it (prints its id).
-    Create(crate::run::RunArgs),
+    Create(Box<crate::run::RunArgs>),
     /// Start created or stopped containers.
     Start {
         /// Attach: print the container's output until it exits, return its exit code.
@@ -210,7 +210,7 @@ pub(crate) struct ExecArgs {
 
 pub(crate) fn dispatch(store: &Store, cmd: ContainerCommand) -> Result<ExitCode> {
     match cmd {
-        ContainerCommand::Create(a) => crate::run::create(store, a),
+        ContainerCommand::Create(a) => crate::run::create(store, *a),
         ContainerCommand::Start { attach, containers } => start(store, attach, &containers),
         ContainerCommand::Stop { time, containers } => each(&containers, |n| {
             Ok(lifecycle::stop(store, n, time).map_err(e)?.name)
@@ -837,7 +837,7 @@ fn exec_cmd(store: &Store, a: ExecArgs) -> Result<ExitCode> {
     crate::run::forward_signals(
         set,
         c.pid() as i32,
-        master.as_ref().map(|m| std::os::fd::AsRawFd::as_raw_fd(m)),
+        master.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
     );
     let st = c.wait();
     if let Some(o) = output {

@@ -35,6 +35,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Build an image from a Dockerfile (the default command).
@@ -92,7 +94,7 @@ enum Command {
         input: PathBuf,
     },
     /// Run a command in a new container.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List containers (running ones; -a: also those kept after they exited).
     Ps(containers::PsArgs),
     /// Remove containers and their writable layers.
@@ -209,7 +211,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("{}", img.config_digest);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run::run(&open_store(cli.root)?, args),
+        Command::Run(args) => run::run(&open_store(cli.root)?, *args),
         Command::Ps(a) => containers::ps(&open_store(cli.root)?, a),
         Command::Rm(a) => containers::rm(&open_store(cli.root)?, a),
         Command::Diff(a) => containers::diff(&open_store(cli.root)?, a),

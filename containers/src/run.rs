@@ -955,7 +955,7 @@ pub fn find_pub(store: &Store, name: &str) -> Result<ContainerRecord, Error> {
 pub(crate) fn find(store: &Store, name: &str) -> Result<ContainerRecord, Error> {
     store
         .find_container(name)?
-        .ok_or_else(|| cerr(format!("No such container: {name} (see `rbuild ps -a`)")))
+        .ok_or_else(|| cerr(format!("no such container: {name} (see `rbuild ps -a`)")))
 }
 
 /// One line of `rbuild diff`.
