@@ -146,6 +146,29 @@ pub(crate) enum ContainerCommand {
         /// Container.
         container: String,
     },
+    /// Freeze every process of running containers.
+    Pause {
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Thaw paused containers.
+    Unpause {
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show CPU, memory, block I/O and process counts of running containers.
+    Stats {
+        /// Print one sample and exit.
+        #[arg(long)]
+        no_stream: bool,
+        /// Also list stopped containers.
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Containers (default: every running one).
+        containers: Vec<String>,
+    },
     /// Copy files between a container and the host: `cp NAME:SRC DST`, `cp SRC NAME:DST`
     /// (`-` for a tar stream on stdin/stdout). Works on stopped containers.
     Cp {
@@ -242,6 +265,19 @@ pub(crate) fn dispatch(store: &Store, cmd: ContainerCommand) -> Result<ExitCode>
         ContainerCommand::Inspect { format, containers } => inspect(store, format, &containers),
         ContainerCommand::Top { container } => top(store, &container),
         ContainerCommand::Cp { archive, src, dst } => cp(store, archive, &src, &dst),
+        ContainerCommand::Pause { containers } => each(&containers, |n| {
+            lifecycle::set_paused(store, n, true).map_err(e)?;
+            Ok(n.to_string())
+        }),
+        ContainerCommand::Unpause { containers } => each(&containers, |n| {
+            lifecycle::set_paused(store, n, false).map_err(e)?;
+            Ok(n.to_string())
+        }),
+        ContainerCommand::Stats {
+            no_stream,
+            all,
+            containers,
+        } => stats(store, no_stream, all, &containers),
     }
 }
 
@@ -306,6 +342,123 @@ fn cp(store: &Store, archive: bool, src: &str, dst: &str) -> Result<ExitCode> {
         (None, None) => bail!("cp: one of SRC and DST must be CONTAINER:PATH"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `v` with 4 significant digits, trailing zeros dropped (Go's `%.4g` for these ranges).
+fn four_digits(v: f64) -> String {
+    let int_digits = if v < 1.0 {
+        1
+    } else {
+        (v.log10().floor() as usize) + 1
+    };
+    let s = format!("{v:.*}", 4usize.saturating_sub(int_digits));
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// Docker's `units.BytesSize` (binary units: `1.5MiB`).
+fn bytes_binary(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{}{}", four_digits(v), units[i])
+}
+
+/// Docker's `units.HumanSize` (decimal units: `12.3kB`).
+fn bytes_decimal(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    format!("{}{}", four_digits(v), units[i])
+}
+
+fn stats(store: &Store, no_stream: bool, all: bool, names: &[String]) -> Result<ExitCode> {
+    loop {
+        let list: Vec<ContainerState> = if names.is_empty() {
+            state::list(store)
+                .map_err(e)?
+                .into_iter()
+                .filter(|s| all || s.status.is_running())
+                .collect()
+        } else {
+            names
+                .iter()
+                .map(|n| state::get(store, n).map_err(e))
+                .collect::<Result<_>>()?
+        };
+        let pids: Vec<i32> = list.iter().map(|s| s.pid().unwrap_or(0)).collect();
+        let samples = rbuild_containers::stats::sample(&pids, Duration::from_millis(500));
+        let host = rbuild_containers::stats::host_memory();
+        let mut lines = vec![[
+            "CONTAINER ID",
+            "NAME",
+            "CPU %",
+            "MEM USAGE / LIMIT",
+            "MEM %",
+            "NET I/O",
+            "BLOCK I/O",
+            "PIDS",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for (st, s) in list.iter().zip(samples) {
+            let limit = container::ContainerConfig::load(store, &st.record.name)
+                .ok()
+                .and_then(|c| c.memory)
+                .map_or(host, |m| m as u64);
+            let running = st.pid().is_some();
+            let dash = |v: String| if running { v } else { "--".to_string() };
+            lines.push(vec![
+                st.record.id[..12].to_string(),
+                st.record.name.clone(),
+                dash(format!("{:.2}%", s.cpu_percent)),
+                dash(format!(
+                    "{} / {}",
+                    bytes_binary(s.memory),
+                    bytes_binary(limit)
+                )),
+                dash(format!(
+                    "{:.2}%",
+                    if limit > 0 {
+                        s.memory as f64 * 100.0 / limit as f64
+                    } else {
+                        0.0
+                    }
+                )),
+                // Host or no network: nothing of its own to count.
+                "--".to_string(),
+                dash(format!(
+                    "{} / {}",
+                    bytes_decimal(s.block_io.0),
+                    bytes_decimal(s.block_io.1)
+                )),
+                dash(s.pids.to_string()),
+            ]);
+        }
+        let mut out = std::io::stdout().lock();
+        if !no_stream {
+            // Clear the screen and go home, as `docker stats` redraws.
+            write!(out, "\x1b[2J\x1b[H")?;
+        }
+        write_table(&mut out, &lines)?;
+        if no_stream {
+            return Ok(ExitCode::SUCCESS);
+        }
+        out.flush()?;
+        drop(out);
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Docker's `units.HumanDuration`.
@@ -444,6 +597,11 @@ fn render(tpl: &str, fields: &BTreeMap<&str, String>, whole: &Value) -> String {
     }
     out.push_str(&literal(rest));
     out
+}
+
+/// [`render`] with the document's own fields only (`inspect -f`).
+pub(crate) fn render_doc(tpl: &str, doc: &Value) -> String {
+    render(tpl, &BTreeMap::new(), doc)
 }
 
 fn lookup(v: &Value, path: &str) -> Value {
@@ -677,7 +835,7 @@ pub(crate) fn commit(store: &Store, args: CommitArgs) -> Result<ExitCode> {
 
 /// A time bound of `--since`/`--until`: RFC 3339, Unix seconds (with fraction), or a duration
 /// before now (`10m`).
-fn parse_time_bound(s: &str) -> Result<i64> {
+pub(crate) fn parse_time_bound(s: &str) -> Result<i64> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.timestamp_nanos_opt().unwrap_or(0));
     }
@@ -1047,6 +1205,15 @@ mod tests {
         assert_eq!(human_duration(s(3700)), "About an hour");
         assert_eq!(human_duration(s(3 * 3600)), "3 hours");
         assert_eq!(human_duration(s(3 * 86400)), "3 days");
+    }
+
+    #[test]
+    fn sizes_like_docker() {
+        assert_eq!(bytes_binary(512), "512B");
+        assert_eq!(bytes_binary(1536 * 1024), "1.5MiB");
+        assert_eq!(bytes_decimal(12_300), "12.3kB");
+        assert_eq!(bytes_decimal(0), "0B");
+        assert_eq!(bytes_binary(8_200_000_000), "7.637GiB");
     }
 
     #[test]

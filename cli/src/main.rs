@@ -9,6 +9,7 @@ mod image_cmds;
 mod images;
 mod progress;
 mod run;
+mod system_cmds;
 mod volumes;
 
 use std::path::PathBuf;
@@ -108,6 +109,9 @@ enum Command {
     Volume(volumes::VolumeCommand),
     #[command(flatten)]
     Container(containers::ContainerCommand),
+    /// Disk usage, pruning and the event journal of the store.
+    #[command(subcommand)]
+    System(system_cmds::SystemCommand),
     /// Show build cache disk usage (records, cache mounts).
     Du(cache_cmds::DuArgs),
     /// Remove unused build cache, least recently used first.
@@ -218,6 +222,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Commit(a) => containers::commit(&open_store(cli.root)?, a),
         Command::Volume(c) => volumes::volume(&open_store(cli.root)?, c),
         Command::Container(c) => containers::dispatch(&open_store(cli.root)?, c),
+        Command::System(c) => system_cmds::system(&open_store(cli.root)?, c),
         Command::Du(a) => cache_cmds::du(&open_store(cli.root)?, a),
         Command::Prune(a) => cache_cmds::prune(&open_store(cli.root)?, a),
         Command::Cache(c) => cache_cmds::cache(&open_store(cli.root)?, c),

@@ -832,3 +832,186 @@ fn volume_seeding_never_copies_a_host_path() {
         "image\n"
     );
 }
+
+#[test]
+fn pause_stats_volumes_and_system_commands() {
+    let env = Env::new();
+    ok(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "spin",
+            "busybox:local",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ],
+    );
+    // pause: every process frozen (state D/T in the freezer), ps says Paused, exec refused.
+    ok(&env, &["pause", "spin"]);
+    assert!(ok(&env, &["ps"]).contains("(Paused)"));
+    assert_eq!(
+        inspect(&env, "spin", "{{.State.Status}} {{.State.Paused}}"),
+        "paused true"
+    );
+    let out = env.rbuild(&["exec", "spin", "true"]);
+    assert!(!out.status.success() && stderr(&out).contains("paused"));
+    let st = ok(&env, &["stats", "--no-stream", "spin"]);
+    let cpu: f64 = st
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    assert!(cpu < 5.0, "a paused container uses no CPU: {st}");
+    ok(&env, &["unpause", "spin"]);
+    assert_eq!(inspect(&env, "spin", "{{.State.Status}}"), "running");
+    let st = ok(&env, &["stats", "--no-stream"]);
+    assert!(st.starts_with("CONTAINER ID   NAME"), "{st}");
+    let row = st.lines().nth(1).unwrap();
+    let cpu: f64 = row
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    assert!(cpu > 20.0, "a busy loop uses CPU: {st}");
+    assert!(row.contains("MiB / ") && row.ends_with(" 1"), "{row}");
+    // A paused container still stops.
+    ok(&env, &["pause", "spin"]);
+    ok(&env, &["stop", "-t", "1", "spin"]);
+    assert_eq!(inspect(&env, "spin", "{{.State.Status}}"), "exited");
+
+    // Volumes: create with a label, inspect, then used and seen by df.
+    assert_eq!(
+        ok(&env, &["volume", "create", "--label", "team=a", "data1"]).trim(),
+        "data1"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&env, &["volume", "inspect", "data1"])).unwrap();
+    assert_eq!(v[0]["Name"], "data1");
+    assert_eq!(v[0]["Labels"]["team"], "a");
+    assert_eq!(v[0]["Driver"], "local");
+    assert!(v[0]["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .ends_with("volumes/data1/_data"));
+    assert!(!env.rbuild(&["volume", "inspect", "nope"]).status.success());
+    let generated = ok(&env, &["volume", "create"]);
+    assert_eq!(generated.trim().len(), 64);
+    ok(
+        &env,
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "data1:/d",
+            "busybox:local",
+            "sh",
+            "-c",
+            "head -c 5000 /dev/zero > /d/f",
+        ],
+    );
+    let df = ok(&env, &["system", "df"]);
+    let lines: Vec<&str> = df.lines().collect();
+    assert!(
+        lines[0].starts_with("TYPE") && lines[0].contains("RECLAIMABLE"),
+        "{df}"
+    );
+    assert!(lines[1].starts_with("Images          1         "), "{df}");
+    assert!(lines[2].starts_with("Containers      1         0"), "{df}");
+    assert!(
+        lines[3].starts_with("Local Volumes   2         0         5kB"),
+        "{df}"
+    );
+
+    // Events: the journal, filtered, in Docker's text and JSON forms.
+    let ev = ok(
+        &env,
+        &[
+            "system",
+            "events",
+            "--since",
+            "1h",
+            "--until",
+            "0s",
+            "--filter",
+            "container=spin",
+        ],
+    );
+    let actions: Vec<&str> = ev
+        .lines()
+        .map(|l| l.split_whitespace().nth(2).unwrap())
+        .collect();
+    assert_eq!(&actions[..2], &["create", "start"], "{ev}");
+    assert!(
+        actions.contains(&"pause") && actions.contains(&"unpause") && actions.contains(&"die"),
+        "{ev}"
+    );
+    let js = ok(
+        &env,
+        &[
+            "system",
+            "events",
+            "--until",
+            "0s",
+            "--filter",
+            "event=create",
+            "--format",
+            "json",
+        ],
+    );
+    for l in js.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["Action"], "create");
+    }
+    assert!(js.lines().count() >= 2, "{js}");
+
+    // prune: the stopped container and unused anonymous volumes; named volumes stay.
+    ok(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "keep",
+            "-v",
+            "/anon",
+            "busybox:local",
+            "sleep",
+            "300",
+        ],
+    );
+    ok(
+        &env,
+        &[
+            "run",
+            "--name",
+            "gone",
+            "-v",
+            "/anon2",
+            "busybox:local",
+            "true",
+        ],
+    );
+    let p = ok(&env, &["system", "prune", "-f", "--volumes"]);
+    assert!(
+        p.contains("Deleted Containers:") && p.contains("Total reclaimed space:"),
+        "{p}"
+    );
+    let left = ok(&env, &["ps", "-a", "--format", "{{.Names}}"]);
+    assert_eq!(left.trim(), "keep");
+    let vols = ok(&env, &["volume", "ls", "-q"]);
+    assert!(
+        vols.contains("data1") && vols.lines().filter(|v| v.starts_with("anon-")).count() == 1,
+        "{vols}"
+    );
+    ok(&env, &["rm", "-f", "keep"]);
+}

@@ -16,16 +16,19 @@
 //! - [`logs`]: Docker's json-file log format with size-based rotation.
 //! - [`exec`] and [`cp`]: a process in a running container; files in and out of any container,
 //!   every container path resolved inside its root (`rbuild-fsroot`).
+//! - [`freezer`]: `pause`/`unpause`; [`stats`]: `stats --no-stream`.
 //! - [`NetworkHook`]: the seam where the network setup attaches a container (empty: host or none).
 
 pub mod cp;
 pub mod exec;
+pub mod freezer;
 pub mod lifecycle;
 pub mod logs;
 pub mod monitor;
 pub mod proc;
 pub mod run;
 pub mod state;
+pub mod stats;
 
 pub use monitor::{monitor_if_requested, NetworkHook};
 pub use run::{Bind, RunRequest, Tmpfs, Volume};

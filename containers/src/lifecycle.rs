@@ -170,6 +170,9 @@ pub fn stop(store: &Store, name: &str, timeout: Option<u32>) -> Result<Container
     let timeout = timeout
         .or(conf.as_ref().map(|c| c.stop_timeout))
         .unwrap_or(10);
+    if r.paused {
+        crate::freezer::thaw(&r.id)?;
+    }
     if let (Some(pid), Some(start)) = (r.pid, r.pid_start) {
         signal_checked(pid, start, sig);
         let deadline = Instant::now() + Duration::from_secs(timeout.into());
@@ -235,6 +238,9 @@ pub fn remove(store: &Store, name: &str, force: bool) -> Result<ContainerRecord,
             )));
         }
         let _ = mark_stopping(store, &r);
+        if r.paused {
+            let _ = crate::freezer::thaw(&r.id);
+        }
         if let (Some(p), Some(s)) = (r.monitor_pid, r.monitor_start) {
             signal_checked(p, s, libc::SIGKILL);
         }
@@ -263,6 +269,42 @@ pub fn rename(store: &Store, old: &str, new: &str) -> Result<(), Error> {
     store.save_container(&r)?;
     crate::state::event(store, "container", "rename", &r);
     Ok(())
+}
+
+/// `rbuild pause`/`unpause`: freezes or thaws every process of the container.
+pub fn set_paused(store: &Store, name: &str, paused: bool) -> Result<ContainerRecord, Error> {
+    let st = get(store, name)?;
+    let r = st.record.clone();
+    let Some(pid) = st.pid() else {
+        return Err(cerr(format!("container {} is not running", r.name)));
+    };
+    if r.paused == paused {
+        return Err(cerr(format!(
+            "container {} is {}",
+            r.name,
+            if paused {
+                "already paused"
+            } else {
+                "not paused"
+            }
+        )));
+    }
+    if paused {
+        crate::freezer::freeze(&r.id, pid)?;
+    } else {
+        crate::freezer::thaw(&r.id)?;
+    }
+    // The monitor may rewrite the record too: re-read, change the one field, write.
+    let mut r = crate::run::find(store, &r.id)?;
+    r.paused = paused;
+    store.save_container(&r)?;
+    crate::state::event(
+        store,
+        "container",
+        if paused { "pause" } else { "unpause" },
+        &r,
+    );
+    Ok(r)
 }
 
 #[cfg(test)]

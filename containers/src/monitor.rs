@@ -265,6 +265,7 @@ fn run_once(
     for t in copiers {
         let _ = t.join();
     }
+    crate::freezer::cleanup(&shared.get().id);
     let rec = shared.update(|r| record_exit(r, outcome.as_ref().ok()));
     crate::state::event(store, "container", "die", &rec);
     network.detach(store, &rec, &attachment);
