@@ -84,6 +84,9 @@ pub(crate) enum ContainerCommand {
         /// Attach: print the container's output until it exits, return its exit code.
         #[arg(short = 'a', long)]
         attach: bool,
+        /// Attach stdin too (with -a; detach with Ctrl-P Ctrl-Q).
+        #[arg(short = 'i', long)]
+        interactive: bool,
         /// Containers.
         #[arg(required = true)]
         containers: Vec<String>,
@@ -169,6 +172,17 @@ pub(crate) enum ContainerCommand {
         /// Containers (default: every running one).
         containers: Vec<String>,
     },
+    /// Attach to a running container's stdio (detach with Ctrl-P Ctrl-Q).
+    Attach {
+        /// Do not send stdin.
+        #[arg(long)]
+        no_stdin: bool,
+        /// Key sequence that detaches (e.g. ctrl-p,ctrl-q or ctrl-a,d).
+        #[arg(long, default_value = "ctrl-p,ctrl-q")]
+        detach_keys: String,
+        /// Container.
+        container: String,
+    },
     /// Copy files between a container and the host: `cp NAME:SRC DST`, `cp SRC NAME:DST`
     /// (`-` for a tar stream on stdin/stdout). Works on stopped containers.
     Cp {
@@ -234,7 +248,20 @@ pub(crate) struct ExecArgs {
 pub(crate) fn dispatch(store: &Store, cmd: ContainerCommand) -> Result<ExitCode> {
     match cmd {
         ContainerCommand::Create(a) => crate::run::create(store, *a),
-        ContainerCommand::Start { attach, containers } => start(store, attach, &containers),
+        ContainerCommand::Start {
+            attach: a,
+            interactive,
+            containers,
+        } => {
+            if interactive {
+                if containers.len() != 1 {
+                    bail!("start -i: give exactly one container");
+                }
+                lifecycle::start(store, &containers[0]).map_err(e)?;
+                return attach(store, &containers[0], true, "ctrl-p,ctrl-q");
+            }
+            start(store, a, &containers)
+        }
         ContainerCommand::Stop { time, containers } => each(&containers, |n| {
             Ok(lifecycle::stop(store, n, time).map_err(e)?.name)
         }),
@@ -265,6 +292,11 @@ pub(crate) fn dispatch(store: &Store, cmd: ContainerCommand) -> Result<ExitCode>
         ContainerCommand::Inspect { format, containers } => inspect(store, format, &containers),
         ContainerCommand::Top { container } => top(store, &container),
         ContainerCommand::Cp { archive, src, dst } => cp(store, archive, &src, &dst),
+        ContainerCommand::Attach {
+            no_stdin,
+            detach_keys,
+            container,
+        } => attach(store, &container, !no_stdin, &detach_keys),
         ContainerCommand::Pause { containers } => each(&containers, |n| {
             lifecycle::set_paused(store, n, true).map_err(e)?;
             Ok(n.to_string())
@@ -317,6 +349,145 @@ fn start(store: &Store, attach: bool, names: &[String]) -> Result<ExitCode> {
     each(names, |n| match lifecycle::start(store, n).map_err(e)? {
         Started::Now(_) | Started::AlreadyRunning => Ok(n.to_string()),
     })
+}
+
+/// Parses `--detach-keys`: comma-separated `ctrl-X` or single characters.
+pub(crate) fn parse_detach_keys(s: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for k in s.split(',') {
+        let k = k.trim();
+        if let Some(c) = k.strip_prefix("ctrl-") {
+            let b = match c.as_bytes() {
+                [b] if b.is_ascii_alphabetic() => b.to_ascii_lowercase() - b'a' + 1,
+                b"@" => 0,
+                b"[" => 27,
+                b"\\" => 28,
+                b"]" => 29,
+                b"^" => 30,
+                b"_" => 31,
+                _ => bail!("--detach-keys {s}: unknown key {k:?}"),
+            };
+            out.push(b);
+        } else if k.len() == 1 {
+            out.push(k.as_bytes()[0]);
+        } else {
+            bail!("--detach-keys {s}: unknown key {k:?} (use ctrl-<letter> or one character)");
+        }
+    }
+    if out.is_empty() {
+        bail!("--detach-keys: empty sequence");
+    }
+    Ok(out)
+}
+
+/// Finds the detach sequence in typed input: bytes to send on, and whether it completed.
+pub(crate) struct DetachScanner {
+    keys: Vec<u8>,
+    matched: usize,
+}
+
+impl DetachScanner {
+    pub(crate) fn new(keys: Vec<u8>) -> Self {
+        DetachScanner { keys, matched: 0 }
+    }
+
+    /// Returns the bytes to forward (a partial match is held back) and whether to detach.
+    pub(crate) fn feed(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        for &b in input {
+            if b == self.keys[self.matched] {
+                self.matched += 1;
+                if self.matched == self.keys.len() {
+                    return (out, true);
+                }
+                continue;
+            }
+            out.extend_from_slice(&self.keys[..self.matched]);
+            self.matched = 0;
+            if b == self.keys[0] {
+                self.matched = 1;
+                if self.keys.len() == 1 {
+                    return (out, true);
+                }
+            } else {
+                out.push(b);
+            }
+        }
+        (out, false)
+    }
+}
+
+fn attach(store: &Store, name: &str, with_stdin: bool, detach_keys: &str) -> Result<ExitCode> {
+    use rbuild_containers::attach::Attached;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let keys = parse_detach_keys(detach_keys)?;
+    let st = state::get(store, name).map_err(e)?;
+    let conf = container::ContainerConfig::load(store, &st.record.name).map_err(e)?;
+    let mut conn = Attached::connect(store, &st.record.name).map_err(e)?;
+    // SAFETY: isatty on fd 0.
+    let stdin_tty = unsafe { nix::libc::isatty(0) } == 1;
+    let _raw = if conf.tty && with_stdin && stdin_tty {
+        crate::run::RawMode::enable()
+    } else {
+        None
+    };
+    let detached = Arc::new(AtomicBool::new(false));
+    if conf.tty {
+        if let Some((rows, cols)) = crate::run::terminal_size() {
+            let _ = conn.sender().map_err(e)?.resize(rows, cols);
+        }
+    }
+    if with_stdin && (conf.interactive || conf.tty) {
+        let mut tx = conn.sender().map_err(e)?;
+        let done = detached.clone();
+        let shut = conn.sender().map_err(e)?;
+        std::thread::spawn(move || {
+            let mut scan = DetachScanner::new(keys);
+            let mut buf = [0u8; 4096];
+            let mut inp = std::io::stdin().lock();
+            loop {
+                match std::io::Read::read(&mut inp, &mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.eof();
+                        return;
+                    }
+                    Ok(n) => {
+                        let (fwd, detach) = scan.feed(&buf[..n]);
+                        if !fwd.is_empty() && tx.stdin(&fwd).is_err() {
+                            return;
+                        }
+                        if detach {
+                            done.store(true, Ordering::SeqCst);
+                            shut.close();
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    loop {
+        match conn.next_output() {
+            Ok(Some((stream, data))) => {
+                if stream == 2 {
+                    let mut err = std::io::stderr().lock();
+                    err.write_all(&data)?;
+                    err.flush()?;
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&data)?;
+                    out.flush()?;
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if detached.load(Ordering::SeqCst) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let code = lifecycle::wait(store, &st.record.id).map_err(e)?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
 /// Splits `NAME:PATH` (a container side) from a host path (which has no `:` before a `/`).
@@ -1214,6 +1385,17 @@ mod tests {
         assert_eq!(bytes_decimal(12_300), "12.3kB");
         assert_eq!(bytes_decimal(0), "0B");
         assert_eq!(bytes_binary(8_200_000_000), "7.637GiB");
+    }
+
+    #[test]
+    fn detach_keys() {
+        assert_eq!(parse_detach_keys("ctrl-p,ctrl-q").unwrap(), vec![16, 17]);
+        assert_eq!(parse_detach_keys("ctrl-a,d").unwrap(), vec![1, b'd']);
+        assert!(parse_detach_keys("ctrl-1").is_err());
+        let mut s = DetachScanner::new(vec![16, 17]);
+        assert_eq!(s.feed(b"ab\x10"), (b"ab".to_vec(), false));
+        assert_eq!(s.feed(b"c"), (b"\x10c".to_vec(), false));
+        assert_eq!(s.feed(b"x\x10\x10\x11rest"), (b"x\x10".to_vec(), true));
     }
 
     #[test]

@@ -386,7 +386,7 @@ pub(crate) struct RawMode {
 }
 
 impl RawMode {
-    fn enable() -> Option<RawMode> {
+    pub(crate) fn enable() -> Option<RawMode> {
         use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
         let fd = std::io::stdin();
         let saved = tcgetattr(fd.as_fd()).ok()?;
@@ -404,6 +404,20 @@ impl Drop for RawMode {
             nix::sys::termios::SetArg::TCSANOW,
             &self.saved,
         );
+    }
+}
+
+/// The host terminal's size (rows, cols) from stdout or stdin.
+pub(crate) fn terminal_size() -> Option<(u16, u16)> {
+    // SAFETY: zeroed winsize is valid; TIOCGWINSZ only writes it.
+    unsafe {
+        let mut ws: nix::libc::winsize = std::mem::zeroed();
+        if nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws) != 0
+            && nix::libc::ioctl(0, nix::libc::TIOCGWINSZ, &mut ws) != 0
+        {
+            return None;
+        }
+        Some((ws.ws_row, ws.ws_col))
     }
 }
 

@@ -1015,3 +1015,57 @@ fn pause_stats_volumes_and_system_commands() {
     );
     ok(&env, &["rm", "-f", "keep"]);
 }
+
+#[test]
+fn attach_passes_stdin_output_and_exit_code_and_detaches_with_ctrl_p_ctrl_q() {
+    let env = Env::new();
+    ok(
+        &env,
+        &[
+            "run",
+            "-d",
+            "-i",
+            "--name",
+            "echoer",
+            "busybox:local",
+            "sh",
+            "-c",
+            "while read l; do echo \"got $l\"; echo \"err $l\" >&2; done; exit 5",
+        ],
+    );
+    let attach = |name: &str, input: &'static [&'static [u8]], linger_ms: u64| {
+        let mut child = Command::new(bin())
+            .args(["attach", name])
+            .env("RBUILD_ROOT", env.root.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            for chunk in input {
+                std::thread::sleep(Duration::from_millis(300));
+                stdin.write_all(chunk).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(linger_ms));
+        });
+        child.wait_with_output().unwrap()
+    };
+    let out = attach("echoer", &[b"one\ntwo\n"], 0);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "got one\ngot two\n");
+    assert_eq!(stderr(&out), "err one\nerr two\n");
+    // With a terminal: Ctrl-P Ctrl-Q detaches and the container keeps running.
+    ok(
+        &env,
+        &["run", "-d", "-it", "--name", "shell", "busybox:local", "sh"],
+    );
+    let out = attach("shell", &[b"echo hi-$((40+2))\n", b"\x10\x11"], 500);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("hi-42"), "{}", stdout(&out));
+    assert_eq!(inspect(&env, "shell", "{{.State.Status}}"), "running");
+    let out = env.rbuild(&["attach", "echoer"]);
+    assert!(!out.status.success() && stderr(&out).contains("stopped container"));
+    ok(&env, &["rm", "-f", "shell", "echoer"]);
+}

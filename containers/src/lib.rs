@@ -19,6 +19,7 @@
 //! - [`freezer`]: `pause`/`unpause`; [`stats`]: `stats --no-stream`.
 //! - [`NetworkHook`]: the seam where the network setup attaches a container (empty: host or none).
 
+pub mod attach;
 pub mod cp;
 pub mod exec;
 pub mod freezer;

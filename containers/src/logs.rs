@@ -105,7 +105,12 @@ impl LogWriter {
 
     /// Copies `from` into the log as `stream` until end of file (or a read error such as the
     /// EIO of a closed pty), one entry per line.
-    pub fn copy_from(&self, mut from: impl Read, stream: &str) {
+    pub fn copy_from(&self, from: impl Read, stream: &str) {
+        self.copy_from_tee(from, stream, |_| {});
+    }
+
+    /// As [`LogWriter::copy_from`], also handing every chunk read to `tee` (attached clients).
+    pub fn copy_from_tee(&self, mut from: impl Read, stream: &str, tee: impl Fn(&[u8])) {
         let mut buf = vec![0u8; 32 * 1024];
         let mut pending: Vec<u8> = Vec::new();
         loop {
@@ -113,6 +118,7 @@ impl LogWriter {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            tee(&buf[..n]);
             pending.extend_from_slice(&buf[..n]);
             while let Some(i) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=i).collect();

@@ -154,6 +154,13 @@ fn run_monitor(store: &Store, name: &str, ready: File, network: &dyn NetworkHook
             )
         }
     };
+    let hub = crate::attach::Hub::default();
+    if let Err(e) = hub.serve(&dir) {
+        return fail(
+            &mut ready,
+            format!("creating the attach socket in {}: {e}", dir.display()),
+        );
+    }
     let me = std::process::id() as i32;
     let shared = Shared {
         store: store.clone(),
@@ -168,7 +175,7 @@ fn run_monitor(store: &Store, name: &str, ready: File, network: &dyn NetworkHook
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
-        match run_once(&shared, &conf, &logs, network, &mut ready) {
+        match run_once(&shared, &conf, &logs, &hub, network, &mut ready) {
             Err(e) => {
                 let rec = shared.update(|r| record_exit(r, None));
                 crate::state::event(store, "container", "die", &rec);
@@ -200,6 +207,7 @@ fn run_monitor(store: &Store, name: &str, ready: File, network: &dyn NetworkHook
         shared.update(|r| r.restart_count += 1);
     }
     let _ = std::fs::remove_file(dir.join(STOP_MARKER));
+    let _ = std::fs::remove_file(dir.join(crate::attach::SOCKET));
     let rec = shared.get();
     if conf.remove {
         let _ = crate::run::remove_dir(&dir);
@@ -213,6 +221,7 @@ fn run_once(
     shared: &Shared,
     conf: &ContainerConfig,
     logs: &LogWriter,
+    hub: &crate::attach::Hub,
     network: &dyn NetworkHook,
     ready: &mut Option<File>,
 ) -> Result<i32, Error> {
@@ -220,7 +229,12 @@ fn run_once(
     let rec = shared.get();
     let attachment = network.attach(store, &rec, conf)?;
     shared.update(|r| r.network = attachment.clone());
-    let stdio = (Stdio::null(), Stdio::piped(), Stdio::piped());
+    let stdin = if conf.interactive && !conf.tty {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    let stdio = (stdin, Stdio::piped(), Stdio::piped());
     let mut c = match spawn_container(store, &rec, conf, stdio) {
         Ok(c) => c,
         Err(e) => {
@@ -236,12 +250,18 @@ fn run_once(
     let mut copiers = Vec::new();
     let mut add = |from: Option<Box<dyn Read + Send>>, stream: &'static str| {
         if let Some(from) = from {
-            let l = logs.clone();
-            copiers.push(std::thread::spawn(move || l.copy_from(from, stream)));
+            let (l, h) = (logs.clone(), hub.clone());
+            let id = if stream == "stderr" { 2 } else { 1 };
+            copiers.push(std::thread::spawn(move || {
+                l.copy_from_tee(from, stream, |b| h.broadcast(id, b))
+            }));
         }
     };
     if let Some(m) = c.pty_master() {
+        hub.set_input(crate::attach::pty_input(&m).ok());
         add(Some(Box::new(File::from(m))), "stdout");
+    } else if let Some(i) = c.stdin() {
+        hub.set_input(Some(crate::attach::Input::Pipe(Box::new(i))));
     }
     add(
         c.stdout().map(|s| Box::new(s) as Box<dyn Read + Send>),
@@ -265,6 +285,8 @@ fn run_once(
     for t in copiers {
         let _ = t.join();
     }
+    hub.set_input(None);
+    hub.close_clients();
     crate::freezer::cleanup(&shared.get().id);
     let rec = shared.update(|r| record_exit(r, outcome.as_ref().ok()));
     crate::state::event(store, "container", "die", &rec);
