@@ -72,6 +72,9 @@ pub struct ContainerRecord {
     /// Whether the container is paused (cgroup freezer).
     #[serde(default)]
     pub paused: bool,
+    /// Set by the monitor while it waits to restart PID 1 (restart policy back-off).
+    #[serde(default)]
+    pub restarting: bool,
     /// HEALTHCHECK state, when the container has one.
     #[serde(default)]
     pub health: Option<Health>,

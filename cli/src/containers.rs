@@ -39,6 +39,9 @@ pub(crate) struct PsArgs {
     /// Do not truncate ids and commands.
     #[arg(long)]
     no_trunc: bool,
+    /// Show the size of each container's writable layer (and with its image: virtual).
+    #[arg(short = 's', long)]
+    size: bool,
     /// Filter: status=, name=, label=KEY[=VALUE], ancestor=, id= (repeatable; all must match).
     #[arg(short = 'f', long = "filter")]
     filter: Vec<String>,
@@ -467,20 +470,15 @@ fn attach(store: &Store, name: &str, with_stdin: bool, detach_keys: &str) -> Res
             }
         });
     }
-    loop {
-        match conn.next_output() {
-            Ok(Some((stream, data))) => {
-                if stream == 2 {
-                    let mut err = std::io::stderr().lock();
-                    err.write_all(&data)?;
-                    err.flush()?;
-                } else {
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(&data)?;
-                    out.flush()?;
-                }
-            }
-            Ok(None) | Err(_) => break,
+    while let Ok(Some((stream, data))) = conn.next_output() {
+        if stream == 2 {
+            let mut err = std::io::stderr().lock();
+            err.write_all(&data)?;
+            err.flush()?;
+        } else {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&data)?;
+            out.flush()?;
         }
     }
     if detached.load(Ordering::SeqCst) {
@@ -859,6 +857,23 @@ pub(crate) fn ps(store: &Store, args: PsArgs) -> Result<ExitCode> {
         );
         m.insert("Mounts", r.volumes.join(","));
         m.insert("Networks", r.network.mode.clone());
+        if args.size || args.format.as_deref().is_some_and(|f| f.contains(".Size")) {
+            let own = crate::system_cmds::tree_size(&store.container_dir(&r.name).join("upper"));
+            let image = r
+                .manifest
+                .parse()
+                .ok()
+                .and_then(|d| rbuild_exporter::load_image(store, &d).ok())
+                .map_or(0, |i| i.size);
+            m.insert(
+                "Size",
+                format!(
+                    "{} (virtual {})",
+                    bytes_decimal(own),
+                    bytes_decimal(own + image)
+                ),
+            );
+        }
         wholes.push(json!(m));
         table.push(m);
     }
@@ -904,6 +919,7 @@ pub(crate) fn ps(store: &Store, args: PsArgs) -> Result<ExitCode> {
                             "Labels",
                             "Mounts",
                             "Networks",
+                            "Size",
                         ]
                         .into_iter()
                         .find(|k| *k == key)
@@ -911,20 +927,30 @@ pub(crate) fn ps(store: &Store, args: PsArgs) -> Result<ExitCode> {
                         (static_key, header_of(static_key))
                     })
                     .collect(),
-                _ => vec![
-                    ("ID", "CONTAINER ID"),
-                    ("Image", "IMAGE"),
-                    ("Command", "COMMAND"),
-                    ("RunningFor", "CREATED"),
-                    ("Status", "STATUS"),
-                    ("Ports", "PORTS"),
-                    ("Names", "NAMES"),
-                ],
+                _ => {
+                    let mut c = vec![
+                        ("ID", "CONTAINER ID"),
+                        ("Image", "IMAGE"),
+                        ("Command", "COMMAND"),
+                        ("RunningFor", "CREATED"),
+                        ("Status", "STATUS"),
+                        ("Ports", "PORTS"),
+                        ("Names", "NAMES"),
+                    ];
+                    if args.size {
+                        c.push(("Size", "SIZE"));
+                    }
+                    c
+                }
             };
             let mut lines: Vec<Vec<String>> =
                 vec![cols.iter().map(|(_, h)| h.to_string()).collect()];
             for m in &table {
-                lines.push(cols.iter().map(|(k, _)| m[k].clone()).collect());
+                lines.push(
+                    cols.iter()
+                        .map(|(k, _)| m.get(k).cloned().unwrap_or_default())
+                        .collect(),
+                );
             }
             write_table(&mut out, &lines)?;
         }
@@ -945,6 +971,7 @@ fn header_of(key: &str) -> &'static str {
         "Names" => "NAMES",
         "Labels" => "LABELS",
         "Mounts" => "MOUNTS",
+        "Size" => "SIZE",
         _ => "NETWORKS",
     }
 }

@@ -177,7 +177,10 @@ fn run_monitor(store: &Store, name: &str, ready: File, network: &dyn NetworkHook
         let started = Instant::now();
         match run_once(&shared, &conf, &logs, &hub, network, &mut ready) {
             Err(e) => {
-                let rec = shared.update(|r| record_exit(r, None));
+                let rec = shared.update(|r| {
+                    record_exit(r, None);
+                    r.restarting = false;
+                });
                 crate::state::event(store, "container", "die", &rec);
                 let _ = logs.write("stderr", format!("rbuild: {e}\n").as_bytes());
                 fail(&mut ready, e.to_string());
@@ -196,11 +199,13 @@ fn run_monitor(store: &Store, name: &str, ready: File, network: &dyn NetworkHook
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(100);
         }
+        shared.update(|r| r.restarting = true);
         let until = Instant::now() + backoff;
         while Instant::now() < until && !stop_requested(&dir) {
             std::thread::sleep(Duration::from_millis(20));
         }
         if stop_requested(&dir) {
+            shared.update(|r| r.restarting = false);
             break;
         }
         backoff = (backoff * 2).min(Duration::from_secs(60));

@@ -605,6 +605,7 @@ pub(crate) fn record_start(rec: &mut ContainerRecord, pid: u32) {
     rec.exit_code = None;
     rec.oom_killed = false;
     rec.paused = false;
+    rec.restarting = false;
 }
 
 /// Records how PID 1 ended (`None`: unknown, e.g. the helper failed).

@@ -76,7 +76,7 @@ pub fn inspect_state(_store: &Store, r: &ContainerRecord) -> ContainerState {
         } else {
             Status::Running
         }
-    } else if supervised && r.started_at.is_some() {
+    } else if supervised && r.restarting {
         Status::Restarting
     } else if r.started_at.is_none() {
         Status::Created
@@ -163,6 +163,8 @@ mod tests {
         assert_eq!(inspect_state(&s, &r).status, Status::Exited);
         r.monitor_pid = Some(me);
         r.monitor_start = Some(start);
+        assert_eq!(inspect_state(&s, &r).status, Status::Exited);
+        r.restarting = true;
         assert_eq!(inspect_state(&s, &r).status, Status::Restarting);
     }
 }
