@@ -75,6 +75,7 @@ pub fn start(store: &Store, name: &str) -> Result<Started, Error> {
         .arg(&rec.name)
         .arg(lock_fd.to_string())
         .arg(ready_fd.to_string())
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
