@@ -296,6 +296,7 @@ fn prune(store: &Store, all: bool, volumes: bool, force: bool) -> Result<ExitCod
             if !used.contains(&t.manifest.to_string()) {
                 let r: rbuild_types::ImageRef = t.name.parse().map_err(|e| anyhow!("{e}"))?;
                 if store.remove_tag(&r)? {
+                    state::image_event(store, "untag", &t.name);
                     untagged.push(t.name);
                 }
             }

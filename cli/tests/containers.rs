@@ -973,6 +973,24 @@ fn pause_stats_volumes_and_system_commands() {
         assert_eq!(v["Action"], "create");
     }
     assert!(js.lines().count() >= 2, "{js}");
+    ok(&env, &["tag", "busybox:local", "other:1"]);
+    ok(&env, &["rmi", "other:1"]);
+    let img = ok(
+        &env,
+        &[
+            "system",
+            "events",
+            "--until",
+            "0s",
+            "--filter",
+            "type=image",
+        ],
+    );
+    let img: Vec<&str> = img
+        .lines()
+        .map(|l| l.split_whitespace().nth(2).unwrap())
+        .collect();
+    assert_eq!(img, vec!["tag", "untag"]);
 
     // prune: the stopped container and unused anonymous volumes; named volumes stay.
     ok(

@@ -121,6 +121,23 @@ pub fn event(store: &Store, kind: &str, action: &str, rec: &ContainerRecord) {
     append_event(store, &line);
 }
 
+/// Appends an image event (`pull`, `push`, `tag`, `untag`, `delete`, `import`, `load`) for
+/// `reference` (the image's name, or its id) to the journal.
+pub fn image_event(store: &Store, action: &str, reference: &str) {
+    let now = chrono::Utc::now();
+    append_event(
+        store,
+        &json!({
+            "status": action, "id": reference,
+            "Type": "image", "Action": action,
+            "Actor": {"ID": reference, "Attributes": {"name": reference}},
+            "scope": "local",
+            "time": now.timestamp(),
+            "timeNano": now.timestamp_nanos_opt().unwrap_or_default(),
+        }),
+    );
+}
+
 /// Appends any event object to the journal (volumes, images).
 pub fn append_event(store: &Store, line: &serde_json::Value) {
     let mut text = line.to_string();
