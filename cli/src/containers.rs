@@ -1060,21 +1060,27 @@ impl LogFilter {
         self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)
     }
 
-    fn print(&self, en: &Entry) -> std::io::Result<()> {
-        let text = if self.timestamps {
-            format!("{} {}", en.time, en.log)
-        } else {
-            en.log.clone()
-        };
-        if en.stream == "stderr" {
-            let mut err = std::io::stderr().lock();
-            err.write_all(text.as_bytes())?;
-            err.flush()
-        } else {
-            let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes())?;
-            out.flush()
+    /// Prints a batch: stdout and stderr entries to their streams, buffered, flushed at the end.
+    fn print_all<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+        let mut err = std::io::BufWriter::new(std::io::stderr().lock());
+        for en in entries {
+            if !self.keep(en) {
+                continue;
+            }
+            let w: &mut dyn Write = if en.stream == "stderr" {
+                &mut err
+            } else {
+                &mut out
+            };
+            if self.timestamps {
+                w.write_all(en.time.as_bytes())?;
+                w.write_all(b" ")?;
+            }
+            w.write_all(en.log.as_bytes())?;
         }
+        out.flush()?;
+        err.flush()
     }
 }
 
@@ -1086,11 +1092,8 @@ fn logs(store: &Store, a: LogsArgs) -> Result<ExitCode> {
         timestamps: a.timestamps,
     };
     let mut reader = LogReader::new(&store.container_dir(&st.record.name));
-    let mut entries: Vec<Entry> = reader
-        .read_existing()?
-        .into_iter()
-        .filter(|x| filter.keep(x))
-        .collect();
+    let mut entries: Vec<Entry> = reader.read_existing()?;
+    entries.retain(|x| filter.keep(x));
     if a.tail != "all" {
         let n: usize = a
             .tail
@@ -1099,9 +1102,7 @@ fn logs(store: &Store, a: LogsArgs) -> Result<ExitCode> {
         let skip = entries.len().saturating_sub(n);
         entries.drain(..skip);
     }
-    for en in &entries {
-        filter.print(en)?;
-    }
+    filter.print_all(&entries)?;
     if a.follow {
         follow(store, &st.record.id, &mut reader, &filter)?;
     }
@@ -1116,17 +1117,9 @@ fn follow(store: &Store, id: &str, reader: &mut LogReader, filter: &LogFilter) -
             return Ok(()); // removed (--rm)
         };
         let live = store.container_running(&r.name);
-        for en in reader.poll()? {
-            if filter.keep(&en) {
-                filter.print(&en)?;
-            }
-        }
+        filter.print_all(&reader.poll()?)?;
         if !live {
-            for en in reader.poll()? {
-                if filter.keep(&en) {
-                    filter.print(&en)?;
-                }
-            }
+            filter.print_all(&reader.poll()?)?;
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
