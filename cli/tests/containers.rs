@@ -714,6 +714,28 @@ fn concurrent_starts_start_once() {
     );
     assert_eq!(id.trim().len(), 64);
     assert_eq!(inspect(&env, "once", "{{.State.Status}}"), "created");
+    // --cidfile gets the full id; an existing file is refused.
+    let cid = env.work.path().join("cid");
+    let id2 = ok(
+        &env,
+        &[
+            "create",
+            "--cidfile",
+            cid.to_str().unwrap(),
+            "busybox:local",
+            "true",
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&cid).unwrap(), id2.trim());
+    let out = env.rbuild(&[
+        "create",
+        "--cidfile",
+        cid.to_str().unwrap(),
+        "busybox:local",
+        "true",
+    ]);
+    assert!(!out.status.success() && stderr(&out).contains("exists"));
+    ok(&env, &["rm", id2.trim()]);
     let spawn = || {
         Command::new(bin())
             .args(["start", "once"])
