@@ -276,28 +276,26 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
 
 /// Removes the mount-point stubs setup created in the upper layer if they are still empty, so a
 /// RUN step's layer does not record `/etc/hosts`, `/dev/null`, `/proc`... it never made.
+///
+/// The step ran arbitrary code on that upper directory: it may have replaced a stub's parent with
+/// a symlink (to `/`, to a host path). So nothing here is a joined host path: each stub's parent is
+/// resolved inside the upper directory by the kernel (`rbuild-fsroot`) and used only if reached
+/// without any symlink, and the stub is examined and removed relative to that descriptor
+/// (`fstatat`/`unlinkat` with no-follow semantics).
 fn remove_stubs(rootfs: &Rootfs, stubs: &[PathBuf]) {
-    use std::os::unix::fs::MetadataExt;
     let Rootfs::Overlay { upper, lower, .. } = rootfs else {
+        return;
+    };
+    let Some(up) = Upper::open(upper) else {
         return;
     };
     let mut parents: Vec<PathBuf> = Vec::new();
     for s in stubs.iter().rev() {
-        let rel = s.strip_prefix("/").unwrap_or(s);
-        let p = upper.join(rel);
-        let Ok(m) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        let removed = if m.is_dir() {
-            std::fs::remove_dir(&p).is_ok()
-        } else {
-            m.is_file() && m.len() == 0 && std::fs::remove_file(&p).is_ok()
-        };
-        if removed {
+        if up.remove_if_stub(s) {
             parents.extend(
-                rel.ancestors()
+                s.ancestors()
                     .skip(1)
-                    .filter(|a| !a.as_os_str().is_empty())
+                    .filter(|a| *a != Path::new("/") && !a.as_os_str().is_empty())
                     .map(Path::to_path_buf),
             );
         }
@@ -306,39 +304,111 @@ fn remove_stubs(rootfs: &Rootfs, stubs: &[PathBuf]) {
     // to the lower directory they came from.
     parents.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     parents.dedup();
-    for rel in parents {
-        let p = upper.join(&rel);
-        let Ok(m) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        let Some(lm) = lower
+    let lowers: Vec<rbuild_fsroot::Root> = lower
+        .iter()
+        .filter_map(|l| rbuild_fsroot::Root::open(l).ok())
+        .collect();
+    for p in parents {
+        let Some(lm) = lowers
             .iter()
-            .find_map(|l| std::fs::symlink_metadata(l.join(&rel)).ok())
+            .find_map(|l| l.resolve_nofollow(&p).ok()?.metadata().ok())
         else {
             continue;
         };
-        let same = m.is_dir()
-            && lm.is_dir()
-            && m.mode() == lm.mode()
-            && m.uid() == lm.uid()
-            && m.gid() == lm.gid();
-        let has_xattr_opaque = nix_getxattr(&p, "trusted.overlay.opaque");
-        if same && !has_xattr_opaque {
-            let _ = std::fs::remove_dir(&p); // fails (fine) unless empty
-        }
+        up.remove_if_copied_up(&p, &lm);
     }
 }
 
-/// Whether `path` carries the extended attribute `name`.
-fn nix_getxattr(path: &Path, name: &str) -> bool {
-    let (Ok(p), Ok(n)) = (
-        CString::new(path.as_os_str().as_bytes()),
-        CString::new(name),
-    ) else {
-        return false;
-    };
-    // SAFETY: size query with a null buffer.
-    unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+/// The upper directory of a finished container, looked at without following anything the step
+/// may have planted.
+struct Upper {
+    root: rbuild_fsroot::Root,
+    /// Its host path as the kernel reports it.
+    host: PathBuf,
+}
+
+impl Upper {
+    fn open(upper: &Path) -> Option<Upper> {
+        let root = rbuild_fsroot::Root::open(upper).ok()?;
+        let host = root.resolve("/").ok()?.host_path().ok()?;
+        Some(Upper { root, host })
+    }
+
+    /// The directory holding the container path `p` and `p`'s name, when that directory is
+    /// reached without following a symlink (its host path is exactly the upper dir + `p`'s
+    /// parent).
+    fn parent_of(&self, p: &Path) -> Option<(rbuild_fsroot::Resolved, std::ffi::OsString)> {
+        let name = p.file_name()?.to_os_string();
+        let parent = p.parent()?;
+        let dir = self.root.resolve(parent).ok()?;
+        let want = self.host.join(parent.strip_prefix("/").unwrap_or(parent));
+        (dir.host_path().ok()? == want).then_some((dir, name))
+    }
+
+    /// Removes `p` when it is an empty directory or an empty regular file; true if removed.
+    fn remove_if_stub(&self, p: &Path) -> bool {
+        use nix::sys::stat::{fstatat, SFlag};
+        use nix::unistd::{unlinkat, UnlinkatFlags};
+        let Some((dir, name)) = self.parent_of(p) else {
+            return false;
+        };
+        let Ok(st) = fstatat(&dir, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        else {
+            return false;
+        };
+        let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+        let how = if kind == SFlag::S_IFDIR {
+            UnlinkatFlags::RemoveDir // fails (fine) unless empty
+        } else if kind == SFlag::S_IFREG && st.st_size == 0 {
+            UnlinkatFlags::NoRemoveDir
+        } else {
+            return false;
+        };
+        unlinkat(&dir, name.as_os_str(), how).is_ok()
+    }
+
+    /// Removes the directory `p` if it is empty, not opaque, and has the mode and owner of the
+    /// lower directory `lower` (it was copied up only to hold a stub).
+    fn remove_if_copied_up(&self, p: &Path, lower: &std::fs::Metadata) {
+        use nix::fcntl::{AtFlags, OFlag};
+        use nix::sys::stat::{fstatat, Mode, SFlag};
+        use std::os::unix::fs::MetadataExt;
+        let Some((dir, name)) = self.parent_of(p) else {
+            return;
+        };
+        let Ok(st) = fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+            return;
+        };
+        let is_dir = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits();
+        let same = is_dir
+            && lower.is_dir()
+            && st.st_mode == lower.mode()
+            && st.st_uid == lower.uid()
+            && st.st_gid == lower.gid();
+        if !same {
+            return;
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let Ok(fd) = nix::fcntl::openat(&dir, name.as_os_str(), flags, Mode::empty()) else {
+            return;
+        };
+        // SAFETY: size query with a null buffer on our own descriptor.
+        let opaque = unsafe {
+            libc::fgetxattr(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                c"trusted.overlay.opaque".as_ptr(),
+                std::ptr::null_mut(),
+                0,
+            )
+        } >= 0;
+        if !opaque {
+            let _ = nix::unistd::unlinkat(
+                &dir,
+                name.as_os_str(),
+                nix::unistd::UnlinkatFlags::RemoveDir,
+            );
+        }
+    }
 }
 
 fn cstring(s: &str, what: &str) -> Result<CString> {
@@ -474,11 +544,7 @@ fn setup_and_exec(
     } else {
         cwd.as_path()
     };
-    if !cwd.is_dir() {
-        std::fs::create_dir_all(cwd).map_err(|e| Error::io("create working directory", cwd, e))?;
-        let _ = nix::unistd::chown(cwd, Some(uid.into()), Some(gid.into()));
-    }
-    std::env::set_current_dir(cwd).map_err(|e| Error::io("chdir to working directory", cwd, e))?;
+    enter_cwd(cwd, uid, gid)?;
 
     // Privileges: bounding set, then user, then capability sets, no_new_privs, seccomp.
     let capsets = CapSets::from_spec(process.capabilities().as_ref())?;
@@ -553,6 +619,27 @@ fn setup_and_exec(
         );
     }
     exec_program(arg0, &path_var, &argv, &envp)
+}
+
+/// Changes to the working directory, creating it (0755, then owned by the user) when missing. It is
+/// resolved inside the container's root (already `/` here) by the kernel, so a magic link such as
+/// `/proc/self/fd/N` (a descriptor of the host, CVE-2024-21626) is refused, not followed.
+fn enter_cwd(cwd: &Path, uid: u32, gid: u32) -> Result<()> {
+    let resolve = |e| Error::Resolve {
+        what: format!("working directory {}", cwd.display()),
+        source: e,
+    };
+    let root = rbuild_fsroot::Root::open("/").map_err(resolve)?;
+    let dir = match root.resolve(cwd) {
+        Ok(d) => d,
+        Err(rbuild_fsroot::Error::NotFound { .. }) => {
+            let d = root.mkdir_all(cwd, 0o755, None).map_err(resolve)?;
+            let _ = d.chown(uid, gid);
+            d
+        }
+        Err(e) => return Err(resolve(e)),
+    };
+    nix::unistd::fchdir(&dir).map_err(|e| Error::nix("chdir to working directory", cwd, e))
 }
 
 /// Looks `arg0` up in PATH and execs it; on failure prints Docker's message and exits 127/126.

@@ -30,6 +30,7 @@ mod cgroup;
 mod container;
 mod error;
 mod init;
+mod mountapi;
 mod rootfs;
 mod seccomp;
 mod spec;
