@@ -192,15 +192,13 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
     // SAFETY: the helper is single-threaded (a fresh exec that started no threads).
     let child = match unsafe { nix::unistd::fork() } {
         Err(e) => {
-            if let Some(cg) = &cgroup {
-                cg.destroy();
-            }
+            cgroup.destroy();
             return Err(Error::nix("fork container init", "", e));
         }
         Ok(ForkResult::Child) => {
             drop(setup_r);
             let mut w = File::from(setup_w);
-            let err = container_main(cfg, &hostname, &hostname_file, cgroup.as_ref(), &mut w);
+            let err = container_main(cfg, &hostname, &hostname_file, &cgroup, &mut w);
             send(&mut w, &SetupMsg::Error(err.to_string()));
             // SAFETY: leaving the forked child without running the helper's destructors.
             unsafe { libc::_exit(125) };
@@ -220,9 +218,7 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
     }
     if let Some(e) = setup_error {
         let _ = waitpid(child, None);
-        if let Some(cg) = &cgroup {
-            cg.destroy();
-        }
+        cgroup.destroy();
         remove_stubs(&cfg.rootfs, &stubs);
         return Err(Error::Setup(e));
     }
@@ -257,10 +253,8 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
             let _ = nix::sys::signal::kill(child, sig);
         }
     };
-    let oom = cgroup.as_ref().is_some_and(|c| c.oom_killed());
-    if let Some(cg) = &cgroup {
-        cg.destroy();
-    }
+    let oom = cgroup.oom_killed();
+    cgroup.destroy();
     remove_stubs(&cfg.rootfs, &stubs);
     let _ = std::fs::remove_dir_all(&cfg.state_dir);
     send(
@@ -420,7 +414,7 @@ fn container_main(
     cfg: &InitConfig,
     hostname: &str,
     hostname_file: &Path,
-    cgroup: Option<&Cgroup>,
+    cgroup: &Cgroup,
     setup: &mut File,
 ) -> Error {
     match setup_and_exec(cfg, hostname, hostname_file, cgroup, setup) {
@@ -433,7 +427,7 @@ fn setup_and_exec(
     cfg: &InitConfig,
     hostname: &str,
     hostname_file: &Path,
-    cgroup: Option<&Cgroup>,
+    cgroup: &Cgroup,
     setup: &mut File,
 ) -> Result<std::convert::Infallible> {
     let spec = &cfg.spec;
@@ -443,10 +437,8 @@ fn setup_and_exec(
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
 
-    if let Some(cg) = cgroup {
-        for f in cg.procs_files() {
-            std::fs::write(&f, "0").map_err(|e| Error::io("join cgroup", &f, e))?;
-        }
+    for f in cgroup.procs_files() {
+        std::fs::write(&f, "0").map_err(|e| Error::io("join cgroup", &f, e))?;
     }
     use nix::sched::CloneFlags;
     let mut flags = CloneFlags::empty();

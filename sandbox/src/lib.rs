@@ -28,6 +28,7 @@
 mod caps;
 mod cgroup;
 mod container;
+mod devices;
 mod error;
 mod init;
 mod mountapi;
