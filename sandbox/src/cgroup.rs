@@ -236,7 +236,9 @@ impl Cgroup {
         let v1 = hier.v1.iter().find(|(n, _)| n == "devices");
         match (mode, v1, &hier.v2) {
             (Mode::Auto | Mode::V1, Some((_, mnt)), _) => {
-                let dir = mnt.join(own_v1_path("devices")).join(format!("rbuild-{id}"));
+                let dir = mnt
+                    .join(own_v1_path("devices"))
+                    .join(format!("rbuild-{id}"));
                 let existing = self.dirs.iter().position(|d| d.path == dir);
                 if existing.is_none() {
                     std::fs::create_dir_all(&dir).map_err(|e| Error::Cgroup {
@@ -275,9 +277,11 @@ impl Cgroup {
                     "cannot restrict the container's devices: {} (mount the v1 devices controller \
                      or a cgroup2 hierarchy, or set {CGROUP_ENV} to the version this host has)",
                     match mode {
-                        Mode::V1 => format!("{CGROUP_ENV}=v1 but no v1 devices controller is mounted"),
+                        Mode::V1 =>
+                            format!("{CGROUP_ENV}=v1 but no v1 devices controller is mounted"),
                         Mode::V2 => format!("{CGROUP_ENV}=v2 but no cgroup2 hierarchy is mounted"),
-                        Mode::Auto => "neither a v1 devices controller nor cgroup2 is mounted".into(),
+                        Mode::Auto =>
+                            "neither a v1 devices controller nor cgroup2 is mounted".into(),
                     }
                 ),
             }),

@@ -158,8 +158,8 @@ fn seal_copy_of_self() -> Result<OwnedFd> {
     }
     // SAFETY: memfd_create returned a new descriptor we own.
     let mut copy = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let mut exe = File::open("/proc/self/exe")
-        .map_err(|e| Error::io("open", "/proc/self/exe", e))?;
+    let mut exe =
+        File::open("/proc/self/exe").map_err(|e| Error::io("open", "/proc/self/exe", e))?;
     std::io::copy(&mut exe, &mut copy)
         .map_err(|e| Error::io("copy into a memfd", "/proc/self/exe", e))?;
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;

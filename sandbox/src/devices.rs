@@ -212,7 +212,11 @@ pub(crate) fn load(rules: &[Rule]) -> Result<OwnedFd> {
             license: license.as_ptr() as u64,
             log_level,
             log_size: if log_level > 0 { log.len() as u32 } else { 0 },
-            log_buf: if log_level > 0 { log.as_mut_ptr() as u64 } else { 0 },
+            log_buf: if log_level > 0 {
+                log.as_mut_ptr() as u64
+            } else {
+                0
+            },
             kern_version: 0,
             prog_flags: 0,
             prog_name: name,

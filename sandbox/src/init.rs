@@ -346,8 +346,11 @@ impl Upper {
         let Some((dir, name)) = self.parent_of(p) else {
             return false;
         };
-        let Ok(st) = fstatat(&dir, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-        else {
+        let Ok(st) = fstatat(
+            &dir,
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) else {
             return false;
         };
         let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());

@@ -203,11 +203,9 @@ impl FsContext {
         if r != 0 {
             let err = std::io::Error::last_os_error();
             let what = match (key, value) {
-                (Some(k), Some(v)) => format!(
-                    "{} option {k}={}",
-                    self.fstype,
-                    String::from_utf8_lossy(v)
-                ),
+                (Some(k), Some(v)) => {
+                    format!("{} option {k}={}", self.fstype, String::from_utf8_lossy(v))
+                }
                 (Some(k), None) => format!("{} option {k}", self.fstype),
                 _ => format!("create {}", self.fstype),
             };
@@ -249,7 +247,8 @@ impl FsContext {
     pub(crate) fn mount(self, target: &Path) -> Result<Detached> {
         self.config(FSCONFIG_CMD_CREATE, None, None, target)?;
         // SAFETY: valid fd; no attributes (they are set with mount_setattr afterwards).
-        let r = unsafe { libc::syscall(libc::SYS_fsmount, self.fd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
+        let r =
+            unsafe { libc::syscall(libc::SYS_fsmount, self.fd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
         Ok(Detached {
             fd: owned(r, &format!("fsmount {} for", self.fstype), target)?,
         })
@@ -336,7 +335,10 @@ mod tests {
         assert_eq!(a.propagation, MsFlags::MS_PRIVATE.bits());
         assert!(a.is_read_only());
         let s = MountAttrs::from_flags(MsFlags::MS_STRICTATIME, MsFlags::empty());
-        assert_eq!((s.set, s.clear), (MOUNT_ATTR_STRICTATIME, MOUNT_ATTR_ATIME_MASK));
+        assert_eq!(
+            (s.set, s.clear),
+            (MOUNT_ATTR_STRICTATIME, MOUNT_ATTR_ATIME_MASK)
+        );
         assert!(MountAttrs::from_flags(MsFlags::MS_BIND, MsFlags::empty()).is_empty());
         let ro = MountAttrs::read_only(MsFlags::MS_NODEV);
         assert_eq!(ro.set, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV);

@@ -400,7 +400,8 @@ mod tests {
         // The sysfs mount is read-only.
         assert!(calls.iter().any(|c| matches!(c, Call::Fs { fstype, flags, .. } if fstype == "sysfs" && flags.contains(MsFlags::MS_RDONLY))));
         // Every mount point is resolved inside the root before it is used.
-        let proc_target = pos(&|c| matches!(c, Call::DirTarget(t) if t == Path::new("/state/root/proc")));
+        let proc_target =
+            pos(&|c| matches!(c, Call::DirTarget(t) if t == Path::new("/state/root/proc")));
         assert!(proc_target < proc_mount);
     }
 
@@ -435,7 +436,10 @@ mod tests {
             attrs: MountAttrs::read_only(MsFlags::empty()),
         }));
         assert!(rec.calls.contains(&Call::DirTarget("/r/data".into())));
-        assert!(!rec.calls.iter().any(|c| matches!(c, Call::Mount { target, flags, .. }
+        assert!(!rec
+            .calls
+            .iter()
+            .any(|c| matches!(c, Call::Mount { target, flags, .. }
             if target == Path::new("/r/data") && flags.contains(MsFlags::MS_REMOUNT))));
         assert!(rec.calls.contains(&Call::Bind {
             source: "/dev/pts/7".into(),

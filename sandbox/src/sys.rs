@@ -199,9 +199,8 @@ impl InRoot {
             Err(rbuild_fsroot::Error::NotFound { .. }) => {}
             Err(e) => return Err(resolve_err("resolve the mount point", path, e)),
         }
-        let flags = nix::fcntl::OFlag::O_CREAT
-            | nix::fcntl::OFlag::O_WRONLY
-            | nix::fcntl::OFlag::O_NOCTTY;
+        let flags =
+            nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NOCTTY;
         drop(
             self.root
                 .open_file(path, flags, 0o644)
@@ -333,11 +332,9 @@ impl Sys for Linux {
     fn symlink_in(&mut self, dir: &Target, name: &str, link_target: &Path) -> Result<()> {
         let r = match dir.fd() {
             Some(fd) => nix::unistd::symlinkat(link_target, fd, name),
-            None => nix::unistd::symlinkat(
-                link_target,
-                nix::fcntl::AT_FDCWD,
-                &dir.shown.join(name),
-            ),
+            None => {
+                nix::unistd::symlinkat(link_target, nix::fcntl::AT_FDCWD, &dir.shown.join(name))
+            }
         };
         match r {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),

@@ -230,7 +230,10 @@ mod tests {
         std::os::unix::fs::symlink("/../../../../etc", linked.path().join("up")).unwrap();
         std::fs::remove_file(linked.path().join("etc/passwd")).unwrap();
         std::os::unix::fs::symlink("/up/passwd", linked.path().join("etc/passwd")).unwrap();
-        assert!(resolve_user(linked.path(), "root").is_err(), "host passwd read");
+        assert!(
+            resolve_user(linked.path(), "root").is_err(),
+            "host passwd read"
+        );
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(
             resolve_user(empty.path(), "0").unwrap(),

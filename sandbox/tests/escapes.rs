@@ -96,7 +96,10 @@ fn sh_spec(script: &str) -> oci_spec::runtime::Spec {
     )
 }
 
-fn with_mounts(mut spec: oci_spec::runtime::Spec, mounts: serde_json::Value) -> oci_spec::runtime::Spec {
+fn with_mounts(
+    mut spec: oci_spec::runtime::Spec,
+    mounts: serde_json::Value,
+) -> oci_spec::runtime::Spec {
     let extra: Vec<oci_spec::runtime::Mount> = serde_json::from_value(mounts).unwrap();
     let mut all = spec.mounts().clone().unwrap_or_default();
     all.extend(extra);
@@ -155,7 +158,7 @@ fn mount_target_link_chain(f: &Fixture) {
         "a mount point was created on the host: {}",
         victim.0.join("sub").display()
     );
-    let err = r.err().expect("the mount must fail").to_string();
+    let err = r.expect_err("the mount must fail").to_string();
     assert!(err.contains("too many levels of symbolic links"), "{err}");
     // An absolute link at a mount target stays in the root (as BuildKit/runc follow it).
     let layer = f.fresh("abs-layer");
@@ -211,7 +214,10 @@ fn read_only_bind_is_recursive(f: &Fixture) {
     assert!(out.contains("Read-only file system"), "{out}");
     assert!(!out.contains("rc=0"), "{out}");
     assert!(!out.contains("writable"), "{out}");
-    assert!(out.trim_end().ends_with('1'), "host /proc not under /h: {out}");
+    assert!(
+        out.trim_end().ends_with('1'),
+        "host /proc not under /h: {out}"
+    );
     assert!(!sub.join("x").exists());
 }
 
@@ -285,7 +291,10 @@ fn device_script(block: (u32, u32)) -> String {
 }
 
 fn check_device_output(out: &str, err: &str) {
-    assert!(out.contains("made-block"), "mknod itself is allowed: {out} {err}");
+    assert!(
+        out.contains("made-block"),
+        "mknod itself is allowed: {out} {err}"
+    );
     for what in ["blk", "fuse", "layer"] {
         let line = out
             .lines()
@@ -293,7 +302,10 @@ fn check_device_output(out: &str, err: &str) {
             .unwrap_or_else(|| panic!("{what} was opened: {out} {err}"));
         assert!(line.contains("Operation not permitted"), "{what}: {out}");
     }
-    assert!(out.contains("allowed-ok") && out.contains("ptmx-ok"), "{out} {err}");
+    assert!(
+        out.contains("allowed-ok") && out.contains("ptmx-ok"),
+        "{out} {err}"
+    );
 }
 
 /// A layer holding a block device node (as a pulled layer may).
@@ -342,7 +354,8 @@ fn devices_v1(f: &Fixture) {
         return;
     };
     let layer = device_layer(f, block);
-    let (o, out, err) = run_spec(&sh_spec(&device_script(block)), f.overlay(&[layer])).expect("spawn");
+    let (o, out, err) =
+        run_spec(&sh_spec(&device_script(block)), f.overlay(&[layer])).expect("spawn");
     assert_eq!(o.code(), 0, "{out} {err}");
     check_device_output(&out, &err);
     let Some(mnt) = mount_point("cgroup", Some("devices")) else {
@@ -357,14 +370,23 @@ fn devices_v1(f: &Fixture) {
     };
     let c = spawn(&sh_spec("sleep 2"), opts).unwrap();
     let rel = cgroup_of(c.pid(), "devices").expect("PID 1 in a devices cgroup");
-    let list =
-        std::fs::read_to_string(mnt.join(rel.trim_start_matches('/')).join("devices.list")).unwrap();
+    let list = std::fs::read_to_string(mnt.join(rel.trim_start_matches('/')).join("devices.list"))
+        .unwrap();
     drop(c);
     let mut got: Vec<&str> = list.lines().collect();
     got.sort();
     let mut want = vec![
-        "b *:* m", "c *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
-        "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm",
+        "b *:* m",
+        "c *:* m",
+        "c 1:3 rwm",
+        "c 1:5 rwm",
+        "c 1:7 rwm",
+        "c 1:8 rwm",
+        "c 1:9 rwm",
+        "c 5:0 rwm",
+        "c 5:1 rwm",
+        "c 5:2 rwm",
+        "c 136:* rwm",
     ];
     want.sort();
     assert_eq!(got, want, "{list}");
@@ -447,7 +469,10 @@ fn devices_v2(f: &Fixture) {
 }
 
 fn sha256_of(p: &Path) -> String {
-    let out = std::process::Command::new("sha256sum").arg(p).output().unwrap();
+    let out = std::process::Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -493,8 +518,7 @@ fn workdir_inside_root(f: &Fixture) {
     p.set_cwd("/proc/self/fd/3".into());
     spec.set_process(Some(p));
     let err = run_spec(&spec, f.overlay(&[]))
-        .err()
-        .expect("a magic-link cwd must fail")
+        .expect_err("a magic-link cwd must fail")
         .to_string();
     assert!(err.contains("working directory /proc/self/fd/3"), "{err}");
 }
@@ -516,7 +540,10 @@ fn main() {
         ("stub_cleanup_stays_in_upper", stub_cleanup_stays_in_upper),
         ("devices_v1", devices_v1),
         ("devices_v2", devices_v2),
-        ("init_exe_is_not_the_host_binary", init_exe_is_not_the_host_binary),
+        (
+            "init_exe_is_not_the_host_binary",
+            init_exe_is_not_the_host_binary,
+        ),
         ("workdir_inside_root", workdir_inside_root),
     ];
     let mut failed = Vec::new();
@@ -533,6 +560,7 @@ fn main() {
             }
         }
     }
+    drop(f);
     if !failed.is_empty() {
         println!("failed: {failed:?}");
         std::process::exit(1);
