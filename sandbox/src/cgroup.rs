@@ -1,7 +1,8 @@
 //! cgroup limits (memory, cpu, pids) on cgroup v1 controllers or the v2 unified hierarchy, chosen per
 //! controller from `/proc/self/mounts`, with OOM-kill detection; and the device rules (Docker's
-//! default set, see [`crate::devices`]) on the v1 `devices` controller or, on v2, as a BPF device
-//! program. Every container gets a cgroup for its devices, limits or not.
+//! default set, see [`crate::devices`]) as a BPF device program on the container's v2 cgroup
+//! wherever a cgroup2 hierarchy is mounted, else (or with `RBUILD_CGROUP=v1`) on the v1 `devices`
+//! controller. Every container gets a cgroup for its devices, limits or not.
 
 use crate::error::{Error, Result};
 use oci_spec::runtime::LinuxResources;
@@ -234,6 +235,13 @@ impl Cgroup {
         rules: &[crate::devices::Rule],
     ) -> Result<()> {
         let v1 = hier.v1.iter().find(|(n, _)| n == "devices");
+        // v2 first where it is mounted, even beside a v1 devices controller: the container's PID 1
+        // is then born in its v2 cgroup (clone3 CLONE_INTO_CGROUP) instead of migrating into a v1
+        // one, which costs an RCU grace period per container.
+        let v1 = match (mode, &hier.v2) {
+            (Mode::V1, _) | (Mode::Auto, None) => v1,
+            _ => None,
+        };
         match (mode, v1, &hier.v2) {
             (Mode::Auto | Mode::V1, Some((_, mnt)), _) => {
                 let dir = mnt
@@ -376,12 +384,19 @@ impl Cgroup {
         Ok(cg)
     }
 
-    /// The `cgroup.procs` files a process writes its pid (or 0) to, to join.
-    pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
+    /// The `cgroup.procs` files a process writes its pid (or 0) to, to join; without the v2 one
+    /// when the process was born in it.
+    pub(crate) fn procs_files(&self, in_v2: bool) -> Vec<PathBuf> {
         self.dirs
             .iter()
+            .filter(|d| !(in_v2 && d.v2))
             .map(|d| d.path.join("cgroup.procs"))
             .collect()
+    }
+
+    /// The container's v2 cgroup directory, if it has one.
+    pub(crate) fn v2_dir(&self) -> Option<&Path> {
+        self.dirs.iter().find(|d| d.v2).map(|d| d.path.as_path())
     }
 
     /// Whether the kernel OOM-killed a process of this container.
@@ -475,7 +490,9 @@ mod tests {
         assert_eq!(cg.dirs.len(), 1);
         assert!(cg.dirs[0].v2);
         assert_eq!(cg.dirs[0].controllers, vec!["memory", "cpu", "pids"]);
-        assert_eq!(cg.procs_files(), vec![dir.join("cgroup.procs")]);
+        assert_eq!(cg.procs_files(false), vec![dir.join("cgroup.procs")]);
+        assert!(cg.procs_files(true).is_empty());
+        assert_eq!(cg.v2_dir(), Some(dir.as_path()));
         // Controllers are enabled for the children of the root and of rbuild/.
         assert!(
             std::fs::read_to_string(tmp.join("rbuild/cgroup.subtree_control"))

@@ -2,9 +2,9 @@
 //! by the cgroup, so a node made with `mknod` (CAP_MKNOD is in the default capabilities, as in
 //! Docker) or shipped in a pulled layer cannot be opened unless it is one of these.
 //!
-//! - cgroup v1: the `devices` controller, `a` written to `devices.deny`, then one
-//!   [`Rule::v1_line`] per rule to `devices.allow`.
-//! - cgroup v2: a `BPF_PROG_TYPE_CGROUP_DEVICE` program attached to the container's cgroup
+//! - cgroup v1 (`RBUILD_CGROUP=v1`, or no cgroup2 mounted): the `devices` controller, `a` written
+//!   to `devices.deny`, then one [`Rule::v1_line`] per rule to `devices.allow`.
+//! - cgroup v2 (preferred): a `BPF_PROG_TYPE_CGROUP_DEVICE` program attached to the container's cgroup
 //!   (`BPF_F_ALLOW_MULTI`, so every program of the ancestors still applies), generated here as raw
 //!   eBPF instructions the way runc's `devicefilter` does: the access type, major and minor are
 //!   compared against each rule in turn; the first match allows, the end denies.

@@ -346,9 +346,9 @@ fn mount_point(fstype: &str, option: Option<&str>) -> Option<PathBuf> {
 }
 
 /// Only Docker's default devices can be opened: a block device made with mknod, a char device
-/// outside the list (fuse) and a device node shipped in a layer fail with EPERM; the cgroup v1
-/// `devices.list` of the container holds exactly the allow list.
-fn devices_v1(f: &Fixture) {
+/// outside the list (fuse) and a device node shipped in a layer fail with EPERM (with the cgroup
+/// version the host gives by default).
+fn devices_default(f: &Fixture) {
     let Some(block) = host_block_device() else {
         println!("  NOTE: no block device on this host: the block case is untestable");
         return;
@@ -358,10 +358,24 @@ fn devices_v1(f: &Fixture) {
         run_spec(&sh_spec(&device_script(block)), f.overlay(&[layer])).expect("spawn");
     assert_eq!(o.code(), 0, "{out} {err}");
     check_device_output(&out, &err);
+}
+
+/// `RBUILD_CGROUP=v1`: the v1 `devices` controller enforces the same rules, and the container's
+/// `devices.list` holds exactly the allow list.
+fn devices_v1(f: &Fixture) {
     let Some(mnt) = mount_point("cgroup", Some("devices")) else {
-        println!("  NOTE: no v1 devices controller here: devices.list not checked");
+        println!("  NOTE: no v1 devices controller here: the v1 rules are untestable");
         return;
     };
+    let _guard = CgroupEnvGuard;
+    std::env::set_var(rbuild_sandbox::CGROUP_ENV, "v1");
+    if let Some(block) = host_block_device() {
+        let layer = device_layer(f, block);
+        let (o, out, err) =
+            run_spec(&sh_spec(&device_script(block)), f.overlay(&[layer])).expect("spawn");
+        assert_eq!(o.code(), 0, "{out} {err}");
+        check_device_output(&out, &err);
+    }
     let opts = RunOptions {
         rootfs: f.overlay(&[]),
         stdin: Stdio::null(),
@@ -538,6 +552,7 @@ fn main() {
         ("mount_target_link_chain", mount_target_link_chain),
         ("read_only_bind_is_recursive", read_only_bind_is_recursive),
         ("stub_cleanup_stays_in_upper", stub_cleanup_stays_in_upper),
+        ("devices_default", devices_default),
         ("devices_v1", devices_v1),
         ("devices_v2", devices_v2),
         (
