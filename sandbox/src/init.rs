@@ -385,26 +385,21 @@ fn remove_stubs(rootfs: &Rootfs, stubs: &[PathBuf]) {
 /// may have planted.
 struct Upper {
     root: rbuild_fsroot::Root,
-    /// Its host path as the kernel reports it.
-    host: PathBuf,
 }
 
 impl Upper {
     fn open(upper: &Path) -> Option<Upper> {
         let root = rbuild_fsroot::Root::open(upper).ok()?;
-        let host = root.resolve("/").ok()?.host_path().ok()?;
-        Some(Upper { root, host })
+        Some(Upper { root })
     }
 
     /// The directory holding the container path `p` and `p`'s name, when that directory is
-    /// reached without following a symlink (its host path is exactly the upper dir + `p`'s
-    /// parent).
+    /// reached without following a symlink (it really is at `p`'s parent inside the upper dir).
     fn parent_of(&self, p: &Path) -> Option<(rbuild_fsroot::Resolved, std::ffi::OsString)> {
         let name = p.file_name()?.to_os_string();
         let parent = p.parent()?;
         let dir = self.root.resolve(parent).ok()?;
-        let want = self.host.join(parent.strip_prefix("/").unwrap_or(parent));
-        (dir.host_path().ok()? == want).then_some((dir, name))
+        (self.root.inner_path(&dir).ok()? == parent).then_some((dir, name))
     }
 
     /// Removes `p` when it is an empty directory or an empty regular file; true if removed.

@@ -137,28 +137,17 @@ fn prefixes(path: &Path) -> Vec<PathBuf> {
 /// In-root resolution with the bookkeeping of what was created, for [`Linux`].
 struct InRoot {
     root: Root,
-    /// The root's own host path as the kernel reports it (to turn descriptors back into
-    /// container paths).
-    host: PathBuf,
 }
 
 impl InRoot {
     fn open(root: &Path) -> Result<InRoot> {
-        let r = Root::open(root).map_err(|e| resolve_err("open the container root", root, e))?;
-        let host = r
-            .resolve("/")
-            .map_err(|e| resolve_err("open the container root", root, e))?
-            .host_path()
-            .map_err(|e| Error::io("read the host path of", root, e))?;
-        Ok(InRoot { root: r, host })
+        let root = Root::open(root).map_err(|e| resolve_err("open the container root", root, e))?;
+        Ok(InRoot { root })
     }
 
-    /// The container path of `r` (its host path relative to the root's).
+    /// The container path of `r`: where it really is, every link followed.
     fn container_path(&self, r: &Resolved) -> Option<PathBuf> {
-        let p = r.host_path().ok()?;
-        p.strip_prefix(&self.host)
-            .ok()
-            .map(|rel| Path::new("/").join(rel))
+        self.root.inner_path(r).ok()
     }
 
     fn mkdir(&self, path: &Path) -> Result<(Resolved, Vec<PathBuf>)> {
