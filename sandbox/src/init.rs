@@ -218,7 +218,7 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
     if let Some(e) = setup_error {
         let _ = waitpid(child, None);
         cgroup.destroy();
-        remove_stubs(&cfg.rootfs, &stubs);
+        crate::stubs::remove_stubs(&cfg.rootfs, &stubs);
         return Err(Error::Setup(e));
     }
     send(
@@ -254,7 +254,7 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
     };
     let oom = cgroup.oom_killed();
     cgroup.destroy();
-    remove_stubs(&cfg.rootfs, &stubs);
+    crate::stubs::remove_stubs(&cfg.rootfs, &stubs);
     let _ = std::fs::remove_dir_all(&cfg.state_dir);
     send(
         rep,
@@ -333,141 +333,6 @@ fn fork_into(dir: Option<&Path>) -> Result<(ForkResult, bool)> {
     match unsafe { nix::unistd::fork() } {
         Ok(r) => Ok((r, false)),
         Err(e) => Err(Error::nix("fork container init", "", e)),
-    }
-}
-
-/// Removes the mount-point stubs setup created in the upper layer if they are still empty, so a
-/// RUN step's layer does not record `/etc/hosts`, `/dev/null`, `/proc`... it never made.
-///
-/// The step ran arbitrary code on that upper directory: it may have replaced a stub's parent with
-/// a symlink (to `/`, to a host path). So nothing here is a joined host path: each stub's parent is
-/// resolved inside the upper directory by the kernel (`rbuild-fsroot`) and used only if reached
-/// without any symlink, and the stub is examined and removed relative to that descriptor
-/// (`fstatat`/`unlinkat` with no-follow semantics).
-fn remove_stubs(rootfs: &Rootfs, stubs: &[PathBuf]) {
-    let Rootfs::Overlay { upper, lower, .. } = rootfs else {
-        return;
-    };
-    let Some(up) = Upper::open(upper) else {
-        return;
-    };
-    let mut parents: Vec<PathBuf> = Vec::new();
-    for s in stubs.iter().rev() {
-        if up.remove_if_stub(s) {
-            parents.extend(
-                s.ancestors()
-                    .skip(1)
-                    .filter(|a| *a != Path::new("/") && !a.as_os_str().is_empty())
-                    .map(Path::to_path_buf),
-            );
-        }
-    }
-    // Directories copied up only to hold a stub: drop them when empty and identical (mode, owner)
-    // to the lower directory they came from.
-    parents.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    parents.dedup();
-    let lowers: Vec<rbuild_fsroot::Root> = lower
-        .iter()
-        .filter_map(|l| rbuild_fsroot::Root::open(l).ok())
-        .collect();
-    for p in parents {
-        let Some(lm) = lowers
-            .iter()
-            .find_map(|l| l.resolve_nofollow(&p).ok()?.metadata().ok())
-        else {
-            continue;
-        };
-        up.remove_if_copied_up(&p, &lm);
-    }
-}
-
-/// The upper directory of a finished container, looked at without following anything the step
-/// may have planted.
-struct Upper {
-    root: rbuild_fsroot::Root,
-}
-
-impl Upper {
-    fn open(upper: &Path) -> Option<Upper> {
-        let root = rbuild_fsroot::Root::open(upper).ok()?;
-        Some(Upper { root })
-    }
-
-    /// The directory holding the container path `p` and `p`'s name, when that directory is
-    /// reached without following a symlink (it really is at `p`'s parent inside the upper dir).
-    fn parent_of(&self, p: &Path) -> Option<(rbuild_fsroot::Resolved, std::ffi::OsString)> {
-        let name = p.file_name()?.to_os_string();
-        let parent = p.parent()?;
-        let dir = self.root.resolve(parent).ok()?;
-        (self.root.inner_path(&dir).ok()? == parent).then_some((dir, name))
-    }
-
-    /// Removes `p` when it is an empty directory or an empty regular file; true if removed.
-    fn remove_if_stub(&self, p: &Path) -> bool {
-        use nix::sys::stat::{fstatat, SFlag};
-        use nix::unistd::{unlinkat, UnlinkatFlags};
-        let Some((dir, name)) = self.parent_of(p) else {
-            return false;
-        };
-        let Ok(st) = fstatat(
-            &dir,
-            name.as_os_str(),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) else {
-            return false;
-        };
-        let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
-        let how = if kind == SFlag::S_IFDIR {
-            UnlinkatFlags::RemoveDir // fails (fine) unless empty
-        } else if kind == SFlag::S_IFREG && st.st_size == 0 {
-            UnlinkatFlags::NoRemoveDir
-        } else {
-            return false;
-        };
-        unlinkat(&dir, name.as_os_str(), how).is_ok()
-    }
-
-    /// Removes the directory `p` if it is empty, not opaque, and has the mode and owner of the
-    /// lower directory `lower` (it was copied up only to hold a stub).
-    fn remove_if_copied_up(&self, p: &Path, lower: &std::fs::Metadata) {
-        use nix::fcntl::{AtFlags, OFlag};
-        use nix::sys::stat::{fstatat, Mode, SFlag};
-        use std::os::unix::fs::MetadataExt;
-        let Some((dir, name)) = self.parent_of(p) else {
-            return;
-        };
-        let Ok(st) = fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
-            return;
-        };
-        let is_dir = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits();
-        let same = is_dir
-            && lower.is_dir()
-            && st.st_mode == lower.mode()
-            && st.st_uid == lower.uid()
-            && st.st_gid == lower.gid();
-        if !same {
-            return;
-        }
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let Ok(fd) = nix::fcntl::openat(&dir, name.as_os_str(), flags, Mode::empty()) else {
-            return;
-        };
-        // SAFETY: size query with a null buffer on our own descriptor.
-        let opaque = unsafe {
-            libc::fgetxattr(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                c"trusted.overlay.opaque".as_ptr(),
-                std::ptr::null_mut(),
-                0,
-            )
-        } >= 0;
-        if !opaque {
-            let _ = nix::unistd::unlinkat(
-                &dir,
-                name.as_os_str(),
-                nix::unistd::UnlinkatFlags::RemoveDir,
-            );
-        }
     }
 }
 

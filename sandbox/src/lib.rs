@@ -40,6 +40,7 @@ mod mountapi;
 mod rootfs;
 mod seccomp;
 mod spec;
+mod stubs;
 mod sys;
 mod user;
 
