@@ -54,6 +54,9 @@ pub(crate) struct BuildArgs {
     /// SOURCE_DATE_EPOCH).
     #[arg(long)]
     source_date_epoch: Option<i64>,
+    /// Run at most N steps at once (default: the number of CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Set an image label K=V (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
@@ -257,6 +260,7 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         forwarded: args.cache.forwarded()?,
         first_vertex: 2,
         source_date_epoch: epoch,
+        jobs: args.jobs.map_or(0, usize::from),
     };
     let sink = |ev| progress.event(ev);
     let result =

@@ -25,6 +25,7 @@
 //! is nothing to unmount on the host. [`OverlayMount`] is the exception: it mounts in the caller's
 //! namespace (for COPY) and lazily unmounts on drop.
 
+mod cancel;
 mod caps;
 mod cgroup;
 mod container;
@@ -36,6 +37,7 @@ mod spec;
 mod sys;
 mod user;
 
+pub use cancel::{Entered, KillSwitch};
 pub use cgroup::CGROUP_ENV;
 pub use container::{spawn, Container, ExitStatus, Outcome, RunOptions};
 pub use error::{Error, Result};
