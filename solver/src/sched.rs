@@ -209,3 +209,193 @@ where
         None => Ok(results),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    /// A diamond: 0 -> {1, 2} -> 3, plus an independent 4.
+    fn diamond(n: u32) -> Vec<u32> {
+        match n {
+            1 | 2 => vec![0],
+            3 => vec![1, 2],
+            _ => vec![],
+        }
+    }
+    const ORDER: [u32; 5] = [0, 4, 1, 2, 3];
+
+    #[test]
+    fn plan_starts_ready_nodes_in_order_within_the_bound() {
+        let mut p = Plan::new(&ORDER, diamond, 1);
+        assert_eq!(p.next(), Some(0));
+        assert_eq!(p.next(), None, "bound of 1 reached");
+        p.finish(0, true);
+        // 4 was ready first and comes before 1 and 2 in the order.
+        assert_eq!(p.next(), Some(4));
+        p.finish(4, true);
+        assert_eq!(p.next(), Some(1));
+        p.finish(1, true);
+        assert_eq!(p.next(), Some(2));
+        assert_eq!(p.next(), None);
+        p.finish(2, true);
+        assert_eq!(p.next(), Some(3));
+        p.finish(3, true);
+        assert_eq!((p.next(), p.running(), p.failed()), (None, 0, false));
+    }
+
+    #[test]
+    fn plan_waits_for_every_input() {
+        let mut p = Plan::new(&ORDER, diamond, 8);
+        let first: Vec<u32> = std::iter::from_fn(|| p.next()).collect();
+        assert_eq!(first, vec![0, 4]);
+        p.finish(0, true);
+        let second: Vec<u32> = std::iter::from_fn(|| p.next()).collect();
+        assert_eq!(second, vec![1, 2]);
+        p.finish(1, true);
+        assert_eq!(p.next(), None, "3 still waits for 2");
+        p.finish(2, true);
+        assert_eq!(p.next(), Some(3));
+    }
+
+    #[test]
+    fn plan_starts_nothing_after_a_failure() {
+        let mut p = Plan::new(&ORDER, diamond, 8);
+        assert_eq!(p.next(), Some(0));
+        assert_eq!(p.next(), Some(4));
+        p.finish(4, false);
+        assert!(p.failed());
+        p.finish(0, true);
+        assert_eq!(p.next(), None);
+        assert_eq!(p.running(), 0);
+    }
+
+    #[test]
+    fn plan_bound_zero_means_one() {
+        let mut p = Plan::new(&[1u32, 2], |_| vec![], 0);
+        assert_eq!(p.next(), Some(1));
+        assert_eq!(p.next(), None);
+    }
+
+    fn panicked(n: u32, m: String) -> String {
+        format!("panic in {n}: {m}")
+    }
+
+    #[test]
+    fn run_passes_input_results_in_order() {
+        let work = |n: u32, ins: Vec<Arc<String>>| -> Result<String, String> {
+            let ins: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
+            Ok(format!("{n}({})", ins.join(",")))
+        };
+        let r = run(Plan::new(&ORDER, diamond, 2), diamond, &work, panicked, || {}).unwrap();
+        assert_eq!(r[&3].as_str(), "3(1(0()),2(0()))");
+        assert_eq!(r[&4].as_str(), "4()");
+        assert_eq!(r.len(), 5);
+    }
+
+    /// Runs `f` on a thread and fails the test if it takes longer than `limit` (a hang).
+    fn within<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit).expect("the scheduler hung")
+    }
+
+    #[test]
+    fn a_panicking_worker_fails_the_run_instead_of_hanging_it() {
+        let r = within(Duration::from_secs(10), || {
+            let work = |n: u32, _: Vec<Arc<()>>| -> Result<(), String> {
+                if n == 2 {
+                    let v: Vec<u8> = Vec::new();
+                    let i = n as usize;
+                    let _ = v[i]; // index out of bounds, as the bug of issue 12
+                }
+                Ok(())
+            };
+            run(Plan::new(&ORDER, diamond, 4), diamond, &work, panicked, || {})
+        });
+        let e = r.unwrap_err();
+        assert!(e.starts_with("panic in 2: index out of bounds"), "{e}");
+    }
+
+    #[test]
+    fn a_panic_with_a_formatted_message_is_reported_whole() {
+        let work = |n: u32, _: Vec<Arc<()>>| -> Result<(), String> {
+            if n == 4 {
+                panic!("step {n} broke");
+            }
+            Ok(())
+        };
+        let e = run(Plan::new(&ORDER, diamond, 1), diamond, &work, panicked, || {}).unwrap_err();
+        assert_eq!(e, "panic in 4: step 4 broke");
+    }
+
+    #[test]
+    fn run_never_exceeds_the_bound() {
+        for jobs in [1, 2, 3] {
+            let now = AtomicUsize::new(0);
+            let max = AtomicUsize::new(0);
+            let work = |_: u32, _: Vec<Arc<()>>| -> Result<(), String> {
+                let c = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(c, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(30));
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            };
+            let order: Vec<u32> = (0..8).collect();
+            run(Plan::new(&order, |_| vec![], jobs), |_| vec![], &work, panicked, || {}).unwrap();
+            assert_eq!(max.load(Ordering::SeqCst), jobs, "jobs = {jobs}");
+        }
+    }
+
+    #[test]
+    fn the_first_failure_cancels_running_siblings_and_wins() {
+        let cancelled = AtomicBool::new(false);
+        let calls = AtomicUsize::new(0);
+        let started = Mutex::new(Vec::new());
+        // 0 fails after a moment; 1 runs "forever" until cancelled, then fails with its own
+        // error, which must not replace the first one; 2 depends on 0 and must never start.
+        let order = [0u32, 1, 2];
+        let deps = |n: u32| if n == 2 { vec![0] } else { vec![] };
+        let work = |n: u32, _: Vec<Arc<()>>| -> Result<(), String> {
+            started.lock().unwrap().push(n);
+            match n {
+                0 => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    Err("step 0 failed".into())
+                }
+                _ => {
+                    let t = Instant::now();
+                    while !cancelled.load(Ordering::SeqCst) {
+                        assert!(t.elapsed() < Duration::from_secs(10), "never cancelled");
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err("step 1 killed".into())
+                }
+            }
+        };
+        let t = Instant::now();
+        let e = run(Plan::new(&order, deps, 4), deps, &work, panicked, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            cancelled.store(true, Ordering::SeqCst);
+        })
+        .unwrap_err();
+        assert_eq!(e, "step 0 failed");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let mut s = started.into_inner().unwrap();
+        s.sort();
+        assert_eq!(s, vec![0, 1]);
+    }
+
+    #[test]
+    fn panic_payloads_become_text() {
+        let p = catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_message(p.as_ref()), "plain");
+        let p = catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(p.as_ref()), "a panic with a non-text payload");
+    }
+}
