@@ -289,7 +289,14 @@ mod tests {
             let ins: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
             Ok(format!("{n}({})", ins.join(",")))
         };
-        let r = run(Plan::new(&ORDER, diamond, 2), diamond, &work, panicked, || {}).unwrap();
+        let r = run(
+            Plan::new(&ORDER, diamond, 2),
+            diamond,
+            &work,
+            panicked,
+            || {},
+        )
+        .unwrap();
         assert_eq!(r[&3].as_str(), "3(1(0()),2(0()))");
         assert_eq!(r[&4].as_str(), "4()");
         assert_eq!(r.len(), 5);
@@ -315,7 +322,13 @@ mod tests {
                 }
                 Ok(())
             };
-            run(Plan::new(&ORDER, diamond, 4), diamond, &work, panicked, || {})
+            run(
+                Plan::new(&ORDER, diamond, 4),
+                diamond,
+                &work,
+                panicked,
+                || {},
+            )
         });
         let e = r.unwrap_err();
         assert!(e.starts_with("panic in 2: index out of bounds"), "{e}");
@@ -329,7 +342,14 @@ mod tests {
             }
             Ok(())
         };
-        let e = run(Plan::new(&ORDER, diamond, 1), diamond, &work, panicked, || {}).unwrap_err();
+        let e = run(
+            Plan::new(&ORDER, diamond, 1),
+            diamond,
+            &work,
+            panicked,
+            || {},
+        )
+        .unwrap_err();
         assert_eq!(e, "panic in 4: step 4 broke");
     }
 
@@ -346,7 +366,14 @@ mod tests {
                 Ok(())
             };
             let order: Vec<u32> = (0..8).collect();
-            run(Plan::new(&order, |_| vec![], jobs), |_| vec![], &work, panicked, || {}).unwrap();
+            run(
+                Plan::new(&order, |_| vec![], jobs),
+                |_| vec![],
+                &work,
+                panicked,
+                || {},
+            )
+            .unwrap();
             assert_eq!(max.load(Ordering::SeqCst), jobs, "jobs = {jobs}");
         }
     }
