@@ -76,6 +76,16 @@ pub enum Error {
     /// wrong and how to fix it.
     #[error("{0}")]
     Container(String),
+    /// The store's image under a name is for another platform than the stage asks for.
+    #[error("image {image} in the store is for {have}, not {want}: pull it with `rbuild pull --platform {want} {image}` (a name holds one platform at a time)")]
+    WrongPlatform {
+        /// The name.
+        image: ImageRef,
+        /// The platform of the stored image.
+        have: Platform,
+        /// The platform wanted.
+        want: Platform,
+    },
     /// A step panicked: a bug in rbuild, not in the Dockerfile.
     #[error("{step}: internal error: {message}\nthis is a bug in rbuild, please report it (with the Dockerfile and this message)")]
     Bug {
@@ -247,13 +257,45 @@ impl<'a> StoreResolver<'a> {
 }
 
 impl ImageResolver for StoreResolver<'_> {
-    fn resolve_config(
-        &self,
-        image: &ImageRef,
-        _platform: &Platform,
-    ) -> Result<ImageConfig, String> {
+    fn resolve_config(&self, image: &ImageRef, platform: &Platform) -> Result<ImageConfig, String> {
         let (_, doc) = load_config(self.store, image).map_err(|e| e.to_string())?;
+        check_platform(image, &doc, platform).map_err(|e| e.to_string())?;
         Ok(image::runtime_config(&doc))
+    }
+}
+
+/// The platform an image config document declares (`os`, `architecture`, `variant`), if any.
+pub fn config_platform(doc: &Value) -> Option<Platform> {
+    let os = doc["os"].as_str().filter(|s| !s.is_empty())?;
+    let architecture = doc["architecture"].as_str().filter(|s| !s.is_empty())?;
+    Some(Platform {
+        os: os.to_string(),
+        architecture: architecture.to_string(),
+        variant: doc["variant"].as_str().map(str::to_string),
+    })
+}
+
+/// Whether an image for `have` can serve a stage for `want`: same OS and architecture, and the
+/// same variant when both name one (`linux/arm64` and `linux/arm64/v8` are the same).
+pub fn platform_matches(have: &Platform, want: &Platform) -> bool {
+    have.os == want.os
+        && have.architecture == want.architecture
+        && match (&have.variant, &want.variant) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+}
+
+/// Fails when the stored image `image` (config `doc`) is for another platform than `want`. A
+/// config that names no platform is accepted.
+pub fn check_platform(image: &ImageRef, doc: &Value, want: &Platform) -> Result<(), Error> {
+    match config_platform(doc) {
+        Some(have) if !platform_matches(&have, want) => Err(Error::WrongPlatform {
+            image: image.clone(),
+            have,
+            want: want.clone(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -773,9 +815,10 @@ impl Solver<'_> {
     fn pull_image(
         &self,
         reference: &ImageRef,
-        _platform: &Platform,
+        platform: &Platform,
     ) -> Result<(NodeOut, bool), Error> {
         let (manifest, doc) = load_config(self.store, reference)?;
+        check_platform(reference, &doc, platform)?;
         let mut layers = Vec::new();
         let mut all_present = true;
         let diff_ids = doc["rootfs"]["diff_ids"]
