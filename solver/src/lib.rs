@@ -80,11 +80,11 @@ pub enum Error {
     #[error("image {image} in the store is for {have}, not {want}: pull it with `rbuild pull --platform {want} {image}` (a name holds one platform at a time)")]
     WrongPlatform {
         /// The name.
-        image: ImageRef,
+        image: Box<ImageRef>,
         /// The platform of the stored image.
-        have: Platform,
+        have: Box<Platform>,
         /// The platform wanted.
-        want: Platform,
+        want: Box<Platform>,
     },
     /// A step panicked: a bug in rbuild, not in the Dockerfile.
     #[error("{step}: internal error: {message}\nthis is a bug in rbuild, please report it (with the Dockerfile and this message)")]
@@ -291,9 +291,9 @@ pub fn platform_matches(have: &Platform, want: &Platform) -> bool {
 pub fn check_platform(image: &ImageRef, doc: &Value, want: &Platform) -> Result<(), Error> {
     match config_platform(doc) {
         Some(have) if !platform_matches(&have, want) => Err(Error::WrongPlatform {
-            image: image.clone(),
-            have,
-            want: want.clone(),
+            image: Box::new(image.clone()),
+            have: Box::new(have),
+            want: Box::new(want.clone()),
         }),
         _ => Ok(()),
     }
