@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod registry;
+
 /// Path of the rbuild binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_rbuild")
