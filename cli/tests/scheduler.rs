@@ -5,11 +5,12 @@
 
 mod common;
 
-use common::{assert_ok, cached, stderr, stdout, steps, Env};
+use common::{assert_ok, cached, stdout, steps, Env};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `rbuild build --progress plain ARGS... DIR` with optional extra environment.
+/// `rbuild build --progress plain ARGS... DIR` with optional extra environment; a build still
+/// running after two minutes is killed and fails the test (a hang must not hang the suite).
 fn build(env: &Env, dir: &std::path::Path, args: &[&str], vars: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = Command::new(common::bin());
     cmd.args(["build", "--progress", "plain"])
@@ -18,12 +19,32 @@ fn build(env: &Env, dir: &std::path::Path, args: &[&str], vars: &[(&str, &str)])
         .env("RBUILD_ROOT", env.root.path())
         .env("RUST_BACKTRACE", "0")
         .current_dir(env.work.path())
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
-    (out.status.success(), stderr(&out))
+    let mut child = cmd.spawn().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the build hung: killed after 2 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.success(), reader.join().unwrap())
 }
 
 /// Processes whose command line contains `needle` (the marker of one test's sleeps).
@@ -56,8 +77,8 @@ fn unneeded_stage_then_changed_copy_source_rebuilds() {
     let df = "FROM busybox:local AS a\nRUN echo a\nFROM busybox:local AS unused\n\
               FROM busybox:local\nCOPY f /f\nRUN cat /f\n";
     let dir = env.context("ctx", df, &[("f", "one\n")]);
-    let first = env.build_ok("issue12:v1", &dir, &[]);
-    assert!(first.contains("one"), "{first}");
+    let (ok, first) = build(&env, &dir, &["-t", "issue12:v1"], &[]);
+    assert!(ok && first.contains("one"), "{first}");
     std::fs::write(dir.join("f"), "two\n").unwrap();
     let t = Instant::now();
     let (ok, log) = build(&env, &dir, &["-t", "issue12:v2"], &[]);
