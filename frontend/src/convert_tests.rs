@@ -691,3 +691,32 @@ fn snippets_survive_crlf_tabs_bom_and_missing_source() {
         .with_source("");
     assert_eq!(e.column(), None);
 }
+
+/// Issue 12: with an unneeded stage dropped, `stages` is shorter than the Dockerfile's stage
+/// list; `BuildGraph::stage` maps every node's Dockerfile position to its stage.
+#[test]
+fn node_stage_positions_map_to_kept_stages() {
+    let src = "FROM busybox:local AS a\nENV WHO=a\nRUN echo a\n\
+               FROM busybox:local AS unused\n\
+               FROM busybox:local\nENV WHO=final\nCOPY --from=a /x /x\nRUN cat /x\n";
+    let g = conv(src, &opts()).unwrap();
+    assert_eq!(g.stages.len(), 2);
+    assert_eq!(
+        g.stages.iter().map(|s| s.index).collect::<Vec<_>>(),
+        vec![0, 2]
+    );
+    assert_eq!(g.target, 1);
+    assert!(g.stage(1).is_none(), "the unused stage is not in the graph");
+    for n in g.graph.node_indices() {
+        let node = &g.graph[n];
+        let st = g
+            .stage(node.stage)
+            .unwrap_or_else(|| panic!("no stage for {}", node.display));
+        let want = if node.stage == 0 {
+            "WHO=a"
+        } else {
+            "WHO=final"
+        };
+        assert!(st.config.env.iter().any(|e| e == want), "{}", node.display);
+    }
+}
