@@ -1,6 +1,8 @@
 //! The solver: walks a [`BuildGraph`], computes a content-addressed cache key for every node,
 //! reuses cached results and executes the misses (RUN in the sandbox, COPY into a fresh overlay
-//! upper directory), independent nodes concurrently, and exports the target stage as an image.
+//! upper directory), independent nodes concurrently (at most [`SolveOptions::jobs`] at once; the
+//! first failure kills the running steps, and a panicking step fails the build with
+//! [`Error::Bug`] instead of hanging it), and exports the target stage as an image.
 //!
 //! A node's key is `sha256` of a versioned JSON document holding the op (every resolved field),
 //! the keys of its inputs and, for COPY from the build context, the content digest of exactly the
