@@ -35,7 +35,7 @@ pub(crate) struct BuildArgs {
     /// Output, e.g. type=oci,dest=web.tar (repeatable).
     #[arg(short = 'o', long = "output")]
     outputs: Vec<String>,
-    /// Target platform (only the host's is supported for now).
+    /// Target platform, e.g. linux/arm64 (default: the host's). RUN steps execute natively.
     #[arg(long)]
     platform: Option<String>,
     /// Write the image id to this file.
@@ -175,11 +175,9 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         .collect::<Result<_>>()?;
     let platform = match &args.platform {
         Some(p) => {
+            // Any platform: base images are pulled for it and the image is labelled with it;
+            // RUN steps execute natively (a foreign one needs an emulator in binfmt_misc).
             let p: Platform = p.parse().map_err(|e| anyhow!("--platform: {e}"))?;
-            let host = Platform::host();
-            if p.os != host.os || p.architecture != host.architecture {
-                bail!("--platform {p}: only the host platform {host} can be built on this machine");
-            }
             Some(p)
         }
         None => None,

@@ -112,3 +112,53 @@ fn from_platform_pulls_that_platform_from_an_index() {
     let out = env2.rbuild(&["image", "inspect", &format!("{repo}:latest")]);
     assert!(stdout(&out).contains(host_arch), "{}", stdout(&out));
 }
+
+/// `--platform` of another architecture: the image is labelled with it (a COPY-only build needs
+/// no emulator); a failing RUN in such a stage says that RUN executes natively; a stored base of
+/// the host's platform is not silently used for it.
+#[test]
+fn build_platform_flag_labels_the_image() {
+    let env = Env::new();
+    let foreign = if cfg!(target_arch = "x86_64") {
+        "linux/arm64"
+    } else {
+        "linux/amd64"
+    };
+    let dir = env.context("scratch", "FROM scratch\nCOPY f /f\n", &[("f", "x\n")]);
+    env.build_ok("cross:v1", &dir, &["--platform", foreign]);
+    let out = env.rbuild(&["image", "inspect", "cross:v1"]);
+    assert_ok(&out);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = if doc.is_array() { doc[0].clone() } else { doc };
+    let (os, arch) = foreign.split_once('/').unwrap();
+    assert_eq!(doc["Architecture"], arch, "{doc}");
+    assert_eq!(doc["Os"], os, "{doc}");
+
+    let df = format!(
+        "FROM busybox:local AS host\nFROM --platform={foreign} scratch\n\
+         COPY --from=host /bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"false\"]\n"
+    );
+    let dir = env.context("foreign-run", &df, &[]);
+    let out = env.rbuild(&["build", "--progress", "plain", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "note: this stage is for {foreign} and RUN executes natively"
+        )),
+        "{err}"
+    );
+
+    // busybox:local is the host's: a foreign stage does not use it (it would pull the foreign
+    // platform; `busybox` is not on any reachable registry here, so the build fails and says so).
+    let dir = env.context("foreign-base", "FROM busybox:local\nRUN true\n", &[]);
+    let out = env.rbuild(&["build", "--platform", foreign, dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "the store has it for another platform than {foreign}"
+        )),
+        "{err}"
+    );
+}

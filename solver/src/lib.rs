@@ -55,7 +55,7 @@ pub enum Error {
     #[error("image {0} not found in the store; add it with `rbuild import ROOTFS.tar {0}`, `rbuild load` or `rbuild pull`")]
     ImageNotFound(ImageRef),
     /// A RUN step exited non-zero.
-    #[error("{step}: process \"{command}\" did not complete successfully: exit code: {code}{}", tail(.output))]
+    #[error("{step}: process \"{command}\" did not complete successfully: exit code: {code}{}{}", tail(.output), .note.as_ref().map(|n| format!("\nnote: {n}")).unwrap_or_default())]
     StepFailed {
         /// Where: `Dockerfile:12: RUN make` style.
         step: String,
@@ -65,6 +65,8 @@ pub enum Error {
         code: i32,
         /// Last output lines.
         output: Vec<String>,
+        /// A likely cause rbuild knows of (a stage of a foreign platform).
+        note: Option<String>,
     },
     /// A COPY/ADD step failed.
     #[error("{step}: {message}")]
@@ -591,6 +593,7 @@ impl Solver<'_> {
                             command: exec.args.join(" "),
                             code,
                             output,
+                            note: self.foreign_platform_note(n),
                         },
                         exec::ExecError::Other(e) => e,
                     })
@@ -801,6 +804,20 @@ impl Solver<'_> {
             usage_count: 1,
         })?;
         Ok((out(Layer { diff_id, snapshot }, false), false))
+    }
+
+    /// For a failed RUN in a stage of another platform than the host's: RUN executes natively,
+    /// so foreign binaries need an emulator registered in binfmt_misc.
+    fn foreign_platform_note(&self, n: NodeIndex) -> Option<String> {
+        let host = Platform::host();
+        let stage = self.graph.stage(self.graph.graph[n].stage)?;
+        (!platform_matches(&host, &stage.platform)).then(|| {
+            format!(
+                "this stage is for {} and RUN executes natively on {host}; register an emulator \
+                 for it (binfmt_misc, e.g. qemu-user-static) or build for {host}",
+                stage.platform
+            )
+        })
     }
 
     /// The instruction of a node as written (its display without the `[stage n/m]` prefix).
