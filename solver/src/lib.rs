@@ -18,6 +18,7 @@ mod explain;
 mod fsutil;
 mod image;
 mod mounts;
+mod platform;
 mod sched;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use serde_json::{json, Value};
 
 pub use context::{HashStats, IgnoreRules};
 pub use mounts::{Forwarded, SecretSource};
+pub use platform::{check_platform, config_platform, platform_matches};
 
 /// Version of the cache key encoding; bump to invalidate every record when the encoding changes.
 const KEY_VERSION: u32 = 2;
@@ -265,41 +267,6 @@ impl ImageResolver for StoreResolver<'_> {
         let (_, doc) = load_config(self.store, image).map_err(|e| e.to_string())?;
         check_platform(image, &doc, platform).map_err(|e| e.to_string())?;
         Ok(image::runtime_config(&doc))
-    }
-}
-
-/// The platform an image config document declares (`os`, `architecture`, `variant`), if any.
-pub fn config_platform(doc: &Value) -> Option<Platform> {
-    let os = doc["os"].as_str().filter(|s| !s.is_empty())?;
-    let architecture = doc["architecture"].as_str().filter(|s| !s.is_empty())?;
-    Some(Platform {
-        os: os.to_string(),
-        architecture: architecture.to_string(),
-        variant: doc["variant"].as_str().map(str::to_string),
-    })
-}
-
-/// Whether an image for `have` can serve a stage for `want`: same OS and architecture, and the
-/// same variant when both name one (`linux/arm64` and `linux/arm64/v8` are the same).
-pub fn platform_matches(have: &Platform, want: &Platform) -> bool {
-    have.os == want.os
-        && have.architecture == want.architecture
-        && match (&have.variant, &want.variant) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
-        }
-}
-
-/// Fails when the stored image `image` (config `doc`) is for another platform than `want`. A
-/// config that names no platform is accepted.
-pub fn check_platform(image: &ImageRef, doc: &Value, want: &Platform) -> Result<(), Error> {
-    match config_platform(doc) {
-        Some(have) if !platform_matches(&have, want) => Err(Error::WrongPlatform {
-            image: Box::new(image.clone()),
-            have: Box::new(have),
-            want: Box::new(want.clone()),
-        }),
-        _ => Ok(()),
     }
 }
 
