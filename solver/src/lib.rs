@@ -225,6 +225,9 @@ pub struct BuildResult {
     pub manifest: Digest,
     /// Config digest (the image id).
     pub config: Digest,
+    /// Usage locks of every snapshot the build used: a concurrent `prune` leaves them (and their
+    /// layer blobs) alone until the result is dropped, i.e. after the caller has tagged the image.
+    _in_use: Arc<Vec<rbuild_cache::SnapshotUse>>,
 }
 
 /// One layer of a rootfs chain.
@@ -313,6 +316,8 @@ struct Solver<'a> {
     dockerfile_id: String,
     /// Kills the running steps' containers at the first failure.
     kill: rbuild_sandbox::KillSwitch,
+    /// Usage locks of the snapshots this build has used so far (see [`Solver::hold`]).
+    in_use: std::sync::Mutex<Vec<rbuild_cache::SnapshotUse>>,
 }
 
 /// Test hook, compiled only into debug builds (`cargo build`/`cargo test`, never `--release`):
@@ -370,6 +375,7 @@ pub fn solve(
             .display()
             .to_string(),
         kill: rbuild_sandbox::KillSwitch::new(),
+        in_use: Default::default(),
     };
     for w in &graph.warnings {
         progress(Event::Warning(w.clone()));
@@ -390,6 +396,22 @@ pub fn solve(
 }
 
 impl Solver<'_> {
+    /// Marks snapshot `s` as used by this build until the build's result is dropped, so a
+    /// concurrent `prune` cannot remove it; false when it is already gone.
+    fn hold(&self, s: &SnapshotId) -> Result<bool, Error> {
+        match self.store.use_snapshot(s)? {
+            Some(g) => {
+                self.lock_in_use().push(g);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn lock_in_use(&self) -> std::sync::MutexGuard<'_, Vec<rbuild_cache::SnapshotUse>> {
+        self.in_use.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The inputs of `n` with their roles, in the order the frontend added them (`from=` mounts
     /// map to sources by it).
     fn inputs_of(&self, n: NodeIndex) -> Vec<(Input, NodeIndex)> {
@@ -689,7 +711,7 @@ impl Solver<'_> {
             if no_cache {
                 return Ok(None);
             }
-            Ok(store
+            let hit = store
                 .cache_get(&key)?
                 .and_then(|rec| match (rec.snapshot, rec.diff_id) {
                     (Some(s), Some(d)) if store.snapshot_dir(&s).is_dir() => Some(Layer {
@@ -697,7 +719,11 @@ impl Solver<'_> {
                         snapshot: s,
                     }),
                     _ => None,
-                }))
+                });
+            match hit {
+                Some(l) if self.hold(&l.snapshot)? => Ok(Some(l)),
+                _ => Ok(None),
+            }
         };
         let identity = format!(
             "{}\0{}\0{}",
@@ -741,18 +767,18 @@ impl Solver<'_> {
         // The previous result of this step, whose unchanged files a COPY may share (not with
         // --no-cache, which must not trust anything made before).
         let previous_result = match (&previous, no_cache) {
-            (Some((k, prev_doc)), false) => self
-                .store
-                .cache_peek(k)?
-                .and_then(|rec| rec.snapshot)
-                .map(|s| self.store.snapshot_dir(&s))
-                .filter(|d| d.is_dir())
-                .map(|d| (d, prev_doc)),
+            (Some((k, prev_doc)), false) => {
+                match self.store.cache_peek(k)?.and_then(|rec| rec.snapshot) {
+                    Some(s) if self.hold(&s)? => Some((self.store.snapshot_dir(&s), prev_doc)),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         let sb = self.store.new_snapshot()?;
         work(&sb, previous_result)?;
         let snapshot = sb.commit()?;
+        self.hold(&snapshot)?;
         let (diff_id, size) = rbuild_exporter::write_layer_clamped(
             self.store,
             &snapshot,
@@ -828,7 +854,8 @@ impl Solver<'_> {
                         message: format!("image config has an invalid diff_id {d}"),
                     })?;
             all_present &= self.store.layer_snapshot(&diff_id)?.is_some();
-            let snapshot = rbuild_exporter::ensure_snapshot(self.store, &diff_id)?;
+            let (snapshot, guard) = rbuild_exporter::ensure_snapshot_in_use(self.store, &diff_id)?;
+            self.lock_in_use().push(guard);
             layers.push(Layer { diff_id, snapshot });
         }
         let base_history = doc["history"].as_array().cloned().unwrap_or_default();
@@ -892,7 +919,11 @@ impl Solver<'_> {
         let doc =
             image::config_document(&stage.platform, &stage.config, &diff_ids, history, &created);
         let (manifest, config) = rbuild_exporter::write_image_json(self.store, &doc)?;
-        Ok(BuildResult { manifest, config })
+        Ok(BuildResult {
+            manifest,
+            config,
+            _in_use: Arc::new(std::mem::take(&mut *self.lock_in_use())),
+        })
     }
 }
 
