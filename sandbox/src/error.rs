@@ -50,6 +50,9 @@ pub enum Error {
         #[source]
         source: rbuild_fsroot::Error,
     },
+    /// The thread's [`crate::KillSwitch`] was cancelled, so no container was started.
+    #[error("cancelled: another step of the build failed")]
+    Cancelled,
     /// A cgroup operation failed.
     #[error("cgroup {path}: {msg}")]
     Cgroup {
