@@ -315,6 +315,7 @@ fn prune(store: &Store, all: bool, volumes: bool, force: bool) -> Result<ExitCod
     let rep = store.prune(&PruneOptions {
         last_used_before: None,
         keep_storage: None,
+        all,
     })?;
     reclaimed += rep.reclaimed;
     if !rep.removed.is_empty() {

@@ -240,7 +240,8 @@ fn run_once(
         Stdio::null()
     };
     let stdio = (stdin, Stdio::piped(), Stdio::piped());
-    let mut c = match spawn_container(store, &rec, conf, stdio) {
+    // `_in_use` keeps `prune` off the image's snapshots while PID 1 runs.
+    let (mut c, _in_use) = match spawn_container(store, &rec, conf, stdio) {
         Ok(c) => c,
         Err(e) => {
             network.detach(store, &rec, &attachment);

@@ -392,9 +392,15 @@ pub fn parse_size(s: &str) -> Option<i64> {
     (v.is_finite() && v > 0.0).then_some((v * mul as f64) as i64)
 }
 
-/// The image's layers as overlay lower dirs, TOP FIRST (unpacked on demand).
-pub(crate) fn lowers_of(store: &Store, doc: &Value, image: &str) -> Result<Vec<PathBuf>, Error> {
+/// The image's layers as overlay lower dirs, TOP FIRST (unpacked on demand), and their usage
+/// locks (hold them while the lower dirs are used: `prune` leaves those snapshots alone).
+pub(crate) fn lowers_of(
+    store: &Store,
+    doc: &Value,
+    image: &str,
+) -> Result<(Vec<PathBuf>, Vec<rbuild_cache::SnapshotUse>), Error> {
     let mut lowers = Vec::new();
+    let mut guards = Vec::new();
     for d in doc["rootfs"]["diff_ids"]
         .as_array()
         .cloned()
@@ -405,11 +411,12 @@ pub(crate) fn lowers_of(store: &Store, doc: &Value, image: &str) -> Result<Vec<P
             .unwrap_or_default()
             .parse()
             .map_err(|_| cerr(format!("image {image}: config has an invalid diff_id {d}")))?;
-        let s = rbuild_exporter::ensure_snapshot(store, &diff_id)?;
+        let (s, guard) = rbuild_exporter::ensure_snapshot_in_use(store, &diff_id)?;
         lowers.push(store.snapshot_dir(&s));
+        guards.push(guard);
     }
     lowers.reverse();
-    Ok(lowers)
+    Ok((lowers, guards))
 }
 
 fn new_id(name_hint: &str) -> String {
@@ -550,6 +557,8 @@ pub struct RunHandle {
     container: Option<Container>,
     remove: bool,
     _lock: KeyLock,
+    /// Usage locks of the image's snapshots (the container's lower dirs).
+    _in_use: Vec<rbuild_cache::SnapshotUse>,
 }
 
 impl RunHandle {
@@ -759,7 +768,7 @@ pub fn create(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Conta
         )));
     }
     check_request(req)?;
-    let lowers = lowers_of(store, &doc, &image.to_string())?;
+    let (lowers, _in_use) = lowers_of(store, &doc, &image.to_string())?;
     let user = req.user.clone().unwrap_or(cfg.user.clone());
     let (uid, gid, groups, home) = rbuild_solver::resolve_image_user(store, &lowers, &user)?;
     let mut env = merge_env(cfg.env.clone(), &req.env);
@@ -853,7 +862,7 @@ pub fn create(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Conta
 }
 
 /// Starts the sandbox of an existing container (its layers are looked up again, so an image
-/// pruned since is unpacked anew).
+/// pruned since is unpacked anew). Hold the returned usage locks while the container runs.
 pub(crate) fn spawn_container(
     store: &Store,
     rec: &ContainerRecord,
@@ -863,9 +872,9 @@ pub(crate) fn spawn_container(
         std::process::Stdio,
         std::process::Stdio,
     ),
-) -> Result<Container, Error> {
+) -> Result<(Container, Vec<rbuild_cache::SnapshotUse>), Error> {
     let doc = config_of(store, rec)?;
-    let mut lowers = lowers_of(store, &doc, &rec.image)?;
+    let (mut lowers, in_use) = lowers_of(store, &doc, &rec.image)?;
     if lowers.is_empty() {
         let empty = store.root().join("empty");
         fs::create_dir_all(&empty).map_err(io_err("creating empty layer"))?;
@@ -877,7 +886,7 @@ pub(crate) fn spawn_container(
         upper: dir.join("upper"),
         work: dir.join("work"),
     };
-    Ok(rbuild_sandbox::spawn(
+    let c = rbuild_sandbox::spawn(
         &conf.spec,
         RunOptions {
             rootfs,
@@ -885,7 +894,8 @@ pub(crate) fn spawn_container(
             stdout: stdio.1,
             stderr: stdio.2,
         },
-    )?)
+    )?;
+    Ok((c, in_use))
 }
 
 /// Creates the container for `image` and starts it in the foreground (`rbuild run` without
@@ -911,7 +921,7 @@ pub fn start(
         .lock_container(&record.name)
         .map_err(|e| fail(e.into()))?;
     let conf = ContainerConfig::load(store, &record.name).map_err(fail)?;
-    let c = spawn_container(store, &record, &conf, stdio).map_err(fail)?;
+    let (c, in_use) = spawn_container(store, &record, &conf, stdio).map_err(fail)?;
     record_start(&mut record, c.pid());
     record.monitor_pid = Some(std::process::id() as i32);
     record.monitor_start = crate::proc::start_time(std::process::id() as i32);
@@ -923,6 +933,7 @@ pub fn start(
         container: Some(c),
         remove: req.remove,
         _lock: lock,
+        _in_use: in_use,
     })
 }
 
@@ -1070,7 +1081,7 @@ pub(crate) fn config_of(store: &Store, r: &ContainerRecord) -> Result<Value, Err
 pub fn diff(store: &Store, name: &str) -> Result<Vec<Change>, Error> {
     let r = find(store, name)?;
     let doc = config_of(store, &r)?;
-    let lowers = lowers_of(store, &doc, &r.image)?;
+    let (lowers, _in_use) = lowers_of(store, &doc, &r.image)?;
     let upper = store.container_dir(&r.name).join("upper");
     upper_changes(&upper, &lowers).map_err(io_err(format!("reading {}", upper.display())))
 }
