@@ -784,6 +784,77 @@ fn lookup(v: &Value, path: &str) -> Value {
     cur.clone()
 }
 
+/// The fields of one `ps` row (Docker's names: `ID`, `Image`, `Command`, `Status`...).
+fn ps_fields(store: &Store, st: &ContainerState, args: &PsArgs) -> BTreeMap<&'static str, String> {
+    let trunc = |s: &str, n: usize| -> String {
+        if args.no_trunc || s.chars().count() <= n {
+            s.to_string()
+        } else {
+            format!("{}…", s.chars().take(n - 1).collect::<String>())
+        }
+    };
+    let r = &st.record;
+    let mut m = BTreeMap::new();
+    let id = if args.no_trunc {
+        r.id.clone()
+    } else {
+        r.id.chars().take(12).collect()
+    };
+    m.insert("ID", id);
+    m.insert("Image", r.image.clone());
+    m.insert(
+        "Command",
+        format!("\"{}\"", trunc(&r.command.join(" "), 20)),
+    );
+    let created = chrono::DateTime::from_timestamp(r.created, 0).unwrap_or_default();
+    m.insert(
+        "CreatedAt",
+        created.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string(),
+    );
+    m.insert(
+        "RunningFor",
+        format!(
+            "{} ago",
+            human_duration((chrono::Utc::now() - created).to_std().unwrap_or_default())
+        ),
+    );
+    m.insert("Status", status_text(st));
+    m.insert("State", st.status.name().to_string());
+    m.insert("Ports", r.network.ports.join(", "));
+    m.insert("Names", r.name.clone());
+    let labels = container::ContainerConfig::load(store, &r.name)
+        .map(|c| c.labels)
+        .unwrap_or_default();
+    m.insert(
+        "Labels",
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    m.insert("Mounts", r.volumes.join(","));
+    m.insert("Networks", r.network.mode.clone());
+    if args.size || args.format.as_deref().is_some_and(|f| f.contains(".Size")) {
+        let own = crate::system_cmds::tree_size(&store.container_dir(&r.name).join("upper"));
+        let image = r
+            .manifest
+            .parse()
+            .ok()
+            .and_then(|d| rbuild_exporter::load_image(store, &d).ok())
+            .map_or(0, |i| i.size);
+        m.insert(
+            "Size",
+            format!(
+                "{} (virtual {})",
+                bytes_decimal(own),
+                bytes_decimal(own + image)
+            ),
+        );
+    }
+    m
+}
+
 pub(crate) fn ps(store: &Store, args: PsArgs) -> Result<ExitCode> {
     let mut list = state::list(store).map_err(e)?;
     list.reverse(); // newest first
@@ -805,75 +876,10 @@ pub(crate) fn ps(store: &Store, args: PsArgs) -> Result<ExitCode> {
     if let Some(n) = limit {
         rows.truncate(n);
     }
-    let trunc = |s: &str, n: usize| -> String {
-        if args.no_trunc || s.chars().count() <= n {
-            s.to_string()
-        } else {
-            format!("{}…", s.chars().take(n - 1).collect::<String>())
-        }
-    };
     let mut table: Vec<BTreeMap<&str, String>> = Vec::new();
     let mut wholes = Vec::new();
     for st in &rows {
-        let r = &st.record;
-        let mut m = BTreeMap::new();
-        let id = if args.no_trunc {
-            r.id.clone()
-        } else {
-            r.id.chars().take(12).collect()
-        };
-        m.insert("ID", id);
-        m.insert("Image", r.image.clone());
-        m.insert(
-            "Command",
-            format!("\"{}\"", trunc(&r.command.join(" "), 20)),
-        );
-        let created = chrono::DateTime::from_timestamp(r.created, 0).unwrap_or_default();
-        m.insert(
-            "CreatedAt",
-            created.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string(),
-        );
-        m.insert(
-            "RunningFor",
-            format!(
-                "{} ago",
-                human_duration((chrono::Utc::now() - created).to_std().unwrap_or_default())
-            ),
-        );
-        m.insert("Status", status_text(st));
-        m.insert("State", st.status.name().to_string());
-        m.insert("Ports", r.network.ports.join(", "));
-        m.insert("Names", r.name.clone());
-        let labels = container::ContainerConfig::load(store, &r.name)
-            .map(|c| c.labels)
-            .unwrap_or_default();
-        m.insert(
-            "Labels",
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        m.insert("Mounts", r.volumes.join(","));
-        m.insert("Networks", r.network.mode.clone());
-        if args.size || args.format.as_deref().is_some_and(|f| f.contains(".Size")) {
-            let own = crate::system_cmds::tree_size(&store.container_dir(&r.name).join("upper"));
-            let image = r
-                .manifest
-                .parse()
-                .ok()
-                .and_then(|d| rbuild_exporter::load_image(store, &d).ok())
-                .map_or(0, |i| i.size);
-            m.insert(
-                "Size",
-                format!(
-                    "{} (virtual {})",
-                    bytes_decimal(own),
-                    bytes_decimal(own + image)
-                ),
-            );
-        }
+        let m = ps_fields(store, st, &args);
         wholes.push(json!(m));
         table.push(m);
     }

@@ -891,7 +891,7 @@ fn pause_stats_volumes_and_system_commands() {
         .trim_end_matches('%')
         .parse()
         .unwrap();
-    assert!(cpu < 5.0, "a paused container uses no CPU: {st}");
+    assert!(cpu < 1.0, "a paused container uses no CPU: {st}");
     ok(&env, &["unpause", "spin"]);
     assert_eq!(inspect(&env, "spin", "{{.State.Status}}"), "running");
     let st = ok(&env, &["stats", "--no-stream"]);
@@ -904,7 +904,10 @@ fn pause_stats_volumes_and_system_commands() {
         .trim_end_matches('%')
         .parse()
         .unwrap();
-    assert!(cpu > 20.0, "a busy loop uses CPU: {st}");
+    assert!(
+        cpu > 5.0,
+        "a busy loop uses CPU (even on a loaded machine): {st}"
+    );
     assert!(row.contains("MiB / ") && row.ends_with(" 1"), "{row}");
     // A paused container still stops.
     ok(&env, &["pause", "spin"]);
