@@ -20,6 +20,19 @@ fn inspect(env: &Env, name: &str, fmt: &str) -> String {
     ok(env, &["inspect", "-f", fmt, name]).trim().to_string()
 }
 
+/// Removes (`rm -f`) every container of the store when dropped, so a failing test leaves no
+/// monitor or container running behind it.
+struct Cleanup<'a>(&'a Env);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let ids = stdout(&self.0.rbuild(&["ps", "-aq", "--no-trunc"]));
+        for id in ids.split_whitespace() {
+            let _ = self.0.rbuild(&["rm", "-f", id]);
+        }
+    }
+}
+
 /// Polls `cond` every 50 ms for up to `secs` seconds.
 fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -63,6 +76,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 #[test]
 fn detached_httpd_outlives_the_command_and_dies_with_its_monitor() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     let port = 18131u16;
     let id = ok(
         &env,
@@ -166,6 +180,7 @@ fn detached_httpd_outlives_the_command_and_dies_with_its_monitor() {
 #[test]
 fn logs_follow_print_then_exit_wait_and_tail() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -238,6 +253,7 @@ fn logs_follow_print_then_exit_wait_and_tail() {
 #[test]
 fn exec_shares_files_hostname_and_pid_namespace() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -341,6 +357,7 @@ fn exec_shares_files_hostname_and_pid_namespace() {
 #[test]
 fn cp_in_and_out_stays_inside_the_container() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -480,6 +497,7 @@ fn cp_in_and_out_stays_inside_the_container() {
 #[test]
 fn stop_honours_stopsignal_and_timeout_kill_and_restart() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     let ctx = env.context(
         "stopsig",
         "FROM busybox:local\nSTOPSIGNAL SIGUSR1\nCMD [\"sh\", \"-c\", \"trap 'echo got-usr1; exit 0' USR1; while true; do sleep 0.1; done\"]\n",
@@ -550,6 +568,7 @@ fn stop_honours_stopsignal_and_timeout_kill_and_restart() {
 #[test]
 fn restart_on_failure_restarts_exactly_three_times() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -622,6 +641,7 @@ fn restart_on_failure_restarts_exactly_three_times() {
 #[test]
 fn failing_healthcheck_turns_ps_unhealthy() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -698,6 +718,7 @@ fn failing_healthcheck_turns_ps_unhealthy() {
 #[test]
 fn concurrent_starts_start_once() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     let id = ok(
         &env,
         &[
@@ -763,6 +784,7 @@ fn concurrent_starts_start_once() {
 #[test]
 fn rm_force_never_kills_an_unrelated_process() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -825,6 +847,7 @@ fn rm_force_never_kills_an_unrelated_process() {
 #[test]
 fn volume_seeding_never_copies_a_host_path() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     // The image's /data is a symlink to a host directory that holds a secret.
     let host = tempfile::Builder::new()
         .prefix("rbuild-containers-secret-")
@@ -858,6 +881,7 @@ fn volume_seeding_never_copies_a_host_path() {
 #[test]
 fn pause_stats_volumes_and_system_commands() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -1062,6 +1086,7 @@ fn pause_stats_volumes_and_system_commands() {
 #[test]
 fn attach_passes_stdin_output_and_exit_code_and_detaches_with_ctrl_p_ctrl_q() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
