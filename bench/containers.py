@@ -70,12 +70,10 @@ def setup(binary):
     if not os.path.exists(tar):
         sh([os.path.join(REPO, "scripts/busybox-rootfs.sh"), tar])
     rb, _ = rbuild_engine(binary)
-    # rbuild's `-t`-less first argument rule: subcommand first, then --root.
-    subprocess.run([binary, "import", "--root", rb.base[2], tar, "busybox:bench"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([binary, "import", tar, "busybox:bench"], check=True, stdout=subprocess.DEVNULL)
     archive = os.path.join(WORK, "busybox-docker.tar")
-    subprocess.run([binary, "save", "--root", rb.base[2], "busybox:bench", "-o", archive],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([binary, "save", "busybox:bench", "-o", archive], check=True,
+                   stdout=subprocess.DEVNULL)
     pm = podman_engine()
     store = "containers-storage:[overlay@%s+/run/rbuild-bench-podman]localhost/busybox:bench" % (
         os.path.join(WORK, "podman-root"))
@@ -84,9 +82,9 @@ def setup(binary):
 
 
 def rb_args(engine, sub, *rest):
-    """rbuild wants the subcommand before --root; podman takes its globals first."""
+    """rbuild takes its store from RBUILD_ROOT; podman takes its globals first."""
     if engine.name == "rbuild":
-        return [engine.base[0], sub, "--root", engine.base[2], *rest]
+        return [engine.base[0], sub, *rest]
     extra = PODMAN_RUN if sub in ("run", "create") else []
     return engine.base + [sub, *extra, *rest]
 
@@ -118,6 +116,7 @@ def one_round(e, img, n):
 
 
 def main():
+    os.environ["RBUILD_ROOT"] = os.path.join(WORK, "rbuild-store")
     ap = argparse.ArgumentParser()
     ap.add_argument("--rbuild", required=True)
     ap.add_argument("--runs", type=int, default=5)
