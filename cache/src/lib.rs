@@ -18,6 +18,7 @@
 //!
 //! The store knows nothing of Dockerfiles; it stores what the solver and exporter give it.
 
+pub mod artifact;
 mod blobs;
 mod containers;
 mod db;
