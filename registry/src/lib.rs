@@ -12,6 +12,7 @@
 //! - retries with backoff on 5xx answers and dropped connections.
 
 mod auth;
+mod cache;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -29,6 +30,7 @@ use rbuild_types::{Digest, ImageRef, Platform, Sha256Writer};
 use serde_json::Value;
 
 pub use auth::{docker_config_path, AuthFile};
+pub use cache::Layout;
 
 /// Media types a pull accepts for a manifest.
 const MANIFEST_TYPES: &[&str] = &[
