@@ -257,6 +257,7 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         forwarded: args.cache.forwarded()?,
         first_vertex: 2,
         source_date_epoch: epoch,
+        remote: None,
     };
     let sink = |ev| progress.event(ev);
     let result =

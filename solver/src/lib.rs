@@ -16,6 +16,7 @@ mod explain;
 mod fsutil;
 mod image;
 mod mounts;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ use serde_json::{json, Value};
 
 pub use context::{HashStats, IgnoreRules};
 pub use mounts::{Forwarded, SecretSource};
+pub use remote::{LayerSource, RemoteCache, StepRecord};
 
 /// Version of the cache key encoding; bump to invalidate every record when the encoding changes.
 const KEY_VERSION: u32 = 2;
@@ -172,6 +174,8 @@ pub struct SolveOptions {
     pub first_vertex: usize,
     /// `SOURCE_DATE_EPOCH`: timestamps of config and history.
     pub source_date_epoch: Option<i64>,
+    /// Records imported by `--cache-from`, consulted after a local miss.
+    pub remote: Option<Arc<RemoteCache>>,
 }
 
 /// What a build produced.
@@ -181,6 +185,8 @@ pub struct BuildResult {
     pub manifest: Digest,
     /// Config digest (the image id).
     pub config: Digest,
+    /// The steps that made a layer (for `--cache-to`).
+    pub steps: Vec<StepRecord>,
 }
 
 /// One layer of a rootfs chain.
@@ -652,16 +658,19 @@ impl Solver<'_> {
             parent.depth + 1
         );
         let indexed = json!({"display": self.instruction(n), "doc": doc});
-        let previous = self
+        let previous = remote::previous(self, n, parent.depth + 1, &key).or(self
             .store
             .step_index_latest(&identity)?
-            .filter(|(k, _)| *k != key);
+            .filter(|(k, _)| *k != key));
         self.store.step_index_put(&identity, &key, &indexed)?;
         if let Some(l) = lookup(self.store)? {
             return Ok((out(l, true), true));
         }
         let _lock = self.store.lock_key(&key)?;
         if let Some(l) = lookup(self.store)? {
+            return Ok((out(l, true), true));
+        }
+        if let Some(l) = (!no_cache).then(|| remote::lookup(self, n, &key)).transpose()?.flatten() {
             return Ok((out(l, true), true));
         }
         if let Some(id) = self.vertex_ids.get(&n) {
@@ -824,7 +833,12 @@ impl Solver<'_> {
         let doc =
             image::config_document(&stage.platform, &stage.config, &diff_ids, history, &created);
         let (manifest, config) = rbuild_exporter::write_image_json(self.store, &doc)?;
-        Ok(BuildResult { manifest, config })
+        let steps = remote::steps(self, results);
+        Ok(BuildResult {
+            manifest,
+            config,
+            steps,
+        })
     }
 }
 
