@@ -8,6 +8,7 @@ mod containers;
 mod image_cmds;
 mod images;
 mod progress;
+mod remote_cache;
 mod run;
 mod volumes;
 
