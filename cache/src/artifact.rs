@@ -157,7 +157,11 @@ pub fn manifest(form: Form, config: (&Digest, u64), layers: &[LayerDesc]) -> Vec
             desc(&Digest::of(&e), e.len() as u64, EMPTY_MEDIA_TYPE)
         }
     };
-    ls.extend(layers.iter().map(|l| desc(&l.digest, l.size, &l.media_type)));
+    ls.extend(
+        layers
+            .iter()
+            .map(|l| desc(&l.digest, l.size, &l.media_type)),
+    );
     let mut m = json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA_TYPE,
@@ -203,7 +207,11 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Found, FormatError> {
         let size = v["size"]
             .as_u64()
             .ok_or_else(|| FormatError(format!("descriptor without a size: {v}")))?;
-        Ok((d, size, v["mediaType"].as_str().unwrap_or_default().to_string()))
+        Ok((
+            d,
+            size,
+            v["mediaType"].as_str().unwrap_or_default().to_string(),
+        ))
     };
     let config = desc(&m["config"])?;
     let layers = m["layers"]
@@ -217,7 +225,9 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Found, FormatError> {
     if m["artifactType"].as_str() == Some(ARTIFACT_TYPE) {
         return match layers.iter().find(|l| l.2 == CONFIG_MEDIA_TYPE) {
             Some(l) => Ok(Found::CacheConfig(l.0.clone(), l.1)),
-            None => Err(FormatError("cache artifact without a cache config layer".into())),
+            None => Err(FormatError(
+                "cache artifact without a cache config layer".into(),
+            )),
         };
     }
     match config.2.as_str() {
@@ -338,11 +348,19 @@ mod tests {
         c.layers.clear();
         let cfg = json!({"rootfs": {"type": "layers", "diff_ids": [Digest::of(b"tar").to_string()]},
             INLINE_FIELD: serde_json::from_slice::<Value>(&c.to_bytes()).unwrap()});
-        let layers = vec![(Digest::of(b"gz"), 2, "application/vnd.oci.image.layer.v1.tar+gzip".to_string())];
-        let got = parse_inline(cfg.to_string().as_bytes(), &layers).unwrap().unwrap();
+        let layers = vec![(
+            Digest::of(b"gz"),
+            2,
+            "application/vnd.oci.image.layer.v1.tar+gzip".to_string(),
+        )];
+        let got = parse_inline(cfg.to_string().as_bytes(), &layers)
+            .unwrap()
+            .unwrap();
         assert_eq!(got.layers[0].diff_id, Digest::of(b"tar"));
         assert_eq!(got.layers[0].digest, Digest::of(b"gz"));
         let plain = json!({"rootfs": {"type": "layers", "diff_ids": []}});
-        assert!(parse_inline(plain.to_string().as_bytes(), &[]).unwrap().is_none());
+        assert!(parse_inline(plain.to_string().as_bytes(), &[])
+            .unwrap()
+            .is_none());
     }
 }

@@ -20,7 +20,10 @@ use crate::parse_ref;
 pub(crate) struct RemoteCacheArgs {
     /// Import a build cache: type=registry,ref=REG/REPO:TAG (or just the ref; an image pushed
     /// with an inline cache works too), type=local,src=DIR[,tag=T] (repeatable).
-    #[arg(long = "cache-from", value_name = "type=registry,ref=REF|type=local,src=DIR")]
+    #[arg(
+        long = "cache-from",
+        value_name = "type=registry,ref=REF|type=local,src=DIR"
+    )]
     pub cache_from: Vec<String>,
     /// Export the build cache: type=registry,ref=REF[,mode=min|max][,compression=gzip|zstd],
     /// type=local,dest=DIR[,tag=T][,mode=..], type=inline (repeatable).
@@ -101,7 +104,10 @@ fn parse_spec(flag: &str, s: &str, export: bool) -> Result<Spec> {
             ("oci-artifact", true) => spec.artifact_only = boolean(k, v)?,
             ("ignore-error", true) => spec.ignore_error = boolean(k, v)?,
             // BuildKit options whose behaviour is rbuild's only one (an OCI image manifest).
-            ("oci-mediatypes" | "image-manifest" | "compression-level" | "force-compression", true) => {}
+            (
+                "oci-mediatypes" | "image-manifest" | "compression-level" | "force-compression",
+                true,
+            ) => {}
             _ => bail!("{flag} {s}: unknown option {k:?}"),
         }
     }
@@ -235,7 +241,8 @@ impl RemoteCacheArgs {
         let (config, _) = rbuild_solver::remote::export_config(store, &result.steps, false, None)
             .map_err(|e| anyhow!("--cache-to type=inline: {e}"))?;
         let img = rbuild_exporter::load_image(store, &result.manifest)?;
-        let mut doc: serde_json::Value = serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
         doc[artifact::INLINE_FIELD] = serde_json::from_slice(&config.to_bytes())?;
         let (manifest, config) = rbuild_exporter::write_image_json(store, &doc)?;
         Ok(BuildResult {
@@ -246,7 +253,13 @@ impl RemoteCacheArgs {
     }
 
     /// Writes every `--cache-to` of a registry or a directory; returns what to print.
-    pub fn export(&self, store: &Store, client: &Client, result: &BuildResult, warn: &dyn Fn(String)) -> Result<Vec<String>> {
+    pub fn export(
+        &self,
+        store: &Store,
+        client: &Client,
+        result: &BuildResult,
+        warn: &dyn Fn(String),
+    ) -> Result<Vec<String>> {
         let mut done = Vec::new();
         for s in &self.cache_to {
             let spec = parse_spec("--cache-to", s, true)?;
@@ -264,14 +277,22 @@ impl RemoteCacheArgs {
 }
 
 fn export_one(store: &Store, client: &Client, result: &BuildResult, spec: &Spec) -> Result<String> {
-    let (config, mut blobs) =
-        rbuild_solver::remote::export_config(store, &result.steps, spec.max, Some(spec.compression))?;
+    let (config, mut blobs) = rbuild_solver::remote::export_config(
+        store,
+        &result.steps,
+        spec.max,
+        Some(spec.compression),
+    )?;
     let bytes = config.to_bytes();
     let cd = store.put_blob(&bytes)?;
     blobs.push(cd.clone());
     let empty = store.put_blob(&artifact::empty_config())?;
     let form = |f| artifact::manifest(f, (&cd, bytes.len() as u64), &config.layers);
-    let summary = format!("{} records, {} layers", config.records.len(), config.layers.len());
+    let summary = format!(
+        "{} records, {} layers",
+        config.records.len(),
+        config.layers.len()
+    );
     match &spec.location {
         Location::Registry(r) => {
             let forms = if spec.artifact_only {
@@ -284,12 +305,19 @@ fn export_one(store: &Store, client: &Client, result: &BuildResult, spec: &Spec)
             Ok(format!("exporting cache to {r} done: {d} ({summary})"))
         }
         Location::Local { dir, tag } => {
-            let f = if spec.artifact_only { Form::Artifact } else { Form::Config };
+            let f = if spec.artifact_only {
+                Form::Artifact
+            } else {
+                Form::Config
+            };
             if f == Form::Artifact {
                 blobs.push(empty);
             }
             let d = Layout::new(dir).write(store, tag, &blobs, &form(f))?;
-            Ok(format!("exporting cache to {}:{tag} done: {d} ({summary})", dir.display()))
+            Ok(format!(
+                "exporting cache to {}:{tag} done: {d} ({summary})",
+                dir.display()
+            ))
         }
         Location::Inline => unreachable!("handled by apply_inline"),
     }
@@ -304,7 +332,9 @@ fn read_registry(client: &Client, r: &ImageRef) -> Result<Option<CacheConfig>> {
         return Ok(None);
     };
     match artifact::parse_manifest(&m)? {
-        Found::CacheConfig(d, size) => parse_config(&client.pull_artifact_blob(r, &d, size)?).map(Some),
+        Found::CacheConfig(d, size) => {
+            parse_config(&client.pull_artifact_blob(r, &d, size)?).map(Some)
+        }
         Found::Image(d, size, layers) => {
             let cfg = client.pull_artifact_blob(r, &d, size)?;
             let c = artifact::parse_inline(&cfg, &layers)?;
@@ -336,19 +366,35 @@ mod tests {
 
     #[test]
     fn specs_parse_like_buildx() {
-        let s = parse_spec("--cache-to", "type=registry,ref=127.0.0.1:5000/app:cache,mode=max,compression=zstd", true).unwrap();
+        let s = parse_spec(
+            "--cache-to",
+            "type=registry,ref=127.0.0.1:5000/app:cache,mode=max,compression=zstd",
+            true,
+        )
+        .unwrap();
         assert!(s.max);
         assert_eq!(s.compression, Compression::Zstd);
         assert!(matches!(s.location, Location::Registry(_)));
         let s = parse_spec("--cache-from", "127.0.0.1:5000/app:cache", false).unwrap();
         assert!(!s.max);
         let s = parse_spec("--cache-to", "type=local,dest=/tmp/c", true).unwrap();
-        assert_eq!(s.location, Location::Local { dir: "/tmp/c".into(), tag: "latest".into() });
+        assert_eq!(
+            s.location,
+            Location::Local {
+                dir: "/tmp/c".into(),
+                tag: "latest".into()
+            }
+        );
         assert!(parse_spec("--cache-from", "type=local,dest=/tmp/c", false).is_err());
         assert!(parse_spec("--cache-to", "type=registry", true).is_err());
         assert!(parse_spec("--cache-to", "type=registry,ref=a:b,mode=all", true).is_err());
         assert!(parse_spec("--cache-from", "type=inline", false).is_err());
         assert!(parse_spec("--cache-to", "type=gha", true).is_err());
-        assert_eq!(parse_spec("--cache-to", "type=inline", true).unwrap().location, Location::Inline);
+        assert_eq!(
+            parse_spec("--cache-to", "type=inline", true)
+                .unwrap()
+                .location,
+            Location::Inline
+        );
     }
 }

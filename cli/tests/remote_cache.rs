@@ -46,7 +46,10 @@ impl Registry {
         let host = format!("127.0.0.1:{port}");
         let t = Instant::now();
         while std::net::TcpStream::connect(&host).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "registry not up on {host}");
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "registry not up on {host}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Registry { child, data, host }
@@ -165,7 +168,11 @@ fn fleet_registry_cache_every_step_cached_same_digest_then_only_the_suffix() {
     let dir_b = project(&b, "elsewhere/p");
     let missing = format!("type=registry,ref={}/nothing:here", reg.host);
     let from = format!("type=registry,ref={cache}");
-    let (log_b, id_b) = build(&b, &dir_b, &["--cache-from", &missing, "--cache-from", &from]);
+    let (log_b, id_b) = build(
+        &b,
+        &dir_b,
+        &["--cache-from", &missing, "--cache-from", &from],
+    );
     assert!(ran(&log_b).is_empty(), "every step CACHED on B:\n{log_b}");
     assert_eq!(runs(&b), "", "no RUN executed on B");
     assert_eq!(id_a, id_b, "B's image equals A's");
@@ -174,7 +181,10 @@ fn fleet_registry_cache_every_step_cached_same_digest_then_only_the_suffix() {
         "a missing ref is a warning:\n{log_b}"
     );
     // B's image runs: its layers are in B's store.
-    let out = rb(&b, &["run", "--rm", "app:ci", "cat", "/app/out", "/app/final.txt"]);
+    let out = rb(
+        &b,
+        &["run", "--rm", "app:ci", "cat", "/app/out", "/app/final.txt"],
+    );
     assert_ok(&out);
     assert_eq!(stdout(&out), "int main(){}\ncompiled\nv1\n");
 
@@ -194,7 +204,9 @@ fn fleet_registry_cache_every_step_cached_same_digest_then_only_the_suffix() {
     );
     assert_eq!(runs(&c), "late\n");
     assert!(
-        log_c.contains("cache miss: COPY late.txt /app/late.txt: late.txt changed (against remote cache"),
+        log_c.contains(
+            "cache miss: COPY late.txt /app/late.txt: late.txt changed (against remote cache"
+        ),
         "{log_c}"
     );
 }
@@ -219,8 +231,14 @@ fn mode_min_exports_only_the_final_image_steps() {
             &format!("type=registry,ref={max},mode=max,compression=zstd"),
         ],
     );
-    assert!(log.contains("(4 records, 4 layers)"), "min: 4 steps of the final image:\n{log}");
-    assert!(log.contains("(6 records, 6 layers)"), "max: every step:\n{log}");
+    assert!(
+        log.contains("(4 records, 4 layers)"),
+        "min: 4 steps of the final image:\n{log}"
+    );
+    assert!(
+        log.contains("(6 records, 6 layers)"),
+        "max: every step:\n{log}"
+    );
 
     // With the min cache the build stage runs again (its steps are not exported); the final
     // stage's steps, whose keys depend on the same inputs, come from the cache.
@@ -262,17 +280,28 @@ fn local_directory_cache_and_a_missing_layer_in_it() {
     let c = runner();
     let nowhere = format!("type=local,src={}", c.work.path().join("none").display());
     let (log_c, _) = build(&c, &project(&c, "p"), &["--cache-from", &nowhere]);
-    assert!(log_c.contains("WARNING: --cache-from") && log_c.contains("no cache found"), "{log_c}");
+    assert!(
+        log_c.contains("WARNING: --cache-from") && log_c.contains("no cache found"),
+        "{log_c}"
+    );
 
     // The config names a layer whose blob is gone: that step (and what follows it) runs, with
     // a warning, and the result is still right.
     let late = last_layer_of(&cache);
-    std::fs::remove_file(cache.join("blobs/sha256").join(late.strip_prefix("sha256:").unwrap()))
-        .unwrap();
+    std::fs::remove_file(
+        cache
+            .join("blobs/sha256")
+            .join(late.strip_prefix("sha256:").unwrap()),
+    )
+    .unwrap();
     let d = runner();
     let (log_d, id_d) = build(&d, &project(&d, "p"), &["--cache-from", &src]);
     assert!(log_d.contains("WARNING: remote cache"), "{log_d}");
-    assert_eq!(ran(&log_d).len(), 1, "only the step whose layer is missing runs:\n{log_d}");
+    assert_eq!(
+        ran(&log_d).len(),
+        1,
+        "only the step whose layer is missing runs:\n{log_d}"
+    );
     assert_eq!(id_d, id_a);
 }
 
@@ -280,12 +309,19 @@ fn local_directory_cache_and_a_missing_layer_in_it() {
 fn last_layer_of(layout: &Path) -> String {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let blob = |d: &str| layout.join("blobs/sha256").join(d.strip_prefix("sha256:").unwrap());
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap())
-            .unwrap();
-    let c: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(blob(m["config"]["digest"].as_str().unwrap())).unwrap()).unwrap();
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.strip_prefix("sha256:").unwrap())
+    };
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let c: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(m["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
     let rec = c["records"]
         .as_array()
         .unwrap()
@@ -311,8 +347,17 @@ fn inline_cache_travels_in_the_pushed_image() {
     let a = runner();
     let out = rb(
         &a,
-        &["build", "--progress", "plain", "-t", &image, "--push", "--cache-to", "type=inline",
-          project(&a, "p").to_str().unwrap()],
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            &image,
+            "--push",
+            "--cache-to",
+            "type=inline",
+            project(&a, "p").to_str().unwrap(),
+        ],
     );
     assert_ok(&out);
     let b = runner();
@@ -322,7 +367,16 @@ fn inline_cache_travels_in_the_pushed_image() {
     assert_eq!(ran(&log_b).len(), 2, "{log_b}");
     // A plain image (no inline cache) is a warning.
     let plain = format!("{}/app:plain", reg.host);
-    let out = rb(&a, &["build", "-t", &plain, "--push", project(&a, "p").to_str().unwrap()]);
+    let out = rb(
+        &a,
+        &[
+            "build",
+            "-t",
+            &plain,
+            "--push",
+            project(&a, "p").to_str().unwrap(),
+        ],
+    );
     assert_ok(&out);
     let (log_c, _) = build(&b, &project(&b, "p"), &["--cache-from", &plain]);
     assert!(log_c.contains("carries no rbuild cache"), "{log_c}");
@@ -350,14 +404,21 @@ fn tampered_registry_layer_is_a_miss_with_a_warning_and_the_artifact_form_works(
     );
     // The artifact form: empty config and artifactType.
     let out = Command::new("curl")
-        .args(["-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .args([
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
         .arg(format!("http://{}/v2/app/manifests/art", reg.host))
         .output();
     if let Ok(out) = out {
         if out.status.success() {
             let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(m["artifactType"], "application/vnd.rbuild.cache.v1");
-            assert_eq!(m["config"]["mediaType"], "application/vnd.oci.empty.v1+json");
+            assert_eq!(
+                m["config"]["mediaType"],
+                "application/vnd.oci.empty.v1+json"
+            );
         }
     }
     // Flip bytes of the last RUN step's layer in the registry's storage.

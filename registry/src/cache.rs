@@ -120,7 +120,10 @@ impl Client {
         let client = self.oci(&registry);
         let auth = self.credentials(&registry)?;
         let reference = to_reference(target)?;
-        let types = [MANIFEST_MEDIA_TYPE, "application/vnd.oci.image.index.v1+json"];
+        let types = [
+            MANIFEST_MEDIA_TYPE,
+            "application/vnd.oci.image.index.v1+json",
+        ];
         let (bytes, digest) =
             match self.retry(|| client.pull_manifest_raw(&reference, &auth, &types)) {
                 Ok(x) => x,
@@ -281,7 +284,13 @@ impl Layout {
     /// Writes `blobs` (from the store; existing ones kept: they are content-addressed) and the
     /// manifest, and points `tag` at it in `index.json` (replacing the tag's previous entry).
     /// Files appear by rename, so a reader never sees a partial one.
-    pub fn write(&self, store: &Store, tag: &str, blobs: &[Digest], manifest: &[u8]) -> Result<Digest> {
+    pub fn write(
+        &self,
+        store: &Store,
+        tag: &str,
+        blobs: &[Digest],
+        manifest: &[u8],
+    ) -> Result<Digest> {
         let bdir = self.dir.join("blobs/sha256");
         fs::create_dir_all(&bdir).map_err(io_err("create", &bdir))?;
         for d in blobs {
@@ -296,7 +305,10 @@ impl Layout {
         }
         let md = Digest::of(manifest);
         write_atomic(&self.blob(&md), manifest)?;
-        write_atomic(&self.dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        write_atomic(
+            &self.dir.join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )?;
         let mut index: Value = match fs::read(self.index_path()) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
             Err(_) => Value::Null,
@@ -305,7 +317,9 @@ impl Layout {
             index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []});
         }
         let entries = index["manifests"].as_array_mut().expect("checked above");
-        entries.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() != Some(tag));
+        entries.retain(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"].as_str() != Some(tag)
+        });
         entries.push(json!({
             "mediaType": MANIFEST_MEDIA_TYPE,
             "digest": md.to_string(),
@@ -327,9 +341,9 @@ impl Layout {
         let name = self.dir.display().to_string();
         let index: Value = crate::parse_json(&data, &name)?;
         let Some(entry) = index["manifests"].as_array().and_then(|a| {
-            a.iter()
-                .rev()
-                .find(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(tag))
+            a.iter().rev().find(|m| {
+                m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(tag)
+            })
         }) else {
             return Ok(None);
         };
@@ -340,7 +354,8 @@ impl Layout {
                 image: name.clone(),
                 reason: format!("index.json entry without a sha256 digest: {entry}"),
             })?;
-        self.read_blob(&d, entry["size"].as_u64().unwrap_or(0)).map(Some)
+        self.read_blob(&d, entry["size"].as_u64().unwrap_or(0))
+            .map(Some)
     }
 
     /// A small blob, checked against digest and size.
@@ -379,7 +394,10 @@ impl Layout {
                 image: name,
                 what: "layer",
                 expected: layer.digest.to_string(),
-                problem: format!("content has digest {got} ({written} bytes, {} expected)", layer.size),
+                problem: format!(
+                    "content has digest {got} ({written} bytes, {} expected)",
+                    layer.size
+                ),
             });
         }
         store_layer(store, &zpath, layer, &name, stage.path())
@@ -392,7 +410,9 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
         std::process::id(),
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
     fs::write(&tmp, data).map_err(io_err("write", &tmp))?;
     fs::rename(&tmp, path).map_err(io_err("rename", path))
@@ -410,8 +430,12 @@ mod tests {
         let layout = Layout::new(&root.path().join("cache"));
         assert!(layout.read_manifest("latest").unwrap().is_none());
         let m = br#"{"schemaVersion":2}"#;
-        layout.write(&store, "latest", &[blob.clone()], m).unwrap();
-        layout.write(&store, "latest", &[blob.clone()], m).unwrap();
+        layout
+            .write(&store, "latest", std::slice::from_ref(&blob), m)
+            .unwrap();
+        layout
+            .write(&store, "latest", std::slice::from_ref(&blob), m)
+            .unwrap();
         assert_eq!(layout.read_manifest("latest").unwrap().unwrap(), m);
         assert!(layout.read_manifest("other").unwrap().is_none());
         assert_eq!(layout.read_blob(&blob, 6).unwrap(), b"config");

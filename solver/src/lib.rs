@@ -670,7 +670,11 @@ impl Solver<'_> {
         if let Some(l) = lookup(self.store)? {
             return Ok((out(l, true), true));
         }
-        if let Some(l) = (!no_cache).then(|| remote::lookup(self, n, &key)).transpose()?.flatten() {
+        if let Some(l) = (!no_cache)
+            .then(|| remote::lookup(self, n, &key))
+            .transpose()?
+            .flatten()
+        {
             return Ok((out(l, true), true));
         }
         if let Some(id) = self.vertex_ids.get(&n) {
