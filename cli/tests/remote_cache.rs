@@ -162,6 +162,29 @@ fn fleet_registry_cache_every_step_cached_same_digest_then_only_the_suffix() {
         &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
     );
     assert!(log_a.contains("exporting cache to"), "{log_a}");
+    if have("curl") {
+        // The preferred form: rbuild's config media type, the step layers compressed.
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                "-H",
+                "Accept: application/vnd.oci.image.manifest.v1+json",
+            ])
+            .arg(format!("http://{}/v2/app/manifests/buildcache", reg.host))
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            m["config"]["mediaType"],
+            "application/vnd.rbuild.cache.config.v1+json"
+        );
+        assert_eq!(m["layers"].as_array().unwrap().len(), 6);
+        assert_eq!(
+            m["layers"][0]["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+    }
     assert_eq!(runs(&a).lines().count(), 3, "A runs its 3 RUN steps");
 
     let b = runner();
@@ -403,23 +426,27 @@ fn tampered_registry_layer_is_a_miss_with_a_warning_and_the_artifact_form_works(
         ],
     );
     // The artifact form: empty config and artifactType.
-    let out = Command::new("curl")
-        .args([
-            "-sf",
-            "-H",
-            "Accept: application/vnd.oci.image.manifest.v1+json",
-        ])
-        .arg(format!("http://{}/v2/app/manifests/art", reg.host))
-        .output();
-    if let Ok(out) = out {
-        if out.status.success() {
-            let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            assert_eq!(m["artifactType"], "application/vnd.rbuild.cache.v1");
-            assert_eq!(
-                m["config"]["mediaType"],
-                "application/vnd.oci.empty.v1+json"
-            );
-        }
+    if have("curl") {
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                "-H",
+                "Accept: application/vnd.oci.image.manifest.v1+json",
+            ])
+            .arg(format!("http://{}/v2/app/manifests/art", reg.host))
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(m["artifactType"], "application/vnd.rbuild.cache.v1");
+        assert_eq!(
+            m["config"]["mediaType"],
+            "application/vnd.oci.empty.v1+json"
+        );
+        assert_eq!(
+            m["layers"][0]["mediaType"],
+            "application/vnd.rbuild.cache.config.v1+json"
+        );
     }
     // Flip bytes of the last RUN step's layer in the registry's storage.
     let late = last_layer_of(&layout);

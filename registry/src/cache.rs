@@ -423,6 +423,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn missing_and_refused_manifests_are_told_apart() {
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: "u".into(),
+            message: "m".into(),
+        };
+        assert!(not_found(&server(404)));
+        assert!(!not_found(&server(500)));
+        assert!(not_found(
+            &OciDistributionError::ImageManifestNotFoundError("x".into())
+        ));
+        assert!(refused(&server(400)));
+        assert!(refused(&server(415)));
+        assert!(
+            !refused(&server(401)),
+            "auth failures are not a form problem"
+        );
+        assert!(!refused(&server(403)));
+        assert!(!refused(&server(502)));
+    }
+
+    #[test]
     fn layout_round_trip_and_tamper_check() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(&root.path().join("store")).unwrap();

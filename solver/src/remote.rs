@@ -78,14 +78,17 @@ impl RemoteCache {
             if key_of(&r.inputs) != r.key {
                 warnings.push(format!(
                     "cache {name}: record {} ({}) does not match its inputs; ignored",
-                    r.key, r.description
+                    r.key,
+                    clean(&r.description)
                 ));
                 continue;
             }
             let Some(layer) = layers.get(&r.diff_id) else {
                 warnings.push(format!(
                     "cache {name}: record {} ({}) names layer {} which the cache does not list; ignored",
-                    r.key, r.description, r.diff_id
+                    r.key,
+                    clean(&r.description),
+                    r.diff_id
                 ));
                 continue;
             };
@@ -198,10 +201,31 @@ pub(crate) fn previous(
         .min_by_key(|e| (e.source, e.record.key.clone()))?;
     let d = &e.record.description;
     let instruction = d.split_once("] ").map(|(_, i)| i).unwrap_or(d);
+    // Remote text reaches the terminal: no control characters (escape sequences).
     Some((
         e.record.key.clone(),
-        json!({"display": instruction, "doc": e.record.inputs, "remote": remote.sources[e.source].name()}),
+        printable(
+            &json!({"display": instruction, "doc": e.record.inputs, "remote": remote.sources[e.source].name()}),
+        ),
     ))
+}
+
+/// `v` with control characters in every string replaced by `?`.
+fn printable(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(a) => Value::Array(a.iter().map(printable).collect()),
+        Value::Object(o) => {
+            Value::Object(o.iter().map(|(k, v)| (clean(k), printable(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 fn position(s: &Solver, n: NodeIndex, depth: usize) -> Position {
@@ -339,5 +363,14 @@ mod tests {
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].contains("does not match its inputs"));
         assert!(warnings[1].contains("does not list"));
+    }
+
+    #[test]
+    fn remote_text_is_made_printable() {
+        let v = json!({"display": "RUN \u{1b}[2Jx", "doc": {"a\u{7}": ["ok", "\n"]}});
+        let p = printable(&v);
+        assert_eq!(p["display"], "RUN ?[2Jx");
+        assert_eq!(p["doc"]["a?"][1], "?");
+        assert_eq!(p["doc"]["a?"][0], "ok");
     }
 }
