@@ -17,6 +17,7 @@
 //! entries are flocked by their writer, and SQLite serializes metadata writes (busy timeout 30 s).
 //!
 //! The store knows nothing of Dockerfiles; it stores what the solver and exporter give it.
+//! [`artifact`] defines the remote cache format (records exported as an OCI artifact).
 
 pub mod artifact;
 mod blobs;

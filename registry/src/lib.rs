@@ -10,6 +10,10 @@
 //! - plain HTTP for loopback registries and those named with `--insecure-registry`;
 //! - credentials from `rbuild login` and `~/.docker/config.json` (the same file);
 //! - retries with backoff on 5xx answers and dropped connections.
+//!
+//! [`Client::push_artifact`], [`Client::pull_artifact_manifest`], [`Client::fetch_cache_layer`]
+//! and [`Layout`] carry remote build caches (`rbuild_cache::artifact`) through a registry or an OCI
+//! layout directory.
 
 mod auth;
 mod cache;
