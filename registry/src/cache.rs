@@ -123,6 +123,7 @@ impl Client {
         let types = [
             MANIFEST_MEDIA_TYPE,
             "application/vnd.oci.image.index.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
         ];
         let (bytes, digest) =
             match self.retry(|| client.pull_manifest_raw(&reference, &auth, &types)) {
