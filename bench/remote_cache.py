@@ -85,6 +85,7 @@ class Bench:
         self.procs = []
 
     def start_registry(self):
+        os.makedirs(self.w, exist_ok=True)
         data = os.path.join(self.w, "registry")
         shutil.rmtree(data, ignore_errors=True)
         cfg = os.path.join(self.w, "registry.yml")

@@ -363,7 +363,13 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         pushed = Some(d);
     }
     let warn = |w| progress.event(rbuild_solver::Event::Warning(w));
-    for msg in args.remote_cache.export(&store, &client, &result, &warn)? {
+    for msg in args.remote_cache.export(
+        &store,
+        &client,
+        &result,
+        solve_opts.remote.as_deref(),
+        &warn,
+    )? {
         eprintln!("{msg}");
     }
     progress.event(rbuild_solver::Event::Done {

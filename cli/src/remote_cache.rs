@@ -145,6 +145,16 @@ impl LayerSource for RegistrySource {
             .fetch_cache_layer(store, &self.reference, layer)
             .map_err(|e| e.to_string())
     }
+    fn check(&self, layer: &LayerDesc) -> Result<(), String> {
+        match self
+            .client
+            .cache_blob_exists(&self.reference, &layer.digest)
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("layer {} is not in the registry", layer.digest)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
     fn name(&self) -> String {
         self.reference.to_string()
     }
@@ -160,6 +170,16 @@ impl LayerSource for LayoutSource {
         self.layout
             .fetch_cache_layer(store, layer)
             .map_err(|e| e.to_string())
+    }
+    fn check(&self, layer: &LayerDesc) -> Result<(), String> {
+        if self.layout.has_blob(&layer.digest, layer.size) {
+            Ok(())
+        } else {
+            Err(format!(
+                "layer {} ({} bytes) is not in the directory",
+                layer.digest, layer.size
+            ))
+        }
     }
     fn name(&self) -> String {
         self.name.clone()
@@ -238,8 +258,9 @@ impl RemoteCacheArgs {
         if !inline {
             return Ok(result);
         }
-        let (config, _) = rbuild_solver::remote::export_config(store, &result.steps, false, None)
-            .map_err(|e| anyhow!("--cache-to type=inline: {e}"))?;
+        let (config, _) =
+            rbuild_solver::remote::export_config(store, &result.steps, false, None, None)
+                .map_err(|e| anyhow!("--cache-to type=inline: {e}"))?;
         let img = rbuild_exporter::load_image(store, &result.manifest)?;
         let mut doc: serde_json::Value =
             serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
@@ -258,6 +279,7 @@ impl RemoteCacheArgs {
         store: &Store,
         client: &Client,
         result: &BuildResult,
+        remote: Option<&RemoteCache>,
         warn: &dyn Fn(String),
     ) -> Result<Vec<String>> {
         let mut done = Vec::new();
@@ -266,7 +288,7 @@ impl RemoteCacheArgs {
             if spec.location == Location::Inline {
                 continue;
             }
-            match export_one(store, client, result, &spec) {
+            match export_one(store, client, result, remote, &spec) {
                 Ok(msg) => done.push(msg),
                 Err(e) if spec.ignore_error => warn(format!("--cache-to {s}: {e:#}")),
                 Err(e) => return Err(e.context(format!("--cache-to {s}"))),
@@ -276,12 +298,19 @@ impl RemoteCacheArgs {
     }
 }
 
-fn export_one(store: &Store, client: &Client, result: &BuildResult, spec: &Spec) -> Result<String> {
+fn export_one(
+    store: &Store,
+    client: &Client,
+    result: &BuildResult,
+    remote: Option<&RemoteCache>,
+    spec: &Spec,
+) -> Result<String> {
     let (config, mut blobs) = rbuild_solver::remote::export_config(
         store,
         &result.steps,
         spec.max,
         Some(spec.compression),
+        remote,
     )?;
     let bytes = config.to_bytes();
     let cd = store.put_blob(&bytes)?;

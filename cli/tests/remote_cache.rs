@@ -135,6 +135,23 @@ fn project(env: &Env, name: &str) -> PathBuf {
     )
 }
 
+/// (description, diff_id) of every cache record of a store.
+fn records(env: &Env) -> Vec<(String, String)> {
+    let out = env.rbuild(&["cache", "ls", "--format", "json"]);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["description"].as_str().unwrap().to_string(),
+                r["diff_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// What RUN steps wrote to their cache mount in this store ("" when none ran).
 fn runs(env: &Env) -> String {
     let mut all = String::new();
@@ -199,6 +216,21 @@ fn fleet_registry_cache_every_step_cached_same_digest_then_only_the_suffix() {
     assert!(ran(&log_b).is_empty(), "every step CACHED on B:\n{log_b}");
     assert_eq!(runs(&b), "", "no RUN executed on B");
     assert_eq!(id_a, id_b, "B's image equals A's");
+    // Lazy: the build stage's layers were never needed (its consumer, COPY --from, hit too),
+    // so B did not download them; the final image's layers are all there.
+    for (desc, diff_id) in records(&a) {
+        let have = b
+            .root
+            .path()
+            .join("blobs/sha256")
+            .join(&diff_id[7..])
+            .is_file();
+        assert_eq!(
+            have,
+            !desc.starts_with("[build "),
+            "{desc}: layer in B's store: {have}"
+        );
+    }
     assert!(
         log_b.contains("WARNING: --cache-from") && log_b.contains("no cache found"),
         "a missing ref is a warning:\n{log_b}"
@@ -326,10 +358,33 @@ fn local_directory_cache_and_a_missing_layer_in_it() {
         "only the step whose layer is missing runs:\n{log_d}"
     );
     assert_eq!(id_d, id_a);
+
+    // A missing layer of a step outside the final image (checked, not downloaded, at the hit):
+    // the same, that step runs.
+    let build_layer = layer_of(&cache, "echo build");
+    let hex = build_layer.strip_prefix("sha256:").unwrap();
+    std::fs::remove_file(cache.join("blobs/sha256").join(hex)).unwrap();
+    let e = runner();
+    let (log_e, id_e) = build(&e, &project(&e, "p"), &["--cache-from", &src]);
+    assert!(
+        log_e.contains("WARNING: remote cache") && log_e.contains("echo build"),
+        "{log_e}"
+    );
+    assert!(
+        ran(&log_e).iter().any(|r| r.contains("echo build")),
+        "{log_e}"
+    );
+    assert_eq!(runs(&e), "build\nlate\n");
+    assert_eq!(id_e, id_a);
 }
 
 /// The layer of the last RUN step of the project in a cache layout (via its config).
 fn last_layer_of(layout: &Path) -> String {
+    layer_of(layout, "echo late")
+}
+
+/// The layer blob of the step whose description contains `what`, in a cache layout.
+fn layer_of(layout: &Path, what: &str) -> String {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let blob = |d: &str| {
@@ -349,7 +404,7 @@ fn last_layer_of(layout: &Path) -> String {
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["description"].as_str().unwrap().contains("echo late"))
+        .find(|r| r["description"].as_str().unwrap().contains(what))
         .unwrap();
     let l = c["layers"]
         .as_array()
@@ -512,4 +567,41 @@ fn two_stores_compute_the_same_keys_for_the_same_inputs() {
         let vb: serde_json::Value = serde_json::from_slice(&ib.stdout).unwrap();
         assert_eq!(va["inputs"], vb["inputs"]);
     }
+}
+
+#[test]
+fn a_layer_left_remote_is_fetched_when_a_later_step_misses() {
+    let a = runner();
+    let cache = a.work.path().join("ci-cache");
+    let dest = format!("type=local,dest={},mode=max", cache.display());
+    build(&a, &project(&a, "p"), &["--cache-to", &dest]);
+
+    // The final stage's first RUN changes: COPY --from=build misses and needs the build stage's
+    // result, which the hit had left in the cache.
+    let b = runner();
+    let dir = b.context(
+        "p",
+        &PROJECT.replace("echo base > /base.txt", "echo base2 > /base.txt"),
+        &[("src/main.c", "int main(){}\n"), ("late.txt", "v1\n")],
+    );
+    let src = format!("type=local,src={}", cache.display());
+    let (log, _) = build(&b, &dir, &["--cache-from", &src]);
+    assert_eq!(
+        runs(&b),
+        "base\nlate\n",
+        "the build stage did not run:\n{log}"
+    );
+    assert!(
+        ran(&log).iter().any(|r| r.starts_with("COPY --from=build")),
+        "{log}"
+    );
+    let out = rb(
+        &b,
+        &["run", "--rm", "app:ci", "cat", "/app/out", "/base.txt"],
+    );
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "int main(){}\ncompiled\nbase2\n");
+    // What was fetched is now an ordinary local record: the next build hits locally.
+    let (log2, _) = build(&b, &dir, &[]);
+    assert!(ran(&log2).is_empty(), "{log2}");
 }

@@ -186,6 +186,24 @@ impl Client {
         Ok(data)
     }
 
+    /// Whether `target`'s repository has blob `d` (a `HEAD` request; nothing is downloaded).
+    pub fn cache_blob_exists(&self, target: &ImageRef, d: &Digest) -> Result<bool> {
+        let registry = registry_of(target);
+        let client = self.oci(&registry);
+        let auth = self.credentials(&registry)?;
+        let reference = to_reference(target)?;
+        let err = |e: OciDistributionError| Error::Registry {
+            op: "pull cache",
+            image: target.to_string(),
+            message: describe(&e, &registry),
+        };
+        self.retry(|| client.auth(&reference, &auth, RegistryOperation::Pull))
+            .map_err(err)?;
+        let ds = d.to_string();
+        self.retry(|| client.blob_exists(&reference, &ds))
+            .map_err(err)
+    }
+
     /// Downloads one cache layer of `target`, checks it (digest, size, diff_id after
     /// decompression) and stores it (both the compressed blob and the uncompressed layer).
     pub fn fetch_cache_layer(
@@ -372,6 +390,11 @@ impl Layout {
         let data = fs::read(&p).map_err(io_err("read", &p))?;
         check(&name, "blob", d, Some(size), &data)?;
         Ok(data)
+    }
+
+    /// Whether the layout has blob `d` of `size` bytes.
+    pub fn has_blob(&self, d: &Digest, size: u64) -> bool {
+        fs::metadata(self.blob(d)).is_ok_and(|m| m.is_file() && m.len() == size)
     }
 
     /// Checks one cache layer of the layout (digest, size, diff_id) and stores it.

@@ -487,7 +487,7 @@ impl Solver<'_> {
                     "sources": sources.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
                     "bind_content": bind_content,
                 });
-                self.cached_or(n, &parent, doc, |sb, _| {
+                self.cached_or(n, &parent, inputs, doc, |sb, _| {
                     let prepared = mounts::prepare(
                         self.store,
                         exec,
@@ -560,7 +560,7 @@ impl Solver<'_> {
                 let doc = json!({
                     "v": KEY_VERSION, "op": "copy", "copy": copy, "parent": parent.key.to_string(), "content": content,
                 });
-                self.cached_or(n, &parent, doc, |sb, previous| {
+                self.cached_or(n, &parent, inputs, doc, |sb, previous| {
                     let src = sources.first().map(|s| parent_dirs(self.store, s));
                     let reuse = previous.and_then(|(dir, prev_doc)| {
                         exec::Reuse::unchanged_files(dir, &prev_doc["doc"]["content"], &content_now)
@@ -590,7 +590,7 @@ impl Solver<'_> {
                 let doc = json!({
                     "v": KEY_VERSION, "op": "mkdir", "path": path, "user": user, "parent": parent.key.to_string(),
                 });
-                self.cached_or(n, &parent, doc, |sb, _| {
+                self.cached_or(n, &parent, inputs, doc, |sb, _| {
                     exec::mkdir(
                         self.store,
                         path,
@@ -616,6 +616,7 @@ impl Solver<'_> {
         &self,
         n: NodeIndex,
         parent: &NodeOut,
+        inputs: &[(Input, Arc<NodeOut>)],
         doc: Value,
         work: impl FnOnce(
             &rbuild_cache::SnapshotBuilder,
@@ -710,6 +711,7 @@ impl Solver<'_> {
                 .map(|d| (d, prev_doc)),
             _ => None,
         };
+        remote::materialize(self, inputs)?;
         let sb = self.store.new_snapshot()?;
         work(&sb, previous_result)?;
         let snapshot = sb.commit()?;

@@ -17,7 +17,7 @@ use petgraph::graph::NodeIndex;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use rbuild_cache::artifact::{CacheConfig, LayerDesc, Position, RemoteRecord};
-use rbuild_cache::{CacheKey, CacheRecord, Store};
+use rbuild_cache::{CacheKey, CacheRecord, SnapshotId, Store};
 use rbuild_exporter::Compression;
 use rbuild_frontend::{Input, Op};
 use rbuild_types::Digest;
@@ -30,6 +30,9 @@ pub trait LayerSource: Send + Sync {
     /// Stores `layer` (its uncompressed blob `layer.diff_id` at least), after checking it
     /// against its digest, size and diff_id. The error says what was wrong.
     fn fetch(&self, store: &Store, layer: &LayerDesc) -> Result<(), String>;
+    /// Checks that `layer` is there (size included where the transport tells it) without
+    /// downloading it: for a hit whose layer may never be needed.
+    fn check(&self, layer: &LayerDesc) -> Result<(), String>;
     /// The cache's name for messages, e.g. `127.0.0.1:5000/app:cache`.
     fn name(&self) -> String;
 }
@@ -47,6 +50,15 @@ pub struct RemoteCache {
     entries: HashMap<CacheKey, Entry>,
     /// Layers that failed once: not tried again in this build.
     bad: Mutex<HashSet<Digest>>,
+    /// Hits outside the target image whose layer is fetched only when a step that misses needs
+    /// it: reserved snapshot id -> (key, step).
+    pending: Mutex<HashMap<SnapshotId, (CacheKey, String)>>,
+    /// Serializes materializations (a pending layer is brought in once).
+    materializing: Mutex<()>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for RemoteCache {
@@ -126,8 +138,10 @@ pub struct StepRecord {
     pub in_target: bool,
 }
 
-/// Looks `key` up in the remote records after a local miss: on a hit brings its layer into the
-/// store, unpacks it and records it locally. A failure is a warning and a miss.
+/// Looks `key` up in the remote records after a local miss. A hit of a step of the target
+/// image brings its layer into the store now (the image needs it); any other hit only checks
+/// that its layer is there and reserves a snapshot id, filled by [`materialize`] if a step that
+/// misses needs it. A failure is a warning and a miss.
 pub(crate) fn lookup(s: &Solver, n: NodeIndex, key: &CacheKey) -> Result<Option<Layer>, Error> {
     let Some(remote) = s.opts.remote.as_deref() else {
         return Ok(None);
@@ -136,52 +150,131 @@ pub(crate) fn lookup(s: &Solver, n: NodeIndex, key: &CacheKey) -> Result<Option<
         return Ok(None);
     };
     let source = &remote.sources[e.source];
-    let warn = |why: String| {
-        (s.progress)(Event::Warning(format!(
-            "remote cache {}: {}: {why}; the step runs instead",
-            source.name(),
-            s.graph.graph[n].display
-        )))
-    };
-    if remote
-        .bad
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(&e.layer.digest)
-    {
+    if locked(&remote.bad).contains(&e.layer.digest) {
         return Ok(None);
     }
-    let fetched = source.fetch(s.store, &e.layer).and_then(|()| {
-        rbuild_exporter::ensure_snapshot(s.store, &e.layer.diff_id).map_err(|e| e.to_string())
-    });
-    let snapshot = match fetched {
+    let display = &s.graph.graph[n].display;
+    let lazy = !in_target(s, n);
+    let r = if lazy {
+        source.check(&e.layer).map(|()| SnapshotId::reserve())
+    } else {
+        source.fetch(s.store, &e.layer).and_then(|()| {
+            rbuild_exporter::ensure_snapshot(s.store, &e.layer.diff_id).map_err(|e| e.to_string())
+        })
+    };
+    let snapshot = match r {
         Ok(snap) => snap,
         Err(why) => {
-            remote
-                .bad
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(e.layer.digest.clone());
-            warn(why);
+            locked(&remote.bad).insert(e.layer.digest.clone());
+            (s.progress)(Event::Warning(format!(
+                "remote cache {}: {display}: {why}; the step runs instead",
+                source.name(),
+            )));
             return Ok(None);
         }
     };
-    let size = s.store.blob_size(&e.layer.diff_id)?;
-    s.store.cache_put(&CacheRecord {
+    if lazy {
+        locked(&remote.pending).insert(snapshot.clone(), (key.clone(), display.clone()));
+    } else {
+        record(s.store, key, e, &snapshot, display)?;
+    }
+    Ok(Some(Layer {
+        diff_id: e.layer.diff_id.clone(),
+        snapshot,
+    }))
+}
+
+/// Records a remote hit whose layer is in the store as a local cache record.
+fn record(
+    store: &Store,
+    key: &CacheKey,
+    e: &Entry,
+    snapshot: &SnapshotId,
+    display: &str,
+) -> Result<(), Error> {
+    let size = store.blob_size(&e.layer.diff_id)?;
+    store.cache_put(&CacheRecord {
         key: key.clone(),
         snapshot: Some(snapshot.clone()),
         diff_id: Some(e.layer.diff_id.clone()),
         size,
-        description: s.graph.graph[n].display.clone(),
+        description: display.to_string(),
         inputs: e.record.inputs.clone(),
         created: 0,
         last_used: 0,
         usage_count: 1,
     })?;
-    Ok(Some(Layer {
-        diff_id: e.layer.diff_id.clone(),
-        snapshot,
-    }))
+    Ok(())
+}
+
+/// Brings in the layers of `inputs` that remote hits left pending, before a step that misses
+/// uses them. A layer that cannot be fetched now (it changed in the registry since it was
+/// checked) fails the build: its step is already done.
+pub(crate) fn materialize(s: &Solver, inputs: &[(Input, Arc<NodeOut>)]) -> Result<(), Error> {
+    let Some(remote) = s.opts.remote.as_deref() else {
+        return Ok(());
+    };
+    for l in inputs.iter().flat_map(|(_, o)| o.layers.iter()) {
+        if !locked(&remote.pending).contains_key(&l.snapshot) {
+            continue;
+        }
+        let _one = locked(&remote.materializing);
+        let Some((key, display)) = locked(&remote.pending).get(&l.snapshot).cloned() else {
+            continue;
+        };
+        let e = &remote.entries[&key];
+        let source = &remote.sources[e.source];
+        let fill = || -> Result<(), String> {
+            source.fetch(s.store, &e.layer)?;
+            let unpack = || -> Result<(), rbuild_exporter::Error> {
+                let blob = s.store.blob_path(&e.layer.diff_id);
+                let f =
+                    std::fs::File::open(&blob).map_err(|source| rbuild_exporter::Error::Io {
+                        op: "open",
+                        path: blob.clone(),
+                        source,
+                    })?;
+                let sb = s.store.new_snapshot()?;
+                rbuild_exporter::unpack_layer(f, &sb.fs_dir())?;
+                sb.commit_as(&l.snapshot)?;
+                let size = s.store.blob_size(&e.layer.diff_id)?;
+                s.store.put_layer(&e.layer.diff_id, &l.snapshot, size)?;
+                Ok(())
+            };
+            unpack().map_err(|e| e.to_string())
+        };
+        fill().map_err(|why| Error::CopyFailed {
+            step: display.clone(),
+            message: format!(
+                "the layer of this step from remote cache {} is needed now but cannot be used: \
+                 {why}; the cache changed during the build: build again without that --cache-from \
+                 (or export the cache again)",
+                source.name()
+            ),
+        })?;
+        record(s.store, &key, e, &l.snapshot, &display)?;
+        locked(&remote.pending).remove(&l.snapshot);
+    }
+    Ok(())
+}
+
+/// Whether node `n` is on the target image's chain (its layer is in the image).
+fn in_target(s: &Solver, n: NodeIndex) -> bool {
+    target_chain(s).contains(&n)
+}
+
+fn target_chain(s: &Solver) -> HashSet<NodeIndex> {
+    let g = &s.graph.graph;
+    let mut chain = HashSet::new();
+    let mut at = Some(s.graph.stages[s.graph.target].node);
+    while let Some(n) = at {
+        chain.insert(n);
+        at = g
+            .edges_directed(n, Direction::Incoming)
+            .find(|e| *e.weight() == Input::Rootfs)
+            .map(|e| e.source());
+    }
+    chain
 }
 
 /// The remote record of the step at the same place (Dockerfile name, stage, depth) under
@@ -242,15 +335,7 @@ fn position(s: &Solver, n: NodeIndex, depth: usize) -> Position {
 /// The steps of this build that made a layer, with whether the target image contains them.
 pub(crate) fn steps(s: &Solver, results: &HashMap<NodeIndex, Arc<NodeOut>>) -> Vec<StepRecord> {
     let g = &s.graph.graph;
-    let mut in_target = HashSet::new();
-    let mut at = Some(s.graph.stages[s.graph.target].node);
-    while let Some(n) = at {
-        in_target.insert(n);
-        at = g
-            .edges_directed(n, Direction::Incoming)
-            .find(|e| *e.weight() == Input::Rootfs)
-            .map(|e| e.source());
-    }
+    let in_target = target_chain(s);
     let mut out: Vec<StepRecord> = results
         .iter()
         .filter(|(n, _)| matches!(g[**n].op, Op::Exec(_) | Op::Copy(_) | Op::Mkdir { .. }))
@@ -275,6 +360,7 @@ pub fn export_config(
     steps: &[StepRecord],
     max: bool,
     compression: Option<Compression>,
+    remote: Option<&RemoteCache>,
 ) -> Result<(CacheConfig, Vec<Digest>), Error> {
     let mut config = CacheConfig {
         version: rbuild_cache::artifact::CONFIG_VERSION,
@@ -283,11 +369,23 @@ pub fn export_config(
     let mut blobs = Vec::new();
     let mut seen = HashSet::new();
     for st in steps.iter().filter(|st| max || st.in_target) {
-        // The local record has the inputs (and proves the layer was made for this key).
-        let Some(rec) = store.cache_peek(&st.key)? else {
-            continue;
+        // The local record has the inputs (and proves the layer was made for this key); a
+        // remote hit never needed in this build has only its remote record, and its layer is
+        // fetched now.
+        let (description, inputs) = match store.cache_peek(&st.key)? {
+            Some(rec) if rec.diff_id.as_ref() == Some(&st.diff_id) => (rec.description, rec.inputs),
+            Some(_) => continue,
+            None => match remote.and_then(|r| Some((r, r.entries.get(&st.key)?))) {
+                Some((r, e)) if e.layer.diff_id == st.diff_id => {
+                    if r.sources[e.source].fetch(store, &e.layer).is_err() {
+                        continue;
+                    }
+                    (e.record.description.clone(), e.record.inputs.clone())
+                }
+                _ => continue,
+            },
         };
-        if rec.diff_id.as_ref() != Some(&st.diff_id) || !store.has_blob(&st.diff_id) {
+        if !store.has_blob(&st.diff_id) {
             continue;
         }
         if let Some(c) = compression {
@@ -306,8 +404,8 @@ pub fn export_config(
         config.records.push(RemoteRecord {
             key: st.key.clone(),
             diff_id: st.diff_id.clone(),
-            description: rec.description,
-            inputs: rec.inputs,
+            description,
+            inputs,
             position: st.position.clone(),
         });
     }
@@ -321,6 +419,9 @@ mod tests {
     struct Nowhere;
     impl LayerSource for Nowhere {
         fn fetch(&self, _: &Store, _: &LayerDesc) -> Result<(), String> {
+            Err("unreachable".into())
+        }
+        fn check(&self, _: &LayerDesc) -> Result<(), String> {
             Err("unreachable".into())
         }
         fn name(&self) -> String {
