@@ -4,7 +4,7 @@
 //! layer also against its diff_id, before it enters the store.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -15,9 +15,10 @@ use rbuild_exporter::Compression;
 use rbuild_types::{Digest, ImageRef};
 use serde_json::{json, Value};
 
+use futures_util::StreamExt;
+
 use crate::{
-    check, compression_of, decompress_checked, describe, io_err, put_file, registry_of,
-    to_reference, Client, Error, Result,
+    check, compression_of, describe, io_err, registry_of, to_reference, Client, Error, Result,
 };
 
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -226,37 +227,58 @@ impl Client {
                 image: name.clone(),
                 message: describe(&e, &registry),
             })?;
-        let stage = staging_dir(&name)?;
-        let zpath = stage.path().join("layer.blob");
-        self.download(
-            &client,
-            &reference,
-            &layer.digest,
-            layer.size,
-            &zpath,
-            &name,
-            &registry,
-        )?;
-        store_layer(store, &zpath, layer, &name, stage.path())
+        if store.has_blob(&layer.digest) {
+            return store_layer(store, layer, &name);
+        }
+        // Straight into the store's ingest area, hashed while written; committed only if the
+        // digest matches (a partial or wrong blob is removed with the writer).
+        let ds = layer.digest.to_string();
+        let w = self
+            .retry(|| async {
+                let mut w = store.blob_writer().map_err(io::Error::other)?;
+                let mut stream = client.pull_blob_stream(&reference, ds.as_str()).await?;
+                while let Some(chunk) = stream.next().await {
+                    w.write_all(&chunk?)?;
+                    if w.written() > layer.size {
+                        break;
+                    }
+                }
+                Ok::<_, OciDistributionError>(w)
+            })
+            .map_err(|e| crate::blob_error(e, &name, &registry, "layer", &layer.digest))?;
+        commit_checked(w, layer, &name)?;
+        store_layer(store, layer, &name)
     }
 }
 
-fn staging_dir(name: &str) -> Result<tempfile::TempDir> {
-    tempfile::Builder::new()
-        .prefix("rbuild-cache-")
-        .tempdir()
-        .map_err(io_err("create a temporary directory for", name))
+/// Commits a downloaded blob, checking size and digest.
+fn commit_checked(w: rbuild_cache::BlobWriter, layer: &LayerDesc, name: &str) -> Result<()> {
+    let bad = |problem: String| Error::Verification {
+        image: name.into(),
+        what: "layer",
+        expected: layer.digest.to_string(),
+        problem,
+    };
+    if w.written() != layer.size {
+        return Err(bad(format!(
+            "size {} bytes (or more), the cache says {}",
+            w.written(),
+            layer.size
+        )));
+    }
+    match w.commit(Some(&layer.digest)) {
+        Ok(_) => Ok(()),
+        Err(rbuild_cache::Error::DigestMismatch { actual, .. }) => {
+            Err(bad(format!("content has digest {actual}")))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Stores a downloaded (digest-checked) compressed layer: decompressed and checked against its
-/// diff_id first; then the layer, the compressed blob and their link.
-fn store_layer(
-    store: &Store,
-    zpath: &Path,
-    layer: &LayerDesc,
-    name: &str,
-    stage: &Path,
-) -> Result<()> {
+/// Makes the uncompressed layer from a compressed blob already in the store (digest-checked):
+/// decompressed straight into a new blob that is committed only if it matches the diff_id; then
+/// links the two so exports and pushes reuse the compressed blob.
+fn store_layer(store: &Store, layer: &LayerDesc, name: &str) -> Result<()> {
     let alg = compression_of(&layer.media_type).ok_or_else(|| Error::BadManifest {
         image: name.into(),
         reason: format!(
@@ -264,13 +286,30 @@ fn store_layer(
             layer.digest, layer.media_type
         ),
     })?;
-    let upath = stage.join("layer.tar");
-    decompress_checked(zpath, &upath, &layer.diff_id, name)?;
-    put_file(store, &upath, &layer.diff_id)?;
-    if alg != Compression::None && layer.digest != layer.diff_id {
-        if !store.has_blob(&layer.digest) {
-            put_file(store, zpath, &layer.digest)?;
+    if layer.digest == layer.diff_id {
+        return Ok(());
+    }
+    let bad = |problem: String| Error::Verification {
+        image: name.into(),
+        what: "layer",
+        expected: layer.diff_id.to_string(),
+        problem,
+    };
+    let src = store.blob_path(&layer.digest);
+    let f = File::open(&src).map_err(io_err("open", &src))?;
+    let mut r = rbuild_exporter::decompressed(f)?;
+    let mut w = store.blob_writer()?;
+    io::copy(&mut r, &mut w).map_err(|e| bad(format!("cannot be decompressed: {e}")))?;
+    match w.commit(Some(&layer.diff_id)) {
+        Ok(_) => {}
+        Err(rbuild_cache::Error::DigestMismatch { actual, .. }) => {
+            return Err(bad(format!(
+                "uncompressed content has digest {actual}, not the cache's diff_id"
+            )))
         }
+        Err(e) => return Err(e.into()),
+    }
+    if alg != Compression::None {
         store.put_compressed_layer(&layer.diff_id, alg.name(), &layer.digest, layer.size)?;
     }
     Ok(())
@@ -404,27 +443,12 @@ impl Layout {
         }
         let name = self.dir.display().to_string();
         let p = self.blob(&layer.digest);
-        let stage = staging_dir(&name)?;
-        let zpath = stage.path().join("layer.blob");
         // Copied while hashing, so a file changed under us cannot pass the check.
         let mut src = File::open(&p).map_err(io_err("open", &p))?;
-        let out = File::create(&zpath).map_err(io_err("create", &zpath))?;
-        let mut w = rbuild_types::Sha256Writer::new(io::BufWriter::new(out));
-        io::copy(&mut src, &mut w).map_err(io_err("read", &p))?;
-        let (mut inner, got, written) = w.finish();
-        inner.flush().map_err(io_err("write", &zpath))?;
-        if got != layer.digest || written != layer.size {
-            return Err(Error::Verification {
-                image: name,
-                what: "layer",
-                expected: layer.digest.to_string(),
-                problem: format!(
-                    "content has digest {got} ({written} bytes, {} expected)",
-                    layer.size
-                ),
-            });
-        }
-        store_layer(store, &zpath, layer, &name, stage.path())
+        let mut w = store.blob_writer()?;
+        io::copy(&mut Read::take(&mut src, layer.size + 1), &mut w).map_err(io_err("read", &p))?;
+        commit_checked(w, layer, &name)?;
+        store_layer(store, layer, &name)
     }
 }
 
