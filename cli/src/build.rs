@@ -187,10 +187,22 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
             args.context.display().to_string()
         );
     }
+    // A file named `Dockerfile` that is absent falls back to `dockerfile` beside it (as BuildKit).
     let dockerfile = args
         .file
         .clone()
         .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let dockerfile = match dockerfile.file_name() {
+        Some(n) if n == "Dockerfile" && !dockerfile.exists() => {
+            let lower = dockerfile.with_file_name("dockerfile");
+            if lower.exists() {
+                lower
+            } else {
+                dockerfile
+            }
+        }
+        _ => dockerfile,
+    };
     let dockerfile_name = dockerfile.display().to_string();
     let text = std::fs::read_to_string(&dockerfile).with_context(|| {
         format!("failed to read dockerfile: open {dockerfile_name}: no such file or not readable; pass -f PATH or add a Dockerfile to the context")
@@ -219,6 +231,12 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
             }
         }
     }
+    if args.source_date_epoch.is_none() && !build_args.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH")
+    {
+        if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+            build_args.push(("SOURCE_DATE_EPOCH".into(), v.trim().to_string()));
+        }
+    }
     let opts = BuildOptions {
         build_args,
         target: args.target.clone(),
@@ -239,15 +257,9 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
             .labels
             .insert(k.to_string(), v.to_string());
     }
-    let epoch = match args.source_date_epoch {
-        Some(e) => Some(e),
-        None => match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) if !v.trim().is_empty() => Some(v.trim().parse::<i64>().map_err(|_| {
-                anyhow!("SOURCE_DATE_EPOCH={v}: expected seconds since the Unix epoch")
-            })?),
-            _ => None,
-        },
-    };
+    // `--source-date-epoch` wins; else `--build-arg SOURCE_DATE_EPOCH` or a global ARG default
+    // (the environment's SOURCE_DATE_EPOCH was passed as that build arg, as buildx does).
+    let epoch = args.source_date_epoch.or(graph.source_date_epoch);
     let solve_opts = rbuild_solver::SolveOptions {
         context: args.context.clone(),
         dockerfile: dockerfile.clone(),

@@ -259,6 +259,8 @@ pub struct BuildGraph {
     pub target: usize,
     /// Warnings for the user (e.g. a `--build-arg` nothing consumed, skipped stages).
     pub warnings: Vec<String>,
+    /// `SOURCE_DATE_EPOCH` set by `--build-arg` or a global `ARG` (seconds since the epoch).
+    pub source_date_epoch: Option<i64>,
 }
 
 /// Options of one conversion.

@@ -62,7 +62,12 @@ impl IgnoreRules {
         let named = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
         for p in [named, context.join(".dockerignore")] {
             match fs::read_to_string(&p) {
-                Ok(t) => return Ok(IgnoreRules::parse(&t)),
+                Ok(t) => {
+                    validate_ignore(&t).map_err(|m| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!("{}: {m}", p.display()))
+                    })?;
+                    return Ok(IgnoreRules::parse(&t));
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             }
@@ -94,6 +99,50 @@ impl IgnoreRules {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+}
+
+/// Checks `.dockerignore` text as moby's patternmatcher does: a lone `!` and a malformed glob
+/// (`[` without `]`, a trailing `\`) are errors naming the line.
+pub fn validate_ignore(text: &str) -> Result<(), String> {
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let pat = match line.strip_prefix('!') {
+            Some(p) if p.trim().is_empty() => {
+                return Err(format!(
+                    "line {}: illegal exclusion pattern: \"!\" (write the path to re-include after it)",
+                    n + 1
+                ))
+            }
+            Some(p) => p.trim(),
+            None => line,
+        };
+        for comp in pat.split('/') {
+            let b = comp.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' if i + 1 == b.len() => {
+                        return Err(format!("line {}: syntax error in pattern {pat:?}: trailing backslash", n + 1))
+                    }
+                    b'\\' => i += 2,
+                    b'[' => match class_match(&b[i..], b'a') {
+                        Some((_, len)) => i += len,
+                        None => {
+                            return Err(format!(
+                                "line {}: syntax error in pattern {pat:?}: '[' without a closing ']'",
+                                n + 1
+                            ))
+                        }
+                    },
+                    _ => i += 1,
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lexically cleans a path: drops `.` components, resolves `..` without going above the root,
