@@ -54,6 +54,10 @@ pub(crate) struct BuildArgs {
     /// SOURCE_DATE_EPOCH).
     #[arg(long)]
     source_date_epoch: Option<i64>,
+    /// Add a line `IP HOST` to the `/etc/hosts` of every RUN step (`HOST:IP` or `HOST=IP`,
+    /// repeatable), as `docker build --add-host`.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    add_hosts: Vec<String>,
     /// Set an image label K=V (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
@@ -82,6 +86,22 @@ enum Output {
     Local { dest: PathBuf },
     /// `type=tar,dest=F`.
     Tar { dest: PathBuf },
+}
+
+/// `--add-host HOST:IP` (or `HOST=IP`; an IPv6 address may follow the first `:`).
+fn parse_add_host(s: &str) -> Result<(String, String)> {
+    let (host, ip) = s
+        .split_once('=')
+        .or_else(|| s.split_once(':'))
+        .ok_or_else(|| anyhow!("--add-host {s}: expected HOST:IP, e.g. db:10.0.0.5"))?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    let addr: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| anyhow!("--add-host {s}: {ip:?} is not an IP address"))?;
+    if host.is_empty() {
+        bail!("--add-host {s}: the host name is empty");
+    }
+    Ok((host.to_string(), addr.to_string()))
 }
 
 fn parse_bool(s: &str, k: &str, v: &str) -> Result<bool> {
@@ -242,6 +262,11 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         target: args.target.clone(),
         platform,
         dockerfile_name: dockerfile_name.clone(),
+        add_hosts: args
+            .add_hosts
+            .iter()
+            .map(|h| parse_add_host(h))
+            .collect::<Result<_>>()?,
     };
     let client = args.registry.client(opts.platform.clone())?;
     let resolver = crate::image_cmds::PullingResolver::new(&store, &client, args.pull);

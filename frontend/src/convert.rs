@@ -30,8 +30,9 @@ const PROXY_ARGS: &[&str] = &[
     "no_proxy",
     "ALL_PROXY",
     "all_proxy",
-    "SOURCE_DATE_EPOCH",
 ];
+/// Build args read by the builder itself: never reported as unconsumed.
+const BUILDER_ARGS: &[&str] = &["SOURCE_DATE_EPOCH", "BUILDKIT_SANDBOX_HOSTNAME"];
 
 struct StageDef {
     name: Option<String>,
@@ -166,10 +167,34 @@ fn convert_inner(
             "no FROM instruction: add `FROM <image>` to start a stage",
         ));
     }
+    let target = match &opts.target {
+        Some(t) => {
+            let t = t.to_ascii_lowercase();
+            stages
+                .iter()
+                .position(|s| s.name.as_deref() == Some(t.as_str()))
+                .ok_or_else(|| {
+                    let names: Vec<&str> =
+                        stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                    let near = instructions::suggest(&t, &names)
+                        .map(|s| format!("did you mean {s:?}? "))
+                        .unwrap_or_default();
+                    Error::build(format!(
+                        "target stage {t:?} could not be found; {near}stages are: {}",
+                        names.join(", ")
+                    ))
+                })?
+        }
+        None => stages.len() - 1,
+    };
     let build_platform = Platform::host();
     let target_platform = opts.platform.clone().unwrap_or_else(Platform::host);
     let build_args: HashMap<String, String> = opts.build_args.iter().cloned().collect();
-    let mut globals = platform_args(&target_platform, &build_platform, opts.target.as_deref());
+    let mut globals = platform_args(
+        &target_platform,
+        &build_platform,
+        stages[target].name.as_deref(),
+    );
     for (k, v) in globals.iter_mut() {
         if let Some(o) = build_args.get(k.as_str()) {
             o.clone_into(v);
@@ -200,26 +225,6 @@ fn convert_inner(
         }
     }
     let source_date_epoch = source_date_epoch(&build_args, &globals)?;
-    let target = match &opts.target {
-        Some(t) => {
-            let t = t.to_ascii_lowercase();
-            stages
-                .iter()
-                .position(|s| s.name.as_deref() == Some(t.as_str()))
-                .ok_or_else(|| {
-                    let names: Vec<&str> =
-                        stages.iter().filter_map(|s| s.name.as_deref()).collect();
-                    let near = instructions::suggest(&t, &names)
-                        .map(|s| format!("did you mean {s:?}? "))
-                        .unwrap_or_default();
-                    Error::build(format!(
-                        "target stage {t:?} could not be found; {near}stages are: {}",
-                        names.join(", ")
-                    ))
-                })?
-        }
-        None => stages.len() - 1,
-    };
     let mut ctx = Ctx {
         opts,
         resolver,
@@ -244,7 +249,11 @@ fn convert_inner(
         .build_args
         .iter()
         .map(|(k, _)| k)
-        .filter(|k| !ctx.consumed.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+        .filter(|k| {
+            !ctx.consumed.contains(*k)
+                && !PROXY_ARGS.contains(&k.as_str())
+                && !BUILDER_ARGS.contains(&k.as_str())
+        })
         .collect();
     unused.sort();
     unused.dedup();
@@ -988,7 +997,7 @@ impl Ctx<'_> {
                 return Err("heredocs are only supported with the shell form of RUN".into());
             }
             let only = parser::parse_heredoc(&cmd.args[0])?;
-            if only.is_some() && cmd.files[0].content.starts_with("#!") {
+            if only.is_some() && cmd.files[0].chomped_content().starts_with("#!") {
                 // As BuildKit: a single heredoc with a shebang becomes an executable file
                 // (0755) mounted read-only at /dev/pipes/<name>, which the shell runs.
                 let f = &cmd.files[0];
@@ -1111,6 +1120,12 @@ impl Ctx<'_> {
                 network: r.network,
                 insecure: r.insecure,
                 mounts,
+                hostname: self
+                    .build_args
+                    .get("BUILDKIT_SANDBOX_HOSTNAME")
+                    .cloned()
+                    .unwrap_or_default(),
+                extra_hosts: self.opts.add_hosts.clone(),
             }),
             stage: st.index,
             display: st.display(&uppercase_cmd(&loc.original)),

@@ -172,6 +172,12 @@ pub struct ExecOp {
     pub insecure: bool,
     /// `--mount` options.
     pub mounts: Vec<Mount>,
+    /// The step's hostname (`BUILDKIT_SANDBOX_HOSTNAME`); empty means BuildKit's `buildkitsandbox`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    /// `--add-host` entries (host, ip) appended to the step's `/etc/hosts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<(String, String)>,
 }
 
 /// Where a COPY/ADD reads from.
@@ -274,4 +280,6 @@ pub struct BuildOptions {
     pub platform: Option<Platform>,
     /// Name of the Dockerfile for error messages (e.g. `testdata/web/Dockerfile`).
     pub dockerfile_name: String,
+    /// `--add-host HOST:IP` entries every RUN step's `/etc/hosts` lists.
+    pub add_hosts: Vec<(String, String)>,
 }

@@ -278,6 +278,19 @@ pub fn set_init(spec: &mut Spec, init: bool) {
     spec.set_annotations(Some(a));
 }
 
+/// Spec annotation naming a user whose supplementary groups PID 1 reads from the container's own
+/// `/etc/group` (after `pivot_root`, so links resolve inside the root) and adds to
+/// `process.user.additionalGids`: RUN steps as root get root's groups (`id -G` = `0 10` with a
+/// `wheel:x:10:root` line, as BuildKit) without the solver mounting the root to read them first.
+pub const GROUPS_OF_ANNOTATION: &str = "org.rbuild.groups-of";
+
+/// Sets [`GROUPS_OF_ANNOTATION`] on `spec`.
+pub fn set_groups_of(spec: &mut Spec, user: &str) {
+    let mut a = spec.annotations().clone().unwrap_or_default();
+    a.insert(GROUPS_OF_ANNOTATION.to_string(), user.to_string());
+    spec.set_annotations(Some(a));
+}
+
 /// Whether `spec` asks for the init (see [`INIT_ANNOTATION`]).
 pub fn wants_init(spec: &Spec) -> bool {
     spec.annotations()

@@ -208,11 +208,19 @@ pub(crate) fn run(
         });
         p.set_user(u);
     }
+    if matches!(exec.user.as_str(), "" | "root" | "0") {
+        // Root's supplementary groups come from the image's /etc/group, read by the sandbox.
+        rbuild_sandbox::set_groups_of(&mut spec, "root");
+    }
     if !mounts.mounts.is_empty() {
         let mut all = spec.mounts().clone().unwrap_or_default();
+        // A mount of the step replaces a default one at the same place (a tmpfs on /dev/shm
+        // hides the default /dev/shm instead of stacking on it, as in BuildKit).
+        all.retain(|d| !mounts.mounts.iter().any(|m| m.destination() == d.destination()));
         all.extend(mounts.mounts.iter().cloned());
         spec.set_mounts(Some(all));
     }
+    spec.set_hostname(Some(crate::mounts::hostname(exec).to_string()));
     let rootfs = Rootfs::Overlay {
         lower: lowers_or_empty(store, lowers)?,
         upper: sb.fs_dir(),
