@@ -556,10 +556,10 @@ impl Ctx<'_> {
             .iter()
             .position(|s| s.name.as_deref() == Some(lower.as_str()));
         // As BuildKit: FROM sees only the stages above it (a later name is an image reference);
-        // COPY --from and RUN --mount from= naming a later stage (or their own) are errors.
+        // COPY --from and RUN --mount from= naming a later stage are errors (their own: a cycle).
         let found = match found {
             Some(i) if i >= current && !allow_index => None,
-            Some(i) if i >= current => {
+            Some(i) if i > current => {
                 self.blame(name);
                 return Err(format!(
                     "cannot use stage {lower:?} here: it needs to be defined before the current stage {}; move it above",
