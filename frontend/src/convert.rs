@@ -746,6 +746,19 @@ impl Ctx<'_> {
         })
     }
 
+    /// The instruction as the progress shows it, expanded with the stage's ARG/ENV as BuildKit's
+    /// `processCmdEnv` does: for RUN quotes are kept and unset variables left as written
+    /// (`RawQuotes`, `SkipUnsetEnv`); the text as written when expansion fails.
+    fn step_text(&self, st: &StageState, loc: &Located, run: bool) -> String {
+        let mut lex = self.lexer();
+        lex.raw_quotes = run;
+        lex.skip_unset_env = run;
+        let text = lex
+            .process_word(&loc.original, &lookup(&st.env))
+            .unwrap_or_else(|_| loc.original.clone());
+        uppercase_cmd(&text)
+    }
+
     fn expand(&self, st: &StageState, w: &str) -> Result<String, String> {
         self.lexer()
             .process_word(w, &lookup(&st.env))
@@ -848,7 +861,7 @@ impl Ctx<'_> {
                             user: st.config.user.clone(),
                         },
                         stage: st.index,
-                        display: st.display(&uppercase_cmd(&loc.original)),
+                        display: st.display(&self.step_text(st, loc, false)),
                         line: loc.line,
                     });
                     self.graph.add_edge(st.node, node, Input::Rootfs);
@@ -1128,7 +1141,7 @@ impl Ctx<'_> {
                 extra_hosts: self.opts.add_hosts.clone(),
             }),
             stage: st.index,
-            display: st.display(&uppercase_cmd(&loc.original)),
+            display: st.display(&self.step_text(st, loc, true)),
             line: loc.line,
         });
         self.graph.add_edge(st.node, node, Input::Rootfs);
@@ -1254,7 +1267,7 @@ impl Ctx<'_> {
                     checksum: checksum.clone(),
                 }),
                 stage: st.index,
-                display: st.display(&uppercase_cmd(&loc.original)),
+                display: st.display(&self.step_text(st, loc, false)),
                 line: loc.line,
             });
             self.graph.add_edge(st.node, node, Input::Rootfs);

@@ -779,7 +779,7 @@ RUN i
     }
     assert_eq!(
         g.graph[n].display,
-        "[ 2/10] RUN --mount=type=$MNT_TYPE,target=$P/x,id=$MNT_TYPE a"
+        "[ 2/10] RUN --mount=type=cache,target=/c/x,id=cache a"
     );
     let m = &exec(&g, n).mounts[0];
     assert_eq!(m.kind, "cache");

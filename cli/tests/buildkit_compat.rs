@@ -1,0 +1,457 @@
+//! End-to-end checks that rbuild gives what BuildKit gives for the same Dockerfile.
+//!
+//! Every expected value below was produced by BuildKit v0.32.0-57-g73ed6825c (moby/buildkit
+//! commit 73ed6825c, built from source, `buildkitd` with runc and the overlayfs snapshotter,
+//! `networkMode = "host"`, on this repository's busybox base image pushed to a local registry),
+//! by running `buildctl build --frontend dockerfile.v0` on the same Dockerfile and reading the
+//! result (`--output type=local` files, the image config, the plain progress or the error).
+//! Most Dockerfiles are BuildKit's own integration tests
+//! (`frontend/dockerfile/dockerfile_*_test.go`) adapted to `busybox:local`.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// BuildKit's default PATH (`system.DefaultPathEnv("linux")`).
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Builds `dir` with `--output type=local` and returns the output directory.
+fn build_local(env: &Env, dir: &Path, extra: &[&str]) -> PathBuf {
+    let out = env.work.path().join(format!(
+        "{}-out",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    let dest = format!("type=local,dest={}", out.display());
+    let mut args = vec!["build", "--progress", "plain", "--output", dest.as_str()];
+    args.extend_from_slice(extra);
+    args.push(dir.to_str().unwrap());
+    assert_ok(&env.rbuild(&args));
+    out
+}
+
+fn read(dir: &Path, f: &str) -> String {
+    fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{}/{f}: {e}", dir.display()))
+}
+
+/// Runs a build expected to fail; returns its stderr.
+fn build_err(env: &Env, dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["build", "--progress", "plain"];
+    args.extend_from_slice(extra);
+    args.push(dir.to_str().unwrap());
+    let out = env.rbuild(&args);
+    assert!(
+        !out.status.success(),
+        "the build should fail\n{}",
+        stderr(&out)
+    );
+    stderr(&out)
+}
+
+/// The host's architecture as an OCI platform string (BuildKit ran on linux/amd64).
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+#[test]
+fn scratch_image_gets_default_path_and_workdir() {
+    let env = Env::new();
+    let dir = env.context("scratch", "FROM scratch\nCOPY f /f\n", &[("f", "hi\n")]);
+    env.build_ok("sc:1", &dir, &[]);
+    let out = env.rbuild(&["image", "inspect", "sc:1"]);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // BuildKit: "config":{"Env":["PATH=/usr/local/sbin:..."],"WorkingDir":"/"}
+    assert_eq!(
+        v[0]["Config"],
+        serde_json::json!({"Env": [DEFAULT_PATH], "WorkingDir": "/"})
+    );
+}
+
+#[test]
+fn builtin_platform_args_and_targetstage_scopes() {
+    let env = Env::new();
+    let df = "\
+ARG G1=$TARGETPLATFORM/$TARGETOS/$TARGETARCH/$TARGETVARIANT/$BUILDPLATFORM/$BUILDOS/$BUILDARCH/$BUILDVARIANT/$TARGETSTAGE
+FROM busybox:local AS one
+ARG G1
+RUN echo \"global=$G1\" > /r && echo \"undeclared=$TARGETPLATFORM|$BUILDPLATFORM|$TARGETSTAGE|$TARGETOS\" >> /r
+ARG TARGETPLATFORM
+ARG TARGETOS
+ARG TARGETARCH
+ARG TARGETVARIANT
+ARG BUILDPLATFORM
+ARG BUILDOS
+ARG BUILDARCH
+ARG BUILDVARIANT
+ARG TARGETSTAGE
+RUN echo \"declared=$TARGETPLATFORM|$TARGETOS|$TARGETARCH|$TARGETVARIANT|$BUILDPLATFORM|$BUILDOS|$BUILDARCH|$BUILDVARIANT|$TARGETSTAGE\" >> /r
+FROM scratch AS final
+COPY --from=one /r /r
+";
+    let dir = env.context("args", df, &[]);
+    let a = host_arch();
+    // BuildKit (linux/amd64): TARGETSTAGE is the target stage's name, global args see every
+    // built-in, a stage only those it declares.
+    let want = |stage: &str| {
+        format!(
+            "global=linux/{a}/linux/{a}//linux/{a}/linux/{a}//{stage}\n\
+             undeclared=|||\n\
+             declared=linux/{a}|linux|{a}||linux/{a}|linux|{a}||{stage}\n"
+        )
+    };
+    assert_eq!(read(&build_local(&env, &dir, &[]), "r"), want("final"));
+    let out = build_local(&env, &dir, &["--target", "one"]);
+    assert_eq!(read(&out, "r"), want("one"));
+    // An unnamed target stage: `default` (BuildKit's testTargetStageNameArg).
+    let dir = env.context(
+        "args2",
+        "FROM busybox:local\nARG TARGETSTAGE\nRUN echo \"ts=$TARGETSTAGE\" > /r\n",
+        &[],
+    );
+    assert_eq!(read(&build_local(&env, &dir, &[]), "r"), "ts=default\n");
+}
+
+#[test]
+fn user_sets_supplementary_groups() {
+    let env = Env::new();
+    // BuildKit's testUser, shortened.
+    let df = "\
+FROM busybox:local AS base
+RUN mkdir -m 0777 /out && echo 'wheel:x:10:root' >> /etc/group
+RUN echo \"none $(id -u):$(id -g)/$(id -G)\" >> /out/r && chmod 666 /out/r
+USER root
+RUN echo \"root $(id -u):$(id -g)/$(id -G)\" >> /out/r
+USER 0
+RUN echo \"root $(id -u):$(id -g)/$(id -G)\" >> /out/r
+USER root
+RUN echo 'dockerio:x:1001:1001::/bin:/bin/false' >> /etc/passwd && echo 'dockerio:x:1001:' >> /etc/group && echo 'supplementary:x:1002:dockerio' >> /etc/group
+USER dockerio
+RUN echo \"dockerio $(id -u):$(id -g)/$(id -G)\" >> /out/r
+USER 1001
+RUN echo \"1001 $(id -u):$(id -g)/$(id -G)\" >> /out/r
+USER dockerio:dockerio
+RUN echo \"dockerio:dockerio $(id -u):$(id -g)/$(id -G)\" >> /out/r
+USER 1001:1002
+RUN echo \"1001:1002 $(id -u):$(id -g)/$(id -G)\" >> /out/r
+USER 4242
+RUN echo \"4242 $(id -u):$(id -g)/$(id -G)\" >> /out/r
+FROM scratch
+COPY --from=base /out/r /r
+";
+    let dir = env.context("user", df, &[]);
+    assert_eq!(
+        read(&build_local(&env, &dir, &[]), "r"),
+        "none 0:0/0 10
+root 0:0/0 10
+root 0:0/0 10
+dockerio 1001:1001/1001 1002
+1001 1001:1001/1001 1002
+dockerio:dockerio 1001:1001/1001
+1001:1002 1001:1002/1002
+4242 4242:0/0
+"
+    );
+}
+
+#[test]
+fn sandbox_hostname_and_etc_hosts() {
+    let env = Env::new();
+    let df = "\
+FROM busybox:local AS base
+RUN (hostname; echo \"HOSTNAME=$HOSTNAME\"; cat /etc/hosts) > /r
+FROM scratch
+COPY --from=base /r /r
+";
+    let dir = env.context("host", df, &[]);
+    assert_eq!(
+        read(&build_local(&env, &dir, &[]), "r"),
+        "buildkitsandbox\nHOSTNAME=buildkitsandbox\n127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    );
+    // buildctl --opt build-arg:BUILDKIT_SANDBOX_HOSTNAME=myhost --opt add-hosts=foo=1.2.3.4,bar=::1
+    let out = build_local(
+        &env,
+        &dir,
+        &[
+            "--build-arg",
+            "BUILDKIT_SANDBOX_HOSTNAME=myhost",
+            "--add-host",
+            "foo:1.2.3.4",
+            "--add-host",
+            "bar=::1",
+        ],
+    );
+    assert_eq!(
+        read(&out, "r"),
+        "myhost\nHOSTNAME=myhost\n127.0.0.1\tlocalhost myhost\n::1\tlocalhost ip6-localhost ip6-loopback\n1.2.3.4\tfoo\n::1\tbar\n"
+    );
+}
+
+#[test]
+fn run_mount_options_expand_and_tmpfs_replaces_dev_shm() {
+    let env = Env::new();
+    // BuildKit's testMountArg, testMountEnvVar and testMountTmpfsSize, and a plain tmpfs.
+    let df = "\
+FROM busybox:local AS base
+ARG MNT_TYPE=cache
+ENV SOME_PATH=/mycache
+RUN --mount=type=$MNT_TYPE,target=$SOME_PATH touch /mycache/foo
+RUN --mount=type=cache,target=/mycache [ -f /mycache/foo ]
+RUN mount | grep -E '/dev/shm|/dev ' > /default
+RUN --mount=type=tmpfs,target=/dev/shm,size=128m mount | grep /dev/shm > /tmpfssize
+RUN --mount=type=tmpfs,target=/t mount | grep ' /t ' > /plain
+FROM scratch
+COPY --from=base /default /tmpfssize /plain /
+";
+    let dir = env.context("mounts", df, &[]);
+    let out = build_local(&env, &dir, &[]);
+    assert_eq!(
+        read(&out, "default"),
+        "tmpfs on /dev type tmpfs (rw,nosuid,size=65536k,mode=755)\nshm on /dev/shm type tmpfs (rw,nosuid,nodev,noexec,relatime,size=65536k)\n"
+    );
+    assert_eq!(
+        read(&out, "tmpfssize"),
+        "tmpfs on /dev/shm type tmpfs (rw,nosuid,relatime,size=131072k)\n"
+    );
+    assert_eq!(
+        read(&out, "plain"),
+        "tmpfs on /t type tmpfs (rw,nosuid,relatime)\n"
+    );
+    // testMountFromError: `from=` is never expanded.
+    let dir = env.context(
+        "mountfrom",
+        "FROM busybox:local AS test\nRUN touch /tmp/test\nFROM busybox:local\nENV ttt=test\nRUN --mount=from=$ttt,type=cache,target=/tmp ls\n",
+        &[],
+    );
+    // BuildKit: "dockerfile parse error on line 5: 'from' doesn't support variable expansion,
+    // define alias stage instead"
+    let e = build_err(&env, &dir, &[]);
+    assert!(
+        e.contains("Dockerfile:5") && e.contains("'from' doesn't support variable expansion"),
+        "{e}"
+    );
+}
+
+#[test]
+fn lowercase_dockerfile_is_found() {
+    let env = Env::new();
+    let dir = env.work.path().join("lc");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("dockerfile"),
+        "FROM busybox:local\nRUN echo lower > /lc\n",
+    )
+    .unwrap();
+    // BuildKit: `#1 [internal] load build definition from Dockerfile` ... `[2/2] RUN echo lower > /lc`
+    let log = env.build_ok("lc:1", &dir, &[]);
+    assert!(log.contains("[2/2] RUN echo lower > /lc"), "{log}");
+    let out = env.rbuild(&["run", "--rm", "lc:1", "cat", "/lc"]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "lower\n");
+}
+
+#[test]
+fn errors_where_buildkit_errors() {
+    let env = Env::new();
+    // testDockerignoreInvalid. BuildKit: `illegal exclusion pattern: "!"`.
+    let dir = env.context(
+        "ign",
+        "FROM scratch\nCOPY . .\n",
+        &[(".dockerignore", "!\n"), ("f", "x")],
+    );
+    let e = build_err(&env, &dir, &[]);
+    assert!(e.contains("illegal exclusion pattern: \"!\""), "{e}");
+
+    // BuildKit: `cannot copy from stage "b", it needs to be defined before current stage "a"`.
+    let dir = env.context(
+        "order",
+        "FROM busybox:local AS a\nCOPY --from=b /x /x\nFROM busybox:local AS b\nRUN touch /x\n",
+        &[],
+    );
+    let e = build_err(&env, &dir, &["--target", "a"]);
+    assert!(
+        e.contains("stage \"b\"") && e.contains("needs to be defined before the current stage a"),
+        "{e}"
+    );
+    // ... while the last stage alone builds (BuildKit never dispatches `a`).
+    build_local(&env, &dir, &[]);
+    // FROM sees only earlier stages: `b` is an image name there (BuildKit: "failed to resolve
+    // source metadata for docker.io/library/b:latest").
+    let dir = env.context(
+        "fromlater",
+        "FROM b AS a\nRUN echo a\nFROM busybox:local AS b\nRUN echo b\n",
+        &[],
+    );
+    let e = build_err(&env, &dir, &["--target", "a"]);
+    assert!(e.contains("cannot load base image b"), "{e}");
+
+    // testSourceDateEpochDockerfileDefaultInvalid. BuildKit: `invalid SOURCE_DATE_EPOCH: not-a-timestamp`.
+    let dir = env.context(
+        "sde",
+        "ARG SOURCE_DATE_EPOCH=not-a-timestamp\nFROM scratch\nCOPY Dockerfile .\n",
+        &[],
+    );
+    let e = build_err(&env, &dir, &[]);
+    assert!(e.contains("invalid SOURCE_DATE_EPOCH: not-a-timestamp"), "{e}");
+    let dir = env.context("sde2", "FROM scratch\nCOPY Dockerfile .\n", &[]);
+    let e = build_err(&env, &dir, &["--build-arg", "SOURCE_DATE_EPOCH=soon"]);
+    assert!(e.contains("invalid SOURCE_DATE_EPOCH: soon"), "{e}");
+}
+
+#[test]
+fn source_date_epoch_from_a_global_arg() {
+    let env = Env::new();
+    // testSourceDateEpochDockerfileDefault: the ARG default sets the image's created time.
+    let dir = env.context(
+        "sdeok",
+        "ARG SOURCE_DATE_EPOCH=1445412480\nFROM scratch\nCOPY Dockerfile .\n",
+        &[],
+    );
+    env.build_ok("sde:1", &dir, &[]);
+    let out = env.rbuild(&["image", "inspect", "sde:1"]);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["Created"], "2015-10-21T07:28:00Z");
+}
+
+#[test]
+fn onbuild_of_a_stage_runs_in_stages_built_from_it() {
+    let env = Env::new();
+    // testOnBuildInheritedStageRun and testOnBuildInheritedStageWithFrom: BuildKit gives
+    // "11" and "12".
+    let df = "\
+FROM busybox:local AS src
+RUN mkdir -p /in && echo -n 12 > /in/file
+FROM busybox:local AS base
+ONBUILD RUN mkdir -p /out && echo -n 11 >> /out/foo
+ONBUILD COPY --from=src /in/file /out/from
+FROM base AS mid
+RUN cp /out/foo /out/bar
+FROM scratch
+COPY --from=mid /out/bar /out/from /
+";
+    let dir = env.context("onbuild", df, &[]);
+    let log_dir = build_local(&env, &dir, &[]);
+    assert_eq!(read(&log_dir, "bar"), "11");
+    assert_eq!(read(&log_dir, "from"), "12");
+    // The triggers are numbered and marked as BuildKit prints them.
+    let log = env.build_ok("ob:1", &dir, &["--no-cache"]);
+    assert!(
+        log.contains("[mid 1/3] ONBUILD RUN mkdir -p /out && echo -n 11 >> /out/foo"),
+        "{log}"
+    );
+    assert!(
+        log.contains("[mid 2/3] ONBUILD COPY --from=src /in/file /out/from"),
+        "{log}"
+    );
+    assert!(log.contains("[mid 3/3] RUN cp /out/foo /out/bar"), "{log}");
+}
+
+#[test]
+fn shebang_heredocs_run_through_their_interpreter() {
+    let env = Env::new();
+    // testRunShebangHeredoc plus the other forms BuildKit accepts.
+    let df = "FROM busybox:local AS build
+WORKDIR /dest
+RUN <<EOF
+#!/usr/bin/awk -f
+BEGIN {
+\tprint \"hello\" >> \"./out1\"
+}
+EOF
+RUN <<-EOF
+\t#!/usr/bin/awk -f
+\tBEGIN {
+\t\tprint \"hello\" >> \"./out2\"
+\t}
+EOF
+RUN <<\"EOF\"
+#!/bin/sh
+echo \"q $0\" > ./out3
+EOF
+RUN <<EOF sh
+#!/bin/false
+echo \"with cmd\" > ./out4
+EOF
+RUN <<EOF
+#!/bin/sh -e
+echo \"$0 $-\" > ./out5
+EOF
+RUN <<EOF
+  #!/bin/false
+echo \"indent $0\" > ./out6
+EOF
+FROM scratch
+COPY --from=build /dest /
+";
+    let dir = env.context("heredoc", df, &[]);
+    let out = build_local(&env, &dir, &[]);
+    for (f, want) in [
+        ("out1", "hello\n"),
+        ("out2", "hello\n"),
+        ("out3", "q /dev/pipes/EOF\n"),
+        ("out4", "with cmd\n"),
+        ("out5", "/dev/pipes/EOF e\n"),
+        ("out6", "indent /bin/sh\n"),
+    ] {
+        assert_eq!(read(&out, f), want, "{f}");
+    }
+}
+
+#[test]
+fn plain_progress_numbers_steps_as_buildkit() {
+    let env = Env::new();
+    let dir = env.context(
+        "num",
+        "FROM busybox:local\nENV A=1\nRUN echo a\nWORKDIR /\nWORKDIR /x\nLABEL a=b\nCOPY Dockerfile /d\nADD Dockerfile /e\nRUN echo b\n",
+        &[],
+    );
+    let log = env.build_ok("num:1", &dir, &[]);
+    let names: Vec<String> = steps(&log).into_iter().map(|(_, n)| n).collect();
+    // BuildKit: [1/7] FROM docker.io/library/busybox:latest@sha256:..., then these (WORKDIR /
+    // makes no step, so the count ends at 6).
+    assert_eq!(
+        names,
+        vec![
+            "[1/7] FROM busybox:local",
+            "[2/7] RUN echo a",
+            "[3/7] WORKDIR /x",
+            "[4/7] COPY Dockerfile /d",
+            "[5/7] ADD Dockerfile /e",
+            "[6/7] RUN echo b",
+        ]
+    );
+    let df = "\
+FROM busybox:local AS base
+ARG TARGETSTAGE
+RUN echo \"ts=$TARGETSTAGE\" > /ts
+FROM base AS mid
+RUN echo m
+WORKDIR /w
+COPY Dockerfile /x
+FROM scratch
+COPY --from=mid /ts /
+";
+    let dir = env.context("num2", df, &[]);
+    let log = env.build_ok("num:2", &dir, &[]);
+    let mut names: Vec<String> = steps(&log).into_iter().map(|(_, n)| n).collect();
+    names.sort();
+    // BuildKit (sorted): a stage built FROM a stage has no FROM step; FROM scratch has none.
+    assert_eq!(
+        names,
+        vec![
+            "[base 1/2] FROM busybox:local",
+            "[base 2/2] RUN echo \"ts=default\" > /ts",
+            "[mid 1/3] RUN echo m",
+            "[mid 2/3] WORKDIR /w",
+            "[mid 3/3] COPY Dockerfile /x",
+            "[stage-2 1/1] COPY --from=mid /ts /",
+        ]
+    );
+}
