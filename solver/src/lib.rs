@@ -254,7 +254,24 @@ fn now_rfc3339(epoch: Option<i64>) -> String {
         Some(s) => chrono::DateTime::from_timestamp(s, 0).unwrap_or_default(),
         None => chrono::Utc::now(),
     };
-    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    go_rfc3339_nano(&t)
+}
+
+/// Go's `time.RFC3339Nano` as BuildKit writes `created`: trailing zeros of the fraction dropped,
+/// and the fraction with them when it is zero (`2015-10-21T07:28:00Z`).
+fn go_rfc3339_nano(t: &chrono::DateTime<chrono::Utc>) -> String {
+    let s = t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    match s.strip_suffix('Z').and_then(|b| b.split_once('.')) {
+        Some((secs, frac)) => {
+            let frac = frac.trim_end_matches('0');
+            if frac.is_empty() {
+                format!("{secs}Z")
+            } else {
+                format!("{secs}.{frac}Z")
+            }
+        }
+        None => s,
+    }
 }
 
 /// The solver for one build.
@@ -835,4 +852,17 @@ fn parent_dirs(store: &Store, out: &NodeOut) -> Vec<PathBuf> {
         .rev()
         .map(|l| store.snapshot_dir(&l.snapshot))
         .collect()
+}
+
+#[cfg(test)]
+mod time_format_tests {
+    #[test]
+    fn created_is_formatted_as_go_rfc3339_nano() {
+        let t = |s, n| chrono::DateTime::from_timestamp(s, n).unwrap();
+        assert_eq!(super::go_rfc3339_nano(&t(1445412480, 0)), "2015-10-21T07:28:00Z");
+        assert_eq!(
+            super::go_rfc3339_nano(&t(1445412480, 226_038_500)),
+            "2015-10-21T07:28:00.2260385Z"
+        );
+    }
 }
