@@ -759,7 +759,7 @@ fn du_prune_and_cache_inspection() {
     assert_ok(&out);
     let s = stdout(&out);
     for want in [
-        "Step:        [stage-0 2/3] COPY app/ /src/",
+        "Step:        [2/3] COPY app/ /src/",
         "Layer:       sha256:",
         "Parent:      sha256:",
         "app/main.go",
