@@ -298,7 +298,10 @@ fn errors_where_buildkit_errors() {
         &[],
     );
     let e = build_err(&env, &dir, &[]);
-    assert!(e.contains("invalid SOURCE_DATE_EPOCH: not-a-timestamp"), "{e}");
+    assert!(
+        e.contains("invalid SOURCE_DATE_EPOCH: not-a-timestamp"),
+        "{e}"
+    );
     let dir = env.context("sde2", "FROM scratch\nCOPY Dockerfile .\n", &[]);
     let e = build_err(&env, &dir, &["--build-arg", "SOURCE_DATE_EPOCH=soon"]);
     assert!(e.contains("invalid SOURCE_DATE_EPOCH: soon"), "{e}");
@@ -454,4 +457,207 @@ COPY --from=mid /ts /
             "[stage-2 1/1] COPY --from=mid /ts /",
         ]
     );
+}
+
+/// The context of `copy_rules_match_buildkit`: a 0700 root and a 0700 directory, nested trees for
+/// `--parents`/`--exclude`, links at the top and inside a directory, a tar archive.
+const COPY_CONTEXT: &str = "
+mkdir -p dir700/sub a/b/c x/y p/q links ex/keep ex/skip/deep ex/keep/skip
+echo f > dir700/sub/f && chmod 700 dir700 dir700/sub
+echo 1 > a/b/c/one.txt && echo 2 > a/b/two.txt && echo 3 > x/y/three.md && echo 4 > p/q/four.txt
+echo t > links/target.txt && ln -s target.txt links/rel-link && ln -s links/target.txt toplink
+ln -s /etc/passwd links/abs-link
+echo k > ex/keep/k && echo s > ex/skip/deep/s && echo n > ex/keep/skip/n
+echo arch > arch.txt && tar -cf arch.tar arch.txt
+chmod 700 .
+";
+
+/// COPY and ADD cases, one instruction each; the last RUN lists the results.
+const COPY_DOCKERFILE: &str = r#"FROM busybox:local AS src
+RUN mkdir -p /real/d && echo inner > /real/d/file && ln -s /real /linkdir && ln -s /real/d/file /abslink && mkdir /target && ln -s /target /abs-dest
+FROM busybox:local
+COPY . /out/
+COPY dir700 /d700/
+COPY --chown=1000:1000 dir700 /chowned/new/
+RUN mkdir -m 0700 /exist && chown 5:5 /exist
+COPY --chown=1000:1000 a /exist/
+COPY --chmod=0751 a/b/two.txt /cm/par/ents/
+COPY toplink /followed
+COPY links /keptlinks/
+COPY --from=src /linkdir/d/file /through-link
+COPY --from=src /abslink /abslink-followed
+COPY --parents ./a/b/c/one.txt /par1/
+COPY --parents a/./b/c/one.txt /par2/
+COPY --parents a/b/*.txt x/y/*.md /par3/
+COPY --parents **/*.txt /par4/
+COPY --parents p/q /par5/
+COPY --exclude=skip ex /ex1/
+COPY --exclude=**/skip ex /ex2/
+COPY --exclude=*/deep ex /ex3/
+ADD --unpack=false arch.tar /nounpack/
+ADD arch.tar /unpack/
+RUN mkdir /target && ln -s /target /abs-dest
+ADD arch.tar /abs-dest/
+ADD http://{addr}/remote.bin /remote/
+ADD http://{addr}/remote.bin /remote-file
+RUN cd / && find out d700 chowned exist cm followed keptlinks through-link abslink-followed par1 par2 par3 par4 par5 ex1 ex2 ex3 nounpack unpack abs-dest target target/arch.txt remote remote-file | sort | while read p; do echo "$p $(stat -c '%a %u:%g %F' $p)$( [ -L $p ] && echo " -> $(readlink $p)")"; done > /listing.txt
+"#;
+
+/// The listing (path, mode, owner, type, link target) BuildKit gave for `COPY_DOCKERFILE`.
+const COPY_LISTING: &str = "abs-dest 777 0:0 symbolic link -> /target
+abslink-followed 644 0:0 regular file
+chowned 755 1000:1000 directory
+chowned/new 755 1000:1000 directory
+chowned/new/sub 700 1000:1000 directory
+chowned/new/sub/f 644 1000:1000 regular file
+cm 751 0:0 directory
+cm/par 751 0:0 directory
+cm/par/ents 751 0:0 directory
+cm/par/ents/two.txt 751 0:0 regular file
+d700 755 0:0 directory
+d700/sub 700 0:0 directory
+d700/sub/f 644 0:0 regular file
+ex1 755 0:0 directory
+ex1/keep 755 0:0 directory
+ex1/keep/k 644 0:0 regular file
+ex1/keep/skip 755 0:0 directory
+ex1/keep/skip/n 644 0:0 regular file
+ex2 755 0:0 directory
+ex2/keep 755 0:0 directory
+ex2/keep/k 644 0:0 regular file
+ex3 755 0:0 directory
+ex3/keep 755 0:0 directory
+ex3/keep/k 644 0:0 regular file
+ex3/keep/skip 755 0:0 directory
+ex3/keep/skip/n 644 0:0 regular file
+ex3/skip 755 0:0 directory
+exist 700 5:5 directory
+exist/b 755 1000:1000 directory
+exist/b/c 755 1000:1000 directory
+exist/b/c/one.txt 644 1000:1000 regular file
+exist/b/two.txt 644 1000:1000 regular file
+followed 644 0:0 regular file
+keptlinks 755 0:0 directory
+keptlinks/abs-link 777 0:0 symbolic link -> /etc/passwd
+keptlinks/rel-link 777 0:0 symbolic link -> target.txt
+keptlinks/target.txt 644 0:0 regular file
+nounpack 755 0:0 directory
+nounpack/arch.tar 644 0:0 regular file
+out 755 0:0 directory
+out/Dockerfile 644 0:0 regular file
+out/a 755 0:0 directory
+out/a/b 755 0:0 directory
+out/a/b/c 755 0:0 directory
+out/a/b/c/one.txt 644 0:0 regular file
+out/a/b/two.txt 644 0:0 regular file
+out/arch.tar 644 0:0 regular file
+out/arch.txt 644 0:0 regular file
+out/dir700 700 0:0 directory
+out/dir700/sub 700 0:0 directory
+out/dir700/sub/f 644 0:0 regular file
+out/ex 755 0:0 directory
+out/ex/keep 755 0:0 directory
+out/ex/keep/k 644 0:0 regular file
+out/ex/keep/skip 755 0:0 directory
+out/ex/keep/skip/n 644 0:0 regular file
+out/ex/skip 755 0:0 directory
+out/ex/skip/deep 755 0:0 directory
+out/ex/skip/deep/s 644 0:0 regular file
+out/links 755 0:0 directory
+out/links/abs-link 777 0:0 symbolic link -> /etc/passwd
+out/links/rel-link 777 0:0 symbolic link -> target.txt
+out/links/target.txt 644 0:0 regular file
+out/p 755 0:0 directory
+out/p/q 755 0:0 directory
+out/p/q/four.txt 644 0:0 regular file
+out/toplink 777 0:0 symbolic link -> links/target.txt
+out/x 755 0:0 directory
+out/x/y 755 0:0 directory
+out/x/y/three.md 644 0:0 regular file
+par1 755 0:0 directory
+par1/a 755 0:0 directory
+par1/a/b 755 0:0 directory
+par1/a/b/c 755 0:0 directory
+par1/a/b/c/one.txt 644 0:0 regular file
+par2 755 0:0 directory
+par2/b 755 0:0 directory
+par2/b/c 755 0:0 directory
+par2/b/c/one.txt 644 0:0 regular file
+par3 755 0:0 directory
+par3/a 755 0:0 directory
+par3/a/b 755 0:0 directory
+par3/a/b/two.txt 644 0:0 regular file
+par3/x 755 0:0 directory
+par3/x/y 755 0:0 directory
+par3/x/y/three.md 644 0:0 regular file
+par4 755 0:0 directory
+par4/a 755 0:0 directory
+par4/a/b 755 0:0 directory
+par4/a/b/c 755 0:0 directory
+par4/a/b/c/one.txt 644 0:0 regular file
+par4/a/b/two.txt 644 0:0 regular file
+par4/arch.txt 644 0:0 regular file
+par4/links 755 0:0 directory
+par4/links/target.txt 644 0:0 regular file
+par4/p 755 0:0 directory
+par4/p/q 755 0:0 directory
+par4/p/q/four.txt 644 0:0 regular file
+par5 755 0:0 directory
+par5/p 755 0:0 directory
+par5/p/q 755 0:0 directory
+par5/p/q/four.txt 644 0:0 regular file
+remote 755 0:0 directory
+remote-file 600 0:0 regular file
+remote/remote.bin 600 0:0 regular file
+target 755 0:0 directory
+target/arch.txt 644 0:0 regular file
+target/arch.txt 644 0:0 regular file
+through-link 644 0:0 regular file
+unpack 755 0:0 directory
+unpack/arch.txt 644 0:0 regular file
+";
+
+/// Serves `body` over HTTP on a loopback port (every request); returns the address.
+fn serve(body: &'static [u8]) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(body);
+        }
+    });
+    addr
+}
+
+#[test]
+fn copy_rules_match_buildkit() {
+    let env = Env::new();
+    let addr = serve(b"remote\n");
+    let df = COPY_DOCKERFILE.replace("{addr}", &addr.to_string());
+    let dir = env.context("copyctx", &df, &[]);
+    let out = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(COPY_CONTEXT)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let got = read(&build_local(&env, &dir, &[]), "listing.txt");
+    // Compared line by line so a failure names the first entry that differs.
+    for (g, w) in got.lines().zip(COPY_LISTING.lines()) {
+        assert_eq!(g, w, "\nrbuild:\n{got}\nBuildKit:\n{COPY_LISTING}");
+    }
+    assert_eq!(got, COPY_LISTING);
 }

@@ -87,7 +87,11 @@ pub fn convert(
 /// BuildKit's automatic global args (`defaultArgs`): the build and target platforms and
 /// `TARGETSTAGE` (the `--target` name, `default` without one). They are visible in FROM lines and
 /// global ARG defaults; a stage sees one only after `ARG NAME` (without a value) declares it.
-fn platform_args(target: &Platform, build: &Platform, stage: Option<&str>) -> Vec<(String, String)> {
+fn platform_args(
+    target: &Platform,
+    build: &Platform,
+    stage: Option<&str>,
+) -> Vec<(String, String)> {
     let mut v = Vec::new();
     for (prefix, p) in [("BUILD", build), ("TARGET", target)] {
         v.push((format!("{prefix}PLATFORM"), p.to_string()));
@@ -326,7 +330,8 @@ fn source_date_epoch(
 fn onbuild_triggers(triggers: &[String], line: usize) -> Result<Vec<Located>, String> {
     let mut out = Vec::new();
     for trig in triggers {
-        let df = parser::parse(trig).map_err(|e| format!("invalid ONBUILD trigger {trig:?}: {e}"))?;
+        let df =
+            parser::parse(trig).map_err(|e| format!("invalid ONBUILD trigger {trig:?}: {e}"))?;
         for n in &df.instructions {
             let mut loc = instructions::parse_instruction(n)
                 .map_err(|e| format!("invalid ONBUILD trigger {trig:?}: {e}"))?;
@@ -494,7 +499,13 @@ impl StageState {
     /// single-stage Dockerfile, and `ONBUILD ` before a trigger's text.
     fn display(&mut self, text: &str) -> String {
         self.step += 1;
-        step_name(&self.label, self.step, self.total, self.onbuild_left > 0, text)
+        step_name(
+            &self.label,
+            self.step,
+            self.total,
+            self.onbuild_left > 0,
+            text,
+        )
     }
     fn workdir(&self) -> String {
         if self.config.working_dir.is_empty() {
@@ -657,7 +668,12 @@ impl Ctx<'_> {
         let (node, mut config, history, platform) = if let Some(parent) = parent {
             let p = &self.done[&parent];
             // The parent stage's own ONBUILD instructions run here (BuildKit: `d.base.commands`).
-            (p.node, p.config.clone(), p.history.clone(), p.platform.clone())
+            (
+                p.node,
+                p.config.clone(),
+                p.history.clone(),
+                p.platform.clone(),
+            )
         } else if base == "scratch" {
             let n = self.graph.add_node(Node {
                 op: Op::Scratch,
@@ -1097,7 +1113,10 @@ impl Ctx<'_> {
             let mut options = m.options.clone();
             if let Some(f) = &m.from {
                 if f.is_empty() {
-                    return Err("--mount from= names no stage or image: give a stage name, index or image".into());
+                    return Err(
+                        "--mount from= names no stage or image: give a stage name, index or image"
+                            .into(),
+                    );
                 }
                 sources.push(self.source_node(st, f, loc.line)?);
                 options.push(("from".into(), f.clone()));

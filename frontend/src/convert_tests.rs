@@ -231,7 +231,10 @@ fn errors_name_file_line_instruction() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("needs to be defined before the current stage a"), "{e}");
+    assert!(
+        e.contains("needs to be defined before the current stage a"),
+        "{e}"
+    );
     let e = conv("FROM scratch AS a\nFROM scratch AS A\n", &o)
         .unwrap_err()
         .to_string();
@@ -739,7 +742,11 @@ RUN echo $TARGETARCH
     let r1 = exec(&g, parents(&g, fin.node, Input::Rootfs)[0]);
     // Undeclared built-ins are not in a stage's environment; declared ones are.
     assert!(!r1.env.iter().any(|e| e.starts_with("TARGETARCH=")));
-    assert!(r1.env.contains(&"G=linux/amd64/amd64/final".to_string()), "{:?}", r1.env);
+    assert!(
+        r1.env.contains(&"G=linux/amd64/amd64/final".to_string()),
+        "{:?}",
+        r1.env
+    );
     assert!(r2.env.contains(&"TARGETARCH=amd64".to_string()));
     assert!(r2.env.contains(&"TARGETSTAGE=final".to_string()));
     // An unnamed target stage is `default`.
@@ -792,7 +799,10 @@ RUN i
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("'from' doesn't support variable expansion"), "{e}");
+    assert!(
+        e.contains("'from' doesn't support variable expansion"),
+        "{e}"
+    );
     // An expanded type is still checked.
     let e = conv(
         "FROM busybox:local\nARG T=nfs\nRUN --mount=type=$T,target=/m ls\n",
@@ -813,7 +823,10 @@ fn buildkit_source_date_epoch_arg() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("invalid SOURCE_DATE_EPOCH: not-a-timestamp"), "{e}");
+    assert!(
+        e.contains("invalid SOURCE_DATE_EPOCH: not-a-timestamp"),
+        "{e}"
+    );
     let mut o = opts();
     o.build_args = vec![("SOURCE_DATE_EPOCH".into(), "7".into())];
     let g = conv("ARG SOURCE_DATE_EPOCH=1\nFROM scratch\n", &o).unwrap();

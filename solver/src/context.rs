@@ -110,12 +110,10 @@ pub fn validate_ignore(text: &str) -> Result<(), String> {
             continue;
         }
         let pat = match line.strip_prefix('!') {
-            Some(p) if p.trim().is_empty() => {
-                return Err(format!(
-                    "line {}: illegal exclusion pattern: \"!\" (write the path to re-include after it)",
-                    n + 1
-                ))
-            }
+            Some(p) if p.trim().is_empty() => return Err(format!(
+                "line {}: illegal exclusion pattern: \"!\" (write the path to re-include after it)",
+                n + 1
+            )),
             Some(p) => p.trim(),
             None => line,
         };
@@ -125,17 +123,18 @@ pub fn validate_ignore(text: &str) -> Result<(), String> {
             while i < b.len() {
                 match b[i] {
                     b'\\' if i + 1 == b.len() => {
-                        return Err(format!("line {}: syntax error in pattern {pat:?}: trailing backslash", n + 1))
+                        return Err(format!(
+                            "line {}: syntax error in pattern {pat:?}: trailing backslash",
+                            n + 1
+                        ))
                     }
                     b'\\' => i += 2,
                     b'[' => match class_match(&b[i..], b'a') {
                         Some((_, len)) => i += len,
-                        None => {
-                            return Err(format!(
-                                "line {}: syntax error in pattern {pat:?}: '[' without a closing ']'",
-                                n + 1
-                            ))
-                        }
+                        None => return Err(format!(
+                            "line {}: syntax error in pattern {pat:?}: '[' without a closing ']'",
+                            n + 1
+                        )),
                     },
                     _ => i += 1,
                 }

@@ -216,7 +216,12 @@ pub(crate) fn run(
         let mut all = spec.mounts().clone().unwrap_or_default();
         // A mount of the step replaces a default one at the same place (a tmpfs on /dev/shm
         // hides the default /dev/shm instead of stacking on it, as in BuildKit).
-        all.retain(|d| !mounts.mounts.iter().any(|m| m.destination() == d.destination()));
+        all.retain(|d| {
+            !mounts
+                .mounts
+                .iter()
+                .any(|m| m.destination() == d.destination())
+        });
         all.extend(mounts.mounts.iter().cloned());
         spec.set_mounts(Some(all));
     }

@@ -859,7 +859,10 @@ mod time_format_tests {
     #[test]
     fn created_is_formatted_as_go_rfc3339_nano() {
         let t = |s, n| chrono::DateTime::from_timestamp(s, n).unwrap();
-        assert_eq!(super::go_rfc3339_nano(&t(1445412480, 0)), "2015-10-21T07:28:00Z");
+        assert_eq!(
+            super::go_rfc3339_nano(&t(1445412480, 0)),
+            "2015-10-21T07:28:00Z"
+        );
         assert_eq!(
             super::go_rfc3339_nano(&t(1445412480, 226_038_500)),
             "2015-10-21T07:28:00.2260385Z"

@@ -316,8 +316,12 @@ pub(crate) fn prepare(
         let dir = ScratchDir::new(store, "hosts")?;
         let f = dir.0.join("hosts");
         fs::write(&f, hosts_file(exec)).map_err(io_err(&f))?;
-        p.mounts
-            .push(oci_mount("/etc/hosts", "bind", &f, &["bind", "ro", "nosuid", "nodev"]));
+        p.mounts.push(oci_mount(
+            "/etc/hosts",
+            "bind",
+            &f,
+            &["bind", "ro", "nosuid", "nodev"],
+        ));
         p.dirs.push(dir);
     }
     Ok(p)
