@@ -221,6 +221,9 @@ pub struct CopyOp {
     pub keep_git_dir: bool,
     /// `--checksum`.
     pub checksum: Option<String>,
+    /// ADD `--unpack`: `Some(false)` copies a local archive as a file instead of extracting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpack: Option<bool>,
 }
 
 /// One node of the graph.
