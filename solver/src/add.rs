@@ -141,27 +141,112 @@ pub fn url_file_name(url: &str) -> String {
         .unwrap_or_else(|| "__unnamed__".into())
 }
 
+/// Where and how git may fetch from for an ADD.
+pub struct GitAccess<'a> {
+    /// The build context: the only place a `file://` repository may be.
+    pub context: &'a rbuild_fsroot::Root,
+    /// The agent socket of `--ssh default`, handed to git only for ssh URLs (`git@`, `ssh://`),
+    /// as BuildKit mounts the default ssh socket for them.
+    pub ssh_agent: Option<&'a Path>,
+}
+
+/// Transports git may use (never `ext::`, which runs commands, nor other remote helpers).
+const GIT_PROTOCOLS: &str = "https:http:git:ssh:file";
+
+/// A `file://` URL's repository, looked up inside the build context (links in the context are
+/// followed inside it): the URL to clone from, or an error naming the fix.
+fn file_url_in_context(url: &str, context: &rbuild_fsroot::Root) -> Result<String, String> {
+    let refuse = || {
+        format!(
+            "ADD {url}: a file:// repository must be inside the build context {}; move it into the context or serve it over https",
+            context.path().display()
+        )
+    };
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    let path = path.strip_prefix("localhost").unwrap_or(path);
+    let path = Path::new(path);
+    let ctx_given = std::path::absolute(context.path()).map_err(|_| refuse())?;
+    let ctx_host = context.host_path().map_err(|_| refuse())?;
+    let rel = path
+        .strip_prefix(&ctx_given)
+        .or_else(|_| path.strip_prefix(&ctx_host))
+        .map_err(|_| refuse())?;
+    if rel.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(refuse());
+    }
+    let found = context.resolve(rel).map_err(|_| refuse())?;
+    let host = found.host_path().map_err(|_| refuse())?;
+    Ok(format!("file://{}", host.display()))
+}
+
+/// `git` with nothing of the host user's: no system or global config (so no credential helper,
+/// `url.insteadOf`, `core.hooksPath` or `core.sshCommand`), an empty HOME, no terminal prompt,
+/// hooks off, only the usual transports, ssh without the user's keys or config, and the ssh
+/// agent only when `agent` is given. Proxy and CA settings of the environment are kept.
+fn git_command(home: &Path, agent: Option<&Path>) -> Command {
+    let mut c = Command::new("git");
+    c.env_clear();
+    for (k, v) in std::env::vars_os() {
+        let keep = k.to_str().is_some_and(|k| {
+            matches!(
+                k.to_ascii_lowercase().as_str(),
+                "path" | "http_proxy" | "https_proxy" | "no_proxy" | "all_proxy"
+            ) || matches!(k, "SSL_CERT_FILE" | "SSL_CERT_DIR" | "TZ")
+        });
+        if keep {
+            c.env(k, v);
+        }
+    }
+    c.env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", GIT_PROTOCOLS)
+        .env(
+            "GIT_SSH_COMMAND",
+            "ssh -F /dev/null -o BatchMode=yes -o IdentityFile=/dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        )
+        .args(["-c", "core.hooksPath=/dev/null"]);
+    if let Some(sock) = agent {
+        c.env("SSH_AUTH_SOCK", sock);
+    }
+    c
+}
+
 /// Clones the git repository `src` (`URL[#ref[:subdir]]`) into `dir/checkout`, checks out the ref
 /// (default branch when none) and returns the tree (the subdirectory when given). `.git` is kept
 /// only with `keep_git_dir`. `checksum`, when given, must be a prefix of the full commit id.
+/// git runs without the host user's config, credentials or hooks (see [`GitAccess`]).
 pub fn git_clone(
     src: &str,
     dir: &Path,
     keep_git_dir: bool,
     checksum: Option<&str>,
+    access: &GitAccess<'_>,
 ) -> Result<Fetched, String> {
     let (url, fragment) = match src.split_once('#') {
         Some((u, f)) => (u, f),
         None => (src, ""),
     };
+    let in_context;
+    let url = if url.starts_with("file://") {
+        in_context = file_url_in_context(url, access.context)?;
+        in_context.as_str()
+    } else {
+        url
+    };
+    let ssh = src.starts_with("git@") || src.starts_with("ssh://");
+    let agent = access.ssh_agent.filter(|_| ssh);
+    let home = dir.join("home");
+    fs::create_dir(&home).map_err(|e| format!("ADD {src}: {e}"))?;
     let (reference, subdir) = match fragment.split_once(':') {
         Some((r, s)) => (r, s),
         None => (fragment, ""),
     };
     let checkout = dir.join("checkout");
     let git = |args: &[&str], cwd: Option<&Path>| -> Result<String, String> {
-        let mut c = Command::new("git");
-        c.args(args).env("GIT_TERMINAL_PROMPT", "0");
+        let mut c = git_command(&home, agent);
+        c.args(args);
         if let Some(d) = cwd {
             c.current_dir(d);
         }
@@ -214,16 +299,15 @@ pub fn git_clone(
     if !keep_git_dir {
         fs::remove_dir_all(checkout.join(".git")).map_err(|e| format!("ADD {src}: {e}"))?;
     }
-    let path = if subdir.is_empty() {
-        checkout
-    } else {
-        fsutil::resolve_in_root(&checkout, subdir).map_err(|e| format!("ADD {src}: {e}"))?
-    };
-    if !path.exists() {
-        return Err(format!(
-            "ADD {src}: the repository has no directory {subdir:?} at {commit}"
-        ));
-    }
+    // The subdirectory is looked up inside the checkout: a link in the repository never leads
+    // out of it.
+    let path = rbuild_fsroot::Root::open(&checkout)
+        .and_then(|r| r.resolve(subdir))
+        .ok()
+        .and_then(|r| r.host_path().ok())
+        .ok_or_else(|| {
+            format!("ADD {src}: the repository has no directory {subdir:?} at {commit}")
+        })?;
     Ok(Fetched {
         src: src.to_string(),
         path,

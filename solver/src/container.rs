@@ -268,9 +268,12 @@ fn seed_volume(store: &Store, lowers: &[PathBuf], target: &str, data: &Path) -> 
     fs::create_dir(&mnt).map_err(io_err(format!("creating {}", mnt.display())))?;
     let result = (|| {
         let m = rbuild_sandbox::OverlayMount::mount(lowers, None, &mnt)?;
-        let src = crate::fsutil::resolve_in_root(m.path(), target)
-            .map_err(io_err(format!("resolving {target} in the image")))?;
-        if src.is_dir() {
+        // Resolved inside the image (a link there never names a host path).
+        let src = rbuild_fsroot::Root::open(m.path())
+            .and_then(|r| r.resolve(target))
+            .ok()
+            .and_then(|r| r.host_path().ok());
+        if let Some(src) = src.filter(|s| s.is_dir()) {
             seed_tree(&src, data).map_err(io_err(format!(
                 "copying the image's {target} into volume {}",
                 data.display()

@@ -276,6 +276,8 @@ fn go_rfc3339_nano(t: &chrono::DateTime<chrono::Utc>) -> String {
 
 /// The solver for one build.
 struct Solver<'a> {
+    /// The build context directory, opened once as an in-root resolution root.
+    context: rbuild_fsroot::Root,
     store: &'a Store,
     graph: &'a BuildGraph,
     opts: &'a SolveOptions,
@@ -310,7 +312,13 @@ pub fn solve(
             next += 1;
         }
     }
+    // The context as a root: every path a COPY or a bind mount names is resolved inside it.
+    let context = rbuild_fsroot::Root::open(&opts.context).map_err(|e| Error::Io {
+        what: format!("opening the build context {}", opts.context.display()),
+        source: e.into(),
+    })?;
     let solver = Solver {
+        context,
         store,
         graph,
         opts,
@@ -481,7 +489,7 @@ impl Solver<'_> {
                 let parent = parent.expect("exec has a rootfs input");
                 let bind_content = mounts::key_content(
                     exec,
-                    &self.opts.context,
+                    &self.context,
                     &self.ignore,
                     self.store,
                     &self.stats,
@@ -536,7 +544,11 @@ impl Solver<'_> {
             Op::Copy(copy) => {
                 let parent = parent.expect("copy has a rootfs input");
                 // ADD's URLs and git repositories are fetched first: their content is in the key.
-                let remote = exec::fetch_remote(self.store, copy).map_err(|e| match e {
+                let git = add::GitAccess {
+                    context: &self.context,
+                    ssh_agent: self.opts.forwarded.ssh.get("default").map(PathBuf::as_path),
+                };
+                let remote = exec::fetch_remote(self.store, copy, &git).map_err(|e| match e {
                     exec::ExecError::Failed { output, .. } => Error::CopyFailed {
                         step: self.step_name(n),
                         message: output.join("\n"),
@@ -552,7 +564,7 @@ impl Solver<'_> {
                 let fetched: Vec<&str> = remote.files.iter().map(|f| f.digest.as_str()).collect();
                 let content = match &copy.from {
                     rbuild_frontend::CopyFrom::Context => {
-                        let (d, files) = context::selection_digest(&self.opts.context, &local, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
+                        let (d, files) = context::selection_digest(&self.context, &local, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
                             .map_err(|e| Error::CopyFailed {
                                 step: self.step_name(n),
                                 message: format!(
