@@ -111,10 +111,12 @@ pub fn validate_ignore(text: &str) -> Result<(), String> {
             continue;
         }
         let pat = match line.strip_prefix('!') {
-            Some(p) if p.trim().is_empty() => return Err(format!(
+            Some(p) if p.trim().is_empty() => {
+                return Err(format!(
                 "line {}: illegal exclusion pattern: \"!\" (write the path to re-include after it)",
                 n + 1
-            )),
+            ))
+            }
             Some(p) => p.trim(),
             None => line,
         };
@@ -132,10 +134,12 @@ pub fn validate_ignore(text: &str) -> Result<(), String> {
                     b'\\' => i += 2,
                     b'[' => match class_match(&b[i..], b'a') {
                         Some((_, len)) => i += len,
-                        None => return Err(format!(
+                        None => {
+                            return Err(format!(
                             "line {}: syntax error in pattern {pat:?}: '[' without a closing ']'",
                             n + 1
-                        )),
+                        ))
+                        }
                     },
                     _ => i += 1,
                 }
@@ -290,7 +294,14 @@ pub struct Entry {
 /// `ignore`. Every path is resolved inside `root` by the kernel (`rbuild-fsroot`): a symlink named
 /// as a source, or on the way to it, is followed as if `root` were `/`, and a link that leads to an
 /// ignored path selects nothing. An error when nothing matches and the source has no wildcard.
-pub fn expand_source(root: &Root, src: &str, ignore: &IgnoreRules) -> io::Result<Vec<Entry>> {
+/// With `parents` (`COPY --parents`), a `**` component matches any number of directories (none
+/// included), as in BuildKit; otherwise it is one component like `*` (BuildKit's plain COPY).
+pub fn expand_source(
+    root: &Root,
+    src: &str,
+    ignore: &IgnoreRules,
+    parents: bool,
+) -> io::Result<Vec<Entry>> {
     let cleaned = clean_path(src);
     let comps: Vec<&str> = cleaned.split('/').filter(|c| !c.is_empty()).collect();
     // Candidates as (user path) strings; the kernel resolves each when it is used.
@@ -305,6 +316,11 @@ pub fn expand_source(root: &Root, src: &str, ignore: &IgnoreRules) -> io::Result
                     format!("{rel}/{name}")
                 }
             };
+            if parents && *comp == "**" {
+                next.push(rel.clone());
+                descendant_dirs(root, &rel, &mut next);
+                continue;
+            }
             if has_glob(comp) {
                 let Ok(dir) = root.resolve(&rel) else {
                     continue;
@@ -354,6 +370,32 @@ pub fn expand_source(root: &Root, src: &str, ignore: &IgnoreRules) -> io::Result
     Ok(out)
 }
 
+/// Appends every directory below `rel` (depth first, names sorted, symlinks not followed).
+fn descendant_dirs(root: &Root, rel: &str, out: &mut Vec<String>) {
+    let Ok(dir) = root.resolve(rel) else {
+        return;
+    };
+    let base = dir.proc_path();
+    let Ok(rd) = fs::read_dir(&base) else {
+        return;
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in names {
+        let child = if rel.is_empty() {
+            n
+        } else {
+            format!("{rel}/{n}")
+        };
+        out.push(child.clone());
+        descendant_dirs(root, &child, out);
+    }
+}
+
 /// Walks `entry` recursively (not following symlinks), calling `f(rel, abs, metadata)` for it and
 /// everything below it that `ignore` keeps (matched against the entry's real path), in sorted
 /// order. `rel` is the user's path (`entry.rel` and the names below it).
@@ -395,14 +437,7 @@ fn walk_inner(
             let name = n.to_string_lossy();
             let cabs = abs.join(&n);
             let cmd = fs::symlink_metadata(&cabs)?;
-            walk_inner(
-                &sub(rel, &name),
-                &sub(real, &name),
-                &cabs,
-                &cmd,
-                ignore,
-                f,
-            )?;
+            walk_inner(&sub(rel, &name), &sub(real, &name), &cabs, &cmd, ignore, f)?;
         }
     }
     Ok(())
@@ -426,6 +461,7 @@ pub struct HashStats {
 pub fn selection_digest(
     root: &Root,
     srcs: &[String],
+    parents: bool,
     excludes: &[String],
     ignore: &IgnoreRules,
     store: Option<&Store>,
@@ -443,7 +479,7 @@ pub fn selection_digest(
         None => Default::default(),
     };
     for src in srcs {
-        for entry in expand_source(root, src, ignore)? {
+        for entry in expand_source(root, src, ignore, parents)? {
             if excluded(&entry.rel) {
                 continue;
             }
@@ -553,24 +589,25 @@ mod tests {
         let ig = IgnoreRules::default();
         let st = HashStats::default();
         let root = Root::open(d.path()).unwrap();
-        let (d1, _) = selection_digest(&root, &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d1, _) = selection_digest(&root, &["a".into()], false, &[], &ig, None, &st).unwrap();
         fs::write(d.path().join("b"), "3").unwrap();
-        let (d2, _) = selection_digest(&root, &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d2, _) = selection_digest(&root, &["a".into()], false, &[], &ig, None, &st).unwrap();
         assert_eq!(
             d1, d2,
             "changing an unselected file must not change the digest"
         );
         fs::write(d.path().join("a"), "1").unwrap();
-        let (d3, _) = selection_digest(&root, &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d3, _) = selection_digest(&root, &["a".into()], false, &[], &ig, None, &st).unwrap();
         assert_eq!(
             d1, d3,
             "rewriting the same bytes must not change the digest"
         );
         fs::write(d.path().join("a"), "x").unwrap();
-        let (d4, _) = selection_digest(&root, &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d4, _) = selection_digest(&root, &["a".into()], false, &[], &ig, None, &st).unwrap();
         assert_ne!(d1, d4);
-        assert!(selection_digest(&root, &["missing".into()], &[], &ig, None, &st).is_err());
-        let (g, files) = selection_digest(&root, &["*".into()], &[], &ig, None, &st).unwrap();
+        assert!(selection_digest(&root, &["missing".into()], false, &[], &ig, None, &st).is_err());
+        let (g, files) =
+            selection_digest(&root, &["*".into()], false, &[], &ig, None, &st).unwrap();
         assert_eq!(files.len(), 2);
         assert_ne!(g, d4);
     }

@@ -393,7 +393,9 @@ pub(crate) fn copy(
     // Every path of the destination is resolved inside the new layer's root, every source path
     // inside its own root (context, stage, heredoc dir), by the kernel.
     let troot = Root::open(target.path()).map_err(root_err)?;
-    let root = troot.host_path().map_err(io_err("opening the COPY destination"))?;
+    let root = troot
+        .host_path()
+        .map_err(io_err("opening the COPY destination"))?;
     // Where sources come from.
     let src_mnt;
     let _src_mount;
@@ -452,7 +454,7 @@ pub(crate) fn copy(
             });
             continue;
         }
-        let found = context::expand_source(&sroot, src, ignore).map_err(|e| {
+        let found = context::expand_source(&sroot, src, ignore, op.parents).map_err(|e| {
             copy_failed(format!(
                 "failed to compute cache key: \"{src}\" not found ({e}); check the path (relative to the {} {})",
                 if matches!(op.from, CopyFrom::Context) { "build context" } else { "source stage root" },
@@ -465,13 +467,14 @@ pub(crate) fn copy(
                 .filter(|e| !excluded(&e.rel))
                 .map(|e| Source {
                     src: src.clone(),
-                    rel: e.rel,
+                    rel: parents_rel(src, e.rel),
                     abs: e.abs,
                     remote: false,
                 }),
         );
     }
     let dest = &op.dest;
+    let dir_mode = created_dir_mode(op.chmod.as_deref());
     let dest_is_dir = dest.ends_with('/')
         || entries.len() > 1
         || op.parents
@@ -491,7 +494,12 @@ pub(crate) fn copy(
         let md =
             fs::symlink_metadata(&e.abs).map_err(io_err(format!("reading {}", e.abs.display())))?;
         // ADD of a local tar archive: its contents go into the destination directory.
-        if op.add && !e.remote && md.is_file() && crate::add::is_archive(&e.abs) {
+        if op.add
+            && !e.remote
+            && op.unpack != Some(false)
+            && md.is_file()
+            && crate::add::is_archive(&e.abs)
+        {
             let d = troot
                 .mkdir_all(dest, 0o755, owner)
                 .and_then(|d| d.host_path().map_err(|e| io_to_root(e, dest)))
@@ -522,10 +530,30 @@ pub(crate) fn copy(
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or("/".into());
+        // Directories COPY creates get 0755 (an octal --chmod's mode) and the --chown owner, as
+        // BuildKit's mkdir with parents; existing ones are left as they are.
+        let dir_owner = owner.or(Some((0, 0)));
         let parent_host = troot
-            .mkdir_all(&parent, 0o755, owner)
+            .mkdir_all(&parent, dir_mode, dir_owner)
             .and_then(|d| d.host_path().map_err(|e| io_to_root(e, &parent)))
             .map_err(|err| copy_failed(format!("cannot create {parent}: {err}")))?;
+        // A directory source copies its contents: the destination directory keeps its own mode
+        // and owner when it exists, else is created like the parents (not with the source's).
+        let dest_dir_before = if md.is_dir() && !op.parents {
+            Some(
+                troot
+                    .resolve(&target_path)
+                    .ok()
+                    .and_then(|d| d.metadata().ok())
+                    .filter(|m| m.is_dir())
+                    .map(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        (m.mode() & 0o7777, m.uid(), m.gid())
+                    }),
+            )
+        } else {
+            None
+        };
         let name = fsutil::base_name(&target_path);
         let dst = if name.is_empty() {
             parent_host
@@ -585,9 +613,51 @@ pub(crate) fn copy(
             &link,
         )
         .map_err(|err| copy_failed(format!("copying {} to {target_path}: {err}", e.rel)))?;
+        if let Some(before) = dest_dir_before {
+            let (mode, uid, gid) = before.unwrap_or_else(|| {
+                let (u, g) = dir_owner.unwrap_or((0, 0));
+                (dir_mode, u, g)
+            });
+            let md =
+                fs::symlink_metadata(&dst).map_err(io_err(format!("reading {target_path}")))?;
+            if md.is_dir() {
+                std::os::unix::fs::lchown(&dst, Some(uid), Some(gid))
+                    .map_err(io_err(format!("chown {target_path}")))?;
+                fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .map_err(io_err(format!("chmod {target_path}")))?;
+            }
+        }
     }
     drop(target);
     Ok(())
+}
+
+/// The mode of directories a COPY creates: an octal `--chmod` applies to them too (BuildKit:
+/// `COPY --chmod=0751 f /a/b/` makes `/a` and `/a/b` 0751); a symbolic one does not (0755).
+fn created_dir_mode(chmod: Option<&str>) -> u32 {
+    chmod
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+        .and_then(|c| u32::from_str_radix(c, 8).ok())
+        .map_or(0o755, |m| m & 0o7777)
+}
+
+/// The path a `COPY --parents` source keeps below the destination: the matched path, minus the
+/// part before a `/./` pivot in the source as written (`a/./b/c.txt` -> `b/c.txt`).
+fn parents_rel(src: &str, rel: String) -> String {
+    let src = src.trim_start_matches('/');
+    let src = src.strip_prefix("./").unwrap_or(src);
+    let Some(i) = src.rfind("/./") else {
+        return rel;
+    };
+    let pivot = context::clean_path(&src[..i]);
+    if pivot.is_empty() {
+        return rel;
+    }
+    match rel.strip_prefix(&pivot) {
+        Some(rest) if rest.is_empty() => String::new(),
+        Some(rest) if rest.starts_with('/') => rest.trim_start_matches('/').to_string(),
+        _ => rel,
+    }
 }
 
 /// Where to write a copy target directly in the new layer's directory `upper`, bypassing the

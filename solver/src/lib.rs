@@ -487,20 +487,15 @@ impl Solver<'_> {
             } => self.pull_image(reference, platform),
             Op::Exec(exec) => {
                 let parent = parent.expect("exec has a rootfs input");
-                let bind_content = mounts::key_content(
-                    exec,
-                    &self.context,
-                    &self.ignore,
-                    self.store,
-                    &self.stats,
-                )
-                .map_err(|e| Error::CopyFailed {
-                    step: self.step_name(n),
-                    message: format!(
+                let bind_content =
+                    mounts::key_content(exec, &self.context, &self.ignore, self.store, &self.stats)
+                        .map_err(|e| Error::CopyFailed {
+                            step: self.step_name(n),
+                            message: format!(
                         "failed to compute cache key of a bind mount: {e} in the build context {}",
                         self.opts.context.display()
                     ),
-                })?;
+                        })?;
                 let doc = json!({
                     "v": KEY_VERSION, "op": "exec", "exec": exec, "parent": parent.key.to_string(),
                     "sources": sources.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
@@ -564,7 +559,7 @@ impl Solver<'_> {
                 let fetched: Vec<&str> = remote.files.iter().map(|f| f.digest.as_str()).collect();
                 let content = match &copy.from {
                     rbuild_frontend::CopyFrom::Context => {
-                        let (d, files) = context::selection_digest(&self.context, &local, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
+                        let (d, files) = context::selection_digest(&self.context, &local, copy.parents, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
                             .map_err(|e| Error::CopyFailed {
                                 step: self.step_name(n),
                                 message: format!(

@@ -449,6 +449,7 @@ pub(crate) fn key_content(
             let (d, files) = crate::context::selection_digest(
                 context,
                 &[source],
+                false,
                 &[],
                 ignore,
                 Some(store),
