@@ -661,3 +661,72 @@ fn copy_rules_match_buildkit() {
     }
     assert_eq!(got, COPY_LISTING);
 }
+
+/// Ownership and modes of the directories COPY creates (BuildKit: 0755 and the --chown owner, an
+/// octal --chmod's mode, the destination's own mode when it exists; a plain `**` is one level).
+const COPY_DIRS_DOCKERFILE: &str = r#"FROM busybox:local AS src
+RUN mkdir -m 700 /own700 && touch /own700/f && chown -R 5:5 /own700 && mkdir -p /deep/x && chown 6:6 /deep /deep/x
+FROM busybox:local
+COPY --from=src /own700 /fromsrc/
+COPY --from=src /own700 /fromsrc2
+COPY --chmod=0751 dir700 /cmdir/
+COPY --chmod=u+x,g-r a/b/two.txt /cmsym/new/
+COPY --chown=7:7 a/b/two.txt /chparents/x/y/
+COPY --chown=7:7 --chmod=0700 a/b /chboth/
+COPY **/*.txt /flat/
+COPY --parents --chown=8:8 a/b/c /pch/
+RUN mkdir -p /existp && chown 9:9 /existp && chmod 711 /existp
+COPY --parents a/b/c /existp/
+RUN cd / && find fromsrc fromsrc2 cmdir cmsym chparents chboth flat pch existp | sort | while read p; do echo "$p $(stat -c '%a %u:%g %F' $p)"; done > /listing.txt
+"#;
+
+/// The listing BuildKit gave for `COPY_DIRS_DOCKERFILE`.
+const COPY_DIRS_LISTING: &str = "chboth 700 7:7 directory
+chboth/c 700 7:7 directory
+chboth/c/one.txt 700 7:7 regular file
+chboth/two.txt 700 7:7 regular file
+chparents 755 7:7 directory
+chparents/x 755 7:7 directory
+chparents/x/y 755 7:7 directory
+chparents/x/y/two.txt 644 7:7 regular file
+cmdir 751 0:0 directory
+cmdir/sub 751 0:0 directory
+cmdir/sub/f 751 0:0 regular file
+cmsym 755 0:0 directory
+cmsym/new 755 0:0 directory
+cmsym/new/two.txt 704 0:0 regular file
+existp 711 9:9 directory
+existp/a 755 0:0 directory
+existp/a/b 755 0:0 directory
+existp/a/b/c 755 0:0 directory
+existp/a/b/c/one.txt 644 0:0 regular file
+flat 755 0:0 directory
+flat/target.txt 644 0:0 regular file
+fromsrc 755 0:0 directory
+fromsrc/f 644 5:5 regular empty file
+fromsrc2 755 0:0 directory
+fromsrc2/f 644 5:5 regular empty file
+pch 755 8:8 directory
+pch/a 755 8:8 directory
+pch/a/b 755 8:8 directory
+pch/a/b/c 755 8:8 directory
+pch/a/b/c/one.txt 644 8:8 regular file
+";
+
+#[test]
+fn copy_created_directories_match_buildkit() {
+    let env = Env::new();
+    let dir = env.context("copydirs", COPY_DIRS_DOCKERFILE, &[]);
+    let out = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(COPY_CONTEXT.replace("chmod 700 .", ""))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let got = read(&build_local(&env, &dir, &[]), "listing.txt");
+    for (g, w) in got.lines().zip(COPY_DIRS_LISTING.lines()) {
+        assert_eq!(g, w, "\nrbuild:\n{got}\nBuildKit:\n{COPY_DIRS_LISTING}");
+    }
+    assert_eq!(got, COPY_DIRS_LISTING);
+}
