@@ -611,4 +611,50 @@ mod tests {
         assert_eq!(files.len(), 2);
         assert_ne!(g, d4);
     }
+
+    #[test]
+    fn invalid_dockerignore_patterns() {
+        // BuildKit v0.32: `illegal exclusion pattern: "!"`; Go's filepath.Match: ErrBadPattern.
+        assert!(validate_ignore("# ok\n*.log\n!keep.log\n[a-c]x\n").is_ok());
+        let e = validate_ignore("a\n!\n").unwrap_err();
+        assert!(
+            e.contains("line 2") && e.contains("illegal exclusion pattern: \"!\""),
+            "{e}"
+        );
+        assert!(validate_ignore("src/[abc\n").is_err());
+        assert!(validate_ignore("x\\\n").is_err());
+    }
+
+    #[test]
+    fn double_star_spans_directories_only_with_parents() {
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            "top.txt",
+            "a/one.txt",
+            "a/b/two.txt",
+            "a/b/c/three.txt",
+            "a/b/x.md",
+        ] {
+            let p = d.path().join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, "x").unwrap();
+        }
+        let root = Root::open(d.path()).unwrap();
+        let ig = IgnoreRules::default();
+        let rels = |parents| -> Vec<String> {
+            let mut v: Vec<String> = expand_source(&root, "**/*.txt", &ig, parents)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.rel)
+                .collect();
+            v.sort();
+            v
+        };
+        // BuildKit v0.32: a plain COPY treats `**` as one component, --parents as any depth.
+        assert_eq!(rels(false), vec!["a/one.txt"]);
+        assert_eq!(
+            rels(true),
+            vec!["a/b/c/three.txt", "a/b/two.txt", "a/one.txt", "top.txt"]
+        );
+    }
 }

@@ -765,3 +765,32 @@ pub(crate) fn fetch_remote(
         files,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_pivot() {
+        // BuildKit v0.32: `COPY --parents a/./b/c/one.txt /d/` gives /d/b/c/one.txt, a leading
+        // `./` is no pivot.
+        assert_eq!(
+            parents_rel("a/./b/c/one.txt", "a/b/c/one.txt".into()),
+            "b/c/one.txt"
+        );
+        assert_eq!(
+            parents_rel("./a/b/one.txt", "a/b/one.txt".into()),
+            "a/b/one.txt"
+        );
+        assert_eq!(parents_rel("/x/y/./z/*.go", "x/y/z/m.go".into()), "z/m.go");
+        assert_eq!(parents_rel("a/b", "a/b".into()), "a/b");
+    }
+
+    #[test]
+    fn created_directories_mode() {
+        assert_eq!(created_dir_mode(None), 0o755);
+        assert_eq!(created_dir_mode(Some("0751")), 0o751);
+        assert_eq!(created_dir_mode(Some("700")), 0o700);
+        assert_eq!(created_dir_mode(Some("u+x,g-r")), 0o755);
+    }
+}
