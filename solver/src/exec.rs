@@ -654,7 +654,7 @@ fn parents_rel(src: &str, rel: String) -> String {
         return rel;
     }
     match rel.strip_prefix(&pivot) {
-        Some(rest) if rest.is_empty() => String::new(),
+        Some("") => String::new(),
         Some(rest) if rest.starts_with('/') => rest.trim_start_matches('/').to_string(),
         _ => rel,
     }
