@@ -730,3 +730,164 @@ fn copy_created_directories_match_buildkit() {
     }
     assert_eq!(got, COPY_DIRS_LISTING);
 }
+
+/// BuildKit's testCopyRelativeParents (alpine -> busybox:local): each target's RUN checks the
+/// layout BuildKit produced.
+const PARENTS_DOCKERFILE: &str = r#"
+FROM busybox:local AS base
+WORKDIR /test
+RUN <<eot
+	set -ex
+	mkdir -p a/b/c/d/e
+	mkdir -p a/b2/c/d/e
+	mkdir -p a/b/c2/d/e
+	mkdir -p a/b/c2/d/e2
+	touch a/b/c/d/foo
+	touch a/b/c/d/e/bay
+	touch a/b2/c/d/e/bar
+	touch a/b/c2/d/e/baz
+	touch a/b/c2/d/e2/baz
+eot
+
+FROM busybox:local AS middle
+COPY --from=base --parents /test/a/b/./c/d /out/
+RUN <<eot
+	set -ex
+	[ -d /out/c/d/e ]
+	[ -f /out/c/d/foo ]
+	[ ! -d /out/a ]
+	[ ! -d /out/e ]
+eot
+
+FROM busybox:local AS end
+COPY --from=base --parents /test/a/b/c/d/. /out/
+RUN <<eot
+	set -ex
+	[ -d /out/test/a/b/c/d/e ]
+	[ -f /out/test/a/b/c/d/foo ]
+eot
+
+FROM busybox:local AS start
+COPY --from=base --parents ./test/a/b/c/d /out/
+RUN <<eot
+	set -ex
+	[ -d /out/test/a/b/c/d/e ]
+	[ -f /out/test/a/b/c/d/foo ]
+eot
+
+FROM busybox:local AS double
+COPY --from=base --parents /test/a/./b/./c /out/
+RUN <<eot
+	set -ex
+	[ -d /out/b/c/d/e ]
+	[ -f /out/b/c/d/foo ]
+eot
+
+FROM busybox:local AS wildcard
+COPY --from=base --parents /test/a/./*/c /out/
+RUN <<eot
+	set -ex
+	[ -d /out/b/c/d/e ]
+	[ -f /out/b2/c/d/e/bar ]
+eot
+
+FROM busybox:local AS doublewildcard
+COPY --from=base --parents /test/a/b*/./c/**/e /out/
+RUN <<eot
+	set -ex
+	[ -d /out/c/d/e ]
+	[ -f /out/c/d/e/bay ] # via b
+	[ -f /out/c/d/e/bar ] # via b2
+eot
+
+FROM busybox:local AS doubleinputs
+COPY --from=base --parents /test/a/b/c*/./d/**/baz /test/a/b*/./c/**/bar /out/
+RUN <<eot
+	set -ex
+	[ -f /out/d/e/baz ]
+	[ ! -f /out/d/e/bay ]
+	[ -f /out/d/e2/baz ]
+	[ -f /out/c/d/e/bar ] # via b2
+eot
+"#;
+
+/// BuildKit's testCopyParentsMissingDirectory (alpine -> busybox:local).
+const PARENTS_MISSING_DOCKERFILE: &str = r#"
+FROM busybox:local AS base
+WORKDIR /test
+RUN <<eot
+	set -ex
+	mkdir -p a/b/c/d/e
+	touch a/b/c/d/foo
+	touch a/b/c/d/e/bay
+eot
+
+FROM busybox:local AS normal
+COPY --from=base --parents /test/a/b/c/d /out/
+RUN <<eot
+	set -ex
+	[ -d /out/test/a/b/c/d/e ]
+	[ -f /out/test/a/b/c/d/e/bay ]
+	[ ! -d /out/e ]
+	[ ! -d /out/a ]
+eot
+
+FROM busybox:local AS withpivot
+COPY --from=base --parents /test/a/b/./c/d /out/
+RUN <<eot
+	set -ex
+	[ -d /out/c/d/e ]
+	[ -f /out/c/d/foo ]
+	[ ! -d /out/a ]
+	[ ! -d /out/e ]
+eot
+
+FROM busybox:local AS nonexistentfile
+COPY --from=base --parents /test/nonexistent-file /out/
+
+FROM busybox:local AS wildcard-nonexistent
+COPY --from=base --parents /test/a/b2*/c /out/
+RUN <<eot
+	set -ex
+	[ -d /out ]
+	[ ! -d /out/a ]
+eot
+
+FROM busybox:local AS wildcard-afterpivot
+COPY --from=base --parents /test/a/b/./c2* /out/
+RUN <<eot
+	set -ex
+	[ -d /out ]
+	[ ! -d /out/a ]
+	[ ! -d /out/c* ]
+eot
+"#;
+
+#[test]
+fn copy_parents_pivots_wildcards_and_missing_directories() {
+    let env = Env::new();
+    let dir = env.context("parents", PARENTS_DOCKERFILE, &[]);
+    for t in [
+        "middle",
+        "end",
+        "start",
+        "double",
+        "wildcard",
+        "doublewildcard",
+        "doubleinputs",
+    ] {
+        env.build_ok(&format!("par:{t}"), &dir, &["--target", t]);
+    }
+    let dir = env.context("parents-missing", PARENTS_MISSING_DOCKERFILE, &[]);
+    for t in [
+        "normal",
+        "withpivot",
+        "wildcard-nonexistent",
+        "wildcard-afterpivot",
+    ] {
+        env.build_ok(&format!("parm:{t}"), &dir, &["--target", t]);
+    }
+    // BuildKit: `"/test/nonexistent-file": not found`.
+    let e = build_err(&env, &dir, &["--target", "nonexistentfile"]);
+    assert!(e.contains("\"/test/nonexistent-file\": not found"), "{e}");
+}

@@ -481,6 +481,13 @@ pub(crate) fn copy(
         || troot
             .resolve(dest)
             .is_ok_and(|d| d.metadata().is_ok_and(|m| m.is_dir()));
+    if op.parents && entries.is_empty() {
+        // BuildKit: `COPY --parents` whose wildcards match nothing still creates the destination
+        // (a plain COPY does not).
+        troot
+            .mkdir_all(dest, dir_mode, owner.or(Some((0, 0))))
+            .map_err(|err| copy_failed(format!("cannot create {dest}: {err}")))?;
+    }
     let ignore_rel = |p: &Path| -> bool {
         match p.strip_prefix(&src_root) {
             Ok(rel) => {
@@ -642,22 +649,25 @@ fn created_dir_mode(chmod: Option<&str>) -> u32 {
 }
 
 /// The path a `COPY --parents` source keeps below the destination: the matched path, minus the
-/// part before a `/./` pivot in the source as written (`a/./b/c.txt` -> `b/c.txt`).
+/// part before the first `/./` pivot in the source as written (`a/./b/c.txt` -> `b/c.txt`,
+/// `a/./b/./c` -> `b/c`).
 fn parents_rel(src: &str, rel: String) -> String {
     let src = src.trim_start_matches('/');
     let src = src.strip_prefix("./").unwrap_or(src);
-    let Some(i) = src.rfind("/./") else {
+    let Some(i) = src.find("/./") else {
         return rel;
     };
-    let pivot = context::clean_path(&src[..i]);
-    if pivot.is_empty() {
-        return rel;
-    }
-    match rel.strip_prefix(&pivot) {
-        Some("") => String::new(),
-        Some(rest) if rest.starts_with('/') => rest.trim_start_matches('/').to_string(),
-        _ => rel,
-    }
+    // The pivot may hold wildcards (`a/b*/./c`): drop as many leading components of the match
+    // as the source has before it.
+    let n = context::clean_path(&src[..i])
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .count();
+    rel.split('/')
+        .filter(|c| !c.is_empty())
+        .skip(n)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Where to write a copy target directly in the new layer's directory `upper`, bypassing the
@@ -784,6 +794,11 @@ mod tests {
         );
         assert_eq!(parents_rel("/x/y/./z/*.go", "x/y/z/m.go".into()), "z/m.go");
         assert_eq!(parents_rel("a/b", "a/b".into()), "a/b");
+        assert_eq!(parents_rel("/t/a/./b/./c", "t/a/b/c".into()), "b/c");
+        assert_eq!(
+            parents_rel("/t/a/b*/./c/**/e", "t/a/b2/c/d/e".into()),
+            "c/d/e"
+        );
     }
 
     #[test]
