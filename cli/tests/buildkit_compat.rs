@@ -891,3 +891,156 @@ fn copy_parents_pivots_wildcards_and_missing_directories() {
     let e = build_err(&env, &dir, &["--target", "nonexistentfile"]);
     assert!(e.contains("\"/test/nonexistent-file\": not found"), "{e}");
 }
+
+/// BuildKit's testCopyChownExistingDir: created directories are root's (or --chown's), existing
+/// ones keep their owner, copied entries keep theirs (or get --chown's).
+const CHOWN_EXISTING_DOCKERFILE: &str = r#"
+# Set up files and directories with known ownership
+FROM busybox:local AS source
+RUN touch /file && chown 100:200 /file \
+ && mkdir -p /dir/subdir \
+ && touch /dir/subdir/nestedfile \
+ && chown 100:200 /dir \
+ && chown 101:201 /dir/subdir \
+ && chown 102:202 /dir/subdir/nestedfile
+
+FROM busybox:local AS test_base
+RUN mkdir -p /existingdir/existingsubdir \
+ && touch /existingdir/existingfile \
+ && chown 500:600 /existingdir \
+ && chown 501:601 /existingdir/existingsubdir \
+ && chown 501:601 /existingdir/existingfile
+
+
+# Copy files from the source stage
+FROM test_base AS copy_from
+COPY --from=source /file .
+# Copy to a non-existing target directory creates the target directory (as root), then copies the _contents_ of the source directory into it
+COPY --from=source /dir /dir
+# Copying to an existing target directory will copy the _contents_ of the source directory into it
+COPY --from=source /dir/. /existingdir
+
+RUN e="100:200"; p="/file"                         ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+ && e="0:0";     p="/dir"                          ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+ && e="101:201"; p="/dir/subdir"                   ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+ && e="102:202"; p="/dir/subdir/nestedfile"        ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+# Existing files and directories ownership should not be modified
+ && e="500:600"; p="/existingdir"                  ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+ && e="501:601"; p="/existingdir/existingsubdir"   ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+ && e="501:601"; p="/existingdir/existingfile"     ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+# But new files and directories should maintain their ownership
+ && e="101:201"; p="/existingdir/subdir"           ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+ && e="102:202"; p="/existingdir/subdir/nestedfile"; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi
+
+
+# Copy files from the source stage and chown them.
+FROM test_base AS copy_from_chowned
+COPY --from=source --chown=300:400 /file .
+# Copy to a non-existing target directory creates the target directory (as root), then copies the _contents_ of the source directory into it
+COPY --from=source --chown=300:400 /dir /dir
+# Copying to an existing target directory copies the _contents_ of the source directory into it
+COPY --from=source --chown=300:400 /dir/. /existingdir
+
+RUN e="300:400"; p="/file"                         ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+ && e="300:400"; p="/dir"                          ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+ && e="300:400"; p="/dir/subdir"                   ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+ && e="300:400"; p="/dir/subdir/nestedfile"        ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+# Existing files and directories ownership should not be modified
+ && e="500:600"; p="/existingdir"                  ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+ && e="501:601"; p="/existingdir/existingsubdir"   ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+ && e="501:601"; p="/existingdir/existingfile"     ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+# But new files and directories should be chowned
+ && e="300:400"; p="/existingdir/subdir"           ; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi \
+ && e="300:400"; p="/existingdir/subdir/nestedfile"; a=`stat -c "%u:%g" "$p"`; if [ "$a" != "$e" ]; then echo "incorrect ownership on $p. expected $e, got $a"; exit 1; fi
+"#;
+
+#[test]
+fn copy_chown_onto_existing_and_created_directories() {
+    let env = Env::new();
+    let dir = env.context("chownex", CHOWN_EXISTING_DOCKERFILE, &[]);
+    for t in ["copy_from", "copy_from_chowned"] {
+        env.build_ok(&format!("cx:{t}"), &dir, &["--target", t]);
+    }
+    // BuildKit's testCopyThroughSymlinkMultiStage: a path through a link inside a stage
+    // resolves inside that stage (absolute and relative links).
+    let dir = env.context(
+        "throughlink",
+        "FROM busybox:local AS build\nRUN mkdir -p /out/sub && ln -s /out/sub /sub && ln -s out/sub /sub2 && echo -n \"data\" > /sub/foo\nFROM scratch\nCOPY --from=build /sub/foo .\nCOPY --from=build /sub2/foo bar\n",
+        &[],
+    );
+    let out = build_local(&env, &dir, &[]);
+    assert_eq!(read(&out, "foo"), "data");
+    assert_eq!(read(&out, "bar"), "data");
+}
+
+#[test]
+fn add_archive_through_an_absolute_symlink_and_implied_parents() {
+    let env = Env::new();
+    // BuildKit's testDockerfileAddArchiveThroughAbsoluteSymlink: the image has /var/run -> /run,
+    // the archive has var/run/act/... (no var/ or var/run/ entries) and a hard link.
+    let dir = env.context(
+        "abssym",
+        "FROM scratch\nADD rootfs.tar /\nADD payload.tar /\nADD implied.tar.gz /\n",
+        &[],
+    );
+    let script = "
+mkdir -p r/run r/var && ln -s /run r/var/run && tar --numeric-owner -C r -cf rootfs.tar run var
+mkdir -p p/var/run/act/actions/broad/.git
+printf 'ref: refs/heads/main\\n' > p/var/run/act/actions/broad/.git/HEAD
+ln p/var/run/act/actions/broad/.git/HEAD p/var/run/act/actions/broad/.git/HEAD.link
+tar --numeric-owner -C p -cf payload.tar var/run/act
+mkdir -p i/etc/dnf && printf content0 > i/etc/dnf/dnf.conf
+tar --numeric-owner -C i -czf implied.tar.gz etc/dnf
+rm -rf r p i
+";
+    let o = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let out = build_local(&env, &dir, &[]);
+    let head = out.join("run/act/actions/broad/.git/HEAD");
+    let link = out.join("run/act/actions/broad/.git/HEAD.link");
+    assert_eq!(fs::read_to_string(&head).unwrap(), "ref: refs/heads/main\n");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(&head).unwrap().ino(),
+        fs::metadata(&link).unwrap().ino(),
+        "HEAD.link is a hard link to HEAD"
+    );
+    assert!(fs::symlink_metadata(out.join("var/run"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // testDockerfileAddArchiveWithImpliedParentDir.
+    assert_eq!(read(&out, "etc/dnf/dnf.conf"), "content0");
+}
+
+#[test]
+fn add_url_keeps_name_and_takes_chmod() {
+    let env = Env::new();
+    let addr = serve(b"content1");
+    // BuildKit's testAddURLChmod (build-arg mode=400): 0644 0755 0413 0400; without --chmod a
+    // remote file is 0600 and named after the URL's last path component.
+    let df = format!(
+        "FROM busybox:local AS build
+ADD --chmod=644 http://{addr}/foo /tmp/foo1
+ADD --chmod=755 http://{addr}/foo /tmp/foo2
+ADD --chmod=0413 http://{addr}/foo /tmp/foo3
+ARG mode
+ADD --chmod=${{mode}} http://{addr}/foo /tmp/foo4
+ADD http://{addr}/dir/remote.bin /tmp/d/
+RUN stat -c \"%04a\" /tmp/foo1 >> /dest && stat -c \"%04a\" /tmp/foo2 >> /dest && stat -c \"%04a\" /tmp/foo3 >> /dest && stat -c \"%04a\" /tmp/foo4 >> /dest && stat -c \"%n %04a\" /tmp/d/* >> /dest
+FROM scratch
+COPY --from=build /dest /dest
+"
+    );
+    let dir = env.context("addurl", &df, &[]);
+    let out = build_local(&env, &dir, &["--build-arg", "mode=400"]);
+    assert_eq!(
+        read(&out, "dest"),
+        "0644\n0755\n0413\n0400\n/tmp/d/remote.bin 0600\n"
+    );
+}

@@ -396,30 +396,68 @@ pub fn is_archive(path: &Path) -> bool {
     sum == want
 }
 
-/// Extracts the archive at `path` into host directory `dest` (inside the mounted rootfs). Entries
-/// keep their modes, times and owners unless `owner` is given; paths never leave `dest`.
-pub fn extract(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+/// Extracts the archive at `path` into directory `dest` of `root` (the mounted rootfs). Every
+/// entry's parent is resolved inside `root` by the kernel, so a symlink on the way (absolute ones
+/// included, such as an image's `/var/run -> /run`) is followed as if `root` were `/`, and missing
+/// parents are created (0755), as BuildKit does; the entry itself replaces whatever non-directory
+/// was there (a directory entry also replaces a link). Entries keep their modes, times and owners
+/// unless `owner` is given; nothing is written outside `root`.
+pub fn extract(
+    path: &Path,
+    root: &rbuild_fsroot::Root,
+    dest: &str,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let mut ar = tar::Archive::new(open_decompressed(path)?);
     ar.set_preserve_permissions(true);
     ar.set_preserve_mtime(true);
     ar.set_preserve_ownerships(owner.is_none());
     ar.set_unpack_xattrs(false);
     ar.set_overwrite(true);
+    let inside = |rel: &Path| -> PathBuf { Path::new(dest).join(fsutil::clean_rel(rel)) };
     for entry in ar.entries()? {
         let mut entry = entry?;
-        let rel = entry.path()?.into_owned();
+        let rel = fsutil::clean_rel(&entry.path()?);
+        let (Some(name), Some(parent)) = (
+            rel.file_name(),
+            inside(&rel).parent().map(Path::to_path_buf),
+        ) else {
+            continue; // the archive's root directory itself
+        };
+        let dir = root
+            .mkdir_all(&parent, 0o755, None)
+            .map_err(io::Error::from)?
+            .host_path()?;
+        let dst = dir.join(name);
         let kind = entry.header().entry_type();
-        if !entry.unpack_in(dest)? {
+        match fs::symlink_metadata(&dst) {
+            Ok(m) if m.is_dir() && kind.is_dir() => {}
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&dst)?,
+            Ok(_) => fs::remove_file(&dst)?,
+            Err(_) => {}
+        }
+        if kind.is_hard_link() {
+            let target = entry
+                .link_name()?
+                .ok_or_else(|| {
+                    io::Error::other(format!("{}: hard link without a target", rel.display()))
+                })?
+                .into_owned();
+            let from = root
+                .resolve_nofollow(inside(&target))
+                .map_err(io::Error::from)?
+                .host_path()?;
+            fs::hard_link(&from, &dst)?;
             continue;
         }
+        entry.unpack(&dst)?;
         if let Some((u, g)) = owner {
-            let p = dest.join(fsutil::clean_rel(&rel));
-            std::os::unix::fs::lchown(&p, Some(u), Some(g))?;
+            std::os::unix::fs::lchown(&dst, Some(u), Some(g))?;
             if !kind.is_symlink() {
                 // chown clears set-id bits: put the archive's mode back.
                 if let Ok(m) = entry.header().mode() {
                     fs::set_permissions(
-                        &p,
+                        &dst,
                         std::os::unix::fs::PermissionsExt::from_mode(m & 0o7777),
                     )?;
                 }
@@ -476,7 +514,8 @@ mod tests {
         assert!(!is_archive(&text), "gzip of a non-tar is not an archive");
         let out = d.path().join("out");
         fs::create_dir(&out).unwrap();
-        extract(&xz, &out, Some((3, 4))).unwrap();
+        let root = rbuild_fsroot::Root::open(&out).unwrap();
+        extract(&xz, &root, "/", Some((3, 4))).unwrap();
         use std::os::unix::fs::MetadataExt;
         let md = fs::metadata(out.join("sub/f")).unwrap();
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (3, 4, 0o640));

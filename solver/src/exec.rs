@@ -507,12 +507,11 @@ pub(crate) fn copy(
             && md.is_file()
             && crate::add::is_archive(&e.abs)
         {
-            let d = troot
+            troot
                 .mkdir_all(dest, 0o755, owner)
-                .and_then(|d| d.host_path().map_err(|e| io_to_root(e, dest)))
                 .map_err(|err| copy_failed(format!("cannot create {dest}: {err}")))?;
             let keep = if op.chown.is_some() { owner } else { None };
-            crate::add::extract(&e.abs, &d, keep)
+            crate::add::extract(&e.abs, &troot, dest, keep)
                 .map_err(|err| copy_failed(format!("extracting {} into {dest}: {err}", e.rel)))?;
             continue;
         }
