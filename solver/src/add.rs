@@ -521,4 +521,42 @@ mod tests {
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (3, 4, 0o640));
         assert_eq!(fs::read_to_string(out.join("sub/f")).unwrap(), "hi");
     }
+
+    #[test]
+    fn extraction_follows_links_inside_the_root_only() {
+        let d = tempfile::tempdir().unwrap();
+        let host_target = d.path().join("host-only");
+        fs::create_dir(&host_target).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        // An absolute link to a path that exists on the host: it must mean <root>/<that path>.
+        b.append_link(&mut h, "l", &host_target).unwrap();
+        let mut f = tar::Header::new_gnu();
+        f.set_size(2);
+        f.set_mode(0o644);
+        f.set_uid(0);
+        f.set_gid(0);
+        f.set_mtime(0);
+        f.set_cksum();
+        b.append_data(&mut f, "l/f", &b"hi"[..]).unwrap();
+        let t = d.path().join("a.tar");
+        fs::write(&t, b.into_inner().unwrap()).unwrap();
+        let out = d.path().join("root");
+        fs::create_dir(&out).unwrap();
+        let root = rbuild_fsroot::Root::open(&out).unwrap();
+        extract(&t, &root, "/sub", None).unwrap();
+        assert!(
+            !host_target.join("f").exists(),
+            "wrote through the link on the host"
+        );
+        let inside = out.join(host_target.strip_prefix("/").unwrap()).join("f");
+        assert_eq!(fs::read_to_string(inside).unwrap(), "hi");
+    }
 }
