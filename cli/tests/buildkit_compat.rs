@@ -1044,3 +1044,113 @@ COPY --from=build /dest /dest
         "0644\n0755\n0413\n0400\n/tmp/d/remote.bin 0600\n"
     );
 }
+
+/// BuildKit's testExcludedFilesOnCopy (plain directory context).
+const EXCLUDE_DOCKERFILE: &str = r#"
+# ignore all the image files
+FROM scratch as builder1
+COPY --exclude=*/*.png --exclude=*/*.jpeg . /1
+
+# ignore all document files
+FROM scratch as builder2
+COPY --exclude=*/*.pdf --exclude=*/*.txt . /2
+
+# ignore all mp3 files
+FROM scratch as builder3
+ADD --exclude=*.mp3 dir3/ /3/
+
+# Ignore everything, keeping only .mpeg files, using src as a wildcard.
+# it's a fake example, just to be sure that src as wildcards work as expected.
+FROM scratch as builder4
+COPY --exclude=*.mp3 --exclude=*.jpeg --exclude=*.png --exclude=*.pdf --exclude=*.txt dir* /4/
+
+# Ignore everything, keeping only txt files.
+# it's a fake example, just to be sure that src as wildcards work as expected.
+FROM scratch as builder5
+ADD --exclude=*.mp* --exclude=*.jpeg --exclude=*.png --exclude=*.pdf dir* /5
+
+# Exclude all files. No idea how it could be useful, but it should not be forbidden.
+FROM scratch as builder6
+ADD --exclude=* dir* /6
+
+FROM scratch
+COPY --from=builder1 / /builder1
+COPY --from=builder2 / /builder2
+COPY --from=builder3 / /builder3
+COPY --from=builder4 / /builder4
+COPY --from=builder5 / /builder5
+COPY --from=builder6 / /builder6
+"#;
+
+/// `find . | stat` of the `--output type=local` result BuildKit gave for `EXCLUDE_DOCKERFILE`.
+const EXCLUDE_LISTING: &str = "./builder1 755 0:0 directory
+./builder1/1 755 0:0 directory
+./builder1/1/Dockerfile 644 0:0 regular file
+./builder1/1/dir1 777 0:0 directory
+./builder1/1/dir1/file-102.txt 600 0:0 regular file
+./builder1/1/dir2 777 0:0 directory
+./builder1/1/dir2/file-201.pdf 600 0:0 regular file
+./builder1/1/dir3 777 0:0 directory
+./builder1/1/dir3/file-301.mp3 600 0:0 regular file
+./builder1/1/dir3/file-302.mpeg 600 0:0 regular file
+./builder1/1/dir4 777 0:0 directory
+./builder1/1/dir4/file-401.txt 600 0:0 regular file
+./builder1/1/dir4/file-402.txt 777 0:0 symbolic link
+./builder1/1/dir4/file-403.txt 777 0:0 symbolic link
+./builder2 755 0:0 directory
+./builder2/2 755 0:0 directory
+./builder2/2/Dockerfile 644 0:0 regular file
+./builder2/2/dir1 777 0:0 directory
+./builder2/2/dir1/file-101.png 600 0:0 regular file
+./builder2/2/dir1/file-103.jpeg 600 0:0 regular file
+./builder2/2/dir2 777 0:0 directory
+./builder2/2/dir2/file-202.jpeg 600 0:0 regular file
+./builder2/2/dir2/file-203.png 600 0:0 regular file
+./builder2/2/dir3 777 0:0 directory
+./builder2/2/dir3/file-301.mp3 600 0:0 regular file
+./builder2/2/dir3/file-302.mpeg 600 0:0 regular file
+./builder2/2/dir4 777 0:0 directory
+./builder3 755 0:0 directory
+./builder3/3 755 0:0 directory
+./builder3/3/file-302.mpeg 600 0:0 regular file
+./builder4 755 0:0 directory
+./builder4/4 755 0:0 directory
+./builder4/4/file-302.mpeg 600 0:0 regular file
+./builder5 755 0:0 directory
+./builder5/5 755 0:0 directory
+./builder5/5/file-102.txt 600 0:0 regular file
+./builder5/5/file-401.txt 600 0:0 regular file
+./builder5/5/file-402.txt 777 0:0 symbolic link
+./builder5/5/file-403.txt 777 0:0 symbolic link
+./builder6 755 0:0 directory
+./builder6/6 755 0:0 directory
+";
+
+#[test]
+fn copy_exclude_matches_buildkit() {
+    let env = Env::new();
+    let dir = env.context("exclude", EXCLUDE_DOCKERFILE, &[]);
+    let script = "
+mkdir dir1 dir2 dir3 dir4 && chmod 777 dir1 dir2 dir3 dir4
+for f in 'dir1/file-101.png 2' 'dir1/file-102.txt 3' 'dir1/file-103.jpeg 4' 'dir2/file-201.pdf 6' \\
+  'dir2/file-202.jpeg 7' 'dir2/file-203.png 8' 'dir3/file-301.mp3 9' 'dir3/file-302.mpeg 10' 'dir4/file-401.txt 11'
+do set -- $f; printf %s \"$2\" > $1; chmod 600 $1; done
+ln -s file-401.txt dir4/file-402.txt && ln -s file-404.txt dir4/file-403.txt
+";
+    let o = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let out = build_local(&env, &dir, &[]);
+    let o = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg("find . | sort | while read p; do [ \"$p\" = . ] || echo \"$p $(stat -c '%a %u:%g %F' \"$p\")\"; done")
+        .current_dir(&out)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert_eq!(stdout(&o), EXCLUDE_LISTING);
+}

@@ -441,6 +441,9 @@ pub(crate) fn copy(
             .any(|p| IgnoreRules::parse(p).is_excluded(rel))
     };
     let mut entries: Vec<Source> = Vec::new();
+    // Sources found before --exclude: when some matched but all were excluded, BuildKit still
+    // creates the destination directory.
+    let mut matched = 0usize;
     for src in &srcs {
         if op.add && crate::add::is_remote(src) {
             let f = fetched.iter().find(|f| &f.src == src).ok_or_else(|| {
@@ -461,6 +464,7 @@ pub(crate) fn copy(
                 src_root.display()
             ))
         })?;
+        matched += found.len();
         entries.extend(
             found
                 .into_iter()
@@ -481,9 +485,9 @@ pub(crate) fn copy(
         || troot
             .resolve(dest)
             .is_ok_and(|d| d.metadata().is_ok_and(|m| m.is_dir()));
-    if op.parents && entries.is_empty() {
-        // BuildKit: `COPY --parents` whose wildcards match nothing still creates the destination
-        // (a plain COPY does not).
+    if entries.is_empty() && (op.parents || matched > 0) {
+        // BuildKit: `COPY --parents` whose wildcards match nothing, or a COPY whose every match
+        // is excluded, still creates the destination (a plain COPY matching nothing does not).
         troot
             .mkdir_all(dest, dir_mode, owner.or(Some((0, 0))))
             .map_err(|err| copy_failed(format!("cannot create {dest}: {err}")))?;
