@@ -33,8 +33,10 @@ use serde_json::{json, Value};
 pub use context::{HashStats, IgnoreRules};
 pub use mounts::{Forwarded, SecretSource};
 
-/// Version of the cache key encoding; bump to invalidate every record when the encoding changes.
-const KEY_VERSION: u32 = 2;
+/// Version of the cache key encoding; bump to invalidate every record when the encoding changes
+/// or when an op's result changes for the same inputs. 3: RUN steps get BuildKit's hostname,
+/// /etc/hosts and root's groups; COPY creates directories and --parents paths as BuildKit.
+const KEY_VERSION: u32 = 3;
 
 /// Errors of a solve.
 #[derive(Debug, thiserror::Error)]
