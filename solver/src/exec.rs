@@ -459,9 +459,13 @@ pub(crate) fn copy(
         }
         let found = context::expand_source(&sroot, src, ignore, op.parents).map_err(|e| {
             copy_failed(format!(
-                "failed to compute cache key: \"{src}\" not found ({e}); check the path (relative to the {} {})",
-                if matches!(op.from, CopyFrom::Context) { "build context" } else { "source stage root" },
-                src_root.display()
+                "failed to compute cache key: \"{src}\" not found ({e}); check the path (relative to {})",
+                // Never the scratch mount point in the store: the user's context, or the stage.
+                if matches!(op.from, CopyFrom::Context) {
+                    format!("the build context {}", context_dir.display())
+                } else {
+                    "the root of the --from stage or image".to_string()
+                }
             ))
         })?;
         matched += found.len();
