@@ -165,14 +165,14 @@ fn sandbox_hostname_and_etc_hosts() {
     let env = Env::new();
     let df = "\
 FROM busybox:local AS base
-RUN (hostname; echo \"HOSTNAME=$HOSTNAME\"; cat /etc/hosts) > /r
+RUN (hostname; echo \"HOSTNAME=$HOSTNAME\"; cat /etc/hosts; [ -e /etc/hostname ] || echo no /etc/hostname) > /r
 FROM scratch
 COPY --from=base /r /r
 ";
     let dir = env.context("host", df, &[]);
     assert_eq!(
         read(&build_local(&env, &dir, &[]), "r"),
-        "buildkitsandbox\nHOSTNAME=buildkitsandbox\n127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        "buildkitsandbox\nHOSTNAME=buildkitsandbox\n127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\nno /etc/hostname\n"
     );
     // buildctl --opt build-arg:BUILDKIT_SANDBOX_HOSTNAME=myhost --opt add-hosts=foo=1.2.3.4,bar=::1
     let out = build_local(
@@ -189,7 +189,7 @@ COPY --from=base /r /r
     );
     assert_eq!(
         read(&out, "r"),
-        "myhost\nHOSTNAME=myhost\n127.0.0.1\tlocalhost myhost\n::1\tlocalhost ip6-localhost ip6-loopback\n1.2.3.4\tfoo\n::1\tbar\n"
+        "myhost\nHOSTNAME=myhost\n127.0.0.1\tlocalhost myhost\n::1\tlocalhost ip6-localhost ip6-loopback\n1.2.3.4\tfoo\n::1\tbar\nno /etc/hostname\n"
     );
 }
 

@@ -437,7 +437,14 @@ fn setup_and_exec(
             etc_binds.push((PathBuf::from(f), PathBuf::from(f)));
         }
     }
-    etc_binds.push((hostname_file.to_path_buf(), PathBuf::from("/etc/hostname")));
+    let no_hostname_file = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(crate::spec::NO_HOSTNAME_FILE_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    if !no_hostname_file {
+        etc_binds.push((hostname_file.to_path_buf(), PathBuf::from("/etc/hostname")));
+    }
     let plan = RootPlan {
         root: &cfg.state_dir.join("root"),
         rootfs: &cfg.rootfs,

@@ -291,6 +291,17 @@ pub fn set_groups_of(spec: &mut Spec, user: &str) {
     spec.set_annotations(Some(a));
 }
 
+/// Spec annotation (`"true"`) asking for no `/etc/hostname` bind: BuildKit's RUN steps have none
+/// (the hostname is set in the UTS namespace only); `docker run` containers do have one.
+pub const NO_HOSTNAME_FILE_ANNOTATION: &str = "org.rbuild.no-hostname-file";
+
+/// Sets [`NO_HOSTNAME_FILE_ANNOTATION`] on `spec`.
+pub fn set_no_hostname_file(spec: &mut Spec) {
+    let mut a = spec.annotations().clone().unwrap_or_default();
+    a.insert(NO_HOSTNAME_FILE_ANNOTATION.to_string(), "true".to_string());
+    spec.set_annotations(Some(a));
+}
+
 /// Whether `spec` asks for the init (see [`INIT_ANNOTATION`]).
 pub fn wants_init(spec: &Spec) -> bool {
     spec.annotations()

@@ -229,6 +229,8 @@ pub(crate) fn run(
         spec.set_mounts(Some(all));
     }
     spec.set_hostname(Some(crate::mounts::hostname(exec).to_string()));
+    // As BuildKit: the hostname lives in the UTS namespace and /etc/hosts, no /etc/hostname.
+    rbuild_sandbox::set_no_hostname_file(&mut spec);
     let rootfs = Rootfs::Overlay {
         lower: lowers_or_empty(store, lowers)?,
         upper: sb.fs_dir(),
