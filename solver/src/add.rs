@@ -402,6 +402,9 @@ pub fn is_archive(path: &Path) -> bool {
 /// parents are created (0755), as BuildKit does; the entry itself replaces whatever non-directory
 /// was there (a directory entry also replaces a link). Entries keep their modes, times and owners
 /// unless `owner` is given; nothing is written outside `root`.
+/// Extended attributes follow the layer rule (`rbuild_exporter::layer_xattr_allowed`: file
+/// capabilities kept, `trusted.*` never applied); block and character devices are skipped, as
+/// Docker does when it cannot create them (the context is not trusted to add raw devices).
 pub fn extract(
     path: &Path,
     root: &rbuild_fsroot::Root,
@@ -430,6 +433,9 @@ pub fn extract(
             .host_path()?;
         let dst = dir.join(name);
         let kind = entry.header().entry_type();
+        if matches!(kind, tar::EntryType::Block | tar::EntryType::Char) {
+            continue;
+        }
         match fs::symlink_metadata(&dst) {
             Ok(m) if m.is_dir() && kind.is_dir() => {}
             Ok(m) if m.is_dir() => fs::remove_dir_all(&dst)?,
@@ -463,6 +469,8 @@ pub fn extract(
                 }
             }
         }
+        // Hard links returned above, before unpacking.
+        rbuild_exporter::apply_tar_xattrs(&mut entry, &dst).map_err(io::Error::other)?;
     }
     Ok(())
 }
@@ -482,6 +490,75 @@ mod tests {
         assert_eq!(url_file_name("http://h:1/x/y.txt?q=1"), "y.txt");
         assert_eq!(url_file_name("http://h:1/x/dir/"), "dir");
         assert_eq!(url_file_name("http://h:1"), "__unnamed__");
+    }
+
+    #[test]
+    fn extract_skips_devices_and_follows_the_xattr_rule() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let caps: &[u8] = &[
+            0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        b.append_pax_extensions([
+            ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+            ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
+            ("SCHILY.xattr.security.capability", caps),
+            ("SCHILY.xattr.user.note", &b"kept"[..]),
+        ])
+        .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, "dir", io::empty()).unwrap();
+        for (name, kind, major) in [
+            ("sda", tar::EntryType::Block, 8),
+            ("mem", tar::EntryType::Char, 1),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_mode(0o666);
+            h.set_size(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_device_major(major).unwrap();
+            h.set_device_minor(1).unwrap();
+            h.set_cksum();
+            b.append_data(&mut h, name, io::empty()).unwrap();
+        }
+        let tar_path = d.path().join("hostile.tar");
+        fs::write(&tar_path, b.into_inner().unwrap()).unwrap();
+        let out = d.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let root = rbuild_fsroot::Root::open(&out).unwrap();
+        extract(&tar_path, &root, "/", None).unwrap();
+        assert!(
+            fs::symlink_metadata(out.join("sda")).is_err(),
+            "block device skipped"
+        );
+        assert!(
+            fs::symlink_metadata(out.join("mem")).is_err(),
+            "char device skipped"
+        );
+        let get = |name: &str| {
+            let p = std::ffi::CString::new(out.join("dir").as_os_str().as_encoded_bytes()).unwrap();
+            let n = std::ffi::CString::new(name).unwrap();
+            let mut buf = [0u8; 64];
+            // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+            let r = unsafe {
+                libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            (r >= 0).then(|| buf[..r as usize].to_vec())
+        };
+        assert_eq!(get("trusted.overlay.opaque"), None);
+        assert_eq!(get("trusted.overlay.redirect"), None);
+        assert_eq!(get("security.capability").as_deref(), Some(caps));
+        assert_eq!(get("user.note").as_deref(), Some(&b"kept"[..]));
     }
 
     #[test]
