@@ -266,11 +266,7 @@ impl RemoteCacheArgs {
             serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
         doc[artifact::INLINE_FIELD] = serde_json::from_slice(&config.to_bytes())?;
         let (manifest, config) = rbuild_exporter::write_image_json(store, &doc)?;
-        Ok(BuildResult {
-            manifest,
-            config,
-            steps: result.steps,
-        })
+        Ok(result.with_image(manifest, config))
     }
 
     /// Writes every `--cache-to` of a registry or a directory; returns what to print.

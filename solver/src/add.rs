@@ -141,27 +141,115 @@ pub fn url_file_name(url: &str) -> String {
         .unwrap_or_else(|| "__unnamed__".into())
 }
 
+/// Where and how git may fetch from for an ADD.
+pub struct GitAccess<'a> {
+    /// The build context: the only place a `file://` repository may be.
+    pub context: &'a rbuild_fsroot::Root,
+    /// The agent socket of `--ssh default`, handed to git only for ssh URLs (`git@`, `ssh://`),
+    /// as BuildKit mounts the default ssh socket for them.
+    pub ssh_agent: Option<&'a Path>,
+}
+
+/// Transports git may use (never `ext::`, which runs commands, nor other remote helpers).
+const GIT_PROTOCOLS: &str = "https:http:git:ssh:file";
+
+/// A `file://` URL's repository, looked up inside the build context (links in the context are
+/// followed inside it): the URL to clone from, or an error naming the fix.
+fn file_url_in_context(url: &str, context: &rbuild_fsroot::Root) -> Result<String, String> {
+    let refuse = || {
+        format!(
+            "ADD {url}: a file:// repository must be inside the build context {}; move it into the context or serve it over https",
+            context.path().display()
+        )
+    };
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    let path = path.strip_prefix("localhost").unwrap_or(path);
+    let path = Path::new(path);
+    let ctx_given = std::path::absolute(context.path()).map_err(|_| refuse())?;
+    let ctx_host = context.host_path().map_err(|_| refuse())?;
+    let rel = path
+        .strip_prefix(&ctx_given)
+        .or_else(|_| path.strip_prefix(&ctx_host))
+        .map_err(|_| refuse())?;
+    if rel
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(refuse());
+    }
+    let found = context.resolve(rel).map_err(|_| refuse())?;
+    let host = found.host_path().map_err(|_| refuse())?;
+    Ok(format!("file://{}", host.display()))
+}
+
+/// `git` with nothing of the host user's: no system or global config (so no credential helper,
+/// `url.insteadOf`, `core.hooksPath` or `core.sshCommand`), an empty HOME, no terminal prompt,
+/// hooks off, only the usual transports, ssh without the user's keys or config, and the ssh
+/// agent only when `agent` is given. Proxy and CA settings of the environment are kept.
+fn git_command(home: &Path, agent: Option<&Path>) -> Command {
+    let mut c = Command::new("git");
+    c.env_clear();
+    for (k, v) in std::env::vars_os() {
+        let keep = k.to_str().is_some_and(|k| {
+            matches!(
+                k.to_ascii_lowercase().as_str(),
+                "path" | "http_proxy" | "https_proxy" | "no_proxy" | "all_proxy"
+            ) || matches!(k, "SSL_CERT_FILE" | "SSL_CERT_DIR" | "TZ")
+        });
+        if keep {
+            c.env(k, v);
+        }
+    }
+    c.env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", GIT_PROTOCOLS)
+        .env(
+            "GIT_SSH_COMMAND",
+            "ssh -F /dev/null -o BatchMode=yes -o IdentityFile=/dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        )
+        .args(["-c", "core.hooksPath=/dev/null"]);
+    if let Some(sock) = agent {
+        c.env("SSH_AUTH_SOCK", sock);
+    }
+    c
+}
+
 /// Clones the git repository `src` (`URL[#ref[:subdir]]`) into `dir/checkout`, checks out the ref
 /// (default branch when none) and returns the tree (the subdirectory when given). `.git` is kept
 /// only with `keep_git_dir`. `checksum`, when given, must be a prefix of the full commit id.
+/// git runs without the host user's config, credentials or hooks (see [`GitAccess`]).
 pub fn git_clone(
     src: &str,
     dir: &Path,
     keep_git_dir: bool,
     checksum: Option<&str>,
+    access: &GitAccess<'_>,
 ) -> Result<Fetched, String> {
     let (url, fragment) = match src.split_once('#') {
         Some((u, f)) => (u, f),
         None => (src, ""),
     };
+    let in_context;
+    let url = if url.starts_with("file://") {
+        in_context = file_url_in_context(url, access.context)?;
+        in_context.as_str()
+    } else {
+        url
+    };
+    let ssh = src.starts_with("git@") || src.starts_with("ssh://");
+    let agent = access.ssh_agent.filter(|_| ssh);
+    let home = dir.join("home");
+    fs::create_dir(&home).map_err(|e| format!("ADD {src}: {e}"))?;
     let (reference, subdir) = match fragment.split_once(':') {
         Some((r, s)) => (r, s),
         None => (fragment, ""),
     };
     let checkout = dir.join("checkout");
     let git = |args: &[&str], cwd: Option<&Path>| -> Result<String, String> {
-        let mut c = Command::new("git");
-        c.args(args).env("GIT_TERMINAL_PROMPT", "0");
+        let mut c = git_command(&home, agent);
+        c.args(args);
         if let Some(d) = cwd {
             c.current_dir(d);
         }
@@ -214,16 +302,15 @@ pub fn git_clone(
     if !keep_git_dir {
         fs::remove_dir_all(checkout.join(".git")).map_err(|e| format!("ADD {src}: {e}"))?;
     }
-    let path = if subdir.is_empty() {
-        checkout
-    } else {
-        fsutil::resolve_in_root(&checkout, subdir).map_err(|e| format!("ADD {src}: {e}"))?
-    };
-    if !path.exists() {
-        return Err(format!(
-            "ADD {src}: the repository has no directory {subdir:?} at {commit}"
-        ));
-    }
+    // The subdirectory is looked up inside the checkout: a link in the repository never leads
+    // out of it.
+    let path = rbuild_fsroot::Root::open(&checkout)
+        .and_then(|r| r.resolve(subdir))
+        .ok()
+        .and_then(|r| r.host_path().ok())
+        .ok_or_else(|| {
+            format!("ADD {src}: the repository has no directory {subdir:?} at {commit}")
+        })?;
     Ok(Fetched {
         src: src.to_string(),
         path,
@@ -309,35 +396,81 @@ pub fn is_archive(path: &Path) -> bool {
     sum == want
 }
 
-/// Extracts the archive at `path` into host directory `dest` (inside the mounted rootfs). Entries
-/// keep their modes, times and owners unless `owner` is given; paths never leave `dest`.
-pub fn extract(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+/// Extracts the archive at `path` into directory `dest` of `root` (the mounted rootfs). Every
+/// entry's parent is resolved inside `root` by the kernel, so a symlink on the way (absolute ones
+/// included, such as an image's `/var/run -> /run`) is followed as if `root` were `/`, and missing
+/// parents are created (0755), as BuildKit does; the entry itself replaces whatever non-directory
+/// was there (a directory entry also replaces a link). Entries keep their modes, times and owners
+/// unless `owner` is given; nothing is written outside `root`.
+/// Extended attributes follow the layer rule (`rbuild_exporter::layer_xattr_allowed`: file
+/// capabilities kept, `trusted.*` never applied); block and character devices are skipped, as
+/// Docker does when it cannot create them (the context is not trusted to add raw devices).
+pub fn extract(
+    path: &Path,
+    root: &rbuild_fsroot::Root,
+    dest: &str,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let mut ar = tar::Archive::new(open_decompressed(path)?);
     ar.set_preserve_permissions(true);
     ar.set_preserve_mtime(true);
     ar.set_preserve_ownerships(owner.is_none());
     ar.set_unpack_xattrs(false);
     ar.set_overwrite(true);
+    let inside = |rel: &Path| -> PathBuf { Path::new(dest).join(fsutil::clean_rel(rel)) };
     for entry in ar.entries()? {
         let mut entry = entry?;
-        let rel = entry.path()?.into_owned();
+        let rel = fsutil::clean_rel(&entry.path()?);
+        let (Some(name), Some(parent)) = (
+            rel.file_name(),
+            inside(&rel).parent().map(Path::to_path_buf),
+        ) else {
+            continue; // the archive's root directory itself
+        };
+        let dir = root
+            .mkdir_all(&parent, 0o755, None)
+            .map_err(io::Error::from)?
+            .host_path()?;
+        let dst = dir.join(name);
         let kind = entry.header().entry_type();
-        if !entry.unpack_in(dest)? {
+        if matches!(kind, tar::EntryType::Block | tar::EntryType::Char) {
             continue;
         }
+        match fs::symlink_metadata(&dst) {
+            Ok(m) if m.is_dir() && kind.is_dir() => {}
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&dst)?,
+            Ok(_) => fs::remove_file(&dst)?,
+            Err(_) => {}
+        }
+        if kind.is_hard_link() {
+            let target = entry
+                .link_name()?
+                .ok_or_else(|| {
+                    io::Error::other(format!("{}: hard link without a target", rel.display()))
+                })?
+                .into_owned();
+            let from = root
+                .resolve_nofollow(inside(&target))
+                .map_err(io::Error::from)?
+                .host_path()?;
+            fs::hard_link(&from, &dst)?;
+            continue;
+        }
+        entry.unpack(&dst)?;
         if let Some((u, g)) = owner {
-            let p = dest.join(fsutil::clean_rel(&rel));
-            std::os::unix::fs::lchown(&p, Some(u), Some(g))?;
+            std::os::unix::fs::lchown(&dst, Some(u), Some(g))?;
             if !kind.is_symlink() {
                 // chown clears set-id bits: put the archive's mode back.
                 if let Ok(m) = entry.header().mode() {
                     fs::set_permissions(
-                        &p,
+                        &dst,
                         std::os::unix::fs::PermissionsExt::from_mode(m & 0o7777),
                     )?;
                 }
             }
         }
+        // Hard links returned above, before unpacking.
+        rbuild_exporter::apply_tar_xattrs(&mut entry, &dst).map_err(io::Error::other)?;
     }
     Ok(())
 }
@@ -357,6 +490,75 @@ mod tests {
         assert_eq!(url_file_name("http://h:1/x/y.txt?q=1"), "y.txt");
         assert_eq!(url_file_name("http://h:1/x/dir/"), "dir");
         assert_eq!(url_file_name("http://h:1"), "__unnamed__");
+    }
+
+    #[test]
+    fn extract_skips_devices_and_follows_the_xattr_rule() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let caps: &[u8] = &[
+            0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        b.append_pax_extensions([
+            ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+            ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
+            ("SCHILY.xattr.security.capability", caps),
+            ("SCHILY.xattr.user.note", &b"kept"[..]),
+        ])
+        .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, "dir", io::empty()).unwrap();
+        for (name, kind, major) in [
+            ("sda", tar::EntryType::Block, 8),
+            ("mem", tar::EntryType::Char, 1),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_mode(0o666);
+            h.set_size(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_device_major(major).unwrap();
+            h.set_device_minor(1).unwrap();
+            h.set_cksum();
+            b.append_data(&mut h, name, io::empty()).unwrap();
+        }
+        let tar_path = d.path().join("hostile.tar");
+        fs::write(&tar_path, b.into_inner().unwrap()).unwrap();
+        let out = d.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let root = rbuild_fsroot::Root::open(&out).unwrap();
+        extract(&tar_path, &root, "/", None).unwrap();
+        assert!(
+            fs::symlink_metadata(out.join("sda")).is_err(),
+            "block device skipped"
+        );
+        assert!(
+            fs::symlink_metadata(out.join("mem")).is_err(),
+            "char device skipped"
+        );
+        let get = |name: &str| {
+            let p = std::ffi::CString::new(out.join("dir").as_os_str().as_encoded_bytes()).unwrap();
+            let n = std::ffi::CString::new(name).unwrap();
+            let mut buf = [0u8; 64];
+            // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+            let r = unsafe {
+                libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            (r >= 0).then(|| buf[..r as usize].to_vec())
+        };
+        assert_eq!(get("trusted.overlay.opaque"), None);
+        assert_eq!(get("trusted.overlay.redirect"), None);
+        assert_eq!(get("security.capability").as_deref(), Some(caps));
+        assert_eq!(get("user.note").as_deref(), Some(&b"kept"[..]));
     }
 
     #[test]
@@ -389,10 +591,49 @@ mod tests {
         assert!(!is_archive(&text), "gzip of a non-tar is not an archive");
         let out = d.path().join("out");
         fs::create_dir(&out).unwrap();
-        extract(&xz, &out, Some((3, 4))).unwrap();
+        let root = rbuild_fsroot::Root::open(&out).unwrap();
+        extract(&xz, &root, "/", Some((3, 4))).unwrap();
         use std::os::unix::fs::MetadataExt;
         let md = fs::metadata(out.join("sub/f")).unwrap();
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (3, 4, 0o640));
         assert_eq!(fs::read_to_string(out.join("sub/f")).unwrap(), "hi");
+    }
+
+    #[test]
+    fn extraction_follows_links_inside_the_root_only() {
+        let d = tempfile::tempdir().unwrap();
+        let host_target = d.path().join("host-only");
+        fs::create_dir(&host_target).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        // An absolute link to a path that exists on the host: it must mean <root>/<that path>.
+        b.append_link(&mut h, "l", &host_target).unwrap();
+        let mut f = tar::Header::new_gnu();
+        f.set_size(2);
+        f.set_mode(0o644);
+        f.set_uid(0);
+        f.set_gid(0);
+        f.set_mtime(0);
+        f.set_cksum();
+        b.append_data(&mut f, "l/f", &b"hi"[..]).unwrap();
+        let t = d.path().join("a.tar");
+        fs::write(&t, b.into_inner().unwrap()).unwrap();
+        let out = d.path().join("root");
+        fs::create_dir(&out).unwrap();
+        let root = rbuild_fsroot::Root::open(&out).unwrap();
+        extract(&t, &root, "/sub", None).unwrap();
+        assert!(
+            !host_target.join("f").exists(),
+            "wrote through the link on the host"
+        );
+        let inside = out.join(host_target.strip_prefix("/").unwrap()).join("f");
+        assert_eq!(fs::read_to_string(inside).unwrap(), "hi");
     }
 }

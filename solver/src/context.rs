@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rbuild_cache::{FileStat, Store};
+use rbuild_fsroot::Root;
 use rbuild_types::Digest;
 use sha2::{Digest as _, Sha256};
 
@@ -62,7 +63,12 @@ impl IgnoreRules {
         let named = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
         for p in [named, context.join(".dockerignore")] {
             match fs::read_to_string(&p) {
-                Ok(t) => return Ok(IgnoreRules::parse(&t)),
+                Ok(t) => {
+                    validate_ignore(&t).map_err(|m| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!("{}: {m}", p.display()))
+                    })?;
+                    return Ok(IgnoreRules::parse(&t));
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             }
@@ -94,6 +100,53 @@ impl IgnoreRules {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+}
+
+/// Checks `.dockerignore` text as moby's patternmatcher does: a lone `!` and a malformed glob
+/// (`[` without `]`, a trailing `\`) are errors naming the line.
+pub fn validate_ignore(text: &str) -> Result<(), String> {
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let pat = match line.strip_prefix('!') {
+            Some(p) if p.trim().is_empty() => {
+                return Err(format!(
+                "line {}: illegal exclusion pattern: \"!\" (write the path to re-include after it)",
+                n + 1
+            ))
+            }
+            Some(p) => p.trim(),
+            None => line,
+        };
+        for comp in pat.split('/') {
+            let b = comp.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' if i + 1 == b.len() => {
+                        return Err(format!(
+                            "line {}: syntax error in pattern {pat:?}: trailing backslash",
+                            n + 1
+                        ))
+                    }
+                    b'\\' => i += 2,
+                    b'[' => match class_match(&b[i..], b'a') {
+                        Some((_, len)) => i += len,
+                        None => {
+                            return Err(format!(
+                            "line {}: syntax error in pattern {pat:?}: '[' without a closing ']'",
+                            n + 1
+                        ))
+                        }
+                    },
+                    _ => i += 1,
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lexically cleans a path: drops `.` components, resolves `..` without going above the root,
@@ -226,27 +279,36 @@ pub fn has_glob(s: &str) -> bool {
 /// A file selected from a source tree.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    /// Path relative to the source root, `/`-separated.
+    /// Path relative to the source root as the user named it, `/`-separated (glob matches
+    /// filled in).
     pub rel: String,
-    /// Absolute path on the host.
+    /// Where it really is inside the root, relative and `/`-separated: `rel` with every symlink
+    /// followed inside the root by the kernel. `.dockerignore` rules apply to this path too.
+    pub real: String,
+    /// The object's host path (no symlink in it: the kernel's path of the resolved object).
+    /// Walk below it with no-follow operations only.
     pub abs: PathBuf,
 }
 
 /// Expands one COPY source (possibly a glob) to the matching top-level entries of `root`, honoring
-/// `ignore`. An error when nothing matches and the source has no wildcard.
-pub fn expand_source(root: &Path, src: &str, ignore: &IgnoreRules) -> io::Result<Vec<Entry>> {
+/// `ignore`. Every path is resolved inside `root` by the kernel (`rbuild-fsroot`): a symlink named
+/// as a source, or on the way to it, is followed as if `root` were `/`, and a link that leads to an
+/// ignored path selects nothing. An error when nothing matches and the source has no wildcard.
+/// With `parents` (`COPY --parents`), a `**` component matches any number of directories (none
+/// included), as in BuildKit; otherwise it is one component like `*` (BuildKit's plain COPY).
+pub fn expand_source(
+    root: &Root,
+    src: &str,
+    ignore: &IgnoreRules,
+    parents: bool,
+) -> io::Result<Vec<Entry>> {
     let cleaned = clean_path(src);
-    if cleaned.is_empty() {
-        return Ok(vec![Entry {
-            rel: String::new(),
-            abs: root.to_path_buf(),
-        }]);
-    }
-    let comps: Vec<&str> = cleaned.split('/').collect();
-    let mut found = vec![(String::new(), root.to_path_buf())];
+    let comps: Vec<&str> = cleaned.split('/').filter(|c| !c.is_empty()).collect();
+    // Candidates as (user path) strings; the kernel resolves each when it is used.
+    let mut found = vec![String::new()];
     for comp in &comps {
         let mut next = Vec::new();
-        for (rel, abs) in found {
+        for rel in found {
             let join = |name: &str| {
                 if rel.is_empty() {
                     name.to_string()
@@ -254,35 +316,51 @@ pub fn expand_source(root: &Path, src: &str, ignore: &IgnoreRules) -> io::Result
                     format!("{rel}/{name}")
                 }
             };
+            if parents && *comp == "**" {
+                next.push(rel.clone());
+                descendant_dirs(root, &rel, &mut next);
+                continue;
+            }
             if has_glob(comp) {
-                let rd = match fs::read_dir(&abs) {
-                    Ok(rd) => rd,
-                    Err(_) => continue,
+                let Ok(dir) = root.resolve(&rel) else {
+                    continue;
+                };
+                let Ok(rd) = fs::read_dir(dir.proc_path()) else {
+                    continue;
                 };
                 let mut names: Vec<String> = rd
                     .filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .collect();
                 names.sort();
-                for n in names {
-                    if glob_match(comp.as_bytes(), n.as_bytes()) {
-                        next.push((join(&n), abs.join(&n)));
-                    }
-                }
+                next.extend(
+                    names
+                        .iter()
+                        .filter(|n| glob_match(comp.as_bytes(), n.as_bytes()))
+                        .map(|n| join(n)),
+                );
             } else {
-                let p = abs.join(comp);
-                if fs::symlink_metadata(&p).is_ok() {
-                    next.push((join(comp), p));
-                }
+                next.push(join(comp));
             }
         }
         found = next;
     }
-    let out: Vec<Entry> = found
-        .into_iter()
-        .filter(|(rel, _)| !ignore.is_excluded(rel))
-        .map(|(rel, abs)| Entry { rel, abs })
-        .collect();
+    let mut out = Vec::new();
+    for rel in found {
+        let r = match root.resolve(&rel) {
+            Ok(r) => r,
+            Err(rbuild_fsroot::Error::NotFound { .. })
+            | Err(rbuild_fsroot::Error::NotADirectory { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let real = root.inner_path(&r).map_err(io::Error::from)?;
+        let real = real.to_string_lossy().trim_start_matches('/').to_string();
+        if ignore.is_excluded(&rel) || (!real.is_empty() && ignore.is_excluded(&real)) {
+            continue;
+        }
+        let abs = r.host_path()?;
+        out.push(Entry { rel, real, abs });
+    }
     if out.is_empty() && !has_glob(&cleaned) {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -292,25 +370,53 @@ pub fn expand_source(root: &Path, src: &str, ignore: &IgnoreRules) -> io::Result
     Ok(out)
 }
 
+/// Appends every directory below `rel` (depth first, names sorted, symlinks not followed).
+fn descendant_dirs(root: &Root, rel: &str, out: &mut Vec<String>) {
+    let Ok(dir) = root.resolve(rel) else {
+        return;
+    };
+    let base = dir.proc_path();
+    let Ok(rd) = fs::read_dir(&base) else {
+        return;
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in names {
+        let child = if rel.is_empty() {
+            n
+        } else {
+            format!("{rel}/{n}")
+        };
+        out.push(child.clone());
+        descendant_dirs(root, &child, out);
+    }
+}
+
 /// Walks `entry` recursively (not following symlinks), calling `f(rel, abs, metadata)` for it and
-/// everything below it that `ignore` keeps, in sorted order.
+/// everything below it that `ignore` keeps (matched against the entry's real path), in sorted
+/// order. `rel` is the user's path (`entry.rel` and the names below it).
 pub fn walk(
     entry: &Entry,
     ignore: &IgnoreRules,
     f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> io::Result<()>,
 ) -> io::Result<()> {
     let md = fs::symlink_metadata(&entry.abs)?;
-    walk_inner(&entry.rel, &entry.abs, &md, ignore, f)
+    walk_inner(&entry.rel, &entry.real, &entry.abs, &md, ignore, f)
 }
 
 fn walk_inner(
     rel: &str,
+    real: &str,
     abs: &Path,
     md: &fs::Metadata,
     ignore: &IgnoreRules,
     f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> io::Result<()>,
 ) -> io::Result<()> {
-    let excluded = !rel.is_empty() && ignore.is_excluded(rel);
+    let excluded = !real.is_empty() && ignore.is_excluded(real);
     if !excluded {
         f(rel, abs, md)?;
     }
@@ -320,16 +426,18 @@ fn walk_inner(
             .map(|e| e.file_name())
             .collect();
         names.sort();
-        for n in names {
-            let name = n.to_string_lossy();
-            let crel = if rel.is_empty() {
+        let sub = |base: &str, name: &str| {
+            if base.is_empty() {
                 name.to_string()
             } else {
-                format!("{rel}/{name}")
-            };
+                format!("{base}/{name}")
+            }
+        };
+        for n in names {
+            let name = n.to_string_lossy();
             let cabs = abs.join(&n);
             let cmd = fs::symlink_metadata(&cabs)?;
-            walk_inner(&crel, &cabs, &cmd, ignore, f)?;
+            walk_inner(&sub(rel, &name), &sub(real, &name), &cabs, &cmd, ignore, f)?;
         }
     }
     Ok(())
@@ -351,8 +459,9 @@ pub struct HashStats {
 /// cache when (path, size, mtime, ctime, inode) are unchanged, and newly hashed files are recorded.
 /// Returns the digest and a per-path map of file digests (for explaining cache misses).
 pub fn selection_digest(
-    root: &Path,
+    root: &Root,
     srcs: &[String],
+    parents: bool,
     excludes: &[String],
     ignore: &IgnoreRules,
     store: Option<&Store>,
@@ -364,11 +473,13 @@ pub fn selection_digest(
     let mut learned: Vec<(PathBuf, FileStat, Digest)> = Vec::new();
     // The stat cache entries below the root, read once.
     let known = match store {
-        Some(s) => s.stat_cache_under(root).map_err(io::Error::other)?,
+        Some(s) => s
+            .stat_cache_under(&root.host_path()?)
+            .map_err(io::Error::other)?,
         None => Default::default(),
     };
     for src in srcs {
-        for entry in expand_source(root, src, ignore)? {
+        for entry in expand_source(root, src, ignore, parents)? {
             if excluded(&entry.rel) {
                 continue;
             }
@@ -477,25 +588,73 @@ mod tests {
         fs::write(d.path().join("b"), "2").unwrap();
         let ig = IgnoreRules::default();
         let st = HashStats::default();
-        let (d1, _) = selection_digest(d.path(), &["a".into()], &[], &ig, None, &st).unwrap();
+        let root = Root::open(d.path()).unwrap();
+        let (d1, _) = selection_digest(&root, &["a".into()], false, &[], &ig, None, &st).unwrap();
         fs::write(d.path().join("b"), "3").unwrap();
-        let (d2, _) = selection_digest(d.path(), &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d2, _) = selection_digest(&root, &["a".into()], false, &[], &ig, None, &st).unwrap();
         assert_eq!(
             d1, d2,
             "changing an unselected file must not change the digest"
         );
         fs::write(d.path().join("a"), "1").unwrap();
-        let (d3, _) = selection_digest(d.path(), &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d3, _) = selection_digest(&root, &["a".into()], false, &[], &ig, None, &st).unwrap();
         assert_eq!(
             d1, d3,
             "rewriting the same bytes must not change the digest"
         );
         fs::write(d.path().join("a"), "x").unwrap();
-        let (d4, _) = selection_digest(d.path(), &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d4, _) = selection_digest(&root, &["a".into()], false, &[], &ig, None, &st).unwrap();
         assert_ne!(d1, d4);
-        assert!(selection_digest(d.path(), &["missing".into()], &[], &ig, None, &st).is_err());
-        let (g, files) = selection_digest(d.path(), &["*".into()], &[], &ig, None, &st).unwrap();
+        assert!(selection_digest(&root, &["missing".into()], false, &[], &ig, None, &st).is_err());
+        let (g, files) =
+            selection_digest(&root, &["*".into()], false, &[], &ig, None, &st).unwrap();
         assert_eq!(files.len(), 2);
         assert_ne!(g, d4);
+    }
+
+    #[test]
+    fn invalid_dockerignore_patterns() {
+        // BuildKit v0.32: `illegal exclusion pattern: "!"`; Go's filepath.Match: ErrBadPattern.
+        assert!(validate_ignore("# ok\n*.log\n!keep.log\n[a-c]x\n").is_ok());
+        let e = validate_ignore("a\n!\n").unwrap_err();
+        assert!(
+            e.contains("line 2") && e.contains("illegal exclusion pattern: \"!\""),
+            "{e}"
+        );
+        assert!(validate_ignore("src/[abc\n").is_err());
+        assert!(validate_ignore("x\\\n").is_err());
+    }
+
+    #[test]
+    fn double_star_spans_directories_only_with_parents() {
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            "top.txt",
+            "a/one.txt",
+            "a/b/two.txt",
+            "a/b/c/three.txt",
+            "a/b/x.md",
+        ] {
+            let p = d.path().join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, "x").unwrap();
+        }
+        let root = Root::open(d.path()).unwrap();
+        let ig = IgnoreRules::default();
+        let rels = |parents| -> Vec<String> {
+            let mut v: Vec<String> = expand_source(&root, "**/*.txt", &ig, parents)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.rel)
+                .collect();
+            v.sort();
+            v
+        };
+        // BuildKit v0.32: a plain COPY treats `**` as one component, --parents as any depth.
+        assert_eq!(rels(false), vec!["a/one.txt"]);
+        assert_eq!(
+            rels(true),
+            vec!["a/b/c/three.txt", "a/b/two.txt", "a/one.txt", "top.txt"]
+        );
     }
 }

@@ -159,7 +159,10 @@ pub(crate) fn lookup(s: &Solver, n: NodeIndex, key: &CacheKey) -> Result<Option<
         source.check(&e.layer).map(|()| SnapshotId::reserve())
     } else {
         source.fetch(s.store, &e.layer).and_then(|()| {
-            rbuild_exporter::ensure_snapshot(s.store, &e.layer.diff_id).map_err(|e| e.to_string())
+            let (snap, guard) = rbuild_exporter::ensure_snapshot_in_use(s.store, &e.layer.diff_id)
+                .map_err(|e| e.to_string())?;
+            s.lock_in_use().push(guard);
+            Ok(snap)
         })
     };
     let snapshot = match r {
@@ -237,6 +240,10 @@ pub(crate) fn materialize(s: &Solver, inputs: &[(Input, Arc<NodeOut>)]) -> Resul
                 let sb = s.store.new_snapshot()?;
                 rbuild_exporter::unpack_layer(f, &sb.fs_dir())?;
                 sb.commit_as(&l.snapshot)?;
+                // Held like every snapshot of the build (a concurrent prune leaves it alone).
+                if let Some(g) = s.store.use_snapshot(&l.snapshot)? {
+                    s.lock_in_use().push(g);
+                }
                 let size = s.store.blob_size(&e.layer.diff_id)?;
                 s.store.put_layer(&e.layer.diff_id, &l.snapshot, size)?;
                 Ok(())
