@@ -44,7 +44,14 @@ fn host_dir(env: &Env) -> PathBuf {
 fn build(env: &Env, tag: &str, ctx: &Path, vars: &[(&str, &Path)]) -> Output {
     rb(
         env,
-        &["build", "--progress", "plain", "-t", tag, ctx.to_str().unwrap()],
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            tag,
+            ctx.to_str().unwrap(),
+        ],
         vars,
     )
 }
@@ -347,7 +354,10 @@ fn add_git_runs_without_the_host_users_config_and_only_from_the_context() {
     git_repo(&outside);
     let ctx = env.context(
         "git-out",
-        &format!("FROM busybox:local\nADD file://{} /src\n", outside.display()),
+        &format!(
+            "FROM busybox:local\nADD file://{} /src\n",
+            outside.display()
+        ),
         &[],
     );
     let out = build(&env, "esc-git2:t", &ctx, &[]);
@@ -364,11 +374,7 @@ fn classics_tar_slip_and_dotdot_stay_inside() {
     let env = Env::new();
     let host = host_dir(&env);
     let h = host.display();
-    let ctx = env.context(
-        "classic",
-        "FROM busybox:local\nADD slip.tar /x/\n",
-        &[],
-    );
+    let ctx = env.context("classic", "FROM busybox:local\nADD slip.tar /x/\n", &[]);
     // A tar whose entries climb out with `..` and through a link it planted itself.
     let out = Command::new("python3")
         .arg("-c")
@@ -405,5 +411,9 @@ fn classics_tar_slip_and_dotdot_stay_inside() {
     );
     let out = build(&env, "esc-fd:t", &ctx, &[]);
     assert!(!out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("working directory"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("working directory"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -171,7 +171,10 @@ fn file_url_in_context(url: &str, context: &rbuild_fsroot::Root) -> Result<Strin
         .strip_prefix(&ctx_given)
         .or_else(|_| path.strip_prefix(&ctx_host))
         .map_err(|_| refuse())?;
-    if rel.components().any(|c| c == std::path::Component::ParentDir) {
+    if rel
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
         return Err(refuse());
     }
     let found = context.resolve(rel).map_err(|_| refuse())?;

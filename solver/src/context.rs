@@ -347,14 +347,7 @@ fn walk_inner(
             let name = n.to_string_lossy();
             let cabs = abs.join(&n);
             let cmd = fs::symlink_metadata(&cabs)?;
-            walk_inner(
-                &sub(rel, &name),
-                &sub(real, &name),
-                &cabs,
-                &cmd,
-                ignore,
-                f,
-            )?;
+            walk_inner(&sub(rel, &name), &sub(real, &name), &cabs, &cmd, ignore, f)?;
         }
     }
     Ok(())

@@ -380,7 +380,9 @@ pub(crate) fn copy(
     // Every path of the destination is resolved inside the new layer's root, every source path
     // inside its own root (context, stage, heredoc dir), by the kernel.
     let troot = Root::open(target.path()).map_err(root_err)?;
-    let root = troot.host_path().map_err(io_err("opening the COPY destination"))?;
+    let root = troot
+        .host_path()
+        .map_err(io_err("opening the COPY destination"))?;
     // Where sources come from.
     let src_mnt;
     let _src_mount;

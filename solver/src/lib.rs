@@ -470,20 +470,15 @@ impl Solver<'_> {
             } => self.pull_image(reference, platform),
             Op::Exec(exec) => {
                 let parent = parent.expect("exec has a rootfs input");
-                let bind_content = mounts::key_content(
-                    exec,
-                    &self.context,
-                    &self.ignore,
-                    self.store,
-                    &self.stats,
-                )
-                .map_err(|e| Error::CopyFailed {
-                    step: self.step_name(n),
-                    message: format!(
+                let bind_content =
+                    mounts::key_content(exec, &self.context, &self.ignore, self.store, &self.stats)
+                        .map_err(|e| Error::CopyFailed {
+                            step: self.step_name(n),
+                            message: format!(
                         "failed to compute cache key of a bind mount: {e} in the build context {}",
                         self.opts.context.display()
                     ),
-                })?;
+                        })?;
                 let doc = json!({
                     "v": KEY_VERSION, "op": "exec", "exec": exec, "parent": parent.key.to_string(),
                     "sources": sources.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
