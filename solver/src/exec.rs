@@ -481,12 +481,11 @@ pub(crate) fn copy(
             fs::symlink_metadata(&e.abs).map_err(io_err(format!("reading {}", e.abs.display())))?;
         // ADD of a local tar archive: its contents go into the destination directory.
         if op.add && !e.remote && md.is_file() && crate::add::is_archive(&e.abs) {
-            let d = troot
+            troot
                 .mkdir_all(dest, 0o755, owner)
-                .and_then(|d| d.host_path().map_err(|e| io_to_root(e, dest)))
                 .map_err(|err| copy_failed(format!("cannot create {dest}: {err}")))?;
             let keep = if op.chown.is_some() { owner } else { None };
-            crate::add::extract(&e.abs, &d, keep)
+            crate::add::extract(&e.abs, &troot, dest, keep)
                 .map_err(|err| copy_failed(format!("extracting {} into {dest}: {err}", e.rel)))?;
             continue;
         }
