@@ -35,7 +35,7 @@ pub(crate) struct BuildArgs {
     /// Output, e.g. type=oci,dest=web.tar (repeatable).
     #[arg(short = 'o', long = "output")]
     outputs: Vec<String>,
-    /// Target platform (only the host's is supported for now).
+    /// Target platform, e.g. linux/arm64 (default: the host's). RUN steps execute natively.
     #[arg(long)]
     platform: Option<String>,
     /// Write the image id to this file.
@@ -54,6 +54,9 @@ pub(crate) struct BuildArgs {
     /// SOURCE_DATE_EPOCH).
     #[arg(long)]
     source_date_epoch: Option<i64>,
+    /// Run at most N steps at once (default: the number of CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Set an image label K=V (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
@@ -78,8 +81,12 @@ enum Output {
     },
     /// `type=docker,dest=F`.
     Docker { dest: PathBuf },
-    /// `type=local,dest=DIR`.
-    Local { dest: PathBuf },
+    /// `type=local,dest=DIR[,preserve-special=true]`: without `preserve-special`, device nodes,
+    /// set-id bits and file capabilities are left out (as an unprivileged tar extraction).
+    Local {
+        dest: PathBuf,
+        preserve_special: bool,
+    },
     /// `type=tar,dest=F`.
     Tar { dest: PathBuf },
 }
@@ -98,11 +105,13 @@ fn parse_output(s: &str) -> Result<Output> {
     let mut names = Vec::new();
     let mut push = false;
     let mut tar = true;
+    let mut preserve_special = false;
     let mut compression = rbuild_exporter::Compression::Gzip;
     // A bare path is `type=local,dest=PATH` (or a tar to stdout is not supported: `-`).
     if !s.contains('=') {
         return Ok(Output::Local {
             dest: PathBuf::from(s),
+            preserve_special: false,
         });
     }
     for part in s.split(',') {
@@ -115,6 +124,7 @@ fn parse_output(s: &str) -> Result<Output> {
             "name" => names.extend(v.split(',').map(str::to_string)),
             "push" => push = parse_bool(s, k, v)?,
             "tar" => tar = parse_bool(s, k, v)?,
+            "preserve-special" => preserve_special = parse_bool(s, k, v)?,
             "compression" => {
                 compression = v.parse().map_err(|_| {
                     anyhow!("--output {s}: compression must be gzip, zstd or uncompressed")
@@ -135,6 +145,11 @@ fn parse_output(s: &str) -> Result<Output> {
     if dest.as_deref() == Some(std::path::Path::new("-")) {
         bail!("--output {s}: writing to standard output is not supported; give a file name");
     }
+    if preserve_special && kind != "local" {
+        bail!(
+            "--output {s}: preserve-special applies to type=local only (archives keep everything)"
+        );
+    }
     Ok(match kind.as_str() {
         "image" | "registry" => Output::Image {
             names,
@@ -150,6 +165,7 @@ fn parse_output(s: &str) -> Result<Output> {
         },
         "local" => Output::Local {
             dest: need("local")?,
+            preserve_special,
         },
         "tar" => Output::Tar { dest: need("tar")? },
         other => bail!(
@@ -172,11 +188,9 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         .collect::<Result<_>>()?;
     let platform = match &args.platform {
         Some(p) => {
+            // Any platform: base images are pulled for it and the image is labelled with it;
+            // RUN steps execute natively (a foreign one needs an emulator in binfmt_misc).
             let p: Platform = p.parse().map_err(|e| anyhow!("--platform: {e}"))?;
-            let host = Platform::host();
-            if p.os != host.os || p.architecture != host.architecture {
-                bail!("--platform {p}: only the host platform {host} can be built on this machine");
-            }
             Some(p)
         }
         None => None,
@@ -257,6 +271,7 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         forwarded: args.cache.forwarded()?,
         first_vertex: 2,
         source_date_epoch: epoch,
+        jobs: args.jobs.map_or(0, usize::from),
     };
     let sink = |ev| progress.event(ev);
     let result =
@@ -331,9 +346,17 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
                 rbuild_exporter::export_docker_archive(&store, &result.manifest, &names, dest)
                     .with_context(|| format!("writing docker archive {}", dest.display()))?;
             }
-            Output::Local { dest } => {
-                rbuild_exporter::export_local_dir(&store, &result.manifest, dest)
-                    .with_context(|| format!("writing the filesystem into {}", dest.display()))?;
+            Output::Local {
+                dest,
+                preserve_special,
+            } => {
+                rbuild_exporter::export_local_dir(
+                    &store,
+                    &result.manifest,
+                    dest,
+                    *preserve_special,
+                )
+                .with_context(|| format!("writing the filesystem into {}", dest.display()))?;
             }
             Output::Tar { dest } => {
                 rbuild_exporter::export_rootfs_tar(&store, &result.manifest, dest, epoch)
@@ -376,4 +399,37 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         eprintln!("naming to {t} done");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_outputs_take_preserve_special() {
+        assert_eq!(
+            parse_output("type=local,dest=out").unwrap(),
+            Output::Local {
+                dest: "out".into(),
+                preserve_special: false
+            }
+        );
+        assert_eq!(
+            parse_output("type=local,dest=out,preserve-special=true").unwrap(),
+            Output::Local {
+                dest: "out".into(),
+                preserve_special: true
+            }
+        );
+        assert_eq!(
+            parse_output("out").unwrap(),
+            Output::Local {
+                dest: "out".into(),
+                preserve_special: false
+            }
+        );
+        let e = parse_output("type=oci,dest=o.tar,preserve-special=true").unwrap_err();
+        assert!(e.to_string().contains("type=local only"), "{e}");
+        assert!(parse_output("type=local,dest=o,preserve-special=maybe").is_err());
+    }
 }

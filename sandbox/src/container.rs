@@ -83,6 +83,8 @@ pub struct Container {
     pty_master: Option<OwnedFd>,
     state_dir: PathBuf,
     done: bool,
+    /// Membership in the spawning thread's kill switch, until the container is waited for.
+    _cancel: Option<crate::cancel::Registration>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -136,6 +138,7 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(Error::InvalidSpec("process.args is empty".into()));
     }
+    crate::cancel::check_current()?;
     let id = random_id();
     let state_dir = std::env::temp_dir().join(format!("rbuild-sandbox-{id}"));
     let terminal = process.terminal().unwrap_or(false);
@@ -222,6 +225,7 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
             let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
             // SAFETY: a new fd we own.
             let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as i32) });
+            let cancel = crate::cancel::register(pid as u32, pidfd.as_ref());
             Ok(Container {
                 helper,
                 report,
@@ -230,6 +234,7 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
                 pty_master,
                 state_dir,
                 done: false,
+                _cancel: cancel,
             })
         }
         Ok(Some(Report::Failed { error })) => {

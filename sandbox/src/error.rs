@@ -40,6 +40,9 @@ pub enum Error {
     /// Building or installing the seccomp filter failed.
     #[error("seccomp: {0}")]
     Seccomp(String),
+    /// The thread's [`crate::KillSwitch`] was cancelled, so no container was started.
+    #[error("cancelled: another step of the build failed")]
+    Cancelled,
     /// A cgroup operation failed.
     #[error("cgroup {path}: {msg}")]
     Cgroup {

@@ -21,10 +21,14 @@
 //! The helper forwards signals, reaps, reads the OOM counter, removes cgroups, mount-point stubs and
 //! its state directory, and reports the exit status back over a pipe.
 //!
+//! A [`KillSwitch`] entered on a thread collects the containers spawned there, so a build can kill
+//! every running step at once (SIGKILL to each PID 1 ends its whole pid namespace).
+//!
 //! Mounts live only in the container's mount namespace: they vanish with its last process, so there
 //! is nothing to unmount on the host. [`OverlayMount`] is the exception: it mounts in the caller's
 //! namespace (for COPY) and lazily unmounts on drop.
 
+mod cancel;
 mod caps;
 mod cgroup;
 mod container;
@@ -36,6 +40,7 @@ mod spec;
 mod sys;
 mod user;
 
+pub use cancel::{Entered, KillSwitch};
 pub use cgroup::CGROUP_ENV;
 pub use container::{spawn, Container, ExitStatus, Outcome, RunOptions};
 pub use error::{Error, Result};

@@ -418,7 +418,10 @@ fn entry_rel(name: &Path) -> Option<PathBuf> {
 /// layer's root). Entries keep their modes, times and owners unless `owner` is given. Every entry
 /// is created through `rbuild-fsroot`: its parent is resolved (or created) inside the root, so a
 /// link in the image or one the archive planted earlier is followed inside the root and never
-/// reaches the host; entries naming `..` are skipped. xattrs are not applied.
+/// reaches the host; entries naming `..` are skipped. Extended attributes follow the layer rule
+/// (`rbuild_exporter::layer_xattr_allowed`: file capabilities kept, `trusted.*` never applied);
+/// block and character devices are skipped, as Docker does when it cannot create them (the
+/// context is not trusted to add raw devices).
 pub fn extract(path: &Path, root: &Root, dest: &str, owner: Option<(u32, u32)>) -> io::Result<()> {
     let mut ar = tar::Archive::new(open_decompressed(path)?);
     // Directory times are set last: entries written into them change them.
@@ -439,6 +442,9 @@ pub fn extract(path: &Path, root: &Root, dest: &str, owner: Option<(u32, u32)>) 
             .reopen(OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
         let h = entry.header();
         let kind = h.entry_type();
+        if matches!(kind, tar::EntryType::Block | tar::EntryType::Char) {
+            continue;
+        }
         let mode = Mode::from_bits_truncate(h.mode()? & 0o7777);
         let (uid, gid) = match owner {
             Some(o) => o,
@@ -457,6 +463,7 @@ pub fn extract(path: &Path, root: &Root, dest: &str, owner: Option<(u32, u32)>) 
                 mkdirat(&dir, name.as_os_str(), Mode::from_bits_truncate(0o700))?;
             }
             set_owner_mode(&dir, &name, uid, gid, Some(mode))?;
+            apply_xattrs(&mut entry, root, &full)?;
             dirs.push((full, mtime));
             continue;
         }
@@ -486,6 +493,8 @@ pub fn extract(path: &Path, root: &Root, dest: &str, owner: Option<(u32, u32)>) 
                 // After chown, which clears set-id bits.
                 f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode.bits()))?;
                 nix::sys::stat::futimens(&f, &times, &times)?;
+                drop(f);
+                apply_xattrs(&mut entry, root, &full)?;
                 continue;
             }
             tar::EntryType::Symlink => {
@@ -510,19 +519,8 @@ pub fn extract(path: &Path, root: &Root, dest: &str, owner: Option<(u32, u32)>) 
                 )?;
                 continue;
             }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let sflag = match kind {
-                    tar::EntryType::Char => SFlag::S_IFCHR,
-                    tar::EntryType::Block => SFlag::S_IFBLK,
-                    _ => SFlag::S_IFIFO,
-                };
-                let h = entry.header();
-                let (major, minor) = (
-                    h.device_major()?.unwrap_or(0),
-                    h.device_minor()?.unwrap_or(0),
-                );
-                let dev = nix::sys::stat::makedev(major.into(), minor.into());
-                mknodat(&dir, name.as_os_str(), sflag, mode, dev)?;
+            tar::EntryType::Fifo => {
+                mknodat(&dir, name.as_os_str(), SFlag::S_IFIFO, mode, 0)?;
                 set_owner_mode(&dir, &name, uid, gid, Some(mode))?;
             }
             _ => continue,
@@ -534,6 +532,7 @@ pub fn extract(path: &Path, root: &Root, dest: &str, owner: Option<(u32, u32)>) 
             &times,
             UtimensatFlags::NoFollowSymlink,
         )?;
+        apply_xattrs(&mut entry, root, &full)?;
     }
     for (d, mtime) in dirs.iter().rev() {
         if let Ok(r) = root.resolve_nofollow(d) {
@@ -548,6 +547,17 @@ pub fn extract(path: &Path, root: &Root, dest: &str, owner: Option<(u32, u32)>) 
         }
     }
     Ok(())
+}
+
+/// The entry's allowed xattrs on what was just created at `full` (looked up without following a
+/// final link; the kernel path of it has no link on the way).
+fn apply_xattrs<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    root: &Root,
+    full: &Path,
+) -> io::Result<()> {
+    let host = root.resolve_nofollow(full)?.host_path()?;
+    rbuild_exporter::apply_tar_xattrs(entry, &host).map_err(io::Error::other)
 }
 
 /// Owner (not following a link) and, for non-links, mode of `name` in `dir`.
@@ -587,6 +597,74 @@ mod tests {
         assert_eq!(url_file_name("http://h:1/x/y.txt?q=1"), "y.txt");
         assert_eq!(url_file_name("http://h:1/x/dir/"), "dir");
         assert_eq!(url_file_name("http://h:1"), "__unnamed__");
+    }
+
+    #[test]
+    fn extract_skips_devices_and_follows_the_xattr_rule() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let caps: &[u8] = &[
+            0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        b.append_pax_extensions([
+            ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+            ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
+            ("SCHILY.xattr.security.capability", caps),
+            ("SCHILY.xattr.user.note", &b"kept"[..]),
+        ])
+        .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, "dir", io::empty()).unwrap();
+        for (name, kind, major) in [
+            ("sda", tar::EntryType::Block, 8),
+            ("mem", tar::EntryType::Char, 1),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_mode(0o666);
+            h.set_size(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_device_major(major).unwrap();
+            h.set_device_minor(1).unwrap();
+            h.set_cksum();
+            b.append_data(&mut h, name, io::empty()).unwrap();
+        }
+        let tar_path = d.path().join("hostile.tar");
+        fs::write(&tar_path, b.into_inner().unwrap()).unwrap();
+        let out = d.path().join("out");
+        fs::create_dir(&out).unwrap();
+        extract(&tar_path, &Root::open(&out).unwrap(), "/", None).unwrap();
+        assert!(
+            fs::symlink_metadata(out.join("sda")).is_err(),
+            "block device skipped"
+        );
+        assert!(
+            fs::symlink_metadata(out.join("mem")).is_err(),
+            "char device skipped"
+        );
+        let get = |name: &str| {
+            let p = std::ffi::CString::new(out.join("dir").as_os_str().as_encoded_bytes()).unwrap();
+            let n = std::ffi::CString::new(name).unwrap();
+            let mut buf = [0u8; 64];
+            // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+            let r = unsafe {
+                libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            (r >= 0).then(|| buf[..r as usize].to_vec())
+        };
+        assert_eq!(get("trusted.overlay.opaque"), None);
+        assert_eq!(get("trusted.overlay.redirect"), None);
+        assert_eq!(get("security.capability").as_deref(), Some(caps));
+        assert_eq!(get("user.note").as_deref(), Some(&b"kept"[..]));
     }
 
     #[test]
