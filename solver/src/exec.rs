@@ -442,10 +442,17 @@ pub(crate) fn copy(
             continue;
         }
         let found = context::expand_source(&sroot, src, ignore).map_err(|e| {
+            // Not found (BuildKit's words) or another error; paths and links are resolved
+            // inside the source's own root, so say which root.
+            let (what, root) = match op.from {
+                CopyFrom::Context => ("build context", format!(" {}", context_dir.display())),
+                _ => (
+                    "--from stage or image (links in it are followed inside it)",
+                    String::new(),
+                ),
+            };
             copy_failed(format!(
-                "failed to compute cache key: \"{src}\" not found ({e}); check the path (relative to the {} {})",
-                if matches!(op.from, CopyFrom::Context) { "build context" } else { "source stage root" },
-                src_root.display()
+                "failed to compute cache key: {e}; check the path, relative to the {what}{root}"
             ))
         })?;
         entries.extend(
