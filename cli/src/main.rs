@@ -9,6 +9,7 @@ mod containers;
 mod image_cmds;
 mod images;
 mod progress;
+mod remote_cache;
 mod run;
 mod system_cmds;
 mod volumes;
