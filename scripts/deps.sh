@@ -2,7 +2,7 @@
 # Installs the Debian packages rbuild's demo and tests need, when missing.
 set -eu
 need=""
-for p in busybox-static skopeo umoci docker-registry buildah runc; do
+for p in busybox-static skopeo umoci docker-registry buildah runc curl; do
   dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 done
 # Dockerfile e2e tests (cli/tests/dockerfile.rs): archives for ADD, git for ADD of a repository.

@@ -22,7 +22,9 @@
 //! snapshot, read build-arg values from the database or hold a lock file to stall builds.
 //!
 //! The store knows nothing of Dockerfiles; it stores what the solver and exporter give it.
+//! [`artifact`] defines the remote cache format (records exported as an OCI artifact).
 
+pub mod artifact;
 mod blobs;
 mod containers;
 mod ctxindex;
@@ -43,7 +45,7 @@ use rbuild_types::Digest;
 use rusqlite::Connection;
 
 pub use blobs::BlobWriter;
-pub use containers::{valid_name, ContainerRecord};
+pub use containers::{valid_name, ContainerRecord, Health, HealthProbe, NetworkAttachment};
 pub use ctxindex::ContextIndex;
 pub use error::{Error, Result};
 pub use locks::{KeyLock, SnapshotUse};

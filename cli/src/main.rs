@@ -2,13 +2,16 @@
 //!
 //! `rbuild -t web:v1 .` is `rbuild build -t web:v1 .`. The CLI is the only crate that prints.
 
+mod argv;
 mod build;
 mod cache_cmds;
 mod containers;
 mod image_cmds;
 mod images;
 mod progress;
+mod remote_cache;
 mod run;
+mod system_cmds;
 mod volumes;
 
 use std::path::PathBuf;
@@ -21,12 +24,7 @@ use rbuild_types::{ImageRef, Platform};
 
 /// A daemonless Dockerfile build engine.
 #[derive(Parser, Debug)]
-#[command(
-    name = "rbuild",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "rbuild", version, about)]
 struct Cli {
     /// The store directory (default /var/lib/rbuild as root, $XDG_DATA_HOME/rbuild otherwise).
     #[arg(long, env = "RBUILD_ROOT", global = true)]
@@ -35,6 +33,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Build an image from a Dockerfile (the default command).
@@ -92,7 +92,7 @@ enum Command {
         input: PathBuf,
     },
     /// Run a command in a new container.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List containers (running ones; -a: also those kept after they exited).
     Ps(containers::PsArgs),
     /// Remove containers and their writable layers.
@@ -104,6 +104,11 @@ enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(volumes::VolumeCommand),
+    #[command(flatten)]
+    Container(containers::ContainerCommand),
+    /// Disk usage, pruning and the event journal of the store.
+    #[command(subcommand)]
+    System(system_cmds::SystemCommand),
     /// Show build cache disk usage (records, cache mounts).
     Du(cache_cmds::DuArgs),
     /// Remove unused build cache, least recently used first.
@@ -134,24 +139,15 @@ fn default_root() -> PathBuf {
 
 fn main() -> ExitCode {
     rbuild_sandbox::init_if_requested();
+    rbuild_containers::monitor_if_requested(&rbuild_containers::monitor::NoNetworkSetup);
     // Die quietly on a closed pipe (`rbuild images | head`), as other command-line tools do,
     // instead of panicking in println!.
     // SAFETY: setting a signal disposition to the default has no preconditions.
     unsafe {
         nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
     }
-    let mut argv: Vec<String> = std::env::args().collect();
-    // `rbuild -t x .` means `rbuild build -t x .`.
-    if let Some(first) = argv.get(1) {
-        let is_flag_of_top = matches!(first.as_str(), "-h" | "--help" | "-V" | "--version");
-        let is_subcommand = Cli::command()
-            .get_subcommands()
-            .any(|c| c.get_name() == first)
-            || first == "help";
-        if !is_subcommand && !is_flag_of_top {
-            argv.insert(1, "build".into());
-        }
-    }
+    // `rbuild -t x .` means `rbuild build -t x .`; `rbuild run IMG CMD -flags` passes the flags on.
+    let argv = argv::rewrite(&Cli::command(), std::env::args().collect());
     let cli = Cli::parse_from(argv);
     match real_main(cli) {
         Ok(code) => code,
@@ -206,12 +202,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("{}", img.config_digest);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run::run(&open_store(cli.root)?, args),
+        Command::Run(args) => run::run(&open_store(cli.root)?, *args),
         Command::Ps(a) => containers::ps(&open_store(cli.root)?, a),
         Command::Rm(a) => containers::rm(&open_store(cli.root)?, a),
         Command::Diff(a) => containers::diff(&open_store(cli.root)?, a),
         Command::Commit(a) => containers::commit(&open_store(cli.root)?, a),
         Command::Volume(c) => volumes::volume(&open_store(cli.root)?, c),
+        Command::Container(c) => containers::dispatch(&open_store(cli.root)?, c),
+        Command::System(c) => system_cmds::system(&open_store(cli.root)?, c),
         Command::Du(a) => cache_cmds::du(&open_store(cli.root)?, a),
         Command::Prune(a) => cache_cmds::prune(&open_store(cli.root)?, a),
         Command::Cache(c) => cache_cmds::cache(&open_store(cli.root)?, c),
