@@ -47,6 +47,82 @@ pub struct ContainerRecord {
     pub oom_killed: bool,
     /// Named volumes it uses.
     pub volumes: Vec<String>,
+    /// Host pid of the container's PID 1 while it runs (or last ran).
+    #[serde(default)]
+    pub pid: Option<i32>,
+    /// Start time of `pid` (field 22 of `/proc/PID/stat`, clock ticks since boot): a pid is only
+    /// this container's if both match, so a record left by a reboot or a SIGKILL reads as exited.
+    #[serde(default)]
+    pub pid_start: Option<u64>,
+    /// Pid of the process that supervises the container (the monitor, or the foreground `rbuild run`).
+    #[serde(default)]
+    pub monitor_pid: Option<i32>,
+    /// Start time of `monitor_pid`, as `pid_start`.
+    #[serde(default)]
+    pub monitor_start: Option<u64>,
+    /// When PID 1 last started (RFC 3339 with nanoseconds).
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// When PID 1 last ended (RFC 3339 with nanoseconds).
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// How many times the restart policy restarted it.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Whether the container is paused (cgroup freezer).
+    #[serde(default)]
+    pub paused: bool,
+    /// Set by the monitor while it waits to restart PID 1 (restart policy back-off).
+    #[serde(default)]
+    pub restarting: bool,
+    /// HEALTHCHECK state, when the container has one.
+    #[serde(default)]
+    pub health: Option<Health>,
+    /// The container's network: filled in by the network setup (empty: host or none).
+    #[serde(default)]
+    pub network: NetworkAttachment,
+}
+
+/// HEALTHCHECK state (Docker's `State.Health`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `starting`, `healthy` or `unhealthy`.
+    pub status: String,
+    /// Consecutive failed probes.
+    pub failing_streak: u32,
+    /// The last probes (at most 5), oldest first.
+    pub log: Vec<HealthProbe>,
+}
+
+/// One HEALTHCHECK probe.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthProbe {
+    /// RFC 3339 start time.
+    pub start: String,
+    /// RFC 3339 end time.
+    pub end: String,
+    /// Exit code of the probe (0 healthy, else unhealthy; -1 timed out or failed to start).
+    pub exit_code: i32,
+    /// The probe's output (truncated to 4 KiB).
+    pub output: String,
+}
+
+/// How a container is attached to networks: the seam the network setup fills in (mode `host` or
+/// `none` needs nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    /// `host`, `none`, or a network name.
+    #[serde(default)]
+    pub mode: String,
+    /// Bind-mounted network namespace the container joins, when one was made for it.
+    #[serde(default)]
+    pub namespace: Option<PathBuf>,
+    /// Published ports (`-p`), as given.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// Per-network settings (addresses, gateway...), as the network setup reports them.
+    #[serde(default)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Docker's rule for container and volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
@@ -156,6 +232,34 @@ impl Store {
         let p = self.container_dir(name).join("lock");
         KeyLock::acquire(&p, false)?
             .ok_or_else(|| Error::Conflict(format!("container {name:?} is already running")))
+    }
+
+    /// The path of the container's running lock file (held by its monitor).
+    pub fn container_lock_path(&self, name: &str) -> PathBuf {
+        self.container_dir(name).join("lock")
+    }
+
+    /// Renames a container (refused when `new` is taken or invalid).
+    pub fn rename_container(&self, old: &str, new: &str) -> Result<()> {
+        if !valid_name(new) {
+            return Err(invalid_name("container", new));
+        }
+        let (from, to) = (self.container_dir(old), self.container_dir(new));
+        // mkdir reserves the new name against a concurrent create; rename replaces the empty dir.
+        match fs::create_dir(&to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(Error::Conflict(format!(
+                    "the container name {new:?} is already in use; pick another name"
+                )))
+            }
+            Err(e) => return Err(Error::io("create", &to)(e)),
+        }
+        if let Err(e) = fs::rename(&from, &to) {
+            let _ = fs::remove_dir(&to);
+            return Err(Error::io("rename", &from)(e));
+        }
+        Ok(())
     }
 
     /// Whether a process holds the container's running lock.

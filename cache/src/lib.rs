@@ -41,7 +41,7 @@ use rbuild_types::Digest;
 use rusqlite::Connection;
 
 pub use blobs::BlobWriter;
-pub use containers::{valid_name, ContainerRecord};
+pub use containers::{valid_name, ContainerRecord, Health, HealthProbe, NetworkAttachment};
 pub use error::{Error, Result};
 pub use locks::{KeyLock, SnapshotUse};
 pub use mounts::{CacheMountGuard, CacheMountRecord, Sharing};

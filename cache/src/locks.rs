@@ -55,6 +55,12 @@ impl KeyLock {
         }
     }
 
+    /// The open lock file: a child process that inherits its descriptor holds the lock too (the
+    /// lock belongs to the open file description), which is how a container's monitor keeps it.
+    pub fn file(&self) -> &File {
+        &self._file
+    }
+
     /// The lock file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -166,6 +166,7 @@ pub(crate) fn pull(store: &Store, a: PullArgs) -> Result<ExitCode> {
     println!("Digest: {}", p.remote_digest);
     println!("Image ID: {}", p.config);
     println!("Pulled {image}");
+    rbuild_containers::state::image_event(store, "pull", &image.to_string());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -184,6 +185,7 @@ pub(crate) fn push(store: &Store, a: PushArgs) -> Result<ExitCode> {
     let client = a.registry.client(None)?;
     let d = client.push(store, &manifest, &dest, compression)?;
     println!("{}: digest: {d}", dest.tag.as_deref().unwrap_or("latest"));
+    rbuild_containers::state::image_event(store, "push", &dest.to_string());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -299,7 +301,9 @@ pub(crate) fn history(store: &Store, image: &str, no_trunc: bool) -> Result<Exit
 
 pub(crate) fn tag(store: &Store, src: &str, dst: &str) -> Result<ExitCode> {
     let m = find_image(store, src)?;
-    store.set_tag(&parse_ref(dst)?, &m)?;
+    let dst = parse_ref(dst)?;
+    store.set_tag(&dst, &m)?;
+    rbuild_containers::state::image_event(store, "tag", &dst.to_string());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -312,6 +316,7 @@ pub(crate) fn rmi(store: &Store, images: &[String], force: bool) -> Result<ExitC
             if let Ok(r) = i.parse::<ImageRef>() {
                 if store.remove_tag(&r)? {
                     println!("Untagged: {r}");
+                    rbuild_containers::state::image_event(store, "untag", &r.to_string());
                     return Ok(());
                 }
             }
@@ -328,8 +333,10 @@ pub(crate) fn rmi(store: &Store, images: &[String], force: bool) -> Result<ExitC
                     store.remove_tag(&r)?;
                 }
                 println!("Untagged: {t}");
+                rbuild_containers::state::image_event(store, "untag", &t);
             }
             println!("Deleted: {m}");
+            rbuild_containers::state::image_event(store, "delete", &m.to_string());
             Ok(())
         })();
         if let Err(e) = r {

@@ -10,6 +10,7 @@ mod image_cmds;
 mod images;
 mod progress;
 mod run;
+mod system_cmds;
 mod volumes;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Build an image from a Dockerfile (the default command).
@@ -88,7 +91,7 @@ enum Command {
         input: PathBuf,
     },
     /// Run a command in a new container.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List containers (running ones; -a: also those kept after they exited).
     Ps(containers::PsArgs),
     /// Remove containers and their writable layers.
@@ -100,6 +103,11 @@ enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(volumes::VolumeCommand),
+    #[command(flatten)]
+    Container(containers::ContainerCommand),
+    /// Disk usage, pruning and the event journal of the store.
+    #[command(subcommand)]
+    System(system_cmds::SystemCommand),
     /// Show build cache disk usage (records, cache mounts).
     Du(cache_cmds::DuArgs),
     /// Remove unused build cache, least recently used first.
@@ -130,6 +138,7 @@ fn default_root() -> PathBuf {
 
 fn main() -> ExitCode {
     rbuild_sandbox::init_if_requested();
+    rbuild_containers::monitor_if_requested(&rbuild_containers::monitor::NoNetworkSetup);
     // Die quietly on a closed pipe (`rbuild images | head`), as other command-line tools do,
     // instead of panicking in println!.
     // SAFETY: setting a signal disposition to the default has no preconditions.
@@ -192,12 +201,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("{}", img.config_digest);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run::run(&open_store(cli.root)?, args),
+        Command::Run(args) => run::run(&open_store(cli.root)?, *args),
         Command::Ps(a) => containers::ps(&open_store(cli.root)?, a),
         Command::Rm(a) => containers::rm(&open_store(cli.root)?, a),
         Command::Diff(a) => containers::diff(&open_store(cli.root)?, a),
         Command::Commit(a) => containers::commit(&open_store(cli.root)?, a),
         Command::Volume(c) => volumes::volume(&open_store(cli.root)?, c),
+        Command::Container(c) => containers::dispatch(&open_store(cli.root)?, c),
+        Command::System(c) => system_cmds::system(&open_store(cli.root)?, c),
         Command::Du(a) => cache_cmds::du(&open_store(cli.root)?, a),
         Command::Prune(a) => cache_cmds::prune(&open_store(cli.root)?, a),
         Command::Cache(c) => cache_cmds::cache(&open_store(cli.root)?, c),

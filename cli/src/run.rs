@@ -10,7 +10,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
 use rbuild_cache::Store;
-use rbuild_solver::container::{self, Bind, RunRequest, Tmpfs, Volume};
+use rbuild_containers::run::{
+    self as container, Bind, HealthOverride, LogOptions, RunRequest, Tmpfs, Volume,
+};
 
 use crate::parse_ref;
 
@@ -71,6 +73,45 @@ pub(crate) struct RunArgs {
     /// Run an init as PID 1 that forwards signals and reaps zombies (the command runs as its child).
     #[arg(long)]
     init: bool,
+    /// Run in the background under a monitor and print the container id.
+    #[arg(short = 'd', long)]
+    pub(crate) detach: bool,
+    /// Set a label K=V on the container (repeatable).
+    #[arg(short = 'l', long = "label")]
+    label: Vec<String>,
+    /// Write the container id to this file (which must not exist).
+    #[arg(long)]
+    cidfile: Option<PathBuf>,
+    /// Restart policy: no, on-failure[:N], always, unless-stopped (detached containers).
+    #[arg(long, default_value = "no")]
+    restart: String,
+    /// Signal `stop` sends first (default: the image's STOPSIGNAL, else SIGTERM).
+    #[arg(long)]
+    stop_signal: Option<String>,
+    /// Seconds `stop` waits before SIGKILL (default 10).
+    #[arg(long)]
+    stop_timeout: Option<u32>,
+    /// Command the HEALTHCHECK runs (with /bin/sh -c).
+    #[arg(long)]
+    health_cmd: Option<String>,
+    /// Time between health probes (e.g. 30s, 1m30s).
+    #[arg(long)]
+    health_interval: Option<String>,
+    /// Time a health probe may take.
+    #[arg(long)]
+    health_timeout: Option<String>,
+    /// Consecutive failures that make the container unhealthy.
+    #[arg(long)]
+    health_retries: Option<u32>,
+    /// Time after start during which failed probes do not count.
+    #[arg(long)]
+    health_start_period: Option<String>,
+    /// Disable the image's HEALTHCHECK.
+    #[arg(long)]
+    no_healthcheck: bool,
+    /// Log driver option: max-size=SIZE, max-file=N (json-file driver).
+    #[arg(long = "log-opt")]
+    log_opt: Vec<String>,
     /// Image to run.
     image: String,
     /// Command and arguments.
@@ -166,6 +207,70 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b) ^ std::process::id() as u64
 }
 
+/// Parses a Go-style duration as Docker's flags take it: `1h2m3.5s`, `500ms`, `10s`.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let bad = || anyhow!("invalid duration {s:?}: use e.g. 30s, 1m30s or 500ms");
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    if rest == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let v: f64 = rest[..n].parse().map_err(|_| bad())?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mul = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += v * mul;
+        rest = &rest[u..];
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
+fn log_options(opts: &[String]) -> Result<LogOptions> {
+    let mut l = LogOptions::default();
+    for o in opts {
+        let (k, v) = o
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--log-opt {o}: expected KEY=VALUE"))?;
+        match k {
+            "max-size" => {
+                l.max_size = Some(
+                    container::parse_size(v)
+                        .ok_or_else(|| anyhow!("--log-opt {o}: expected a size such as 10m"))?
+                        as u64,
+                )
+            }
+            "max-file" => {
+                l.max_file = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| anyhow!("--log-opt {o}: expected a number of files >= 1"))?
+            }
+            _ => {
+                bail!("--log-opt {o}: unknown option for the json-file driver (max-size, max-file)")
+            }
+        }
+    }
+    Ok(l)
+}
+
 fn request(args: &RunArgs) -> Result<RunRequest> {
     let network_none = match args.network.as_str() {
         "none" => true,
@@ -238,17 +343,50 @@ fn request(args: &RunArgs) -> Result<RunRequest> {
         cpus: args.cpus,
         pids_limit: args.pids_limit.filter(|p| *p > 0),
         init: args.init,
+        interactive: args.interactive,
+        labels: args
+            .label
+            .iter()
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        restart: args.restart.parse().map_err(|e: String| anyhow!(e))?,
+        stop_signal: args.stop_signal.clone(),
+        stop_timeout: args.stop_timeout,
+        health: HealthOverride {
+            disable: args.no_healthcheck,
+            cmd: args.health_cmd.clone(),
+            interval: args
+                .health_interval
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?,
+            timeout: args
+                .health_timeout
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?,
+            retries: args.health_retries,
+            start_period: args
+                .health_start_period
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?,
+        },
+        log: log_options(&args.log_opt)?,
     })
 }
 
 /// Restores the host terminal's settings on drop.
-struct RawMode {
+pub(crate) struct RawMode {
     fd: std::io::Stdin,
     saved: nix::sys::termios::Termios,
 }
 
 impl RawMode {
-    fn enable() -> Option<RawMode> {
+    pub(crate) fn enable() -> Option<RawMode> {
         use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
         let fd = std::io::stdin();
         let saved = tcgetattr(fd.as_fd()).ok()?;
@@ -266,6 +404,20 @@ impl Drop for RawMode {
             nix::sys::termios::SetArg::TCSANOW,
             &self.saved,
         );
+    }
+}
+
+/// The host terminal's size (rows, cols) from stdout or stdin.
+pub(crate) fn terminal_size() -> Option<(u16, u16)> {
+    // SAFETY: zeroed winsize is valid; TIOCGWINSZ only writes it.
+    unsafe {
+        let mut ws: nix::libc::winsize = std::mem::zeroed();
+        if nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws) != 0
+            && nix::libc::ioctl(0, nix::libc::TIOCGWINSZ, &mut ws) != 0
+        {
+            return None;
+        }
+        Some((ws.ws_row, ws.ws_col))
     }
 }
 
@@ -297,7 +449,7 @@ const FORWARDED: [Signal; 7] = [
 /// terminal sends to the whole foreground process group (Ctrl-C without -t) already reach the
 /// sandbox helper, which forwards them itself, so those are not sent twice. With a pty, SIGWINCH
 /// resizes it (the kernel then signals the container's foreground process group).
-fn forward_signals(set: SigSet, pid: i32, master: Option<i32>) {
+pub(crate) fn forward_signals(set: SigSet, pid: i32, master: Option<i32>) {
     std::thread::spawn(move || loop {
         // SAFETY: zeroed siginfo is valid; sigwaitinfo on a set blocked in every thread.
         let (sig, code) = unsafe {
@@ -322,36 +474,78 @@ fn forward_signals(set: SigSet, pid: i32, master: Option<i32>) {
     });
 }
 
-pub(crate) fn run(store: &Store, args: RunArgs) -> Result<ExitCode> {
+/// `rbuild create`: the container, not started; prints its id.
+pub(crate) fn create(store: &Store, args: RunArgs) -> Result<ExitCode> {
     let image = parse_ref(&args.image)?;
     let req = request(&args)?;
-    // Block the forwarded signals before any thread starts, so the forwarding thread gets them.
+    check_cidfile(&args)?;
+    let rec = container::create(store, &image, &req).map_err(|e| anyhow!("{e}"))?;
+    write_cidfile(&args, &rec.id)?;
+    println!("{}", rec.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_cidfile(args: &RunArgs) -> Result<()> {
+    if let Some(p) = &args.cidfile {
+        if p.exists() {
+            bail!(
+                "--cidfile {}: the file exists; remove it or choose another",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn write_cidfile(args: &RunArgs, id: &str) -> Result<()> {
+    if let Some(p) = &args.cidfile {
+        std::fs::write(p, id).with_context(|| format!("--cidfile {}: writing it", p.display()))?;
+    }
+    Ok(())
+}
+
+/// `rbuild run -d`: create, start under a monitor, print the full id once PID 1 runs.
+fn run_detached(store: &Store, args: RunArgs) -> Result<ExitCode> {
+    if args.rm && args.restart != "no" {
+        bail!("--rm and --restart cannot be combined (Docker refuses it too)");
+    }
+    let image = parse_ref(&args.image)?;
+    let req = request(&args)?;
+    check_cidfile(&args)?;
+    let rec = container::create(store, &image, &req).map_err(|e| anyhow!("{e}"))?;
+    write_cidfile(&args, &rec.id)?;
+    if let Err(e) = rbuild_containers::lifecycle::start(store, &rec.id) {
+        if args.rm {
+            let _ = rbuild_containers::lifecycle::remove(store, &rec.id, true);
+        }
+        return Err(anyhow!("{e}"));
+    }
+    println!("{}", rec.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Signals forwarded to a container's process (blocked in every thread, taken by a waiter).
+pub(crate) fn forwarded_set() -> SigSet {
     let mut set = SigSet::empty();
     for s in FORWARDED {
         set.add(s);
     }
-    set.thread_block().context("blocking signals")?;
+    set
+}
 
-    let stdin = if args.interactive && !args.tty {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    };
-    let mut handle = container::start(
-        store,
-        &image,
-        &req,
-        (stdin, Stdio::inherit(), Stdio::inherit()),
-    )
-    .map_err(|e| anyhow!("{e}"))?;
-    let pid = handle.container().pid() as i32;
-    let master: Option<OwnedFd> = handle.container().pty_master();
+/// With a pty: copies its output to stdout and (with `interactive`) stdin to it, the host
+/// terminal in raw mode; returns the terminal guard and the output thread to join.
+#[allow(clippy::type_complexity)]
+pub(crate) fn pump_pty(
+    master: Option<&OwnedFd>,
+    interactive: bool,
+) -> Result<(Option<RawMode>, Option<std::thread::JoinHandle<()>>)> {
     let mut raw = None;
     let mut output = None;
-    if let Some(m) = &master {
+    if let Some(m) = master {
         copy_winsize(m.as_raw_fd());
         // SAFETY: isatty on fd 0.
-        if args.interactive && unsafe { nix::libc::isatty(0) } == 1 {
+        if interactive && unsafe { nix::libc::isatty(0) } == 1 {
             raw = RawMode::enable();
         }
         let mut from = File::from(m.try_clone().context("dup pty master")?);
@@ -365,7 +559,7 @@ pub(crate) fn run(store: &Store, args: RunArgs) -> Result<ExitCode> {
                 }
             }
         }));
-        if args.interactive {
+        if interactive {
             let mut to = File::from(m.try_clone().context("dup pty master")?);
             std::thread::spawn(move || {
                 let mut inp = std::io::stdin().lock();
@@ -383,8 +577,46 @@ pub(crate) fn run(store: &Store, args: RunArgs) -> Result<ExitCode> {
             });
         }
     }
+    Ok((raw, output))
+}
+
+pub(crate) fn run(store: &Store, args: RunArgs) -> Result<ExitCode> {
+    if args.detach {
+        return run_detached(store, args);
+    }
+    let image = parse_ref(&args.image)?;
+    check_cidfile(&args)?;
+    let req = request(&args)?;
+    if args.restart != "no" {
+        bail!(
+            "--restart {}: restart policies apply to detached containers; add -d",
+            args.restart
+        );
+    }
+    // Block the forwarded signals before any thread starts, so the forwarding thread gets them.
+    let set = forwarded_set();
+    set.thread_block().context("blocking signals")?;
+
+    let stdin = if args.interactive && !args.tty {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    let mut handle = container::start(
+        store,
+        &image,
+        &req,
+        (stdin, Stdio::inherit(), Stdio::inherit()),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    let pid = handle.container().pid() as i32;
+    let master: Option<OwnedFd> = handle.container().pty_master();
+    let (raw, output) = pump_pty(master.as_ref(), args.interactive)?;
     forward_signals(set, pid, master.as_ref().map(|m| m.as_raw_fd()));
     let name = handle.name().to_string();
+    if let Err(e) = write_cidfile(&args, handle.id()) {
+        eprintln!("ERROR: {e:#}");
+    }
     let outcome = handle.wait();
     if let Some(o) = output {
         let _ = o.join();
@@ -438,5 +670,20 @@ mod tests {
         assert!(parse_volume("x:/d:rx", Path::new("/")).is_err());
         assert!(parse_volume("/does/not/exist:/d", Path::new("/")).is_err());
         assert!(parse_volume("a:b:c:d", Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn durations_and_log_options() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("x").is_err());
+        let l = log_options(&["max-size=1k".into(), "max-file=3".into()]).unwrap();
+        assert_eq!((l.max_size, l.max_file), (Some(1024), 3));
+        assert!(log_options(&["mode=non-blocking".into()]).is_err());
+        assert!(log_options(&["max-file=0".into()]).is_err());
     }
 }

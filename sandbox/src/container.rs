@@ -150,14 +150,66 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
     };
     let cfg_json =
         serde_json::to_vec(&cfg).map_err(|e| Error::InvalidSpec(format!("serialize spec: {e}")))?;
+    let stdio = (opts.stdin, opts.stdout, opts.stderr);
+    launch(INIT_MARKER, &cfg_json, terminal, stdio, state_dir)
+}
 
+/// Runs `spec.process` inside the running container whose PID 1 has host pid `pid` (`docker
+/// exec`): the container's cgroups and namespaces, and the user, capabilities, no_new_privs,
+/// rlimits and seccomp filter of `spec` (give the container's spec with the new process).
+/// Returns once the process is about to exec; [`Container::wait`] gives its exit status and
+/// [`Container::pid`] its host pid. The working directory must exist.
+pub fn exec(
+    pid: u32,
+    spec: &oci_spec::runtime::Spec,
+    stdio: (Stdio, Stdio, Stdio),
+) -> Result<Container> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidSpec("no process".into()))?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(Error::InvalidSpec("process.args is empty".into()));
+    }
+    let terminal = process.terminal().unwrap_or(false);
+    let mut spec = spec.clone();
+    // An exec'd process is never run under the `--init` shim.
+    if let Some(a) = spec.annotations().clone() {
+        let mut a = a;
+        a.remove(crate::INIT_ANNOTATION);
+        spec.set_annotations(Some(a));
+    }
+    let cfg = crate::exec::ExecConfig {
+        pid: pid as i32,
+        spec,
+    };
+    let cfg_json =
+        serde_json::to_vec(&cfg).map_err(|e| Error::InvalidSpec(format!("serialize spec: {e}")))?;
+    let state_dir = std::env::temp_dir().join(format!("rbuild-exec-{}", random_id()));
+    launch(
+        crate::exec::EXEC_MARKER,
+        &cfg_json,
+        terminal,
+        stdio,
+        state_dir,
+    )
+}
+
+/// Starts a helper (`marker` says which), sends it `cfg_json` and waits for its `Started` report.
+fn launch(
+    marker: &str,
+    cfg_json: &[u8],
+    terminal: bool,
+    stdio: (Stdio, Stdio, Stdio),
+    state_dir: PathBuf,
+) -> Result<Container> {
     let (cfg_r, cfg_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
     let (cfg_fd, rep_fd) = (cfg_r.as_raw_fd(), rep_w.as_raw_fd());
 
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0("rbuild-sandbox-init")
-        .arg(INIT_MARKER)
+        .arg(marker)
         .arg(cfg_fd.to_string())
         .arg(rep_fd.to_string());
     let mut pty_master = None;
@@ -186,9 +238,7 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
             .stderr(Stdio::from(pty.slave));
         pty_master = Some(pty.master);
     } else {
-        cmd.stdin(opts.stdin)
-            .stdout(opts.stdout)
-            .stderr(opts.stderr);
+        cmd.stdin(stdio.0).stdout(stdio.1).stderr(stdio.2);
     }
     // SAFETY: only async-signal-safe fcntl calls between fork and exec.
     unsafe {
@@ -211,7 +261,7 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
     let mut report = BufReader::new(File::from(rep_r));
     {
         let mut w = File::from(cfg_w);
-        if let Err(e) = w.write_all(&cfg_json) {
+        if let Err(e) = w.write_all(cfg_json) {
             let _ = helper.kill();
             let _ = helper.wait();
             return Err(Error::Helper(format!(

@@ -49,7 +49,7 @@ pub(crate) enum Report {
 
 /// What PID 1 tells the helper before exec, one JSON line each (the pipe closes on exec).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-enum SetupMsg {
+pub(crate) enum SetupMsg {
     Stubs(Vec<PathBuf>),
     Error(String),
 }
@@ -59,9 +59,11 @@ enum SetupMsg {
 /// marker) it runs the helper and never returns; otherwise it returns immediately.
 pub fn init_if_requested() {
     let mut args = std::env::args_os().skip(1);
-    if args.next().as_deref() != Some(std::ffi::OsStr::new(INIT_MARKER)) {
-        return;
-    }
+    let exec = match args.next() {
+        Some(m) if m == INIT_MARKER => false,
+        Some(m) if m == crate::exec::EXEC_MARKER => true,
+        _ => return,
+    };
     let fd = |a: Option<std::ffi::OsString>| {
         a.and_then(|s| s.to_str().and_then(|s| s.parse::<i32>().ok()))
     };
@@ -75,14 +77,61 @@ pub fn init_if_requested() {
         // SAFETY: plain fcntl on our fd.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    let code = helper_main(cfg, rep);
+    // When the process that started the helper dies (a killed `rbuild run` or container monitor),
+    // the kernel sends the helper PARENT_DEATH_SIGNAL; it stays blocked until the helper's wait
+    // loop takes it and SIGKILLs PID 1 (the whole pid namespace goes with it). PID 1's own
+    // PR_SET_PDEATHSIG is not enough: the kernel clears it when credentials change at exec.
+    let mut pdeath = SigSet::empty();
+    pdeath.add(PARENT_DEATH_SIGNAL);
+    let _ = pdeath.thread_block();
+    // SAFETY: plain prctl and getppid.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            PARENT_DEATH_SIGNAL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::getppid() == 1 {
+            libc::_exit(125);
+        }
+    }
+    let code = if exec {
+        exec_helper_main(cfg, rep)
+    } else {
+        helper_main(cfg, rep)
+    };
     std::process::exit(code);
 }
 
-fn send<T: serde::Serialize>(w: &mut File, msg: &T) {
+pub(crate) fn send<T: serde::Serialize>(w: &mut File, msg: &T) {
     if let Ok(mut s) = serde_json::to_string(msg) {
         s.push('\n');
         let _ = w.write_all(s.as_bytes());
+    }
+}
+
+fn exec_helper_main(mut cfg_in: File, mut rep: File) -> i32 {
+    let mut buf = Vec::new();
+    let cfg = cfg_in
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("read config: {e}"))
+        .and_then(|_| {
+            serde_json::from_slice::<crate::exec::ExecConfig>(&buf)
+                .map_err(|e| format!("parse config: {e}"))
+        });
+    drop(cfg_in);
+    let result = match cfg {
+        Ok(cfg) => crate::exec::exec_helper(&cfg, &mut rep).map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(error) => {
+            send(&mut rep, &Report::Failed { error });
+            1
+        }
     }
 }
 
@@ -138,7 +187,10 @@ fn has_ns(spec: &Spec, t: LinuxNamespaceType) -> Result<bool> {
     }
 }
 
-const FORWARDED: [Signal; 9] = [
+/// The helper's parent-death signal (one nobody forwards; see `init_if_requested`).
+pub(crate) const PARENT_DEATH_SIGNAL: Signal = Signal::SIGPWR;
+
+pub(crate) const FORWARDED: [Signal; 9] = [
     Signal::SIGHUP,
     Signal::SIGINT,
     Signal::SIGQUIT,
@@ -177,6 +229,7 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
 
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
+    mask.add(PARENT_DEATH_SIGNAL);
     for s in FORWARDED {
         mask.add(s);
     }
@@ -253,6 +306,8 @@ fn run_helper(cfg: &InitConfig, rep: &mut File) -> Result<()> {
             if let Some(d) = done {
                 break d;
             }
+        } else if sig == PARENT_DEATH_SIGNAL {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
         } else {
             let _ = nix::sys::signal::kill(child, sig);
         }
@@ -451,6 +506,18 @@ fn setup_and_exec(
             std::fs::write(&p, v).map_err(|e| Error::io("sysctl", &p, e))?;
         }
     }
+    finish_and_exec(spec, process, &linux, true)
+}
+
+/// The last part of starting a process in the container, shared by PID 1 and `exec`: environment,
+/// working directory, rlimits, then privileges (bounding set, user, capability sets,
+/// no_new_privs, seccomp) and `execve` (or the init with `--init`). Returns only on failure.
+pub(crate) fn finish_and_exec(
+    spec: &Spec,
+    process: &oci_spec::runtime::Process,
+    linux: &oci_spec::runtime::Linux,
+    create_cwd: bool,
+) -> Result<std::convert::Infallible> {
     apply_rlimits(process.rlimits().as_deref().unwrap_or(&[]))?;
 
     // Environment: the spec's, plus HOME from the image's passwd as Docker does.
@@ -474,7 +541,7 @@ fn setup_and_exec(
     } else {
         cwd.as_path()
     };
-    if !cwd.is_dir() {
+    if create_cwd && !cwd.is_dir() {
         std::fs::create_dir_all(cwd).map_err(|e| Error::io("create working directory", cwd, e))?;
         let _ = nix::unistd::chown(cwd, Some(uid.into()), Some(gid.into()));
     }

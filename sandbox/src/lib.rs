@@ -33,6 +33,7 @@ mod caps;
 mod cgroup;
 mod container;
 mod error;
+mod exec;
 mod init;
 mod rootfs;
 mod seccomp;
@@ -42,7 +43,7 @@ mod user;
 
 pub use cancel::{Entered, KillSwitch};
 pub use cgroup::CGROUP_ENV;
-pub use container::{spawn, Container, ExitStatus, Outcome, RunOptions};
+pub use container::{exec, spawn, Container, ExitStatus, Outcome, RunOptions};
 pub use error::{Error, Result};
 pub use init::init_if_requested;
 pub use spec::{

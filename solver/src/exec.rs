@@ -161,8 +161,9 @@ fn resolve_user(
     Ok(r)
 }
 
-/// [`resolve_user`] for the container runner.
-pub(crate) fn resolve_user_pub(
+/// Resolves `user` (name|uid[:group|gid]) against the image's `/etc/passwd` and `/etc/group` in
+/// `lowers` (top first): uid, gid, supplementary groups and home directory (for `rbuild run`).
+pub fn resolve_user_pub(
     store: &Store,
     lowers: &[PathBuf],
     user: &str,

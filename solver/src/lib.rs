@@ -11,7 +11,6 @@
 //! cached. Progress is reported as [`Event`]s; the solver never prints.
 
 mod add;
-pub mod container;
 mod context;
 mod exec;
 mod explain;
@@ -35,6 +34,8 @@ use rbuild_types::{Digest, ImageRef, Platform};
 use serde_json::{json, Value};
 
 pub use context::{HashStats, IgnoreRules};
+pub use exec::{resolve_user_pub as resolve_image_user, DEFAULT_PATH};
+pub use image::runtime_config;
 pub use mounts::{Forwarded, SecretSource};
 pub use platform::{check_platform, config_platform, platform_matches};
 
@@ -78,10 +79,6 @@ pub enum Error {
         /// What went wrong and how to fix it.
         message: String,
     },
-    /// `rbuild run` and the container commands (`ps`, `rm`, `diff`, `commit`, `volume`): what went
-    /// wrong and how to fix it.
-    #[error("{0}")]
-    Container(String),
     /// The store's image under a name is for another platform than the stage asks for.
     #[error("image {image} in the store is for {have}, not {want}: pull it with `rbuild pull --platform {want} {image}` (a name holds one platform at a time)")]
     WrongPlatform {

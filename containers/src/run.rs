@@ -1,7 +1,10 @@
-//! `rbuild run` and the container commands: a container from an image in the store, through the
-//! same sandbox as RUN steps (`rbuild_sandbox::default_spec` + `spawn`), kept in the store after it
-//! exits unless `--rm` (`ps`, `rm`, `diff`, `commit`), with named volumes.
+//! A container from an image in the store, through the same sandbox as RUN steps
+//! (`rbuild_sandbox::default_spec` + `spawn`): [`create`] makes its record, writable layer,
+//! volumes and [`ContainerConfig`]; [`start`] runs it in the foreground (`rbuild run`); the
+//! monitor runs it detached. Kept in the store after it exits unless `--rm` (`ps`, `rm`, `diff`,
+//! `commit`).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -9,14 +12,16 @@ use std::path::{Path, PathBuf};
 
 use rbuild_cache::{ContainerRecord, KeyLock, Store};
 use rbuild_sandbox::{Container, Outcome, Rootfs, RunOptions};
+use rbuild_solver::{load_config, runtime_config as image_runtime_config};
 use rbuild_types::{Digest, ImageRef};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::{image, load_config, Error};
+use crate::{cerr, io_err, Error};
 
 /// A host directory or file bind-mounted into the container (`-v /src:/dst[:ro]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bind {
     /// Absolute host path.
     pub source: PathBuf,
@@ -27,7 +32,7 @@ pub struct Bind {
 }
 
 /// A named volume (`-v NAME:/dst[:ro]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
     /// Volume name.
     pub name: String,
@@ -38,7 +43,7 @@ pub struct Volume {
 }
 
 /// A `--tmpfs DST[:OPTIONS]` mount.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tmpfs {
     /// Absolute container path.
     pub target: String,
@@ -85,6 +90,250 @@ pub struct RunRequest {
     pub pids_limit: Option<i64>,
     /// `--init`: a minimal init is PID 1 (reaps orphans, forwards signals), the command its child.
     pub init: bool,
+    /// `-i`: stdin stays open (foreground runs only).
+    pub interactive: bool,
+    /// `--label K=V`.
+    pub labels: BTreeMap<String, String>,
+    /// `--restart`.
+    pub restart: RestartPolicy,
+    /// `--stop-signal` (default: the image's STOPSIGNAL, else SIGTERM).
+    pub stop_signal: Option<String>,
+    /// `--stop-timeout` in seconds (default 10).
+    pub stop_timeout: Option<u32>,
+    /// `--health-cmd`, `--health-interval`, ... and `--no-healthcheck`.
+    pub health: HealthOverride,
+    /// `--log-opt max-size=,max-file=`.
+    pub log: LogOptions,
+}
+
+/// `--restart`: what the monitor does when the container's PID 1 exits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    /// Never restart (Docker's default).
+    #[default]
+    No,
+    /// Restart after a non-zero exit, at most N times when given.
+    OnFailure(Option<u32>),
+    /// Always restart, unless stopped by `stop`/`kill`.
+    Always,
+    /// As `Always` (the monitor does not outlive a reboot, so the two differ only in name).
+    UnlessStopped,
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("--restart {s}: expected no, on-failure[:N], always or unless-stopped");
+        Ok(match s.split_once(':') {
+            None => match s {
+                "no" | "" => RestartPolicy::No,
+                "on-failure" => RestartPolicy::OnFailure(None),
+                "always" => RestartPolicy::Always,
+                "unless-stopped" => RestartPolicy::UnlessStopped,
+                _ => return Err(bad()),
+            },
+            Some(("on-failure", n)) => {
+                RestartPolicy::OnFailure(Some(n.parse().map_err(|_| bad())?))
+            }
+            Some(_) => return Err(bad()),
+        })
+    }
+}
+
+impl RestartPolicy {
+    /// Docker's `HostConfig.RestartPolicy` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::OnFailure(_) => "on-failure",
+            RestartPolicy::Always => "always",
+            RestartPolicy::UnlessStopped => "unless-stopped",
+        }
+    }
+
+    /// Whether to restart after an exit with `code`, having restarted `count` times already.
+    pub fn should_restart(&self, code: i32, count: u32) -> bool {
+        match self {
+            RestartPolicy::No => false,
+            RestartPolicy::OnFailure(max) => code != 0 && max.is_none_or(|m| count < m),
+            RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+        }
+    }
+}
+
+/// HEALTHCHECK overrides from `run` flags.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthOverride {
+    /// `--no-healthcheck`.
+    pub disable: bool,
+    /// `--health-cmd` (run with `/bin/sh -c`).
+    pub cmd: Option<String>,
+    /// `--health-interval`.
+    pub interval: Option<std::time::Duration>,
+    /// `--health-timeout`.
+    pub timeout: Option<std::time::Duration>,
+    /// `--health-retries`.
+    pub retries: Option<u32>,
+    /// `--health-start-period`.
+    pub start_period: Option<std::time::Duration>,
+}
+
+/// The HEALTHCHECK a container runs (durations in nanoseconds, as Docker stores them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    /// `["CMD", arg...]` or `["CMD-SHELL", script]`.
+    pub test: Vec<String>,
+    /// Between probes (default 30 s).
+    pub interval_ns: u64,
+    /// A probe running longer fails (default 30 s).
+    pub timeout_ns: u64,
+    /// Failures during this time after start do not count (default 0).
+    pub start_period_ns: u64,
+    /// Consecutive failures that make it unhealthy (default 3).
+    pub retries: u32,
+}
+
+impl Healthcheck {
+    /// The probe's argv.
+    pub fn argv(&self) -> Vec<String> {
+        match self.test.first().map(String::as_str) {
+            Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), self.test[1..].join(" ")],
+            Some("CMD") => self.test[1..].to_vec(),
+            _ => vec![],
+        }
+    }
+
+    /// Docker's `Config.Healthcheck` object.
+    pub fn to_docker(&self) -> Value {
+        json!({"Test": self.test, "Interval": self.interval_ns, "Timeout": self.timeout_ns,
+               "StartPeriod": self.start_period_ns, "Retries": self.retries})
+    }
+}
+
+/// The image's HEALTHCHECK with the flags applied; `None` without one (or `NONE`).
+pub fn healthcheck(image: Option<&Value>, o: &HealthOverride) -> Option<Healthcheck> {
+    if o.disable {
+        return None;
+    }
+    let ns = |k: &str, d: u64| {
+        image
+            .and_then(|h| h.get(k))
+            .and_then(Value::as_u64)
+            .filter(|v| *v > 0)
+            .unwrap_or(d)
+    };
+    let test = match &o.cmd {
+        Some(c) => vec!["CMD-SHELL".to_string(), c.clone()],
+        None => image?
+            .get("Test")?
+            .as_array()?
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
+    };
+    if test.first().is_none_or(|t| t == "NONE") || test.len() < 2 {
+        return None;
+    }
+    const S: u64 = 1_000_000_000;
+    let dur = |d: Option<std::time::Duration>, k: &str, def: u64| {
+        d.map(|d| d.as_nanos() as u64).unwrap_or_else(|| ns(k, def))
+    };
+    Some(Healthcheck {
+        test,
+        interval_ns: dur(o.interval, "Interval", 30 * S),
+        timeout_ns: dur(o.timeout, "Timeout", 30 * S),
+        start_period_ns: dur(o.start_period, "StartPeriod", 0),
+        retries: o
+            .retries
+            .unwrap_or_else(|| ns("Retries", 3).min(u32::MAX as u64) as u32),
+    })
+}
+
+/// `--log-opt` of the json-file driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogOptions {
+    /// `max-size`: rotate when the file would grow past this many bytes (None: never).
+    pub max_size: Option<u64>,
+    /// `max-file`: files kept, current one included (default 1).
+    pub max_file: u32,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            max_size: None,
+            max_file: 1,
+        }
+    }
+}
+
+/// Everything needed to (re)start a container, written once at create as `config.json` beside
+/// its record. Docker's `Config` and `HostConfig` in `inspect` come from it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// The OCI runtime spec the sandbox runs (process, mounts, resources, seccomp...).
+    pub spec: oci_spec::runtime::Spec,
+    /// `-t`.
+    pub tty: bool,
+    /// `-i`.
+    pub interactive: bool,
+    /// `--rm`.
+    pub remove: bool,
+    /// `--restart`.
+    pub restart: RestartPolicy,
+    /// Signal `stop` sends first (e.g. `SIGTERM`).
+    pub stop_signal: String,
+    /// Seconds `stop` waits before SIGKILL.
+    pub stop_timeout: u32,
+    /// The HEALTHCHECK run by the monitor.
+    pub healthcheck: Option<Healthcheck>,
+    /// Log rotation.
+    pub log: LogOptions,
+    /// `--label`s over the image's labels.
+    pub labels: BTreeMap<String, String>,
+    /// `-v /host:/dst`.
+    pub binds: Vec<Bind>,
+    /// `-v NAME:/dst`.
+    pub volumes: Vec<Volume>,
+    /// `--tmpfs`.
+    pub tmpfs: Vec<Tmpfs>,
+    /// `host` or `none`.
+    pub network_mode: String,
+    /// `-u` or the image's User.
+    pub user: String,
+    /// Image Entrypoint/Cmd split as run (for `inspect`).
+    pub entrypoint: Vec<String>,
+    /// The Cmd part.
+    pub cmd: Vec<String>,
+    /// `--memory` in bytes.
+    pub memory: Option<i64>,
+    /// `--cpus`.
+    pub cpus: Option<f64>,
+    /// `--pids-limit`.
+    pub pids_limit: Option<i64>,
+    /// `--read-only`.
+    pub read_only: bool,
+}
+
+impl ContainerConfig {
+    /// Reads `containers/<name>/config.json`.
+    pub fn load(store: &Store, name: &str) -> Result<ContainerConfig, Error> {
+        let p = store.container_dir(name).join("config.json");
+        let data = fs::read(&p).map_err(io_err(format!(
+            "reading {} (a container made by an older rbuild cannot be started again; run a new one)",
+            p.display()
+        )))?;
+        serde_json::from_slice(&data).map_err(|e| cerr(format!("{}: {e}", p.display())))
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), Error> {
+        let p = dir.join("config.json");
+        let tmp = dir.join("config.json.tmp");
+        let data = serde_json::to_vec_pretty(self).map_err(|e| cerr(format!("config: {e}")))?;
+        fs::write(&tmp, data).map_err(io_err(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, &p).map_err(io_err(format!("renaming {}", p.display())))
+    }
 }
 
 /// Combines Entrypoint and Cmd as Docker does.
@@ -143,24 +392,9 @@ pub fn parse_size(s: &str) -> Option<i64> {
     (v.is_finite() && v > 0.0).then_some((v * mul as f64) as i64)
 }
 
-fn cerr(msg: impl Into<String>) -> Error {
-    Error::Container(msg.into())
-}
-
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Io { what, source }
-}
-
-/// The image's layers as overlay lower dirs, TOP FIRST (unpacked on demand), and their usage
-/// locks (hold them while the lower dirs are used: `prune` leaves those snapshots alone).
-fn lowers_of(
-    store: &Store,
-    doc: &Value,
-    image: &str,
-) -> Result<(Vec<PathBuf>, Vec<rbuild_cache::SnapshotUse>), Error> {
+/// The image's layers as overlay lower dirs, TOP FIRST (unpacked on demand).
+pub(crate) fn lowers_of(store: &Store, doc: &Value, image: &str) -> Result<Vec<PathBuf>, Error> {
     let mut lowers = Vec::new();
-    let mut guards = Vec::new();
     for d in doc["rootfs"]["diff_ids"]
         .as_array()
         .cloned()
@@ -171,12 +405,11 @@ fn lowers_of(
             .unwrap_or_default()
             .parse()
             .map_err(|_| cerr(format!("image {image}: config has an invalid diff_id {d}")))?;
-        let (s, guard) = rbuild_exporter::ensure_snapshot_in_use(store, &diff_id)?;
+        let s = rbuild_exporter::ensure_snapshot(store, &diff_id)?;
         lowers.push(store.snapshot_dir(&s));
-        guards.push(guard);
     }
     lowers.reverse();
-    Ok((lowers, guards))
+    Ok(lowers)
 }
 
 fn new_id(name_hint: &str) -> String {
@@ -228,7 +461,9 @@ fn generated_name(id: &str, attempt: usize) -> String {
 /// Copies the directory tree `src` into `dst` (an existing directory) keeping owners, modes,
 /// symlinks and special files, as Docker seeds a new volume from the image.
 fn seed_tree(src: &Path, dst: &Path) -> io::Result<()> {
-    let md = fs::symlink_metadata(src)?;
+    // `metadata`, not `symlink_metadata`: the top is a `/proc/self/fd/N` link to the resolved
+    // directory; below it only real directories are recursed into.
+    let md = fs::metadata(src)?;
     std::os::unix::fs::lchown(dst, Some(md.uid()), Some(md.gid()))?;
     fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777))?;
     for e in fs::read_dir(src)? {
@@ -275,17 +510,23 @@ fn seed_volume(store: &Store, lowers: &[PathBuf], target: &str, data: &Path) -> 
     fs::create_dir(&mnt).map_err(io_err(format!("creating {}", mnt.display())))?;
     let result = (|| {
         let m = rbuild_sandbox::OverlayMount::mount(lowers, None, &mnt)?;
-        // Resolved inside the image (a link there never names a host path).
-        let src = rbuild_fsroot::Root::open(m.path())
-            .and_then(|r| r.resolve(target))
-            .ok()
-            .and_then(|r| r.host_path().ok());
-        if let Some(src) = src.filter(|s| s.is_dir()) {
-            seed_tree(&src, data).map_err(io_err(format!(
+        // `target` is resolved by the kernel inside the image's root: a symlink in the image
+        // (even `/data -> /etc`) leads to the image's own files, never to the host's.
+        let root = rbuild_fsroot::Root::open(m.path())?;
+        let src = match root.resolve(target) {
+            Ok(r) => r,
+            Err(rbuild_fsroot::Error::NotFound { .. })
+            | Err(rbuild_fsroot::Error::NotADirectory { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if src.metadata().is_ok_and(|md| md.is_dir()) {
+            seed_tree(&src.proc_path(), data).map_err(io_err(format!(
                 "copying the image's {target} into volume {}",
                 data.display()
             )))?;
         }
+        drop(src);
+        drop(root);
         drop(m);
         Ok(())
     })();
@@ -309,8 +550,6 @@ pub struct RunHandle {
     container: Option<Container>,
     remove: bool,
     _lock: KeyLock,
-    /// Usage locks of the image's snapshots (the container's lower dirs).
-    _in_use: Vec<rbuild_cache::SnapshotUse>,
 }
 
 impl RunHandle {
@@ -326,6 +565,11 @@ impl RunHandle {
         &self.record.name
     }
 
+    /// The container's full id.
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
     /// Waits for the container's PID 1, then records how it ended (or removes the container with
     /// `--rm`).
     pub fn wait(mut self) -> Result<Outcome, Error> {
@@ -334,13 +578,11 @@ impl RunHandle {
             .take()
             .ok_or_else(|| cerr("container already waited for"))?;
         let outcome = c.wait_outcome();
-        self.record.finished = Some(chrono::Utc::now().timestamp());
-        if let Ok(o) = &outcome {
-            self.record.exit_code = Some(o.code());
-            self.record.oom_killed = o.oom_killed;
-        }
+        record_exit(&mut self.record, outcome.as_ref().ok());
+        crate::state::event(&self.store, "container", "die", &self.record);
         if self.remove {
             remove_dir(&self.store.container_dir(&self.record.name))?;
+            crate::state::event(&self.store, "container", "destroy", &self.record);
         } else {
             self.store.save_container(&self.record)?;
         }
@@ -348,7 +590,33 @@ impl RunHandle {
     }
 }
 
-fn remove_dir(dir: &Path) -> Result<(), Error> {
+/// Now as RFC 3339 with nanoseconds (Docker's time format).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// Records that PID 1 started as host pid `pid`.
+pub(crate) fn record_start(rec: &mut ContainerRecord, pid: u32) {
+    rec.pid = Some(pid as i32);
+    rec.pid_start = crate::proc::start_time(pid as i32);
+    rec.started_at = Some(now_rfc3339());
+    rec.finished_at = None;
+    rec.finished = None;
+    rec.exit_code = None;
+    rec.oom_killed = false;
+    rec.paused = false;
+    rec.restarting = false;
+}
+
+/// Records how PID 1 ended (`None`: unknown, e.g. the helper failed).
+pub(crate) fn record_exit(rec: &mut ContainerRecord, outcome: Option<&Outcome>) {
+    rec.finished = Some(chrono::Utc::now().timestamp());
+    rec.finished_at = Some(now_rfc3339());
+    rec.exit_code = Some(outcome.map_or(255, |o| o.code()));
+    rec.oom_killed = outcome.is_some_and(|o| o.oom_killed);
+}
+
+pub(crate) fn remove_dir(dir: &Path) -> Result<(), Error> {
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -356,26 +624,8 @@ fn remove_dir(dir: &Path) -> Result<(), Error> {
     }
 }
 
-/// Creates the container for `image` and starts it; `stdin`/`stdout`/`stderr` are ignored with
-/// `req.tty` (the pty is used: take it with `handle.container().pty_master()`).
-pub fn start(
-    store: &Store,
-    image: &ImageRef,
-    req: &RunRequest,
-    stdio: (
-        std::process::Stdio,
-        std::process::Stdio,
-        std::process::Stdio,
-    ),
-) -> Result<RunHandle, Error> {
-    let (manifest, doc) = load_config(store, image)?;
-    let cfg = image::runtime_config(&doc);
-    let args = command_line(cfg.entrypoint.clone(), cfg.cmd.clone(), req);
-    if args.is_empty() {
-        return Err(cerr(format!(
-            "run {image}: no command specified: the image has no Cmd or Entrypoint; give one after the image name"
-        )));
-    }
+/// Checks the request's paths and names before anything is created.
+fn check_request(req: &RunRequest) -> Result<(), Error> {
     for b in &req.binds {
         check_target(&b.target, "-v")?;
         if !b.source.exists() {
@@ -398,74 +648,32 @@ pub fn start(
     for t in &req.tmpfs {
         check_target(&t.target, "--tmpfs")?;
     }
-    let (mut lowers, in_use) = lowers_of(store, &doc, &image.to_string())?;
-    let user = req.user.clone().unwrap_or(cfg.user.clone());
-    let (uid, gid, groups, home) = crate::exec::resolve_user_pub(store, &lowers, &user)?;
-    let mut env = merge_env(cfg.env.clone(), &req.env);
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.insert(0, format!("PATH={}", crate::exec::DEFAULT_PATH));
-    }
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={home}"));
-    }
-    if req.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
-        env.push("TERM=xterm".into());
-    }
-    let cwd = req.workdir.clone().unwrap_or_else(|| {
-        if cfg.working_dir.is_empty() {
-            "/".into()
-        } else {
-            cfg.working_dir.clone()
-        }
-    });
-    if !cwd.starts_with('/') {
-        return Err(cerr(format!(
-            "-w {cwd}: the working directory must be an absolute path"
-        )));
-    }
-    let mut spec = rbuild_sandbox::default_spec(args.clone(), env, &cwd, req.network_none);
-    rbuild_sandbox::set_init(&mut spec, req.init);
+    Ok(())
+}
 
-    // The container's record and writable layer.
-    let id = new_id(req.name.as_deref().unwrap_or(""));
-    let mut record = ContainerRecord {
-        id: id.clone(),
-        name: String::new(),
-        image: image.to_string(),
-        manifest: manifest.to_string(),
-        image_id: String::new(),
-        command: args,
-        created: chrono::Utc::now().timestamp(),
-        volumes: req.volumes.iter().map(|v| v.name.clone()).collect(),
-        ..Default::default()
-    };
-    if let Ok(img) = rbuild_exporter::load_image(store, &manifest) {
-        record.image_id = img.config_digest.to_string();
+/// Makes the record and directory, with a generated name unless `--name`.
+fn create_record(
+    store: &Store,
+    record: &mut ContainerRecord,
+    name: Option<&str>,
+) -> Result<PathBuf, Error> {
+    if let Some(n) = name {
+        record.name = n.to_string();
+        return Ok(store.create_container(record)?);
     }
-    let dir = match &req.name {
-        Some(n) => {
-            record.name = n.clone();
-            store.create_container(&record)?
+    let mut attempt = 0;
+    loop {
+        record.name = generated_name(&record.id, attempt);
+        match store.create_container(record) {
+            Ok(d) => return Ok(d),
+            Err(rbuild_cache::Error::Conflict(_)) if attempt < 1000 => attempt += 1,
+            Err(e) => return Err(e.into()),
         }
-        None => {
-            let mut attempt = 0;
-            loop {
-                record.name = generated_name(&id, attempt);
-                match store.create_container(&record) {
-                    Ok(d) => break d,
-                    Err(rbuild_cache::Error::Conflict(_)) if attempt < 1000 => attempt += 1,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-    };
-    let lock = store.lock_container(&record.name)?;
-    let cleanup_on_error = |e: Error| {
-        let _ = remove_dir(&dir);
-        e
-    };
+    }
+}
 
-    // Mounts: binds, named volumes (created and seeded on first use), tmpfs.
+/// The spec's mounts for binds, named volumes (created and seeded on first use) and tmpfs.
+fn mounts_of(store: &Store, req: &RunRequest, lowers: &[PathBuf]) -> Result<Vec<Value>, Error> {
     let mut mounts: Vec<Value> = Vec::new();
     for b in &req.binds {
         let mut opts = vec!["rbind"];
@@ -477,11 +685,9 @@ pub fn start(
         );
     }
     for v in &req.volumes {
-        let (data, created) = store
-            .create_volume(&v.name)
-            .map_err(|e| cleanup_on_error(e.into()))?;
+        let (data, created) = store.create_volume(&v.name)?;
         if created {
-            seed_volume(store, &lowers, &v.target, &data).map_err(cleanup_on_error)?;
+            seed_volume(store, lowers, &v.target, &data)?;
         }
         let mut opts = vec!["rbind"];
         if v.read_only {
@@ -498,14 +704,23 @@ pub fn start(
             json!({"destination": t.target, "type": "tmpfs", "source": "tmpfs", "options": opts}),
         );
     }
+    Ok(mounts)
+}
 
+/// Applies user, terminal, hostname, mounts, read-only root and resources to the spec.
+fn finish_spec(
+    spec: oci_spec::runtime::Spec,
+    req: &RunRequest,
+    id: &str,
+    user: (u32, u32, &[u32]),
+    mounts: Vec<Value>,
+) -> Result<oci_spec::runtime::Spec, Error> {
     let mut v = serde_json::to_value(&spec).map_err(|e| cerr(format!("spec: {e}")))?;
-    if let Some(h) = &req.hostname {
-        v["hostname"] = json!(h);
-    }
-    v["process"]["user"] = json!({"uid": uid, "gid": gid});
-    if !groups.is_empty() {
-        v["process"]["user"]["additionalGids"] = json!(groups);
+    // Docker's default hostname: the short container id.
+    v["hostname"] = json!(req.hostname.clone().unwrap_or_else(|| id[..12].to_string()));
+    v["process"]["user"] = json!({"uid": user.0, "gid": user.1});
+    if !user.2.is_empty() {
+        v["process"]["user"]["additionalGids"] = json!(user.2);
     }
     v["process"]["terminal"] = json!(req.tty);
     v["root"]["readonly"] = json!(req.read_only);
@@ -529,36 +744,185 @@ pub fn start(
     if !resources.is_empty() {
         v["linux"]["resources"] = Value::Object(resources);
     }
-    let spec: oci_spec::runtime::Spec = serde_json::from_value(v)
-        .map_err(|e| cleanup_on_error(cerr(format!("building the container spec: {e}"))))?;
+    serde_json::from_value(v).map_err(|e| cerr(format!("building the container spec: {e}")))
+}
 
+/// Creates the container for `image` (`rbuild create`, and the first half of `run`): record,
+/// writable layer, volumes (seeded from the image on first use) and `config.json`. Nothing runs.
+pub fn create(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<ContainerRecord, Error> {
+    let (manifest, doc) = load_config(store, image)?;
+    let cfg = image_runtime_config(&doc);
+    let args = command_line(cfg.entrypoint.clone(), cfg.cmd.clone(), req);
+    if args.is_empty() {
+        return Err(cerr(format!(
+            "run {image}: no command specified: the image has no Cmd or Entrypoint; give one after the image name"
+        )));
+    }
+    check_request(req)?;
+    let lowers = lowers_of(store, &doc, &image.to_string())?;
+    let user = req.user.clone().unwrap_or(cfg.user.clone());
+    let (uid, gid, groups, home) = rbuild_solver::resolve_image_user(store, &lowers, &user)?;
+    let mut env = merge_env(cfg.env.clone(), &req.env);
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, format!("PATH={}", rbuild_solver::DEFAULT_PATH));
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={home}"));
+    }
+    if req.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    let cwd = req.workdir.clone().unwrap_or_else(|| {
+        if cfg.working_dir.is_empty() {
+            "/".into()
+        } else {
+            cfg.working_dir.clone()
+        }
+    });
+    if !cwd.starts_with('/') {
+        return Err(cerr(format!(
+            "-w {cwd}: the working directory must be an absolute path"
+        )));
+    }
+    let stop_signal = req
+        .stop_signal
+        .clone()
+        .or(cfg.stop_signal.clone())
+        .unwrap_or_else(|| "SIGTERM".into());
+    crate::lifecycle::parse_signal(&stop_signal)?;
+    let mut spec = rbuild_sandbox::default_spec(args.clone(), env, &cwd, req.network_none);
+    rbuild_sandbox::set_init(&mut spec, req.init);
+
+    let id = new_id(req.name.as_deref().unwrap_or(""));
+    let mut labels: BTreeMap<String, String> = cfg.labels.clone().into_iter().collect();
+    labels.extend(req.labels.clone());
+    let mut record = ContainerRecord {
+        id: id.clone(),
+        image: image.to_string(),
+        manifest: manifest.to_string(),
+        command: args.clone(),
+        created: chrono::Utc::now().timestamp(),
+        volumes: req.volumes.iter().map(|v| v.name.clone()).collect(),
+        ..Default::default()
+    };
+    record.network.mode = if req.network_none { "none" } else { "host" }.into();
+    if let Ok(img) = rbuild_exporter::load_image(store, &manifest) {
+        record.image_id = img.config_digest.to_string();
+    }
+    let dir = create_record(store, &mut record, req.name.as_deref())?;
+    let result = (|| {
+        let mounts = mounts_of(store, req, &lowers)?;
+        let spec = finish_spec(spec, req, &id, (uid, gid, &groups), mounts)?;
+        let entrypoint = match &req.entrypoint {
+            Some(e) if e.is_empty() => vec![],
+            Some(e) => vec![e.clone()],
+            None => cfg.entrypoint.clone().unwrap_or_default(),
+        };
+        let cmd = args[entrypoint.len().min(args.len())..].to_vec();
+        let conf = ContainerConfig {
+            spec,
+            tty: req.tty,
+            interactive: req.interactive,
+            remove: req.remove,
+            restart: req.restart,
+            stop_signal,
+            stop_timeout: req.stop_timeout.unwrap_or(10),
+            healthcheck: healthcheck(cfg.healthcheck.as_ref(), &req.health),
+            log: req.log,
+            labels,
+            binds: req.binds.clone(),
+            volumes: req.volumes.clone(),
+            tmpfs: req.tmpfs.clone(),
+            network_mode: record.network.mode.clone(),
+            user,
+            entrypoint,
+            cmd,
+            memory: req.memory,
+            cpus: req.cpus,
+            pids_limit: req.pids_limit,
+            read_only: req.read_only,
+        };
+        conf.save(&dir)
+    })();
+    if let Err(e) = result {
+        let _ = remove_dir(&dir);
+        return Err(e);
+    }
+    crate::state::event(store, "container", "create", &record);
+    Ok(record)
+}
+
+/// Starts the sandbox of an existing container (its layers are looked up again, so an image
+/// pruned since is unpacked anew).
+pub(crate) fn spawn_container(
+    store: &Store,
+    rec: &ContainerRecord,
+    conf: &ContainerConfig,
+    stdio: (
+        std::process::Stdio,
+        std::process::Stdio,
+        std::process::Stdio,
+    ),
+) -> Result<Container, Error> {
+    let doc = config_of(store, rec)?;
+    let mut lowers = lowers_of(store, &doc, &rec.image)?;
     if lowers.is_empty() {
         let empty = store.root().join("empty");
         fs::create_dir_all(&empty).map_err(io_err("creating empty layer"))?;
         lowers.push(empty);
     }
+    let dir = store.container_dir(&rec.name);
     let rootfs = Rootfs::Overlay {
         lower: lowers,
         upper: dir.join("upper"),
         work: dir.join("work"),
     };
-    let c = rbuild_sandbox::spawn(
-        &spec,
+    Ok(rbuild_sandbox::spawn(
+        &conf.spec,
         RunOptions {
             rootfs,
             stdin: stdio.0,
             stdout: stdio.1,
             stderr: stdio.2,
         },
-    )
-    .map_err(|e| cleanup_on_error(e.into()))?;
+    )?)
+}
+
+/// Creates the container for `image` and starts it in the foreground (`rbuild run` without
+/// `-d`); `stdin`/`stdout`/`stderr` are ignored with `req.tty` (the pty is used: take it with
+/// `handle.container().pty_master()`). The calling process supervises it.
+pub fn start(
+    store: &Store,
+    image: &ImageRef,
+    req: &RunRequest,
+    stdio: (
+        std::process::Stdio,
+        std::process::Stdio,
+        std::process::Stdio,
+    ),
+) -> Result<RunHandle, Error> {
+    let mut record = create(store, image, req)?;
+    let dir = store.container_dir(&record.name);
+    let fail = |e: Error| {
+        let _ = remove_dir(&dir);
+        e
+    };
+    let lock = store
+        .lock_container(&record.name)
+        .map_err(|e| fail(e.into()))?;
+    let conf = ContainerConfig::load(store, &record.name).map_err(fail)?;
+    let c = spawn_container(store, &record, &conf, stdio).map_err(fail)?;
+    record_start(&mut record, c.pid());
+    record.monitor_pid = Some(std::process::id() as i32);
+    record.monitor_start = crate::proc::start_time(std::process::id() as i32);
+    store.save_container(&record)?;
+    crate::state::event(store, "container", "start", &record);
     Ok(RunHandle {
         store: store.clone(),
         record,
         container: Some(c),
         remove: req.remove,
         _lock: lock,
-        _in_use: in_use,
     })
 }
 
@@ -584,37 +948,15 @@ pub fn run_image(
     .wait()
 }
 
-/// A kept container and whether it is running.
-pub struct ContainerInfo {
-    /// The stored record.
-    pub record: ContainerRecord,
-    /// Whether an rbuild process is running it now.
-    pub running: bool,
+/// The container named `name` (or whose id starts with it); an error naming it otherwise.
+pub fn find_pub(store: &Store, name: &str) -> Result<ContainerRecord, Error> {
+    find(store, name)
 }
 
-/// Every kept container (and those running now).
-pub fn list(store: &Store) -> Result<Vec<ContainerInfo>, Error> {
-    Ok(store
-        .list_containers()?
-        .into_iter()
-        .map(|r| {
-            let running = store.container_running(&r.name);
-            ContainerInfo { record: r, running }
-        })
-        .collect())
-}
-
-fn find(store: &Store, name: &str) -> Result<ContainerRecord, Error> {
+pub(crate) fn find(store: &Store, name: &str) -> Result<ContainerRecord, Error> {
     store
         .find_container(name)?
         .ok_or_else(|| cerr(format!("no such container: {name} (see `rbuild ps -a`)")))
-}
-
-/// Removes a kept container and its writable layer; refuses a running one.
-pub fn remove(store: &Store, name: &str) -> Result<ContainerRecord, Error> {
-    let r = find(store, name)?;
-    store.remove_container(&r.name)?;
-    Ok(r)
 }
 
 /// One line of `rbuild diff`.
@@ -708,7 +1050,7 @@ pub fn upper_changes(upper: &Path, lowers: &[PathBuf]) -> io::Result<Vec<Change>
     Ok(out)
 }
 
-fn config_of(store: &Store, r: &ContainerRecord) -> Result<Value, Error> {
+pub(crate) fn config_of(store: &Store, r: &ContainerRecord) -> Result<Value, Error> {
     let manifest: Digest = r
         .manifest
         .parse()
@@ -728,7 +1070,7 @@ fn config_of(store: &Store, r: &ContainerRecord) -> Result<Value, Error> {
 pub fn diff(store: &Store, name: &str) -> Result<Vec<Change>, Error> {
     let r = find(store, name)?;
     let doc = config_of(store, &r)?;
-    let (lowers, _in_use) = lowers_of(store, &doc, &r.image)?;
+    let lowers = lowers_of(store, &doc, &r.image)?;
     let upper = store.container_dir(&r.name).join("upper");
     upper_changes(&upper, &lowers).map_err(io_err(format!("reading {}", upper.display())))
 }
@@ -738,7 +1080,7 @@ pub fn diff(store: &Store, name: &str) -> Result<Vec<Change>, Error> {
 /// Returns the new image's config digest (its id).
 pub fn commit(store: &Store, name: &str, target: &ImageRef) -> Result<Digest, Error> {
     let r = find(store, name)?;
-    if store.container_running(&r.name) {
+    if crate::state::inspect_state(store, &r).status.is_running() {
         return Err(cerr(format!(
             "container {} is running; commit it once it has exited",
             r.name
