@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use rbuild_cache::Store;
 use rbuild_solver::container;
@@ -106,6 +106,10 @@ pub(crate) fn rm(store: &Store, args: RmArgs) -> Result<ExitCode> {
                     .find_container(name)?
                     .ok_or_else(|| anyhow!("no such container: {name} (see `rbuild ps -a`)"))?;
                 kill_running(store, &rec.name)?;
+                // The killed process could not tear its network down: do it now.
+                rbuild_network::Networks::open(store.root())
+                    .collect_stale()
+                    .with_context(|| format!("tearing down the network of {name}"))?;
             }
             Ok(container::remove(store, name)
                 .map_err(|e| anyhow!("{e}"))?

@@ -21,29 +21,88 @@ pub enum NetworkMode {
     Host,
     /// Another container's namespace (`container:NAME`).
     Container(String),
-    /// These networks (by name) with these aliases each; the default network is `bridge`.
+    /// These networks (by name) with these aliases each; empty: the default network `bridge`.
     Networks(Vec<(String, Vec<String>)>),
 }
 
-/// What a container asks of the network.
-#[derive(Clone, Debug)]
-pub struct AttachRequest {
-    /// The container's id (hex).
-    pub container_id: String,
-    /// Its name (answered by aardvark-dns).
-    pub container_name: String,
-    /// Its hostname (in `/etc/hosts`).
-    pub hostname: String,
-    /// `--network`.
+impl Default for NetworkMode {
+    fn default() -> Self {
+        NetworkMode::Networks(Vec::new())
+    }
+}
+
+impl NetworkMode {
+    /// Parses `--network` (`none`, `host`, `bridge`/`default`, `container:NAME`, a network name)
+    /// with the `--network-alias` names, which apply to it.
+    pub fn parse(network: Option<&str>, aliases: &[String]) -> Result<NetworkMode> {
+        let mode = match network.unwrap_or("bridge") {
+            "none" => NetworkMode::None,
+            "host" => NetworkMode::Host,
+            "bridge" | "default" => {
+                NetworkMode::Networks(vec![(DEFAULT_NETWORK.into(), aliases.to_vec())])
+            }
+            c if c.starts_with("container:") => {
+                NetworkMode::Container(c["container:".len()..].to_string())
+            }
+            name if crate::store::valid_name(name) => {
+                NetworkMode::Networks(vec![(name.into(), aliases.to_vec())])
+            }
+            other => return Err(Error::Invalid(format!(
+                "--network {other}: expected none, host, bridge, container:NAME or a network name"
+            ))),
+        };
+        if !aliases.is_empty() && !matches!(mode, NetworkMode::Networks(_)) {
+            return Err(Error::Invalid(
+                "--network-alias needs a user-defined network (--network NAME)".into(),
+            ));
+        }
+        Ok(mode)
+    }
+}
+
+/// A container's networking flags.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// `--network` (+ `--network-alias`).
     pub mode: NetworkMode,
-    /// `-p` and `-P`.
+    /// `-p`.
     pub ports: Vec<PortSpec>,
+    /// `-P`: publish every port the image EXPOSEs on a free host port.
+    pub publish_all: bool,
     /// `--dns`.
     pub dns: Vec<IpAddr>,
     /// `--add-host`.
     pub add_hosts: Vec<(String, AddHostIp)>,
     /// `--link NAME:ALIAS`.
     pub links: Vec<(String, String)>,
+}
+
+impl NetworkConfig {
+    /// Whether the container needs nothing of this crate (host networking, no extra entries):
+    /// then it simply sees the host's `/etc/hosts` and `/etc/resolv.conf`.
+    pub fn is_plain_host(&self) -> bool {
+        self.mode == NetworkMode::Host
+            && self.dns.is_empty()
+            && self.add_hosts.is_empty()
+            && self.links.is_empty()
+            && self.ports.is_empty()
+            && !self.publish_all
+    }
+}
+
+/// What a container asks of the network.
+#[derive(Clone, Debug)]
+pub struct AttachRequest<'a> {
+    /// The container's id (hex).
+    pub container_id: &'a str,
+    /// Its name (answered by aardvark-dns).
+    pub container_name: &'a str,
+    /// Its hostname (in `/etc/hosts`).
+    pub hostname: &'a str,
+    /// The flags.
+    pub config: &'a NetworkConfig,
+    /// The image's `ExposedPorts` keys (for `-P`).
+    pub exposed: &'a [String],
 }
 
 /// A published port as it ended up.
@@ -139,11 +198,13 @@ impl AttachmentRecord {
     }
 }
 
-/// A live attachment, owned by the process running the container. Dropping it without
-/// [`Attachment::detach`] leaves it for the next garbage collection (its lock is released).
+/// A live attachment, owned by the process running the container. Dropping it tears it down
+/// (as [`Attachment::detach`], errors ignored); if the process dies instead, its lock is released
+/// and the next garbage collection tears it down.
 pub struct Attachment {
     nets: Networks,
     record: AttachmentRecord,
+    done: bool,
     _live: Lock,
 }
 
@@ -167,7 +228,12 @@ impl Attachment {
     }
 
     /// Tears everything down (netavark teardown, addresses, namespace, files).
-    pub fn detach(self) -> Result<()> {
+    pub fn detach(mut self) -> Result<()> {
+        self.done = true;
+        self.teardown()
+    }
+
+    fn teardown(&self) -> Result<()> {
         let _l = self.nets.lock()?;
         // Re-read: `network connect`/`disconnect` may have changed it.
         let rec = self
@@ -175,6 +241,14 @@ impl Attachment {
             .read_record(&self.record.container_id)
             .unwrap_or(self.record.clone());
         self.nets.teardown(&rec)
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.teardown();
+        }
     }
 }
 
@@ -253,7 +327,7 @@ impl Networks {
     }
 
     /// Sets up the container's networking as `req` asks, before its first process starts.
-    pub fn attach(&self, req: &AttachRequest) -> Result<Attachment> {
+    pub fn attach(&self, req: &AttachRequest<'_>) -> Result<Attachment> {
         if !req.container_id.bytes().all(|b| b.is_ascii_alphanumeric())
             || req.container_id.is_empty()
         {
@@ -272,46 +346,60 @@ impl Networks {
             Ok(record) => Ok(Attachment {
                 nets: self.clone(),
                 record,
+                done: false,
                 _live: live,
             }),
             Err(e) => {
                 let _l = self.lock();
-                if let Ok(r) = self.read_record(&req.container_id) {
+                if let Ok(r) = self.read_record(req.container_id) {
                     let _ = self.teardown(&r);
                 }
-                let _ = crate::netns::remove(&self.netns_dir.join(&req.container_id));
+                let _ = crate::netns::remove(&self.netns_dir.join(req.container_id));
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e)
             }
         }
     }
 
-    fn attach_inner(&self, req: &AttachRequest, dir: &Path) -> Result<AttachmentRecord> {
+    fn attach_inner(&self, req: &AttachRequest<'_>, dir: &Path) -> Result<AttachmentRecord> {
+        let cfg = req.config;
+        let mut ports = cfg.ports.clone();
+        if cfg.publish_all {
+            for key in req.exposed {
+                let p = PortSpec::from_exposed(key)?;
+                if !ports
+                    .iter()
+                    .any(|x| x.container_port == p.container_port && x.protocol == p.protocol)
+                {
+                    ports.push(p);
+                }
+            }
+        }
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let mut rec = AttachmentRecord {
-            container_id: req.container_id.clone(),
-            container_name: req.container_name.clone(),
-            hostname: req.hostname.clone(),
+            container_id: req.container_id.to_string(),
+            container_name: req.container_name.to_string(),
+            hostname: req.hostname.to_string(),
             netns: None,
             owns_netns: false,
             options: NetworkOptions {
-                container_id: req.container_id.clone(),
-                container_name: req.container_name.clone(),
+                container_id: req.container_id.to_string(),
+                container_name: req.container_name.to_string(),
                 networks: BTreeMap::new(),
                 network_info: BTreeMap::new(),
                 port_mappings: None,
-                dns_servers: (!req.dns.is_empty()).then(|| req.dns.clone()),
+                dns_servers: (!cfg.dns.is_empty()).then(|| cfg.dns.clone()),
             },
             status: BTreeMap::new(),
-            dns: req.dns.clone(),
+            dns: cfg.dns.clone(),
             extra_hosts: Vec::new(),
             hosts_path: dir.join("hosts"),
             resolv_path: dir.join("resolv.conf"),
         };
         let mut hosts_base = None;
-        match &req.mode {
+        match &cfg.mode {
             NetworkMode::Host => {
-                if !req.ports.is_empty() {
+                if !ports.is_empty() {
                     return Err(Error::Invalid(
                         "-p/-P have no effect with --network host (the container uses the host's ports); drop them".into(),
                     ));
@@ -319,14 +407,14 @@ impl Networks {
                 hosts_base = Some(std::fs::read_to_string("/etc/hosts").unwrap_or_default());
             }
             NetworkMode::None => {
-                if !req.ports.is_empty() {
+                if !ports.is_empty() {
                     return Err(Error::Invalid(
                         "-p/-P need a network; --network none has none".into(),
                     ));
                 }
             }
             NetworkMode::Container(other) => {
-                if !req.ports.is_empty() {
+                if !ports.is_empty() {
                     return Err(Error::Invalid(format!(
                         "-p/-P cannot be used with --network container:{other}; publish the ports on {other}"
                     )));
@@ -345,7 +433,7 @@ impl Networks {
                     .map_err(io(format!("copy {}", o.resolv_path.display())))?;
             }
             NetworkMode::Networks(list) => {
-                let netns = self.netns_dir.join(&req.container_id);
+                let netns = self.netns_dir.join(req.container_id);
                 crate::netns::create(&netns)?;
                 rec.netns = Some(netns.clone());
                 rec.owns_netns = true;
@@ -362,7 +450,7 @@ impl Networks {
                             "--network-alias needs a network with DNS; {name} (the default network) has none: use a network made with `rbuild network create`"
                         )));
                     }
-                    let ip = ipam.allocate(&def, &req.container_id, &netns)?;
+                    let ip = ipam.allocate(&def, req.container_id, &netns)?;
                     rec.options.networks.insert(
                         name.clone(),
                         PerNetworkOptions {
@@ -374,14 +462,14 @@ impl Networks {
                     );
                     rec.options.network_info.insert(name.clone(), def);
                 }
-                rec.options.port_mappings = self.port_mappings(&req.ports)?;
+                rec.options.port_mappings = self.port_mappings(&ports)?;
                 // Recorded before netavark runs, so a crash in between is cleaned up.
                 self.write_record(&rec)?;
                 let _l = self.lock()?;
                 rec.status = self.netavark("setup", &netns, &rec.options)?;
             }
         }
-        for (name, ip) in &req.add_hosts {
+        for (name, ip) in &cfg.add_hosts {
             let ip = match ip {
                 AddHostIp::Ip(ip) => *ip,
                 AddHostIp::HostGateway => first_gateway(&rec).ok_or_else(|| {
@@ -395,7 +483,7 @@ impl Networks {
                 names: vec![name.clone()],
             });
         }
-        for (other, alias) in &req.links {
+        for (other, alias) in &cfg.links {
             let o = self.find(other).map_err(|_| {
                 Error::NotFound(format!(
                     "--link {other}:{alias}: no running container {other} with a network"
@@ -422,8 +510,8 @@ impl Networks {
         );
         std::fs::write(&rec.hosts_path, hosts)
             .map_err(io(format!("write {}", rec.hosts_path.display())))?;
-        if !matches!(req.mode, NetworkMode::Container(_)) {
-            let r = etc::resolv_conf(&host_resolv, &rec.dns_servers(), &req.dns);
+        if !matches!(cfg.mode, NetworkMode::Container(_)) {
+            let r = etc::resolv_conf(&host_resolv, &rec.dns_servers(), &cfg.dns);
             std::fs::write(&rec.resolv_path, r)
                 .map_err(io(format!("write {}", rec.resolv_path.display())))?;
         }

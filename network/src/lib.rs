@@ -30,7 +30,9 @@ mod ports;
 mod store;
 pub mod types;
 
-pub use attach::{AttachRequest, Attachment, AttachmentRecord, NetworkMode, PublishedPort};
+pub use attach::{
+    AttachRequest, Attachment, AttachmentRecord, NetworkConfig, NetworkMode, PublishedPort,
+};
 pub use error::{Error, Result};
 pub use etc::{AddHostIp, HostEntry};
 pub use ports::{PortSpec, Protocol};

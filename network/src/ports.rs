@@ -111,9 +111,11 @@ impl PortSpec {
         let protocol = match proto {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
-            other => return Err(Error::Invalid(format!(
+            other => {
+                return Err(Error::Invalid(format!(
                 "-P: the image exposes {key}, whose protocol {other:?} is not supported (tcp, udp)"
-            ))),
+            )))
+            }
         };
         Ok(PortSpec {
             host_ip: None,

@@ -61,8 +61,8 @@ pub struct RunRequest {
     pub user: Option<String>,
     /// `--hostname`.
     pub hostname: Option<String>,
-    /// `--network none`.
-    pub network_none: bool,
+    /// `--network`, `-p`, `-P`, `--dns`, `--add-host`, `--link`, `--network-alias`.
+    pub network: rbuild_network::NetworkConfig,
     /// `-t`: a pseudo terminal is the container's stdio.
     pub tty: bool,
     /// `--read-only`: the root filesystem is mounted read-only.
@@ -298,6 +298,8 @@ pub struct RunHandle {
     record: ContainerRecord,
     container: Option<Container>,
     remove: bool,
+    /// Torn down when the container has exited (or when the handle is dropped).
+    network: Option<rbuild_network::Attachment>,
     _lock: KeyLock,
 }
 
@@ -322,6 +324,7 @@ impl RunHandle {
             .take()
             .ok_or_else(|| cerr("container already waited for"))?;
         let outcome = c.wait_outcome();
+        let net = self.network.take().map(|a| a.detach());
         self.record.finished = Some(chrono::Utc::now().timestamp());
         if let Ok(o) = &outcome {
             self.record.exit_code = Some(o.code());
@@ -332,7 +335,14 @@ impl RunHandle {
         } else {
             self.store.save_container(&self.record)?;
         }
-        Ok(outcome?)
+        let outcome = outcome?;
+        if let Some(Err(e)) = net {
+            return Err(cerr(format!(
+                "container {} exited, but its network teardown failed: {e}",
+                self.record.name
+            )));
+        }
+        Ok(outcome)
     }
 }
 
@@ -342,6 +352,32 @@ fn remove_dir(dir: &Path) -> Result<(), Error> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(format!("removing {}", dir.display()))(e)),
     }
+}
+
+/// Sets up the container's networking (None: plain host networking, the sandbox binds the host's
+/// `/etc/hosts` and `/etc/resolv.conf`).
+fn attach_network(
+    store: &Store,
+    req: &RunRequest,
+    name: &str,
+    id: &str,
+    hostname: &str,
+    exposed: &[String],
+) -> Result<Option<rbuild_network::Attachment>, Error> {
+    if req.network.is_plain_host() {
+        return Ok(None);
+    }
+    let nets = rbuild_network::Networks::open(store.root());
+    let a = nets
+        .attach(&rbuild_network::AttachRequest {
+            container_id: id,
+            container_name: name,
+            hostname,
+            config: &req.network,
+            exposed,
+        })
+        .map_err(|e| cerr(format!("container {name}: network: {e}")))?;
+    Ok(Some(a))
 }
 
 /// Creates the container for `image` and starts it; `stdin`/`stdout`/`stderr` are ignored with
@@ -411,7 +447,8 @@ pub fn start(
             "-w {cwd}: the working directory must be an absolute path"
         )));
     }
-    let mut spec = rbuild_sandbox::default_spec(args.clone(), env, &cwd, req.network_none);
+    let network_none = req.network.mode == rbuild_network::NetworkMode::None;
+    let mut spec = rbuild_sandbox::default_spec(args.clone(), env, &cwd, network_none);
     rbuild_sandbox::set_init(&mut spec, req.init);
 
     // The container's record and writable layer.
@@ -452,6 +489,18 @@ pub fn start(
         let _ = remove_dir(&dir);
         e
     };
+    // Networking: the namespace is configured (netavark) before the program starts.
+    // Docker's hostname: the id's first 12 characters, the host's own with --network host.
+    let hostname = match &req.hostname {
+        Some(h) => h.clone(),
+        None if req.network.mode == rbuild_network::NetworkMode::Host => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| id[..12].to_string()),
+        None => id[..12].to_string(),
+    };
+    let attachment = attach_network(store, req, &record.name, &id, &hostname, &cfg.exposed_ports)
+        .map_err(cleanup_on_error)?;
 
     // Mounts: binds, named volumes (created and seeded on first use), tmpfs.
     let mut mounts: Vec<Value> = Vec::new();
@@ -487,10 +536,18 @@ pub fn start(
         );
     }
 
-    let mut v = serde_json::to_value(&spec).map_err(|e| cerr(format!("spec: {e}")))?;
-    if let Some(h) = &req.hostname {
-        v["hostname"] = json!(h);
+    if let Some(a) = &attachment {
+        for (host, target) in a.etc_files() {
+            if !mounts.iter().any(|m| m["destination"] == target) {
+                mounts.push(json!({"destination": target, "type": "bind", "source": host, "options": ["rbind"]}));
+            }
+        }
+        if let Some(ns) = a.netns() {
+            rbuild_sandbox::join_network_namespace(&mut spec, ns);
+        }
     }
+    let mut v = serde_json::to_value(&spec).map_err(|e| cerr(format!("spec: {e}")))?;
+    v["hostname"] = json!(hostname);
     v["process"]["user"] = json!({"uid": uid, "gid": gid});
     if !groups.is_empty() {
         v["process"]["user"]["additionalGids"] = json!(groups);
@@ -545,6 +602,7 @@ pub fn start(
         record,
         container: Some(c),
         remove: req.remove,
+        network: attachment,
         _lock: lock,
     })
 }
