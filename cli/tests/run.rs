@@ -182,11 +182,24 @@ fn network_none_has_only_lo_and_host_has_the_hosts() {
         ],
     );
     assert_eq!(out, host.join("\n") + "\n");
+    // The default network: a veth of its own (cli/tests/network.rs has the rest).
+    let out = run_ok(
+        &env,
+        &[
+            "--rm",
+            "--network",
+            "bridge",
+            "busybox:local",
+            "ls",
+            "/sys/class/net",
+        ],
+    );
+    assert_eq!(out, "eth0\nlo\n");
     let out = run(
         &env,
-        &["--rm", "--network", "bridge", "busybox:local", "true"],
+        &["--rm", "--network", "no such", "busybox:local", "true"],
     );
-    assert!(!out.status.success() && stderr(&out).contains("host and none"));
+    assert!(!out.status.success() && stderr(&out).contains("container:NAME"));
 }
 
 #[test]

@@ -47,9 +47,11 @@ impl NetworkMode {
             name if crate::store::valid_name(name) => {
                 NetworkMode::Networks(vec![(name.into(), aliases.to_vec())])
             }
-            other => return Err(Error::Invalid(format!(
+            other => {
+                return Err(Error::Invalid(format!(
                 "--network {other}: expected none, host, bridge, container:NAME or a network name"
-            ))),
+            )))
+            }
         };
         if !aliases.is_empty() && !matches!(mode, NetworkMode::Networks(_)) {
             return Err(Error::Invalid(
@@ -144,6 +146,18 @@ pub struct AttachmentRecord {
     pub hosts_path: PathBuf,
     /// The generated `/etc/resolv.conf`.
     pub resolv_path: PathBuf,
+    /// Set once setup finished (a record without it is being set up or was interrupted).
+    #[serde(default)]
+    pub complete: bool,
+}
+
+/// The host-wide copy of an attachment (`<run>/attached/<id>.json`): what is needed to tear it
+/// down even when its store is gone (a deleted temporary store, a killed test).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Ticket {
+    /// The store's `networks/` directory.
+    networks_dir: PathBuf,
+    record: AttachmentRecord,
 }
 
 impl AttachmentRecord {
@@ -266,7 +280,22 @@ impl Networks {
         })
     }
 
+    fn ticket_path(&self, id: &str) -> PathBuf {
+        self.run.join("attached").join(format!("{id}.json"))
+    }
+
     fn write_record(&self, r: &AttachmentRecord) -> Result<()> {
+        let tdir = self.run.join("attached");
+        std::fs::create_dir_all(&tdir).map_err(io(format!("create {}", tdir.display())))?;
+        let t = Ticket {
+            networks_dir: self.dir.clone(),
+            record: r.clone(),
+        };
+        let ttmp = tdir.join(format!("{}.tmp", r.container_id));
+        let text = serde_json::to_vec(&t).map_err(|e| Error::Invalid(e.to_string()))?;
+        std::fs::write(&ttmp, text).map_err(io(format!("write {}", ttmp.display())))?;
+        std::fs::rename(&ttmp, self.ticket_path(&r.container_id))
+            .map_err(io(format!("rename {}", ttmp.display())))?;
         let dir = self.container_dir(&r.container_id);
         let tmp = dir.join("record.tmp");
         let text = serde_json::to_vec_pretty(r).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -294,7 +323,7 @@ impl Networks {
         self.collect_stale()?;
         self.records()?
             .into_iter()
-            .find(|r| r.container_name == name || r.container_id == name)
+            .find(|r| r.complete && (r.container_name == name || r.container_id == name))
             .ok_or_else(|| {
                 Error::NotFound(format!(
                     "no running container {name} is attached to a network"
@@ -302,8 +331,47 @@ impl Networks {
             })
     }
 
-    /// Tears down attachments whose owner died (their live lock is free).
+    /// Tears down attachments whose owner died (their live lock is free): this store's, and any
+    /// store's on the host whose attachment outlived its process (host-wide tickets).
     pub fn collect_stale(&self) -> Result<()> {
+        if let Ok(rd) = std::fs::read_dir(self.run.join("attached")) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_none_or(|x| x != "json") {
+                    continue;
+                }
+                let Ok(t) = std::fs::read(&p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice::<Ticket>(&b).map_err(|e| e.to_string()))
+                else {
+                    continue;
+                };
+                let other = Networks {
+                    dir: t.networks_dir.clone(),
+                    ..self.clone()
+                };
+                let cdir = other.container_dir(&t.record.container_id);
+                let _live = if cdir.is_dir() {
+                    match Lock::try_exclusive(&cdir.join("live.lock"))? {
+                        Some(l) => Some(l),
+                        None => continue, // alive
+                    }
+                } else {
+                    None
+                };
+                // The store may be gone (a deleted temporary store): no lock to take then.
+                let _l = if other.dir.is_dir() {
+                    Some(other.lock()?)
+                } else {
+                    None
+                };
+                let rec = other
+                    .read_record(&t.record.container_id)
+                    .unwrap_or(t.record);
+                // Best effort: parts may already be gone (the namespace died with its store).
+                let _ = other.teardown(&rec);
+            }
+        }
         let Ok(rd) = std::fs::read_dir(self.dir.join("containers")) else {
             return Ok(());
         };
@@ -314,7 +382,9 @@ impl Networks {
             };
             let _l = self.lock()?;
             match self.read_record(&id) {
-                Ok(r) => self.teardown(&r)?,
+                Ok(r) => {
+                    let _ = self.teardown(&r);
+                }
                 // Died before the record was written: nothing was set up beyond the directory
                 // and maybe the namespace.
                 Err(_) => {
@@ -395,6 +465,7 @@ impl Networks {
             extra_hosts: Vec::new(),
             hosts_path: dir.join("hosts"),
             resolv_path: dir.join("resolv.conf"),
+            complete: false,
         };
         let mut hosts_base = None;
         match &cfg.mode {
@@ -515,6 +586,7 @@ impl Networks {
             std::fs::write(&rec.resolv_path, r)
                 .map_err(io(format!("write {}", rec.resolv_path.display())))?;
         }
+        rec.complete = true;
         self.write_record(&rec)?;
         Ok(rec)
     }
@@ -681,6 +753,7 @@ impl Networks {
                 first_err.get_or_insert(e);
             }
         }
+        let _ = std::fs::remove_file(self.ticket_path(&rec.container_id));
         let dir = self.container_dir(&rec.container_id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
