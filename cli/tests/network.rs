@@ -39,7 +39,10 @@ fn http_get(host: &str, port: u16, path: &str) -> Option<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
+    // busybox httpd passes a CGI's bare "\n" header lines through.
+    let (head, body) = buf
+        .split_once("\r\n\r\n")
+        .or_else(|| buf.split_once("\n\n"))?;
     head.starts_with("HTTP/1.").then(|| body.to_string())
 }
 
@@ -134,7 +137,7 @@ fn wait_attached(env: &Env, name: &str) {
 }
 
 /// What rbuild left on the host for `subnet` (its /24 prefix such as "10.89.210."): firewall rules,
-/// addresses on host interfaces, aardvark-dns entries, plus veth pairs and `rbuild*` bridges.
+/// addresses on host interfaces (the bridge's), aardvark-dns entries.
 fn host_state(subnet: &str, network: &str) -> Vec<String> {
     let mut out = Vec::new();
     for table in ["nat", "filter"] {
@@ -161,17 +164,27 @@ fn host_state(subnet: &str, network: &str) -> Vec<String> {
     out
 }
 
-fn veth_count() -> usize {
-    std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .filter(|e| {
-            let p = e.as_ref().unwrap().path();
-            std::fs::read_link(&p)
-                .map(|l| l.to_string_lossy().contains("/virtual/"))
-                .unwrap_or(false)
-                && p.join("brport").exists()
-        })
-        .count()
+/// The veths attached to bridge `br` (none when the bridge does not exist).
+fn bridge_ports(br: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{br}/brif"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Polls `GET path` until the body is `want` (DNS updates reach aardvark-dns asynchronously).
+fn wait_body(port: u16, path: &str, want: &str) {
+    let start = Instant::now();
+    loop {
+        let got = http_get("127.0.0.1", port, path);
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "127.0.0.1:{port}{path}: wanted {want:?}, last got {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -480,12 +493,15 @@ fn teardown_leaves_nothing() {
     let env = Env::new();
     let (subnet, net) = ("10.89.213.", "network-td");
     let before = host_state(subnet, net);
-    let veths = veth_count();
     assert!(
         before.is_empty(),
         "left over from an earlier run: {before:?}"
     );
     assert_ok(&env.rbuild(&["network", "create", "--subnet", "10.89.213.0/24", net]));
+    let insp: serde_json::Value =
+        serde_json::from_str(&stdout(&env.rbuild(&["network", "inspect", net]))).unwrap();
+    let br = insp[0]["network_interface"].as_str().unwrap().to_string();
+    assert_eq!(bridge_ports(&br), 0);
     let c = Bg::start(
         &env,
         &[
@@ -515,13 +531,17 @@ fn teardown_leaves_nothing() {
             .any(|l| l.starts_with("aardvark") && l.contains("tdalias")),
         "{during:?}"
     );
-    assert_eq!(veth_count(), veths + 1);
+    assert_eq!(bridge_ports(&br), 1, "one veth on {br}");
     // `rm -f` kills the process running the container; the network is torn down all the same.
     assert_ok(&env.rbuild(&["rm", "-f", "network-td1"]));
     drop(c);
     assert_ok(&env.rbuild(&["network", "rm", net]));
     assert_eq!(host_state(subnet, net), before);
-    assert_eq!(veth_count(), veths);
+    assert_eq!(bridge_ports(&br), 0);
+    assert!(
+        !std::path::Path::new("/sys/class/net").join(&br).exists(),
+        "bridge {br} left"
+    );
     let netns: Vec<_> = std::fs::read_dir(env.root.path().join("netns"))
         .unwrap()
         .collect();
@@ -597,10 +617,7 @@ fn seeds_scenario_db_and_web_on_app() {
     // Keep web reachable through the default network, then take it off app: the fetch fails.
     assert_ok(&env.rbuild(&["network", "connect", "bridge", "network-sweb"]));
     assert_ok(&env.rbuild(&["network", "disconnect", "network-sapp", "network-sweb"]));
-    assert_eq!(
-        wait_http("127.0.0.1", 18214, "/cgi-bin/fetch"),
-        "web: fetch failed\n"
-    );
+    wait_body(18214, "/cgi-bin/fetch", "web: fetch failed\n");
     let out = env.rbuild(&["network", "disconnect", "network-sapp", "network-sweb"]);
     assert!(!out.status.success() && stderr(&out).contains("not connected"));
     assert_ok(&env.rbuild(&[
@@ -611,10 +628,7 @@ fn seeds_scenario_db_and_web_on_app() {
         "network-sapp",
         "network-sweb",
     ]));
-    assert_eq!(
-        wait_http("127.0.0.1", 18214, "/cgi-bin/fetch"),
-        "web got: rows from the db\n"
-    );
+    wait_body(18214, "/cgi-bin/fetch", "web got: rows from the db\n");
     // The db reaches web by its new alias.
     let out = env.rbuild(&[
         "run",
