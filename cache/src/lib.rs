@@ -5,7 +5,7 @@
 //! ingest/<rand>          partial blob writes (flocked while in progress)
 //! snapshots/<id>/fs      committed snapshots: one layer's diff each (overlay lowerdirs)
 //! snapshots/tmp-<rand>/  snapshots being written (fs/ + work/; flocked while in progress)
-//! locks/<name>           per-key lock files (flock)
+//! locks/<name>           per-key and per-snapshot lock files (flock)
 //! cachemounts/<hex>/     `RUN --mount=type=cache` directories (never part of a layer)
 //! meta.db                SQLite (WAL): tags, layers, snapshots, cache records, stat cache
 //! ```
@@ -15,6 +15,10 @@
 //! [`Store::open`] removes leftovers of crashed writers: entries of `ingest/` and
 //! `snapshots/tmp-*` whose flock nobody holds. Concurrent processes are safe: in-progress
 //! entries are flocked by their writer, and SQLite serializes metadata writes (busy timeout 30 s).
+//!
+//! The store is private: its root and top-level directories are 0700 and `meta.db` 0600, created
+//! so or tightened by [`Store::open`], so no other local user can run a setuid binary out of a
+//! snapshot, read build-arg values from the database or hold a lock file to stall builds.
 //!
 //! The store knows nothing of Dockerfiles; it stores what the solver and exporter give it.
 
@@ -39,7 +43,7 @@ use rusqlite::Connection;
 pub use blobs::BlobWriter;
 pub use containers::{valid_name, ContainerRecord};
 pub use error::{Error, Result};
-pub use locks::KeyLock;
+pub use locks::{KeyLock, SnapshotUse};
 pub use mounts::{CacheMountGuard, CacheMountRecord, Sharing};
 pub use records::{
     schema_sql, CacheKey, CacheRecord, FileStat, PruneOptions, PruneReport, TagRecord, UsageRecord,
@@ -73,16 +77,20 @@ impl Store {
     /// `snapshots/`, `locks/` and `meta.db` (WAL, busy timeout, versioned schema), and removes
     /// leftovers of crashed writes.
     pub fn open(root: &Path) -> Result<Store> {
-        for d in ["blobs/sha256", "ingest", "snapshots", "locks"] {
-            let p = root.join(d);
-            fs::create_dir_all(&p).map_err(Error::io("create", &p))?;
-        }
+        make_private_dir(root, true)?;
         let root = fs::canonicalize(root).map_err(Error::io("resolve", root))?;
+        for d in PRIVATE_DIRS {
+            make_private_dir(&root.join(d), false)?;
+        }
         // Fail early and clearly on a read-only store (SQLite would only say "unable to open").
         let probe = root.join("locks").join(".writable");
         fs::write(&probe, b"").map_err(Error::io("write to the store", &probe))?;
         let db_path = root.join("meta.db");
         let conn = db::open(&db_path)?;
+        // SQLite gives its -wal and -shm files the database file's mode.
+        for f in ["meta.db", "meta.db-wal", "meta.db-shm"] {
+            tighten(&root.join(f), 0o600)?;
+        }
         let store = Store {
             inner: Arc::new(Inner {
                 root,
@@ -261,6 +269,72 @@ impl Store {
         KeyLock::acquire(&p, true)?
             .ok_or_else(|| Error::io("lock", &p)(io::Error::from(io::ErrorKind::WouldBlock)))
     }
+}
+
+/// Top-level directories of the store, each created (or tightened to) 0700.
+const PRIVATE_DIRS: &[&str] = &[
+    "blobs",
+    "blobs/sha256",
+    "ingest",
+    "snapshots",
+    "locks",
+    "tmp",
+    "cachemounts",
+    "containers",
+    "volumes",
+];
+
+/// Creates `dir` with mode 0700 (its missing parents get the usual 0755) or tightens an existing
+/// one: the store holds setuid binaries of images, build-arg values and lock files, none of which
+/// another local user may reach. Root refuses a store root owned by another user, who could
+/// loosen it again or swap its content.
+fn make_private_dir(dir: &Path, is_root: bool) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if is_root {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
+        }
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io("create", dir)(e)),
+    }
+    let md = fs::metadata(dir).map_err(Error::io("stat", dir))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if is_root && euid == 0 && md.uid() != 0 {
+        return Err(Error::Conflict(format!(
+            "the store {} is owned by uid {}, not by root: that user could change what root \
+             builds and runs; `chown -R root: {}` or use another --root",
+            dir.display(),
+            md.uid(),
+            dir.display()
+        )));
+    }
+    tighten(dir, 0o700)
+}
+
+/// Removes the group and other permission bits of `path` (when it exists), keeping at most `max`.
+fn tighten(path: &Path, max: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("stat", path)(e)),
+    };
+    if md.file_type().is_symlink() {
+        return Err(Error::Conflict(format!(
+            "{} is a symlink: the store's own entries must be real files and directories",
+            path.display()
+        )));
+    }
+    let mode = md.permissions().mode() & 0o7777;
+    if mode & !max != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode & max))
+            .map_err(Error::io("restrict the permissions of", path))?;
+    }
+    Ok(())
 }
 
 /// Removes a leftover file or directory unless a live writer holds its flock.

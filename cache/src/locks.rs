@@ -3,6 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -43,12 +44,7 @@ pub struct KeyLock {
 
 impl KeyLock {
     pub(crate) fn acquire(path: &Path, wait: bool) -> Result<Option<KeyLock>> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(Error::io("open lock", path))?;
+        let file = open_lock_file(path)?;
         if flock_exclusive(&file, !wait).map_err(Error::io("lock", path))? {
             Ok(Some(KeyLock {
                 _file: file,
@@ -62,5 +58,50 @@ impl KeyLock {
     /// The lock file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Opens (creating, mode 0600) a lock file.
+pub(crate) fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io("open lock", path))
+}
+
+/// A shared lock on `locks/snap-<id>`, held by a build or a container for as long as it uses
+/// that snapshot (as an overlay lower dir, a COPY source, a cache hit's result). `prune` takes
+/// the lock exclusively without waiting before it removes a snapshot (and its layer blob), and
+/// leaves alone any snapshot it cannot lock. Released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct SnapshotUse {
+    _file: File,
+}
+
+impl crate::Store {
+    fn snapshot_lock_path(&self, id: &crate::SnapshotId) -> PathBuf {
+        self.root()
+            .join("locks")
+            .join(format!("snap-{}", id.as_str()))
+    }
+
+    /// Marks snapshot `id` as in use until the guard is dropped. Returns None when the
+    /// snapshot is gone (a `prune` removed it just before): the caller treats it as missing.
+    pub fn use_snapshot(&self, id: &crate::SnapshotId) -> Result<Option<SnapshotUse>> {
+        let path = self.snapshot_lock_path(id);
+        let file = open_lock_file(&path)?;
+        // Waits only while a prune is deciding about this very snapshot.
+        flock(&file, true, false).map_err(Error::io("lock", &path))?;
+        // Checked after locking: prune removes a snapshot only while holding the lock
+        // exclusively, so a snapshot present now stays until the guard is dropped.
+        Ok(self.has_snapshot(id).then_some(SnapshotUse { _file: file }))
+    }
+
+    /// Takes the usage lock of `id` exclusively if nobody uses the snapshot (for removing it).
+    pub(crate) fn lock_unused_snapshot(&self, id: &crate::SnapshotId) -> Result<Option<KeyLock>> {
+        KeyLock::acquire(&self.snapshot_lock_path(id), false)
     }
 }

@@ -624,6 +624,15 @@ impl Store {
             let Some(_lock) = crate::KeyLock::acquire(&lock_path, false)? else {
                 continue;
             };
+            // A record whose snapshot a running build or container uses stays (its space
+            // could not be reclaimed now anyway).
+            let _in_use = match &u.record.snapshot {
+                Some(s) => match self.lock_unused_snapshot(s)? {
+                    Some(l) => Some(l),
+                    None => continue,
+                },
+                None => None,
+            };
             self.conn()
                 .execute(
                     "DELETE FROM cache_records WHERE key = ?1",
@@ -678,11 +687,18 @@ impl Store {
             if keep_layers.contains(&d) {
                 continue;
             }
-            self.remove_layer(&d)?;
             let s: SnapshotId = parse("snapshot id", s)?;
-            if !keep_snaps.contains(&s) {
-                self.remove_snapshot(&s)?;
+            if keep_snaps.contains(&s) {
+                self.remove_layer(&d)?;
+                continue;
             }
+            // A snapshot in use keeps its layer blob too: the build using it needs the blob for
+            // its image.
+            let Some(_unused) = self.lock_unused_snapshot(&s)? else {
+                continue;
+            };
+            self.remove_layer(&d)?;
+            self.remove_snapshot(&s)?;
         }
         // Snapshots recorded but referenced by nothing (e.g. records replaced).
         let snaps: Vec<String> = {
@@ -715,7 +731,9 @@ impl Store {
                 .unwrap_or(0);
             // A young unreferenced snapshot may belong to a build that has not recorded it yet.
             if created < cutoff {
-                self.remove_snapshot(&s)?;
+                if let Some(_unused) = self.lock_unused_snapshot(&s)? {
+                    self.remove_snapshot(&s)?;
+                }
             }
         }
         Ok(())
@@ -764,9 +782,17 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a snapshot; the caller holds its usage lock exclusively (see
+    /// [`Store::use_snapshot`]). The lock file goes too: a user that opened it before sees the
+    /// snapshot missing once it gets the lock.
     fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
         let dir = self.root().join("snapshots").join(id.as_str());
         crate::snapshots::remove_tree(&dir).map_err(Error::io("remove", &dir))?;
+        let _ = std::fs::remove_file(
+            self.root()
+                .join("locks")
+                .join(format!("snap-{}", id.as_str())),
+        );
         let conn = self.conn();
         conn.execute("DELETE FROM snapshots WHERE id = ?1", [id.as_str()])
             .map_err(self.db_err("delete snapshot"))?;

@@ -82,8 +82,12 @@ enum Output {
     },
     /// `type=docker,dest=F`.
     Docker { dest: PathBuf },
-    /// `type=local,dest=DIR`.
-    Local { dest: PathBuf },
+    /// `type=local,dest=DIR[,preserve-special=true]`: without `preserve-special`, device nodes,
+    /// set-id bits and file capabilities are left out (as an unprivileged tar extraction).
+    Local {
+        dest: PathBuf,
+        preserve_special: bool,
+    },
     /// `type=tar,dest=F`.
     Tar { dest: PathBuf },
 }
@@ -102,11 +106,13 @@ fn parse_output(s: &str) -> Result<Output> {
     let mut names = Vec::new();
     let mut push = false;
     let mut tar = true;
+    let mut preserve_special = false;
     let mut compression = rbuild_exporter::Compression::Gzip;
     // A bare path is `type=local,dest=PATH` (or a tar to stdout is not supported: `-`).
     if !s.contains('=') {
         return Ok(Output::Local {
             dest: PathBuf::from(s),
+            preserve_special: false,
         });
     }
     for part in s.split(',') {
@@ -119,6 +125,7 @@ fn parse_output(s: &str) -> Result<Output> {
             "name" => names.extend(v.split(',').map(str::to_string)),
             "push" => push = parse_bool(s, k, v)?,
             "tar" => tar = parse_bool(s, k, v)?,
+            "preserve-special" => preserve_special = parse_bool(s, k, v)?,
             "compression" => {
                 compression = v.parse().map_err(|_| {
                     anyhow!("--output {s}: compression must be gzip, zstd or uncompressed")
@@ -139,6 +146,11 @@ fn parse_output(s: &str) -> Result<Output> {
     if dest.as_deref() == Some(std::path::Path::new("-")) {
         bail!("--output {s}: writing to standard output is not supported; give a file name");
     }
+    if preserve_special && kind != "local" {
+        bail!(
+            "--output {s}: preserve-special applies to type=local only (archives keep everything)"
+        );
+    }
     Ok(match kind.as_str() {
         "image" | "registry" => Output::Image {
             names,
@@ -154,6 +166,7 @@ fn parse_output(s: &str) -> Result<Output> {
         },
         "local" => Output::Local {
             dest: need("local")?,
+            preserve_special,
         },
         "tar" => Output::Tar { dest: need("tar")? },
         other => bail!(
@@ -345,9 +358,17 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
                 rbuild_exporter::export_docker_archive(&store, &result.manifest, &names, dest)
                     .with_context(|| format!("writing docker archive {}", dest.display()))?;
             }
-            Output::Local { dest } => {
-                rbuild_exporter::export_local_dir(&store, &result.manifest, dest)
-                    .with_context(|| format!("writing the filesystem into {}", dest.display()))?;
+            Output::Local {
+                dest,
+                preserve_special,
+            } => {
+                rbuild_exporter::export_local_dir(
+                    &store,
+                    &result.manifest,
+                    dest,
+                    *preserve_special,
+                )
+                .with_context(|| format!("writing the filesystem into {}", dest.display()))?;
             }
             Output::Tar { dest } => {
                 rbuild_exporter::export_rootfs_tar(&store, &result.manifest, dest, epoch)
@@ -390,4 +411,37 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         eprintln!("naming to {t} done");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_outputs_take_preserve_special() {
+        assert_eq!(
+            parse_output("type=local,dest=out").unwrap(),
+            Output::Local {
+                dest: "out".into(),
+                preserve_special: false
+            }
+        );
+        assert_eq!(
+            parse_output("type=local,dest=out,preserve-special=true").unwrap(),
+            Output::Local {
+                dest: "out".into(),
+                preserve_special: true
+            }
+        );
+        assert_eq!(
+            parse_output("out").unwrap(),
+            Output::Local {
+                dest: "out".into(),
+                preserve_special: false
+            }
+        );
+        let e = parse_output("type=oci,dest=o.tar,preserve-special=true").unwrap_err();
+        assert!(e.to_string().contains("type=local only"), "{e}");
+        assert!(parse_output("type=local,dest=o,preserve-special=maybe").is_err());
+    }
 }

@@ -432,7 +432,9 @@ fn add_git_repository() {
         return;
     }
     let env = Env::new();
-    let repo_dir = env.work.path().join("repo.git");
+    // file:// repositories must be inside the build context.
+    let ctx = env.context("git", "", &[]);
+    let repo_dir = ctx.join("repo.git");
     std::fs::create_dir(&repo_dir).unwrap();
     sh(
         &repo_dir,
@@ -441,13 +443,13 @@ fn add_git_repository() {
          git tag v1 && echo v2 > file.txt && git -c user.name=t -c user.email=t@e commit -qam two",
     );
     let url = format!("file://{}", repo_dir.display());
-    let ctx = env.context(
-        "git",
-        &format!(
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
             "FROM busybox:local\nADD {url}#v1 /src\nADD --keep-git-dir {url}#main /keep\nADD {url}#main:sub /subonly\nADD {url} /head\n"
         ),
-        &[],
-    );
+    )
+    .unwrap();
     env.build_ok("git:t", &ctx, &[]);
     assert_eq!(
         run_in(

@@ -45,8 +45,17 @@ pub fn export_docker_archive(
 }
 
 /// Writes the image's final filesystem into `dest` (`--output type=local,dest=DIR`): layers
-/// applied in order, whiteouts and opaque directories honoured.
-pub fn export_local_dir(store: &Store, manifest: &Digest, dest: &Path) -> Result<()> {
+/// applied in order, whiteouts and opaque directories honoured. Unless `preserve_special`
+/// (`preserve-special=true`), the result is what an unprivileged user's tar extraction would
+/// give: device nodes are skipped and files lose their set-user-id and set-group-id bits and
+/// file capabilities, so an exported image cannot leave a root-owned setuid binary or a raw disk
+/// device on the host. Ownership, other modes, fifos and other xattrs are kept.
+pub fn export_local_dir(
+    store: &Store,
+    manifest: &Digest,
+    dest: &Path,
+    preserve_special: bool,
+) -> Result<()> {
     let img = load_image(store, manifest)?;
     fs::create_dir_all(dest).map_err(Error::io("create", dest))?;
     for l in img.config.rootfs().diff_ids() {
@@ -60,7 +69,7 @@ pub fn export_local_dir(store: &Store, manifest: &Digest, dest: &Path) -> Result
         }
         let p = store.blob_path(&d);
         let f = File::open(&p).map_err(Error::io("open", &p))?;
-        apply_layer(f, dest)?;
+        apply_layer(f, dest, preserve_special)?;
     }
     Ok(())
 }
@@ -83,7 +92,8 @@ pub fn export_rootfs_tar(
         .tempdir_in(&parent)
         .map_err(Error::io("create temporary directory in", &parent))?;
     let root = tmp.path().join("fs");
-    export_local_dir(store, manifest, &root)?;
+    // Everything is kept: the tree only feeds the tar, inside a private (0700) temporary directory.
+    export_local_dir(store, manifest, &root, true)?;
     let out_tmp = tmp.path().join("out.tar");
     let mut f =
         std::io::BufWriter::new(File::create(&out_tmp).map_err(Error::io("create", &out_tmp))?);

@@ -68,6 +68,22 @@ pub fn ensure_snapshot(store: &Store, diff_id: &Digest) -> Result<SnapshotId> {
     Ok(id)
 }
 
+/// [`ensure_snapshot`], then marks the snapshot in use ([`Store::use_snapshot`]) so that a
+/// concurrent `prune` leaves it (and its layer blob) alone while the guard lives. A snapshot
+/// pruned between the two is made again from the layer blob.
+pub fn ensure_snapshot_in_use(
+    store: &Store,
+    diff_id: &Digest,
+) -> Result<(SnapshotId, rbuild_cache::SnapshotUse)> {
+    for _ in 0..8 {
+        let id = ensure_snapshot(store, diff_id)?;
+        if let Some(guard) = store.use_snapshot(&id)? {
+            return Ok((id, guard));
+        }
+    }
+    Err(Error::MissingLayer(diff_id.clone()))
+}
+
 /// Writes config + manifest blobs (OCI media types; layers referenced by their uncompressed
 /// digest with media type `application/vnd.oci.image.layer.v1.tar`) and returns the manifest
 /// digest. `config.rootfs.diff_ids` gives the layers, which must be blobs in the store.

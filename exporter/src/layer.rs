@@ -25,7 +25,7 @@ pub(crate) const OVERLAY_OPAQUE: &[u8] = b"trusted.overlay.opaque";
 /// writing (diff_id == blob digest). Overlay whiteouts (char device 0/0) become `.wh.<name>`
 /// entries, opaque dirs (xattr `trusted.overlay.opaque=y`) get a `.wh..wh..opq` entry; entries
 /// are sorted by name within each directory (depth first, stable); uid/gid/mode/mtime, hard
-/// links, symlinks, device nodes, fifos and xattrs (except `trusted.overlay.*`) are kept.
+/// links, symlinks, device nodes, fifos and xattrs (except `trusted.*`, see [`crate::layer_xattr_allowed`]) are kept.
 /// Sockets are skipped. Also records `put_layer(diff_id, snapshot)`.
 pub fn write_layer(store: &Store, snapshot: &SnapshotId) -> Result<(Digest, u64)> {
     write_layer_clamped(store, snapshot, None)
@@ -189,7 +189,7 @@ fn append_xattrs<W: Write>(b: &mut tar::Builder<W>, path: &Path) -> Result<()> {
     let names = sys::list_xattrs(path).map_err(Error::io("list xattrs of", path))?;
     let mut records = Vec::new();
     for n in names {
-        if n.starts_with(b"trusted.overlay.") {
+        if !crate::unpack::layer_xattr_allowed(&n) {
             continue;
         }
         if let Some(v) = sys::get_xattr(path, &n).map_err(Error::io("read xattr of", path))? {

@@ -24,8 +24,8 @@ use rbuild_types::Digest;
 
 pub use archive::{export_docker_archive, export_local_dir, export_rootfs_tar, load_archive};
 pub use image::{
-    ensure_snapshot, import_rootfs, load_image, write_image, write_image_json, write_image_raw,
-    Image,
+    ensure_snapshot, ensure_snapshot_in_use, import_rootfs, load_image, write_image,
+    write_image_json, write_image_raw, Image,
 };
 pub use layer::{
     write_layer, write_layer_clamped, write_layer_dir, OPAQUE_MARKER, WHITEOUT_PREFIX,
@@ -33,7 +33,7 @@ pub use layer::{
 pub use oci::{
     distribution_manifest, export_oci_archive, export_oci_dir, Compression, DistributionManifest,
 };
-pub use unpack::{decompressed, unpack_layer};
+pub use unpack::{apply_tar_xattrs, decompressed, layer_xattr_allowed, unpack_layer};
 
 /// Errors of the exporter. Each names the path, digest or entry involved.
 #[derive(Debug, thiserror::Error)]

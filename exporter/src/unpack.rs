@@ -28,22 +28,53 @@ pub fn decompressed<'a>(reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
     }
 }
 
+/// Whether an extended attribute named `name` may be carried between a layer tar and a
+/// directory, in either direction. `trusted.*` never is: those names are the kernel's and
+/// overlayfs's own metadata (`trusted.overlay.opaque`, `.redirect`, `.metacopy`, `.origin`...),
+/// and a pulled or loaded layer that could plant them in a lowerdir would steer what the overlay
+/// shows (redirect a directory elsewhere, hide lower content). The unpacker writes the opaque
+/// marker itself for `.wh..wh..opq` entries. Everything else, `security.capability` (file
+/// capabilities are image content) and `user.*` included, is kept.
+pub fn layer_xattr_allowed(name: &[u8]) -> bool {
+    !name.starts_with(b"trusted.")
+}
+
+/// File capabilities: kept in layers, dropped with set-id bits from local outputs.
+const FILE_CAPS: &[u8] = b"security.capability";
+
 /// Unpacks a layer tar (plain, gzip or zstd, detected by magic) into `dest`, converting `.wh.<name>`
 /// entries to overlay whiteouts (char device 0/0) and `.wh..wh..opq` to the opaque xattr
-/// (`trusted.overlay.opaque=y`). Ownership, modes, mtimes and `SCHILY.xattr.*` are applied.
+/// (`trusted.overlay.opaque=y`). Ownership, modes, mtimes and the `SCHILY.xattr.*` that
+/// [`layer_xattr_allowed`] accepts are applied (never `trusted.*`).
 /// Refuses path traversal: absolute names, `..` components, and writing through a symlink
 /// (an entry whose parent directory is a symlink), with an error naming the entry.
 pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<()> {
-    unpack(reader, dest, false)
+    unpack(reader, dest, Mode::Layer)
+}
+
+/// What [`unpack`] makes of a tar.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(crate) enum Mode {
+    /// A snapshot (overlay lower layer): whiteouts become overlay whiteouts, everything kept.
+    Layer,
+    /// On top of a merged filesystem: whiteouts remove lower content. With `preserve_special`
+    /// false, as a tar extraction by an unprivileged user: device nodes are skipped, set-user-id
+    /// and set-group-id bits cleared and file capabilities dropped.
+    Merge { preserve_special: bool },
 }
 
 /// Applies a layer on top of `dest` (a merged filesystem, not an overlay layer): whiteouts
 /// remove what lower layers put there, opaque markers empty the directory of lower content.
-pub(crate) fn apply_layer(reader: impl Read, dest: &Path) -> Result<()> {
-    unpack(reader, dest, true)
+pub(crate) fn apply_layer(reader: impl Read, dest: &Path, preserve_special: bool) -> Result<()> {
+    unpack(reader, dest, Mode::Merge { preserve_special })
 }
 
-fn unpack(reader: impl Read, dest: &Path, merge: bool) -> Result<()> {
+fn unpack(reader: impl Read, dest: &Path, how: Mode) -> Result<()> {
+    let merge = how != Mode::Layer;
+    let plain = how
+        == Mode::Merge {
+            preserve_special: false,
+        };
     let mut written: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     fs::create_dir_all(dest).map_err(Error::io("create", dest))?;
     let mut ar = tar::Archive::new(decompressed(reader)?);
@@ -106,14 +137,28 @@ fn unpack(reader: impl Read, dest: &Path, merge: bool) -> Result<()> {
             remove_existing(&target)?;
             sys::mknod(&target, libc::S_IFCHR, 0, 0, 0)
                 .map_err(Error::io("create whiteout", &target))?;
+            // The entry's mtime, so writing the snapshot again gives the same layer.
+            sys::set_mtime(&target, header.mtime().unwrap_or(0) as i64)
+                .map_err(Error::io("set mtime of", &target))?;
             continue;
         }
         let target = parent.join(&name);
-        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let mut mode = header.mode().unwrap_or(0o644) & 0o7777;
+        if plain {
+            if matches!(kind, EntryType::Char | EntryType::Block) {
+                continue;
+            }
+            if kind != EntryType::Directory {
+                mode &= !(libc::S_ISUID | libc::S_ISGID);
+            }
+        }
         let uid = header.uid().unwrap_or(0) as u32;
         let gid = header.gid().unwrap_or(0) as u32;
         let mtime = header.mtime().unwrap_or(0) as i64;
-        let xattrs = pax_xattrs(&mut entry)?;
+        let mut xattrs = pax_xattrs(&mut entry)?;
+        if plain {
+            xattrs.retain(|(k, _)| k.as_bytes() != FILE_CAPS);
+        }
         written.insert(target.clone());
         match kind {
             EntryType::Directory => {
@@ -282,7 +327,10 @@ fn pax_xattrs<R: Read>(
         return Ok(out);
     };
     for ext in exts.flatten() {
-        if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+        let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
+            continue;
+        };
+        if layer_xattr_allowed(name) {
             out.push((
                 OsStr::from_bytes(name).to_os_string(),
                 ext.value_bytes().to_vec(),
@@ -290,6 +338,22 @@ fn pax_xattrs<R: Read>(
         }
     }
     Ok(out)
+}
+
+/// Applies to `path` (not following a symlink) the `SCHILY.xattr.*` records of a tar entry that
+/// [`layer_xattr_allowed`] accepts: the one xattr rule for extractors other than the layer
+/// unpacker (ADD of a local archive). A file system that refuses an attribute (EPERM, ENOTSUP) is
+/// not an error, as with Docker's archive extraction. Call it after any chown: the kernel drops
+/// `security.capability` when a file changes owner.
+pub fn apply_tar_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, path: &Path) -> Result<()> {
+    for (k, v) in pax_xattrs(entry)? {
+        match sys::set_xattr(path, &k, &v) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOTSUP)) => {}
+            Err(e) => return Err(Error::io("set xattr on", path)(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Opens a blob file and unpacks it.

@@ -120,7 +120,9 @@ fn whiteout_round_trip() {
         "mtime kept"
     );
 
-    // Re-exporting the unpacked tree gives the identical layer.
+    // Re-exporting the unpacked tree gives the identical layer, also when it is unpacked in a
+    // later second than the original was made (whiteouts keep the entry's mtime).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let b = store.new_snapshot().unwrap();
     unpack_layer(
         fs::File::open(store.blob_path(&diff_id)).unwrap(),
@@ -257,7 +259,7 @@ fn import_export_and_interop() {
 
     // Local dir output.
     let local = t.path().join("local");
-    export_local_dir(&store, &m, &local).unwrap();
+    export_local_dir(&store, &m, &local, false).unwrap();
     assert_eq!(
         fs::read(local.join("etc/passwd")).unwrap(),
         b"root:x:0:0:root:/root:/bin/sh\n"
@@ -380,7 +382,7 @@ fn whiteouts_apply_in_local_output() {
         d2.to_string()
     );
     let out = t.path().join("local");
-    export_local_dir(&store, &m, &out).unwrap();
+    export_local_dir(&store, &m, &out, false).unwrap();
     assert!(!out.join("gone").exists());
     assert!(out.join("stays").exists());
     assert!(!out.join("opaque/old").exists());
@@ -396,4 +398,150 @@ fn whiteouts_apply_in_local_output() {
             .contains(&Digest::of(b"missing").to_string()),
         "{err}"
     );
+}
+
+/// One tar entry with PAX `SCHILY.xattr.*` records.
+fn append_with_xattrs(
+    b: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: tar::EntryType,
+    xattrs: &[(&str, &[u8])],
+) {
+    let records: Vec<(String, &[u8])> = xattrs
+        .iter()
+        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+        .collect();
+    b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
+    let data: &[u8] = if kind == tar::EntryType::Regular {
+        b"x"
+    } else {
+        b""
+    };
+    h.set_size(data.len() as u64);
+    h.set_path(name).unwrap();
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+/// A capability set as `setcap cap_net_raw+ep` writes it (VFS_CAP_REVISION_2).
+const NET_RAW_CAP: &[u8] = &[
+    0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+#[test]
+fn layers_cannot_plant_trusted_xattrs() {
+    let t = tempfile::tempdir().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let overlay: &[(&str, &[u8])] = &[
+        ("trusted.overlay.opaque", b"y"),
+        ("trusted.overlay.redirect", b"/etc"),
+        ("trusted.overlay.metacopy", b""),
+        ("trusted.overlay.origin", b"\x00\xfb"),
+        ("trusted.rbuild-test", b"1"),
+        ("user.kept", b"u"),
+    ];
+    append_with_xattrs(&mut b, "planted", tar::EntryType::Directory, overlay);
+    append_with_xattrs(&mut b, "planted/file", tar::EntryType::Regular, overlay);
+    append_with_xattrs(
+        &mut b,
+        "ping",
+        tar::EntryType::Regular,
+        &[("security.capability", NET_RAW_CAP)],
+    );
+    // The unpacker's own opaque marker still works.
+    append_with_xattrs(&mut b, "real", tar::EntryType::Directory, &[]);
+    append_with_xattrs(&mut b, "real/.wh..wh..opq", tar::EntryType::Regular, &[]);
+    append_with_xattrs(&mut b, ".wh.gone", tar::EntryType::Regular, &[]);
+    let data = b.into_inner().unwrap();
+    let out = t.path().join("snap");
+    unpack_layer(std::io::Cursor::new(data), &out).unwrap();
+    for p in [out.join("planted"), out.join("planted/file")] {
+        for (k, _) in overlay.iter().filter(|(k, _)| k.starts_with("trusted.")) {
+            assert_eq!(xattr(&p, k), None, "{k} was planted on {}", p.display());
+        }
+        assert_eq!(xattr(&p, "user.kept").as_deref(), Some(&b"u"[..]));
+    }
+    assert_eq!(
+        xattr(&out.join("ping"), "security.capability").as_deref(),
+        Some(NET_RAW_CAP),
+        "file capabilities are image content"
+    );
+    assert_eq!(
+        xattr(&out.join("real"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    let m = fs::symlink_metadata(out.join("gone")).unwrap();
+    assert!(m.file_type().is_char_device() && m.rdev() == 0);
+    assert!(layer_xattr_allowed(b"security.capability"));
+    assert!(!layer_xattr_allowed(b"trusted.overlay.upper"));
+}
+
+#[test]
+fn local_output_drops_setid_bits_devices_and_caps_unless_asked() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let b = store.new_snapshot().unwrap();
+    let fs_dir = b.fs_dir();
+    fs::create_dir_all(fs_dir.join("bin")).unwrap();
+    fs::create_dir_all(fs_dir.join("shared")).unwrap();
+    fs::write(fs_dir.join("bin/su"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(fs_dir.join("bin/su"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::write(fs_dir.join("bin/wall"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(fs_dir.join("bin/wall"), fs::Permissions::from_mode(0o2755)).unwrap();
+    fs::write(fs_dir.join("bin/ping"), b"#!/bin/sh\n").unwrap();
+    set_xattr(&fs_dir.join("bin/ping"), "security.capability", NET_RAW_CAP);
+    fs::set_permissions(fs_dir.join("shared"), fs::Permissions::from_mode(0o2775)).unwrap();
+    mknod(&fs_dir.join("sda"), libc::S_IFBLK, 8, 0);
+    mknod(&fs_dir.join("mem"), libc::S_IFCHR, 1, 1);
+    mknod(&fs_dir.join("fifo"), libc::S_IFIFO, 0, 0);
+    let snap = b.commit().unwrap();
+    let (d, _) = write_layer(&store, &snap).unwrap();
+    let mut rootfs = oci_spec::image::RootFs::default();
+    rootfs.set_diff_ids(vec![d.to_string()]);
+    let mut config = oci_spec::image::ImageConfiguration::default();
+    config.set_rootfs(rootfs);
+    let m = write_image(&store, &config).unwrap();
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+
+    let out = t.path().join("plain");
+    export_local_dir(&store, &m, &out, false).unwrap();
+    assert_eq!(mode(&out.join("bin/su")), 0o755);
+    assert_eq!(mode(&out.join("bin/wall")), 0o755);
+    assert_eq!(xattr(&out.join("bin/ping"), "security.capability"), None);
+    assert_eq!(
+        mode(&out.join("shared")),
+        0o2775,
+        "set-gid directories are harmless"
+    );
+    assert!(
+        fs::symlink_metadata(out.join("sda")).is_err(),
+        "block device skipped"
+    );
+    assert!(
+        fs::symlink_metadata(out.join("mem")).is_err(),
+        "char device skipped"
+    );
+    assert!(fs::symlink_metadata(out.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+
+    let out = t.path().join("special");
+    export_local_dir(&store, &m, &out, true).unwrap();
+    assert_eq!(mode(&out.join("bin/su")), 0o4755);
+    assert_eq!(mode(&out.join("bin/wall")), 0o2755);
+    assert_eq!(
+        xattr(&out.join("bin/ping"), "security.capability").as_deref(),
+        Some(NET_RAW_CAP)
+    );
+    let sda = fs::symlink_metadata(out.join("sda")).unwrap();
+    assert!(sda.file_type().is_block_device() && sda.rdev() == libc::makedev(8, 0));
 }

@@ -117,6 +117,33 @@ impl Root {
         &self.path
     }
 
+    /// The root directory's host path as the kernel sees it now (no symlink in it): what
+    /// [`Resolved::host_path`] of objects inside starts with.
+    pub fn host_path(&self) -> io::Result<PathBuf> {
+        std::fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
+    /// Where `r` (resolved through this root) is inside it: `/`-rooted, every symlink and `..`
+    /// already followed by the kernel (`/h/etc/hostname` with `/h -> /` gives `/etc/hostname`).
+    /// Use it to apply rules written for in-root paths (`.dockerignore`) to what a path really
+    /// reached. An error if the object is not below the root (it was moved out since).
+    pub fn inner_path(&self, r: &Resolved) -> Result<PathBuf> {
+        let io = |source: io::Error| Error::Io {
+            path: "(resolved object)".into(),
+            root: display(&self.path),
+            source,
+        };
+        let (root, obj) = (self.host_path().map_err(io)?, r.host_path().map_err(io)?);
+        match obj.strip_prefix(&root) {
+            Ok(rel) => Ok(Path::new("/").join(rel)),
+            Err(_) => Err(Error::Io {
+                path: display(&obj),
+                root: display(&self.path),
+                source: io::Error::other("not inside the root any more"),
+            }),
+        }
+    }
+
     /// Resolves `path` inside the root, following every symlink, the last one too.
     pub fn resolve(&self, path: impl AsRef<Path>) -> Result<Resolved> {
         self.open_how(path.as_ref(), OFlag::O_PATH, Mode::empty())

@@ -9,7 +9,10 @@
 //!   a pull is all or nothing (blobs are staged in a temporary directory first);
 //! - plain HTTP for loopback registries and those named with `--insecure-registry`;
 //! - credentials from `rbuild login` and `~/.docker/config.json` (the same file);
-//! - retries with backoff on 5xx answers and dropped connections.
+//! - retries with backoff on 5xx answers and dropped connections;
+//! - caps on what is read before it is verified: manifests and configs at 4 MiB
+//!   ([`MAX_MANIFEST_SIZE`], containerd's limit), blobs at the size their descriptor declares, so
+//!   an endless or oversized answer fails the pull cleanly instead of filling memory or disk.
 
 mod auth;
 
@@ -37,6 +40,10 @@ const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
+
+/// The largest manifest, index or image config a pull reads: 4 MiB, as containerd
+/// (`MaxManifestSize`). Real ones are a few KiB.
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
 
 /// Errors of registry operations. Each names the image, registry or blob involved.
 #[derive(Debug, thiserror::Error)]
@@ -221,13 +228,17 @@ impl Client {
             .unwrap_or_else(docker_config_path)
     }
 
-    fn oci(&self, registry: &str) -> oci_client::Client {
+    fn plain_http(&self, registry: &str) -> Vec<String> {
         let mut plain: Vec<String> = self.opts.insecure.clone();
         if is_loopback(registry) {
             plain.push(registry.to_string());
         }
+        plain
+    }
+
+    fn oci(&self, registry: &str) -> oci_client::Client {
         oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain),
+            protocol: ClientProtocol::HttpsExcept(self.plain_http(registry)),
             read_timeout: Some(Duration::from_secs(120)),
             connect_timeout: Some(Duration::from_secs(10)),
             ..Default::default()
@@ -333,9 +344,10 @@ impl Client {
             image: name.clone(),
             message: describe(&e, &registry),
         };
-        let (bytes, digest) = self
-            .retry(|| client.pull_manifest_raw(&reference, &auth, MANIFEST_TYPES))
-            .map_err(rerr)?;
+        let fetcher =
+            ManifestFetcher::new(self, &registry, &client, &reference, &auth).map_err(rerr)?;
+        let (bytes, digest) = fetcher.fetch(self, &reference, &name).map_err(rerr)??;
+        let digest = digest.unwrap_or_default();
         let actual = Digest::of(&bytes);
         let want = match &image.digest {
             Some(d) => d.to_string(),
@@ -361,9 +373,7 @@ impl Client {
                 ),
             })?;
             let child = reference.clone_with_digest(d.to_string());
-            let (b, _) = self
-                .retry(|| client.pull_manifest_raw(&child, &auth, MANIFEST_TYPES))
-                .map_err(rerr)?;
+            let (b, _) = fetcher.fetch(self, &child, &name).map_err(rerr)??;
             check(&name, "manifest", &d, size, &b)?;
             manifest_bytes = b.to_vec();
             remote_digest = d;
@@ -376,10 +386,27 @@ impl Client {
             .map_err(io_err("create a temporary directory for", &name))?;
         // 1. Config.
         let cds = config_desc.0.to_string();
+        if config_desc.1 > MAX_MANIFEST_SIZE {
+            return Err(Error::BadManifest {
+                image: name,
+                reason: format!(
+                    "the config {cds} is {} bytes, more than the {MAX_MANIFEST_SIZE} bytes \
+                     (4 MiB) a config may have; refusing to download it",
+                    config_desc.1
+                ),
+            });
+        }
         let config = self
             .retry(|| async {
                 let mut v: Vec<u8> = Vec::new();
-                client.pull_blob(&reference, cds.as_str(), &mut v).await?;
+                let mut stream = client.pull_blob_stream(&reference, cds.as_str()).await?;
+                // Stop one byte past the declared size: check() then reports the mismatch.
+                while let Some(chunk) = stream.next().await {
+                    v.extend_from_slice(&chunk?);
+                    if v.len() as u64 > config_desc.1 {
+                        break;
+                    }
+                }
                 Ok(v)
             })
             .map_err(|e| blob_error(e, &name, &registry, "config", &config_desc.0))?;
@@ -546,6 +573,146 @@ impl Client {
         self.retry(|| client.push_manifest_raw(&reference, body.clone(), ct.clone()))
             .map_err(perr)?;
         Ok(dist.digest)
+    }
+}
+
+/// Fetches manifests with reqwest directly, reading at most [`MAX_MANIFEST_SIZE`] bytes of a
+/// body (oci-client's `pull_manifest_raw` reads a whole body, however long, into memory).
+/// Authentication comes from oci-client: its bearer token for the repository, else the basic
+/// credentials; reqwest drops the `Authorization` header on a redirect to another host.
+struct ManifestFetcher {
+    http: reqwest::Client,
+    scheme: &'static str,
+    authorization: Option<String>,
+}
+
+/// A manifest body and the registry's `Docker-Content-Digest`, or why it was refused.
+type Fetched = std::result::Result<(Vec<u8>, Option<String>), Error>;
+
+impl ManifestFetcher {
+    fn new(
+        c: &Client,
+        registry: &str,
+        oci: &oci_client::Client,
+        reference: &Reference,
+        auth: &RegistryAuth,
+    ) -> std::result::Result<ManifestFetcher, OciDistributionError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(120))
+            .build()?;
+        let token = c.retry(|| oci.auth(reference, auth, RegistryOperation::Pull))?;
+        let authorization = match (token, auth) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            (None, RegistryAuth::Basic(u, p)) => {
+                use base64::Engine as _;
+                let raw = format!("{u}:{p}");
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                ))
+            }
+            _ => None,
+        };
+        let plain = c.plain_http(registry);
+        let scheme = if plain.iter().any(|p| p == reference.resolve_registry()) {
+            "http"
+        } else {
+            "https"
+        };
+        Ok(ManifestFetcher {
+            http,
+            scheme,
+            authorization,
+        })
+    }
+
+    /// GETs the manifest `reference` names (by digest when it has one), with retries.
+    fn fetch(
+        &self,
+        c: &Client,
+        reference: &Reference,
+        image: &str,
+    ) -> std::result::Result<Fetched, OciDistributionError> {
+        let target = reference
+            .digest()
+            .or(reference.tag())
+            .unwrap_or("latest")
+            .to_string();
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{target}",
+            self.scheme,
+            reference.resolve_registry(),
+            reference.repository()
+        );
+        c.retry(|| self.get(&url, image))
+    }
+
+    async fn get(
+        &self,
+        url: &str,
+        image: &str,
+    ) -> std::result::Result<Fetched, OciDistributionError> {
+        let mut req = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES.join(", "));
+        if let Some(a) = &self.authorization {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        let mut res = req.send().await?;
+        let status = res.status();
+        let too_large = |what: String| {
+            Ok(Err(Error::BadManifest {
+                image: image.into(),
+                reason: format!(
+                    "the manifest at {url} is {what}, more than the {MAX_MANIFEST_SIZE} bytes \
+                     (4 MiB) a manifest may have; refusing it (nothing was stored)"
+                ),
+            }))
+        };
+        if res.content_length().is_some_and(|n| n > MAX_MANIFEST_SIZE) && status.is_success() {
+            return too_large(format!("{} bytes", res.content_length().unwrap_or(0)));
+        }
+        let digest = res
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = Vec::new();
+        // An error page is read only as far as its first 64 KiB.
+        let cap = if status.is_success() {
+            MAX_MANIFEST_SIZE
+        } else {
+            64 << 10
+        };
+        while let Some(chunk) = res.chunk().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > cap {
+                if status.is_success() {
+                    return too_large("longer".into());
+                }
+                body.truncate(cap as usize);
+                break;
+            }
+        }
+        match status {
+            reqwest::StatusCode::OK => Ok(Ok((body, digest))),
+            reqwest::StatusCode::UNAUTHORIZED => {
+                Err(OciDistributionError::UnauthorizedError { url: url.into() })
+            }
+            reqwest::StatusCode::NOT_FOUND => {
+                Err(OciDistributionError::ImageManifestNotFoundError(format!(
+                    "{url}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                )))
+            }
+            s => Err(OciDistributionError::ServerError {
+                code: s.as_u16(),
+                url: url.into(),
+                message: String::from_utf8_lossy(&body).into_owned(),
+            }),
+        }
     }
 }
 

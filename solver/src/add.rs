@@ -141,27 +141,115 @@ pub fn url_file_name(url: &str) -> String {
         .unwrap_or_else(|| "__unnamed__".into())
 }
 
+/// Where and how git may fetch from for an ADD.
+pub struct GitAccess<'a> {
+    /// The build context: the only place a `file://` repository may be.
+    pub context: &'a rbuild_fsroot::Root,
+    /// The agent socket of `--ssh default`, handed to git only for ssh URLs (`git@`, `ssh://`),
+    /// as BuildKit mounts the default ssh socket for them.
+    pub ssh_agent: Option<&'a Path>,
+}
+
+/// Transports git may use (never `ext::`, which runs commands, nor other remote helpers).
+const GIT_PROTOCOLS: &str = "https:http:git:ssh:file";
+
+/// A `file://` URL's repository, looked up inside the build context (links in the context are
+/// followed inside it): the URL to clone from, or an error naming the fix.
+fn file_url_in_context(url: &str, context: &rbuild_fsroot::Root) -> Result<String, String> {
+    let refuse = || {
+        format!(
+            "ADD {url}: a file:// repository must be inside the build context {}; move it into the context or serve it over https",
+            context.path().display()
+        )
+    };
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    let path = path.strip_prefix("localhost").unwrap_or(path);
+    let path = Path::new(path);
+    let ctx_given = std::path::absolute(context.path()).map_err(|_| refuse())?;
+    let ctx_host = context.host_path().map_err(|_| refuse())?;
+    let rel = path
+        .strip_prefix(&ctx_given)
+        .or_else(|_| path.strip_prefix(&ctx_host))
+        .map_err(|_| refuse())?;
+    if rel
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(refuse());
+    }
+    let found = context.resolve(rel).map_err(|_| refuse())?;
+    let host = found.host_path().map_err(|_| refuse())?;
+    Ok(format!("file://{}", host.display()))
+}
+
+/// `git` with nothing of the host user's: no system or global config (so no credential helper,
+/// `url.insteadOf`, `core.hooksPath` or `core.sshCommand`), an empty HOME, no terminal prompt,
+/// hooks off, only the usual transports, ssh without the user's keys or config, and the ssh
+/// agent only when `agent` is given. Proxy and CA settings of the environment are kept.
+fn git_command(home: &Path, agent: Option<&Path>) -> Command {
+    let mut c = Command::new("git");
+    c.env_clear();
+    for (k, v) in std::env::vars_os() {
+        let keep = k.to_str().is_some_and(|k| {
+            matches!(
+                k.to_ascii_lowercase().as_str(),
+                "path" | "http_proxy" | "https_proxy" | "no_proxy" | "all_proxy"
+            ) || matches!(k, "SSL_CERT_FILE" | "SSL_CERT_DIR" | "TZ")
+        });
+        if keep {
+            c.env(k, v);
+        }
+    }
+    c.env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", GIT_PROTOCOLS)
+        .env(
+            "GIT_SSH_COMMAND",
+            "ssh -F /dev/null -o BatchMode=yes -o IdentityFile=/dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        )
+        .args(["-c", "core.hooksPath=/dev/null"]);
+    if let Some(sock) = agent {
+        c.env("SSH_AUTH_SOCK", sock);
+    }
+    c
+}
+
 /// Clones the git repository `src` (`URL[#ref[:subdir]]`) into `dir/checkout`, checks out the ref
 /// (default branch when none) and returns the tree (the subdirectory when given). `.git` is kept
 /// only with `keep_git_dir`. `checksum`, when given, must be a prefix of the full commit id.
+/// git runs without the host user's config, credentials or hooks (see [`GitAccess`]).
 pub fn git_clone(
     src: &str,
     dir: &Path,
     keep_git_dir: bool,
     checksum: Option<&str>,
+    access: &GitAccess<'_>,
 ) -> Result<Fetched, String> {
     let (url, fragment) = match src.split_once('#') {
         Some((u, f)) => (u, f),
         None => (src, ""),
     };
+    let in_context;
+    let url = if url.starts_with("file://") {
+        in_context = file_url_in_context(url, access.context)?;
+        in_context.as_str()
+    } else {
+        url
+    };
+    let ssh = src.starts_with("git@") || src.starts_with("ssh://");
+    let agent = access.ssh_agent.filter(|_| ssh);
+    let home = dir.join("home");
+    fs::create_dir(&home).map_err(|e| format!("ADD {src}: {e}"))?;
     let (reference, subdir) = match fragment.split_once(':') {
         Some((r, s)) => (r, s),
         None => (fragment, ""),
     };
     let checkout = dir.join("checkout");
     let git = |args: &[&str], cwd: Option<&Path>| -> Result<String, String> {
-        let mut c = Command::new("git");
-        c.args(args).env("GIT_TERMINAL_PROMPT", "0");
+        let mut c = git_command(&home, agent);
+        c.args(args);
         if let Some(d) = cwd {
             c.current_dir(d);
         }
@@ -214,16 +302,15 @@ pub fn git_clone(
     if !keep_git_dir {
         fs::remove_dir_all(checkout.join(".git")).map_err(|e| format!("ADD {src}: {e}"))?;
     }
-    let path = if subdir.is_empty() {
-        checkout
-    } else {
-        fsutil::resolve_in_root(&checkout, subdir).map_err(|e| format!("ADD {src}: {e}"))?
-    };
-    if !path.exists() {
-        return Err(format!(
-            "ADD {src}: the repository has no directory {subdir:?} at {commit}"
-        ));
-    }
+    // The subdirectory is looked up inside the checkout: a link in the repository never leads
+    // out of it.
+    let path = rbuild_fsroot::Root::open(&checkout)
+        .and_then(|r| r.resolve(subdir))
+        .ok()
+        .and_then(|r| r.host_path().ok())
+        .ok_or_else(|| {
+            format!("ADD {src}: the repository has no directory {subdir:?} at {commit}")
+        })?;
     Ok(Fetched {
         src: src.to_string(),
         path,
@@ -311,6 +398,9 @@ pub fn is_archive(path: &Path) -> bool {
 
 /// Extracts the archive at `path` into host directory `dest` (inside the mounted rootfs). Entries
 /// keep their modes, times and owners unless `owner` is given; paths never leave `dest`.
+/// Extended attributes follow the layer rule (`rbuild_exporter::layer_xattr_allowed`: file
+/// capabilities kept, `trusted.*` never applied); block and character devices are skipped, as
+/// Docker does when it cannot create them (the context is not trusted to add raw devices).
 pub fn extract(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
     let mut ar = tar::Archive::new(open_decompressed(path)?);
     ar.set_preserve_permissions(true);
@@ -322,11 +412,14 @@ pub fn extract(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> io::Resul
         let mut entry = entry?;
         let rel = entry.path()?.into_owned();
         let kind = entry.header().entry_type();
+        if matches!(kind, tar::EntryType::Block | tar::EntryType::Char) {
+            continue;
+        }
         if !entry.unpack_in(dest)? {
             continue;
         }
+        let p = dest.join(fsutil::clean_rel(&rel));
         if let Some((u, g)) = owner {
-            let p = dest.join(fsutil::clean_rel(&rel));
             std::os::unix::fs::lchown(&p, Some(u), Some(g))?;
             if !kind.is_symlink() {
                 // chown clears set-id bits: put the archive's mode back.
@@ -337,6 +430,9 @@ pub fn extract(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> io::Resul
                     )?;
                 }
             }
+        }
+        if kind != tar::EntryType::Link {
+            rbuild_exporter::apply_tar_xattrs(&mut entry, &p).map_err(io::Error::other)?;
         }
     }
     Ok(())
@@ -357,6 +453,74 @@ mod tests {
         assert_eq!(url_file_name("http://h:1/x/y.txt?q=1"), "y.txt");
         assert_eq!(url_file_name("http://h:1/x/dir/"), "dir");
         assert_eq!(url_file_name("http://h:1"), "__unnamed__");
+    }
+
+    #[test]
+    fn extract_skips_devices_and_follows_the_xattr_rule() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let caps: &[u8] = &[
+            0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        b.append_pax_extensions([
+            ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+            ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
+            ("SCHILY.xattr.security.capability", caps),
+            ("SCHILY.xattr.user.note", &b"kept"[..]),
+        ])
+        .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, "dir", io::empty()).unwrap();
+        for (name, kind, major) in [
+            ("sda", tar::EntryType::Block, 8),
+            ("mem", tar::EntryType::Char, 1),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_mode(0o666);
+            h.set_size(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_device_major(major).unwrap();
+            h.set_device_minor(1).unwrap();
+            h.set_cksum();
+            b.append_data(&mut h, name, io::empty()).unwrap();
+        }
+        let tar_path = d.path().join("hostile.tar");
+        fs::write(&tar_path, b.into_inner().unwrap()).unwrap();
+        let out = d.path().join("out");
+        fs::create_dir(&out).unwrap();
+        extract(&tar_path, &out, None).unwrap();
+        assert!(
+            fs::symlink_metadata(out.join("sda")).is_err(),
+            "block device skipped"
+        );
+        assert!(
+            fs::symlink_metadata(out.join("mem")).is_err(),
+            "char device skipped"
+        );
+        let get = |name: &str| {
+            let p = std::ffi::CString::new(out.join("dir").as_os_str().as_encoded_bytes()).unwrap();
+            let n = std::ffi::CString::new(name).unwrap();
+            let mut buf = [0u8; 64];
+            // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+            let r = unsafe {
+                libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            (r >= 0).then(|| buf[..r as usize].to_vec())
+        };
+        assert_eq!(get("trusted.overlay.opaque"), None);
+        assert_eq!(get("trusted.overlay.redirect"), None);
+        assert_eq!(get("security.capability").as_deref(), Some(caps));
+        assert_eq!(get("user.note").as_deref(), Some(&b"kept"[..]));
     }
 
     #[test]

@@ -152,9 +152,15 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
-/// The image's layers as overlay lower dirs, TOP FIRST (unpacked on demand).
-fn lowers_of(store: &Store, doc: &Value, image: &str) -> Result<Vec<PathBuf>, Error> {
+/// The image's layers as overlay lower dirs, TOP FIRST (unpacked on demand), and their usage
+/// locks (hold them while the lower dirs are used: `prune` leaves those snapshots alone).
+fn lowers_of(
+    store: &Store,
+    doc: &Value,
+    image: &str,
+) -> Result<(Vec<PathBuf>, Vec<rbuild_cache::SnapshotUse>), Error> {
     let mut lowers = Vec::new();
+    let mut guards = Vec::new();
     for d in doc["rootfs"]["diff_ids"]
         .as_array()
         .cloned()
@@ -165,11 +171,12 @@ fn lowers_of(store: &Store, doc: &Value, image: &str) -> Result<Vec<PathBuf>, Er
             .unwrap_or_default()
             .parse()
             .map_err(|_| cerr(format!("image {image}: config has an invalid diff_id {d}")))?;
-        let s = rbuild_exporter::ensure_snapshot(store, &diff_id)?;
+        let (s, guard) = rbuild_exporter::ensure_snapshot_in_use(store, &diff_id)?;
         lowers.push(store.snapshot_dir(&s));
+        guards.push(guard);
     }
     lowers.reverse();
-    Ok(lowers)
+    Ok((lowers, guards))
 }
 
 fn new_id(name_hint: &str) -> String {
@@ -268,9 +275,12 @@ fn seed_volume(store: &Store, lowers: &[PathBuf], target: &str, data: &Path) -> 
     fs::create_dir(&mnt).map_err(io_err(format!("creating {}", mnt.display())))?;
     let result = (|| {
         let m = rbuild_sandbox::OverlayMount::mount(lowers, None, &mnt)?;
-        let src = crate::fsutil::resolve_in_root(m.path(), target)
-            .map_err(io_err(format!("resolving {target} in the image")))?;
-        if src.is_dir() {
+        // Resolved inside the image (a link there never names a host path).
+        let src = rbuild_fsroot::Root::open(m.path())
+            .and_then(|r| r.resolve(target))
+            .ok()
+            .and_then(|r| r.host_path().ok());
+        if let Some(src) = src.filter(|s| s.is_dir()) {
             seed_tree(&src, data).map_err(io_err(format!(
                 "copying the image's {target} into volume {}",
                 data.display()
@@ -301,6 +311,8 @@ pub struct RunHandle {
     /// Torn down when the container has exited (or when the handle is dropped).
     network: Option<rbuild_network::Attachment>,
     _lock: KeyLock,
+    /// Usage locks of the image's snapshots (the container's lower dirs).
+    _in_use: Vec<rbuild_cache::SnapshotUse>,
 }
 
 impl RunHandle {
@@ -422,7 +434,7 @@ pub fn start(
     for t in &req.tmpfs {
         check_target(&t.target, "--tmpfs")?;
     }
-    let mut lowers = lowers_of(store, &doc, &image.to_string())?;
+    let (mut lowers, in_use) = lowers_of(store, &doc, &image.to_string())?;
     let user = req.user.clone().unwrap_or(cfg.user.clone());
     let (uid, gid, groups, home) = crate::exec::resolve_user_pub(store, &lowers, &user)?;
     let mut env = merge_env(cfg.env.clone(), &req.env);
@@ -604,6 +616,7 @@ pub fn start(
         remove: req.remove,
         network: attachment,
         _lock: lock,
+        _in_use: in_use,
     })
 }
 
@@ -773,7 +786,7 @@ fn config_of(store: &Store, r: &ContainerRecord) -> Result<Value, Error> {
 pub fn diff(store: &Store, name: &str) -> Result<Vec<Change>, Error> {
     let r = find(store, name)?;
     let doc = config_of(store, &r)?;
-    let lowers = lowers_of(store, &doc, &r.image)?;
+    let (lowers, _in_use) = lowers_of(store, &doc, &r.image)?;
     let upper = store.container_dir(&r.name).join("upper");
     upper_changes(&upper, &lowers).map_err(io_err(format!("reading {}", upper.display())))
 }

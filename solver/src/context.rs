@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rbuild_cache::{FileStat, Store};
+use rbuild_fsroot::Root;
 use rbuild_types::Digest;
 use sha2::{Digest as _, Sha256};
 
@@ -226,27 +227,29 @@ pub fn has_glob(s: &str) -> bool {
 /// A file selected from a source tree.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    /// Path relative to the source root, `/`-separated.
+    /// Path relative to the source root as the user named it, `/`-separated (glob matches
+    /// filled in).
     pub rel: String,
-    /// Absolute path on the host.
+    /// Where it really is inside the root, relative and `/`-separated: `rel` with every symlink
+    /// followed inside the root by the kernel. `.dockerignore` rules apply to this path too.
+    pub real: String,
+    /// The object's host path (no symlink in it: the kernel's path of the resolved object).
+    /// Walk below it with no-follow operations only.
     pub abs: PathBuf,
 }
 
 /// Expands one COPY source (possibly a glob) to the matching top-level entries of `root`, honoring
-/// `ignore`. An error when nothing matches and the source has no wildcard.
-pub fn expand_source(root: &Path, src: &str, ignore: &IgnoreRules) -> io::Result<Vec<Entry>> {
+/// `ignore`. Every path is resolved inside `root` by the kernel (`rbuild-fsroot`): a symlink named
+/// as a source, or on the way to it, is followed as if `root` were `/`, and a link that leads to an
+/// ignored path selects nothing. An error when nothing matches and the source has no wildcard.
+pub fn expand_source(root: &Root, src: &str, ignore: &IgnoreRules) -> io::Result<Vec<Entry>> {
     let cleaned = clean_path(src);
-    if cleaned.is_empty() {
-        return Ok(vec![Entry {
-            rel: String::new(),
-            abs: root.to_path_buf(),
-        }]);
-    }
-    let comps: Vec<&str> = cleaned.split('/').collect();
-    let mut found = vec![(String::new(), root.to_path_buf())];
+    let comps: Vec<&str> = cleaned.split('/').filter(|c| !c.is_empty()).collect();
+    // Candidates as (user path) strings; the kernel resolves each when it is used.
+    let mut found = vec![String::new()];
     for comp in &comps {
         let mut next = Vec::new();
-        for (rel, abs) in found {
+        for rel in found {
             let join = |name: &str| {
                 if rel.is_empty() {
                     name.to_string()
@@ -255,34 +258,45 @@ pub fn expand_source(root: &Path, src: &str, ignore: &IgnoreRules) -> io::Result
                 }
             };
             if has_glob(comp) {
-                let rd = match fs::read_dir(&abs) {
-                    Ok(rd) => rd,
-                    Err(_) => continue,
+                let Ok(dir) = root.resolve(&rel) else {
+                    continue;
+                };
+                let Ok(rd) = fs::read_dir(dir.proc_path()) else {
+                    continue;
                 };
                 let mut names: Vec<String> = rd
                     .filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .collect();
                 names.sort();
-                for n in names {
-                    if glob_match(comp.as_bytes(), n.as_bytes()) {
-                        next.push((join(&n), abs.join(&n)));
-                    }
-                }
+                next.extend(
+                    names
+                        .iter()
+                        .filter(|n| glob_match(comp.as_bytes(), n.as_bytes()))
+                        .map(|n| join(n)),
+                );
             } else {
-                let p = abs.join(comp);
-                if fs::symlink_metadata(&p).is_ok() {
-                    next.push((join(comp), p));
-                }
+                next.push(join(comp));
             }
         }
         found = next;
     }
-    let out: Vec<Entry> = found
-        .into_iter()
-        .filter(|(rel, _)| !ignore.is_excluded(rel))
-        .map(|(rel, abs)| Entry { rel, abs })
-        .collect();
+    let mut out = Vec::new();
+    for rel in found {
+        let r = match root.resolve(&rel) {
+            Ok(r) => r,
+            Err(rbuild_fsroot::Error::NotFound { .. })
+            | Err(rbuild_fsroot::Error::NotADirectory { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let real = root.inner_path(&r).map_err(io::Error::from)?;
+        let real = real.to_string_lossy().trim_start_matches('/').to_string();
+        if ignore.is_excluded(&rel) || (!real.is_empty() && ignore.is_excluded(&real)) {
+            continue;
+        }
+        let abs = r.host_path()?;
+        out.push(Entry { rel, real, abs });
+    }
     if out.is_empty() && !has_glob(&cleaned) {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -293,24 +307,26 @@ pub fn expand_source(root: &Path, src: &str, ignore: &IgnoreRules) -> io::Result
 }
 
 /// Walks `entry` recursively (not following symlinks), calling `f(rel, abs, metadata)` for it and
-/// everything below it that `ignore` keeps, in sorted order.
+/// everything below it that `ignore` keeps (matched against the entry's real path), in sorted
+/// order. `rel` is the user's path (`entry.rel` and the names below it).
 pub fn walk(
     entry: &Entry,
     ignore: &IgnoreRules,
     f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> io::Result<()>,
 ) -> io::Result<()> {
     let md = fs::symlink_metadata(&entry.abs)?;
-    walk_inner(&entry.rel, &entry.abs, &md, ignore, f)
+    walk_inner(&entry.rel, &entry.real, &entry.abs, &md, ignore, f)
 }
 
 fn walk_inner(
     rel: &str,
+    real: &str,
     abs: &Path,
     md: &fs::Metadata,
     ignore: &IgnoreRules,
     f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> io::Result<()>,
 ) -> io::Result<()> {
-    let excluded = !rel.is_empty() && ignore.is_excluded(rel);
+    let excluded = !real.is_empty() && ignore.is_excluded(real);
     if !excluded {
         f(rel, abs, md)?;
     }
@@ -320,16 +336,18 @@ fn walk_inner(
             .map(|e| e.file_name())
             .collect();
         names.sort();
-        for n in names {
-            let name = n.to_string_lossy();
-            let crel = if rel.is_empty() {
+        let sub = |base: &str, name: &str| {
+            if base.is_empty() {
                 name.to_string()
             } else {
-                format!("{rel}/{name}")
-            };
+                format!("{base}/{name}")
+            }
+        };
+        for n in names {
+            let name = n.to_string_lossy();
             let cabs = abs.join(&n);
             let cmd = fs::symlink_metadata(&cabs)?;
-            walk_inner(&crel, &cabs, &cmd, ignore, f)?;
+            walk_inner(&sub(rel, &name), &sub(real, &name), &cabs, &cmd, ignore, f)?;
         }
     }
     Ok(())
@@ -351,7 +369,7 @@ pub struct HashStats {
 /// cache when (path, size, mtime, ctime, inode) are unchanged, and newly hashed files are recorded.
 /// Returns the digest and a per-path map of file digests (for explaining cache misses).
 pub fn selection_digest(
-    root: &Path,
+    root: &Root,
     srcs: &[String],
     excludes: &[String],
     ignore: &IgnoreRules,
@@ -364,7 +382,9 @@ pub fn selection_digest(
     let mut learned: Vec<(PathBuf, FileStat, Digest)> = Vec::new();
     // The stat cache entries below the root, read once.
     let known = match store {
-        Some(s) => s.stat_cache_under(root).map_err(io::Error::other)?,
+        Some(s) => s
+            .stat_cache_under(&root.host_path()?)
+            .map_err(io::Error::other)?,
         None => Default::default(),
     };
     for src in srcs {
@@ -477,24 +497,25 @@ mod tests {
         fs::write(d.path().join("b"), "2").unwrap();
         let ig = IgnoreRules::default();
         let st = HashStats::default();
-        let (d1, _) = selection_digest(d.path(), &["a".into()], &[], &ig, None, &st).unwrap();
+        let root = Root::open(d.path()).unwrap();
+        let (d1, _) = selection_digest(&root, &["a".into()], &[], &ig, None, &st).unwrap();
         fs::write(d.path().join("b"), "3").unwrap();
-        let (d2, _) = selection_digest(d.path(), &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d2, _) = selection_digest(&root, &["a".into()], &[], &ig, None, &st).unwrap();
         assert_eq!(
             d1, d2,
             "changing an unselected file must not change the digest"
         );
         fs::write(d.path().join("a"), "1").unwrap();
-        let (d3, _) = selection_digest(d.path(), &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d3, _) = selection_digest(&root, &["a".into()], &[], &ig, None, &st).unwrap();
         assert_eq!(
             d1, d3,
             "rewriting the same bytes must not change the digest"
         );
         fs::write(d.path().join("a"), "x").unwrap();
-        let (d4, _) = selection_digest(d.path(), &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d4, _) = selection_digest(&root, &["a".into()], &[], &ig, None, &st).unwrap();
         assert_ne!(d1, d4);
-        assert!(selection_digest(d.path(), &["missing".into()], &[], &ig, None, &st).is_err());
-        let (g, files) = selection_digest(d.path(), &["*".into()], &[], &ig, None, &st).unwrap();
+        assert!(selection_digest(&root, &["missing".into()], &[], &ig, None, &st).is_err());
+        let (g, files) = selection_digest(&root, &["*".into()], &[], &ig, None, &st).unwrap();
         assert_eq!(files.len(), 2);
         assert_ne!(g, d4);
     }

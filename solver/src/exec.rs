@@ -4,6 +4,9 @@
 use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
+
+use nix::fcntl::OFlag;
+use rbuild_fsroot::Root;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -274,6 +277,22 @@ pub(crate) fn run(
     Ok(())
 }
 
+/// A root that cannot be opened (the store's own scratch mount): an I/O error, not the user's.
+fn root_err(e: rbuild_fsroot::Error) -> ExecError {
+    ExecError::Other(Error::Io {
+        what: "opening a root for in-root path resolution".into(),
+        source: e.into(),
+    })
+}
+
+fn io_to_root(source: std::io::Error, path: &str) -> rbuild_fsroot::Error {
+    rbuild_fsroot::Error::Io {
+        path: path.to_string(),
+        root: "the destination".into(),
+        source,
+    }
+}
+
 fn copy_failed(msg: impl Into<String>) -> ExecError {
     ExecError::Failed {
         code: 1,
@@ -281,9 +300,14 @@ fn copy_failed(msg: impl Into<String>) -> ExecError {
     }
 }
 
-/// Looks a name up in the image's `/etc/passwd` or `/etc/group` (field 3 is the id).
-fn lookup_id(root: &Path, file: &str, name: &str, field: usize) -> Option<u32> {
-    let text = fs::read_to_string(fsutil::resolve_link(root, file).ok()?).ok()?;
+/// Looks a name up in the image's `/etc/passwd` or `/etc/group` (field 3 is the id), read inside
+/// the image's root.
+fn lookup_id(root: &Root, file: &str, name: &str, field: usize) -> Option<u32> {
+    let mut text = String::new();
+    root.open_file(file, OFlag::O_RDONLY, 0)
+        .ok()?
+        .read_to_string(&mut text)
+        .ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() > field && f[0] == name)
@@ -294,7 +318,7 @@ fn lookup_id(root: &Path, file: &str, name: &str, field: usize) -> Option<u32> {
 
 /// `--chown=user[:group]` to ids, as BuildKit: a user name alone takes its primary group from
 /// `/etc/passwd`, a numeric uid alone uses the uid as gid.
-fn parse_chown(root: &Path, spec: &str) -> Result<(u32, u32), ExecError> {
+fn parse_chown(root: &Root, spec: &str) -> Result<(u32, u32), ExecError> {
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -326,9 +350,11 @@ fn parse_chown(root: &Path, spec: &str) -> Result<(u32, u32), ExecError> {
 
 /// Where one selected source lives and what it is.
 struct Source {
+    /// The COPY source as written (`dir/`, `*.txt`): the first half of its files' digest keys.
+    src: String,
     /// Path relative to the source root, as the user selected it (for messages and `--parents`).
     rel: String,
-    /// Host path.
+    /// Host path of the object, resolved inside its root (no symlink in it).
     abs: PathBuf,
     /// True for a remote (URL/git) source: never unpacked, a git tree is copied as a directory.
     remote: bool,
@@ -351,7 +377,12 @@ pub(crate) fn copy(
 ) -> Result<(), ExecError> {
     let target = LayerMount::new(store, "copy", lowers, sb)?;
     let upper = sb.fs_dir();
-    let root = target.path().to_path_buf();
+    // Every path of the destination is resolved inside the new layer's root, every source path
+    // inside its own root (context, stage, heredoc dir), by the kernel.
+    let troot = Root::open(target.path()).map_err(root_err)?;
+    let root = troot
+        .host_path()
+        .map_err(io_err("opening the COPY destination"))?;
     // Where sources come from.
     let src_mnt;
     let _src_mount;
@@ -383,8 +414,12 @@ pub(crate) fn copy(
                 (inline_dir.0.clone(), &no_ignore, Some((0, 0)))
             }
         };
+    let sroot = Root::open(&src_root).map_err(root_err)?;
+    let src_root = sroot
+        .host_path()
+        .map_err(io_err(format!("opening {}", src_root.display())))?;
     let owner = match &op.chown {
-        Some(c) => Some(parse_chown(&root, c)?),
+        Some(c) => Some(parse_chown(&troot, c)?),
         None => default_owner,
     };
     let excluded = |rel: &str| {
@@ -399,13 +434,14 @@ pub(crate) fn copy(
                 copy_failed(format!("ADD {src}: the remote source was not fetched"))
             })?;
             entries.push(Source {
+                src: src.clone(),
                 rel: src.clone(),
                 abs: f.path.clone(),
                 remote: true,
             });
             continue;
         }
-        let found = context::expand_source(&src_root, src, ignore).map_err(|e| {
+        let found = context::expand_source(&sroot, src, ignore).map_err(|e| {
             copy_failed(format!(
                 "failed to compute cache key: \"{src}\" not found ({e}); check the path (relative to the {} {})",
                 if matches!(op.from, CopyFrom::Context) { "build context" } else { "source stage root" },
@@ -417,6 +453,7 @@ pub(crate) fn copy(
                 .into_iter()
                 .filter(|e| !excluded(&e.rel))
                 .map(|e| Source {
+                    src: src.clone(),
                     rel: e.rel,
                     abs: e.abs,
                     remote: false,
@@ -424,13 +461,12 @@ pub(crate) fn copy(
         );
     }
     let dest = &op.dest;
-    let dest_host =
-        fsutil::resolve_in_root(&root, dest).map_err(io_err(format!("resolving {dest}")))?;
     let dest_is_dir = dest.ends_with('/')
         || entries.len() > 1
         || op.parents
-        || fs::metadata(fsutil::resolve_link(&root, dest).unwrap_or(dest_host.clone()))
-            .is_ok_and(|m| m.is_dir());
+        || troot
+            .resolve(dest)
+            .is_ok_and(|d| d.metadata().is_ok_and(|m| m.is_dir()));
     let ignore_rel = |p: &Path| -> bool {
         match p.strip_prefix(&src_root) {
             Ok(rel) => {
@@ -445,7 +481,9 @@ pub(crate) fn copy(
             fs::symlink_metadata(&e.abs).map_err(io_err(format!("reading {}", e.abs.display())))?;
         // ADD of a local tar archive: its contents go into the destination directory.
         if op.add && !e.remote && md.is_file() && crate::add::is_archive(&e.abs) {
-            let d = fsutil::mkdir_all_in_root(&root, dest, owner)
+            let d = troot
+                .mkdir_all(dest, 0o755, owner)
+                .and_then(|d| d.host_path().map_err(|e| io_to_root(e, dest)))
                 .map_err(|err| copy_failed(format!("cannot create {dest}: {err}")))?;
             let keep = if op.chown.is_some() { owner } else { None };
             crate::add::extract(&e.abs, &d, keep)
@@ -473,7 +511,9 @@ pub(crate) fn copy(
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or("/".into());
-        let parent_host = fsutil::mkdir_all_in_root(&root, &parent, owner)
+        let parent_host = troot
+            .mkdir_all(&parent, 0o755, owner)
+            .and_then(|d| d.host_path().map_err(|e| io_to_root(e, &parent)))
             .map_err(|err| copy_failed(format!("cannot create {parent}: {err}")))?;
         let name = fsutil::base_name(&target_path);
         let dst = if name.is_empty() {
@@ -510,18 +550,16 @@ pub(crate) fn copy(
         // Context files unchanged since the previous run of this step are hard links to that
         // run's copies (layers are immutable, so sharing inodes is safe): a one-file change in a
         // big tree writes one file, not all of them.
-        let link = |src: &Path, to: &Path| -> Option<PathBuf> {
+        let link = |from: &Path, to: &Path| -> Option<PathBuf> {
             let r = reuse.filter(|_| fresh && matches!(op.from, CopyFrom::Context))?;
-            let rel = src
-                .strip_prefix(context_dir)
-                .ok()?
-                .to_string_lossy()
-                .into_owned();
-            let src_key = srcs.iter().find(|s| {
-                let s = context::clean_path(s);
-                s.is_empty() || rel == s || rel.starts_with(&format!("{s}/"))
-            })?;
-            if !r.unchanged.contains(&format!("{src_key}:{rel}")) {
+            // The digest key of this file: the source as written and the user's path of it.
+            let below = from.strip_prefix(&e.abs).ok()?.to_string_lossy();
+            let rel = match (e.rel.is_empty(), below.is_empty()) {
+                (_, true) => e.rel.clone(),
+                (true, false) => below.into_owned(),
+                (false, false) => format!("{}/{below}", e.rel),
+            };
+            if !r.unchanged.contains(&format!("{}:{rel}", e.src)) {
                 return None;
             }
             Some(r.dir.join(to.strip_prefix(&upper).ok()?))
@@ -551,10 +589,13 @@ fn direct_target(root: &Path, dst: &Path, upper: &Path, lowers: &[PathBuf]) -> O
     if rel.as_os_str().is_empty() || fs::symlink_metadata(dst).is_ok() {
         return None;
     }
-    if lowers
-        .iter()
-        .any(|l| fs::symlink_metadata(l.join(rel)).is_ok())
-    {
+    // Looked up inside each lower (a link in a lower is never followed by the host; one that
+    // leads anywhere only sends the copy through the overlay).
+    if lowers.iter().any(|l| {
+        Root::open(l)
+            .map(|r| r.resolve_nofollow(rel).is_ok())
+            .unwrap_or(true)
+    }) {
         return None;
     }
     let parent = dst.parent()?;
@@ -582,13 +623,14 @@ pub(crate) fn mkdir(
     sb: &SnapshotBuilder,
 ) -> Result<(), ExecError> {
     let target = LayerMount::new(store, "mkdir", lowers, sb)?;
+    let root = Root::open(target.path()).map_err(root_err)?;
     // As BuildKit, a user the image does not know owns nothing special: root.
     let owner = if user.is_empty() {
         None
     } else {
-        Some(parse_chown(target.path(), user).unwrap_or((0, 0)))
+        Some(parse_chown(&root, user).unwrap_or((0, 0)))
     };
-    fsutil::mkdir_all_in_root(target.path(), path, owner)
+    root.mkdir_all(path, 0o755, owner)
         .map_err(|err| copy_failed(format!("cannot create {path}: {err}")))?;
     drop(target);
     Ok(())
@@ -603,7 +645,11 @@ pub(crate) struct Remote {
 
 /// Downloads the URLs and clones the git repositories an ADD names (nothing for COPY), verifying
 /// `--checksum`. Runs before the cache key is computed: the content is part of the key.
-pub(crate) fn fetch_remote(store: &Store, op: &CopyOp) -> Result<Remote, ExecError> {
+pub(crate) fn fetch_remote(
+    store: &Store,
+    op: &CopyOp,
+    git: &crate::add::GitAccess<'_>,
+) -> Result<Remote, ExecError> {
     let remote: Vec<&String> = op
         .srcs
         .iter()
@@ -626,7 +672,7 @@ pub(crate) fn fetch_remote(store: &Store, op: &CopyOp) -> Result<Remote, ExecErr
         let d = dir.0.join(i.to_string());
         fs::create_dir(&d).map_err(io_err(format!("creating {}", d.display())))?;
         let f = if crate::add::is_git(src) {
-            crate::add::git_clone(src, &d, op.keep_git_dir, op.checksum.as_deref())
+            crate::add::git_clone(src, &d, op.keep_git_dir, op.checksum.as_deref(), git)
         } else {
             crate::add::download(src, &d, op.checksum.as_deref())
         }

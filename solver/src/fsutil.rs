@@ -1,6 +1,7 @@
-//! File operations of COPY inside a mounted rootfs: symlink-safe path resolution (a path never
-//! leaves the root, whatever the links inside say), recursive copies that keep modes, times and
-//! links, and ownership/permission rewriting.
+//! File operations of COPY inside a mounted rootfs: recursive copies that keep modes, times and
+//! links, and ownership/permission rewriting. Paths are resolved inside their root by
+//! `rbuild-fsroot` before they get here; these functions only walk below a resolved object with
+//! no-follow operations.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -11,127 +12,6 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
-
-/// Resolves `path` (absolute inside the container) to a host path under `root`, following symlinks
-/// of every component but the last as the container would see them (absolute link targets are
-/// re-rooted, `..` never climbs above the root).
-pub fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
-    let mut parts: Vec<PathBuf> = Vec::new(); // resolved components, relative to root
-    let mut pending: Vec<std::ffi::OsString> = Path::new(path)
-        .components()
-        .rev()
-        .filter_map(comp_name)
-        .collect();
-    let mut links = 0;
-    while let Some(name) = pending.pop() {
-        if name == ".." {
-            parts.pop();
-            continue;
-        }
-        let mut cur: PathBuf = root.to_path_buf();
-        for p in &parts {
-            cur.push(p);
-        }
-        cur.push(&name);
-        let is_last = pending.is_empty();
-        if !is_last {
-            if let Ok(md) = fs::symlink_metadata(&cur) {
-                if md.file_type().is_symlink() {
-                    links += 1;
-                    if links > 40 {
-                        return Err(io::Error::other(format!(
-                            "too many levels of symbolic links in {path}"
-                        )));
-                    }
-                    let target = fs::read_link(&cur)?;
-                    if target.is_absolute() {
-                        parts.clear();
-                    }
-                    for c in target.components().rev().filter_map(comp_name) {
-                        pending.push(c);
-                    }
-                    continue;
-                }
-            }
-        }
-        parts.push(PathBuf::from(name));
-    }
-    let mut out = root.to_path_buf();
-    for p in parts {
-        out.push(p);
-    }
-    Ok(out)
-}
-
-fn comp_name(c: Component<'_>) -> Option<std::ffi::OsString> {
-    match c {
-        Component::Normal(n) => Some(n.to_os_string()),
-        Component::ParentDir => Some("..".into()),
-        _ => None,
-    }
-}
-
-/// Creates `path` (absolute in the container) and its missing parents under `root` as directories
-/// (0755, owned by `owner` or root). Returns the host path.
-pub fn mkdir_all_in_root(
-    root: &Path,
-    path: &str,
-    owner: Option<(u32, u32)>,
-) -> io::Result<PathBuf> {
-    let mut cur = String::new();
-    let mut host = root.to_path_buf();
-    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        cur.push('/');
-        cur.push_str(c);
-        host = resolve_in_root(root, &cur)?;
-        match fs::symlink_metadata(&host) {
-            Ok(md) if md.is_dir() => {}
-            Ok(md) if md.file_type().is_symlink() => {
-                // A link as the last component: follow it inside the root.
-                let target = resolve_link(root, &cur)?;
-                if !target.is_dir() {
-                    fs::create_dir_all(&target)?;
-                }
-                host = target;
-            }
-            Ok(_) => {
-                return Err(io::Error::other(format!(
-                    "cannot create directory {cur}: a file is in the way"
-                )));
-            }
-            Err(_) => {
-                fs::create_dir(&host)?;
-                fs::set_permissions(&host, fs::Permissions::from_mode(0o755))?;
-                let (u, g) = owner.unwrap_or((0, 0));
-                std::os::unix::fs::lchown(&host, Some(u), Some(g))?;
-            }
-        }
-    }
-    Ok(host)
-}
-
-/// Follows a symlink at container path `path` to its final host path under `root`.
-pub fn resolve_link(root: &Path, path: &str) -> io::Result<PathBuf> {
-    let mut p = path.to_string();
-    for _ in 0..40 {
-        let host = resolve_in_root(root, &p)?;
-        match fs::symlink_metadata(&host) {
-            Ok(md) if md.file_type().is_symlink() => {
-                let t = fs::read_link(&host)?;
-                p = if t.is_absolute() {
-                    t.to_string_lossy().into_owned()
-                } else {
-                    let parent = Path::new(&p).parent().unwrap_or(Path::new("/"));
-                    parent.join(t).to_string_lossy().into_owned()
-                };
-            }
-            _ => return Ok(host),
-        }
-    }
-    Err(io::Error::other(format!(
-        "too many levels of symbolic links in {path}"
-    )))
-}
 
 /// Copies `src` (host path, not following a symlink at `src` itself) to host path `dst`,
 /// recursively for directories (merging into an existing directory), keeping modes, times and
@@ -344,26 +224,6 @@ pub fn parse_chmod(spec: &str, base: u32, is_dir: bool) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resolution_stays_in_root() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path();
-        fs::create_dir_all(root.join("opt/real")).unwrap();
-        symlink("/opt/real", root.join("link")).unwrap();
-        symlink("../../../../etc", root.join("escape")).unwrap();
-        assert_eq!(
-            resolve_in_root(root, "/link/x").unwrap(),
-            root.join("opt/real/x")
-        );
-        assert_eq!(
-            resolve_in_root(root, "/escape/passwd").unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(resolve_in_root(root, "/../../a").unwrap(), root.join("a"));
-        // The last component is not followed.
-        assert_eq!(resolve_in_root(root, "/link").unwrap(), root.join("link"));
-    }
 
     #[test]
     fn chmod_forms() {

@@ -181,6 +181,9 @@ pub struct BuildResult {
     pub manifest: Digest,
     /// Config digest (the image id).
     pub config: Digest,
+    /// Usage locks of every snapshot the build used: a concurrent `prune` leaves them (and their
+    /// layer blobs) alone until the result is dropped, i.e. after the caller has tagged the image.
+    _in_use: Arc<Vec<rbuild_cache::SnapshotUse>>,
 }
 
 /// One layer of a rootfs chain.
@@ -259,6 +262,8 @@ fn now_rfc3339(epoch: Option<i64>) -> String {
 
 /// The solver for one build.
 struct Solver<'a> {
+    /// The build context directory, opened once as an in-root resolution root.
+    context: rbuild_fsroot::Root,
     store: &'a Store,
     graph: &'a BuildGraph,
     opts: &'a SolveOptions,
@@ -268,6 +273,8 @@ struct Solver<'a> {
     stats: HashStats,
     /// The Dockerfile's absolute path: steps are identified by it, their stage and position.
     dockerfile_id: String,
+    /// Usage locks of the snapshots this build has used so far (see [`Solver::hold`]).
+    in_use: std::sync::Mutex<Vec<rbuild_cache::SnapshotUse>>,
 }
 
 /// Builds the target of `graph` and writes its image into the store (untagged; the caller tags it).
@@ -293,7 +300,13 @@ pub fn solve(
             next += 1;
         }
     }
+    // The context as a root: every path a COPY or a bind mount names is resolved inside it.
+    let context = rbuild_fsroot::Root::open(&opts.context).map_err(|e| Error::Io {
+        what: format!("opening the build context {}", opts.context.display()),
+        source: e.into(),
+    })?;
     let solver = Solver {
+        context,
         store,
         graph,
         opts,
@@ -305,6 +318,7 @@ pub fn solve(
             .unwrap_or_else(|_| opts.dockerfile.clone())
             .display()
             .to_string(),
+        in_use: Default::default(),
     };
     for w in &graph.warnings {
         progress(Event::Warning(w.clone()));
@@ -325,6 +339,22 @@ pub fn solve(
 }
 
 impl Solver<'_> {
+    /// Marks snapshot `s` as used by this build until the build's result is dropped, so a
+    /// concurrent `prune` cannot remove it; false when it is already gone.
+    fn hold(&self, s: &SnapshotId) -> Result<bool, Error> {
+        match self.store.use_snapshot(s)? {
+            Some(g) => {
+                self.lock_in_use().push(g);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn lock_in_use(&self) -> std::sync::MutexGuard<'_, Vec<rbuild_cache::SnapshotUse>> {
+        self.in_use.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs every node, independent ones concurrently; stops scheduling at the first error and
     /// returns it once running nodes have finished.
     fn run_all(&self, order: &[NodeIndex]) -> Result<HashMap<NodeIndex, Arc<NodeOut>>, Error> {
@@ -462,20 +492,15 @@ impl Solver<'_> {
             } => self.pull_image(reference, platform),
             Op::Exec(exec) => {
                 let parent = parent.expect("exec has a rootfs input");
-                let bind_content = mounts::key_content(
-                    exec,
-                    &self.opts.context,
-                    &self.ignore,
-                    self.store,
-                    &self.stats,
-                )
-                .map_err(|e| Error::CopyFailed {
-                    step: self.step_name(n),
-                    message: format!(
+                let bind_content =
+                    mounts::key_content(exec, &self.context, &self.ignore, self.store, &self.stats)
+                        .map_err(|e| Error::CopyFailed {
+                            step: self.step_name(n),
+                            message: format!(
                         "failed to compute cache key of a bind mount: {e} in the build context {}",
                         self.opts.context.display()
                     ),
-                })?;
+                        })?;
                 let doc = json!({
                     "v": KEY_VERSION, "op": "exec", "exec": exec, "parent": parent.key.to_string(),
                     "sources": sources.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
@@ -519,7 +544,11 @@ impl Solver<'_> {
             Op::Copy(copy) => {
                 let parent = parent.expect("copy has a rootfs input");
                 // ADD's URLs and git repositories are fetched first: their content is in the key.
-                let remote = exec::fetch_remote(self.store, copy).map_err(|e| match e {
+                let git = add::GitAccess {
+                    context: &self.context,
+                    ssh_agent: self.opts.forwarded.ssh.get("default").map(PathBuf::as_path),
+                };
+                let remote = exec::fetch_remote(self.store, copy, &git).map_err(|e| match e {
                     exec::ExecError::Failed { output, .. } => Error::CopyFailed {
                         step: self.step_name(n),
                         message: output.join("\n"),
@@ -535,7 +564,7 @@ impl Solver<'_> {
                 let fetched: Vec<&str> = remote.files.iter().map(|f| f.digest.as_str()).collect();
                 let content = match &copy.from {
                     rbuild_frontend::CopyFrom::Context => {
-                        let (d, files) = context::selection_digest(&self.opts.context, &local, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
+                        let (d, files) = context::selection_digest(&self.context, &local, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
                             .map_err(|e| Error::CopyFailed {
                                 step: self.step_name(n),
                                 message: format!(
@@ -635,7 +664,7 @@ impl Solver<'_> {
             if no_cache {
                 return Ok(None);
             }
-            Ok(store
+            let hit = store
                 .cache_get(&key)?
                 .and_then(|rec| match (rec.snapshot, rec.diff_id) {
                     (Some(s), Some(d)) if store.snapshot_dir(&s).is_dir() => Some(Layer {
@@ -643,7 +672,11 @@ impl Solver<'_> {
                         snapshot: s,
                     }),
                     _ => None,
-                }))
+                });
+            match hit {
+                Some(l) if self.hold(&l.snapshot)? => Ok(Some(l)),
+                _ => Ok(None),
+            }
         };
         let identity = format!(
             "{}\0{}\0{}",
@@ -688,18 +721,18 @@ impl Solver<'_> {
         // The previous result of this step, whose unchanged files a COPY may share (not with
         // --no-cache, which must not trust anything made before).
         let previous_result = match (&previous, no_cache) {
-            (Some((k, prev_doc)), false) => self
-                .store
-                .cache_peek(k)?
-                .and_then(|rec| rec.snapshot)
-                .map(|s| self.store.snapshot_dir(&s))
-                .filter(|d| d.is_dir())
-                .map(|d| (d, prev_doc)),
+            (Some((k, prev_doc)), false) => {
+                match self.store.cache_peek(k)?.and_then(|rec| rec.snapshot) {
+                    Some(s) if self.hold(&s)? => Some((self.store.snapshot_dir(&s), prev_doc)),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         let sb = self.store.new_snapshot()?;
         work(&sb, previous_result)?;
         let snapshot = sb.commit()?;
+        self.hold(&snapshot)?;
         let (diff_id, size) = rbuild_exporter::write_layer_clamped(
             self.store,
             &snapshot,
@@ -760,7 +793,8 @@ impl Solver<'_> {
                         message: format!("image config has an invalid diff_id {d}"),
                     })?;
             all_present &= self.store.layer_snapshot(&diff_id)?.is_some();
-            let snapshot = rbuild_exporter::ensure_snapshot(self.store, &diff_id)?;
+            let (snapshot, guard) = rbuild_exporter::ensure_snapshot_in_use(self.store, &diff_id)?;
+            self.lock_in_use().push(guard);
             layers.push(Layer { diff_id, snapshot });
         }
         let base_history = doc["history"].as_array().cloned().unwrap_or_default();
@@ -824,7 +858,11 @@ impl Solver<'_> {
         let doc =
             image::config_document(&stage.platform, &stage.config, &diff_ids, history, &created);
         let (manifest, config) = rbuild_exporter::write_image_json(self.store, &doc)?;
-        Ok(BuildResult { manifest, config })
+        Ok(BuildResult {
+            manifest,
+            config,
+            _in_use: Arc::new(std::mem::take(&mut *self.lock_in_use())),
+        })
     }
 }
 

@@ -13,8 +13,10 @@ use rbuild_frontend::{ExecOp, Mount};
 use rbuild_sandbox::OverlayMount;
 use serde_json::json;
 
+use rbuild_fsroot::Root;
+
 use crate::context::IgnoreRules;
-use crate::{fsutil, Error, NodeOut};
+use crate::{Error, NodeOut};
 
 /// Where a `--secret` comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,7 +46,35 @@ pub(crate) struct Prepared {
     // Held for the duration of the RUN (order: mounts before the dirs they live in).
     overlays: Vec<OverlayMount>,
     caches: Vec<CacheMountGuard>,
+    secrets: Vec<SecretTmpfs>,
     dirs: Vec<ScratchDir>,
+}
+
+/// A private tmpfs holding one secret, detached on drop.
+struct SecretTmpfs(PathBuf);
+
+impl SecretTmpfs {
+    /// Mounts a tmpfs (0700, no exec/suid/dev) on `dir`, sized for `len` bytes of secret.
+    fn mount(dir: &Path, len: usize) -> Result<SecretTmpfs, Error> {
+        use nix::mount::{mount, MsFlags};
+        // Room for the file and its inode, rounded up to whole pages by the kernel.
+        let size = len + 64 * 1024;
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(format!("mode=0700,size={size},nr_inodes=16").as_str()),
+        )
+        .map_err(|e| io_err(dir)(e.into()))?;
+        Ok(SecretTmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SecretTmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 /// A directory under `<store>/tmp`, removed on drop.
@@ -73,6 +103,7 @@ impl Drop for Prepared {
         // Unmount before removing the directories they are mounted on.
         self.overlays.clear();
         self.caches.clear();
+        self.secrets.clear();
         self.dirs.clear();
     }
 }
@@ -159,8 +190,9 @@ pub(crate) fn prepare(
                     None => filtered_context(store, context, ignore, &mut p)?,
                 };
                 let source = opt(m, "source").or(opt(m, "src")).unwrap_or("/");
-                let host = fsutil::resolve_in_root(&src_root, source).map_err(io_err(&src_root))?;
-                if fs::symlink_metadata(&host).is_err() {
+                // Resolved inside the source's own root (a link to `/` there means that root);
+                // the sandbox gets the kernel's path of what was found, which has no link in it.
+                let Some(host) = resolve_source(&src_root, source)? else {
                     return Err(fail(format!(
                         "--mount=type=bind,source={source}: not found in the {}",
                         if from.is_some() {
@@ -169,7 +201,7 @@ pub(crate) fn prepare(
                             "build context"
                         }
                     )));
-                }
+                };
                 if opt(m, "readonly") == Some("false") {
                     // Writes go to a throw-away upper directory.
                     let lower = if host.is_dir() {
@@ -217,7 +249,7 @@ pub(crate) fn prepare(
                     Some(src) => {
                         let root = mount_chain(store, src, &mut p)?;
                         let source = opt(m, "source").or(opt(m, "src")).unwrap_or("/");
-                        Some(fsutil::resolve_in_root(&root, source).map_err(io_err(&root))?)
+                        resolve_source(&root, source)?
                     }
                     None => None,
                 };
@@ -270,9 +302,10 @@ pub(crate) fn prepare(
                     }
                     None => continue,
                 };
+                // On a tmpfs of its own, never on the store's disk: the bytes vanish with the
+                // mount, even if rbuild is killed (the next Store::open detaches leftovers).
                 let dir = ScratchDir::new(store, "secret")?;
-                fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o700))
-                    .map_err(io_err(&dir.0))?;
+                let tmpfs = SecretTmpfs::mount(&dir.0, content.len())?;
                 let f = dir.0.join("secret");
                 fs::write(&f, content).map_err(io_err(&f))?;
                 let uid = parse_id(m, "uid", step)?.unwrap_or(0);
@@ -286,6 +319,7 @@ pub(crate) fn prepare(
                     &f,
                     &["bind", "ro", "nosuid", "nodev", "noexec"],
                 ));
+                p.secrets.push(tmpfs);
                 p.dirs.push(dir);
             }
             "ssh" => {
@@ -312,6 +346,19 @@ pub(crate) fn prepare(
         }
     }
     Ok(p)
+}
+
+/// Resolves a mount's `source` inside `root` (following links as if `root` were `/`); the host
+/// path of what it names, or `None` when it names nothing there.
+fn resolve_source(root: &Path, source: &str) -> Result<Option<PathBuf>, Error> {
+    let r = Root::open(root).map_err(|e| io_err(root)(e.into()))?;
+    match r.resolve(source) {
+        Ok(found) => found.host_path().map(Some).map_err(io_err(root)),
+        Err(rbuild_fsroot::Error::NotFound { .. } | rbuild_fsroot::Error::NotADirectory { .. }) => {
+            Ok(None)
+        }
+        Err(e) => Err(io_err(root)(e.into())),
+    }
 }
 
 /// Mounts a stage's layer chain read-only at a scratch directory and returns its path.
@@ -352,7 +399,7 @@ fn filtered_context(
 /// cache, tmpfs, secret and ssh contents never are).
 pub(crate) fn key_content(
     exec: &ExecOp,
-    context: &Path,
+    context: &Root,
     ignore: &IgnoreRules,
     store: &Store,
     stats: &crate::context::HashStats,
