@@ -651,3 +651,55 @@ fn seeds_scenario_db_and_web_on_app() {
     assert_ok(&env.rbuild(&["network", "rm", "network-sapp"]));
     assert!(host_state("10.89.214.", "network-sapp").is_empty());
 }
+
+/// Builds: RUN steps use the host's network unless `RUN --network=none` or
+/// `rbuild build --network=none`; the mode is part of the step's cache key.
+#[test]
+fn build_network_modes() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let env = Env::new();
+    let ctx = env.context(
+        "bnet",
+        "FROM busybox:local\nRUN ls /sys/class/net | wc -l > /default\n\
+         RUN --network=none ls /sys/class/net > /none\n\
+         RUN --network=host ls /sys/class/net | wc -l > /host\n",
+        &[],
+    );
+    let host_ifaces = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .count()
+        .to_string();
+    env.build_ok("network-bnet:1", &ctx, &[]);
+    let show = |img: &str| {
+        stdout(&env.rbuild(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            img,
+            "sh",
+            "-c",
+            "cat /default /none /host",
+        ]))
+    };
+    assert_eq!(
+        show("network-bnet:1"),
+        format!("{host_ifaces}\nlo\n{host_ifaces}\n")
+    );
+    // --network=none applies to the steps that name no mode; RUN --network=host keeps its own.
+    let log = env.build_ok("network-bnet:2", &ctx, &["--network=none"]);
+    assert_eq!(show("network-bnet:2"), format!("1\nlo\n{host_ifaces}\n"));
+    // The mode is in the key: the first RUN (and so every later one) ran again.
+    let run_id = log
+        .lines()
+        .find(|l| l.contains("RUN ls /sys/class/net | wc -l > /default"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{log}"))
+        .trim_start_matches('#')
+        .to_string();
+    assert!(!cached(&log, &run_id), "{log}");
+    let out = env.rbuild(&["build", "--network=bridge", ctx.to_str().unwrap()]);
+    assert!(!out.status.success());
+}
