@@ -673,6 +673,10 @@ impl Networks {
             });
         }
         let input = serde_json::to_vec(opts).map_err(|e| Error::Invalid(e.to_string()))?;
+        // One netavark at a time on the host (podman holds its network lock the same way): a
+        // teardown removes the bridge when it sees no veth left on it, which races with another
+        // container's setup or teardown on the same bridge ("failed to get bridge interface").
+        let _host_lock = Lock::exclusive(&self.run.join("netavark.lock"))?;
         let mut cmd = Command::new(&self.netavark);
         cmd.arg("--config")
             .arg(&config)
