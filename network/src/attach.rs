@@ -407,7 +407,7 @@ impl Networks {
             )));
         }
         self.collect_stale()?;
-        let dir = self.container_dir(&req.container_id);
+        let dir = self.container_dir(req.container_id);
         std::fs::create_dir_all(dir.parent().expect("has parent"))
             .map_err(io(format!("create {}", self.dir.display())))?;
         std::fs::create_dir(&dir).map_err(io(format!("create {}", dir.display())))?;
