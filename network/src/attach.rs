@@ -868,3 +868,69 @@ fn first_gateway(rec: &AttachmentRecord) -> Option<IpAddr> {
         .filter_map(|n| n.subnet_v4())
         .find_map(|s| s.gateway)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_flag() {
+        let none: [String; 0] = [];
+        assert_eq!(
+            NetworkMode::parse(None, &none).unwrap(),
+            NetworkMode::Networks(vec![("bridge".into(), vec![])])
+        );
+        assert_eq!(
+            NetworkMode::parse(Some("none"), &none).unwrap(),
+            NetworkMode::None
+        );
+        assert_eq!(
+            NetworkMode::parse(Some("host"), &none).unwrap(),
+            NetworkMode::Host
+        );
+        assert_eq!(
+            NetworkMode::parse(Some("container:db"), &none).unwrap(),
+            NetworkMode::Container("db".into())
+        );
+        let a = ["web".to_string()];
+        assert_eq!(
+            NetworkMode::parse(Some("app"), &a).unwrap(),
+            NetworkMode::Networks(vec![("app".into(), vec!["web".into()])])
+        );
+        assert!(NetworkMode::parse(Some("host"), &a).is_err());
+        assert!(NetworkMode::parse(Some("bad name"), &none).is_err());
+        let plain = NetworkConfig {
+            mode: NetworkMode::Host,
+            ..Default::default()
+        };
+        assert!(plain.is_plain_host());
+        assert!(!NetworkConfig::default().is_plain_host());
+    }
+
+    #[test]
+    fn record_ports_and_ips() {
+        let rec: AttachmentRecord = serde_json::from_str(
+            r#"{"container_id":"c","container_name":"web","hostname":"h","netns":"/x","owns_netns":true,
+            "options":{"container_id":"c","container_name":"web","networks":{},"network_info":{},
+              "port_mappings":[{"container_port":80,"host_ip":"","host_port":8080,"protocol":"tcp","range":1}],
+              "dns_servers":null},
+            "status":{"app":{"dns_search_domains":[],"dns_server_ips":["10.89.3.1"],
+              "interfaces":{"eth0":{"mac_address":"aa","subnets":[{"ipnet":"10.89.3.2/24","gateway":"10.89.3.1"}]}}}},
+            "dns":[],"extra_hosts":[],"hosts_path":"/h","resolv_path":"/r"}"#,
+        )
+        .unwrap();
+        assert!(!rec.complete);
+        assert_eq!(rec.ips(), vec!["10.89.3.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            rec.ports(),
+            vec![PublishedPort {
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: "0.0.0.0".into(),
+                host_port: 8080
+            }]
+        );
+        // DNS servers only from DNS-enabled networks (app is unknown here: none).
+        assert!(rec.dns_servers().is_empty());
+    }
+}
