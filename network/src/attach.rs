@@ -690,6 +690,7 @@ impl Networks {
         if std::env::var_os("RBUILD_DEBUG").is_some() {
             cmd.env("RUST_LOG", "debug");
         }
+        let started = std::time::Instant::now();
         let mut child = cmd
             .spawn()
             .map_err(io(format!("start {}", self.netavark.display())))?;
@@ -702,8 +703,9 @@ impl Networks {
             .map_err(io(format!("wait for {}", self.netavark.display())))?;
         if std::env::var_os("RBUILD_DEBUG").is_some() {
             eprintln!(
-                "netavark {command} {} <<< {}\n{}",
+                "netavark {command} {} ({:?}) <<< {}\n{}",
                 netns.display(),
+                started.elapsed(),
                 String::from_utf8_lossy(&input),
                 String::from_utf8_lossy(&out.stderr)
             );
