@@ -232,18 +232,31 @@ fn run_once(
 ) -> Result<i32, Error> {
     let store = &shared.store;
     let rec = shared.get();
-    let attachment = network.attach(store, &rec, conf)?;
+    let net = crate::run::attach_network(store, &rec, conf)?;
+    let attachment = match &net {
+        Some(a) => crate::run::attachment_record(conf, Some(a)),
+        None => network.attach(store, &rec, conf)?,
+    };
     shared.update(|r| r.network = attachment.clone());
+    let teardown =
+        |rec: &rbuild_cache::ContainerRecord, net: Option<rbuild_network::Attachment>| match net {
+            Some(a) => {
+                if let Err(e) = a.detach() {
+                    eprintln!("rbuild monitor: {}: network teardown: {e}", rec.name);
+                }
+            }
+            None => network.detach(store, rec, &attachment),
+        };
     let stdin = if conf.interactive && !conf.tty {
         Stdio::piped()
     } else {
         Stdio::null()
     };
     let stdio = (stdin, Stdio::piped(), Stdio::piped());
-    let mut c = match spawn_container(store, &rec, conf, stdio) {
+    let mut c = match spawn_container(store, &rec, conf, net.as_ref(), stdio) {
         Ok(c) => c,
         Err(e) => {
-            network.detach(store, &rec, &attachment);
+            teardown(&rec, net);
             return Err(e);
         }
     };
@@ -295,7 +308,7 @@ fn run_once(
     crate::freezer::cleanup(&shared.get().id);
     let rec = shared.update(|r| record_exit(r, outcome.as_ref().ok()));
     crate::state::event(store, "container", "die", &rec);
-    network.detach(store, &rec, &attachment);
+    teardown(&rec, net);
     let o = outcome?;
     Ok(o.code())
 }

@@ -66,8 +66,8 @@ pub struct RunRequest {
     pub user: Option<String>,
     /// `--hostname`.
     pub hostname: Option<String>,
-    /// `--network none`.
-    pub network_none: bool,
+    /// `--network`, `-p`, `-P`, `--dns`, `--add-host`, `--link`, `--network-alias`.
+    pub network: rbuild_network::NetworkConfig,
     /// `-t`: a pseudo terminal is the container's stdio.
     pub tty: bool,
     /// `--read-only`: the root filesystem is mounted read-only.
@@ -298,8 +298,14 @@ pub struct ContainerConfig {
     pub volumes: Vec<Volume>,
     /// `--tmpfs`.
     pub tmpfs: Vec<Tmpfs>,
-    /// `host` or `none`.
+    /// `host`, `none`, `container:NAME` or the first network's name.
     pub network_mode: String,
+    /// The networking flags, applied by each start (netavark through `rbuild-network`).
+    #[serde(default = "host_network")]
+    pub network: rbuild_network::NetworkConfig,
+    /// The image's `ExposedPorts` keys (for `-P`).
+    #[serde(default)]
+    pub exposed: Vec<String>,
     /// `-u` or the image's User.
     pub user: String,
     /// Image Entrypoint/Cmd split as run (for `inspect`).
@@ -314,6 +320,85 @@ pub struct ContainerConfig {
     pub pids_limit: Option<i64>,
     /// `--read-only`.
     pub read_only: bool,
+}
+
+fn host_network() -> rbuild_network::NetworkConfig {
+    rbuild_network::NetworkConfig {
+        mode: rbuild_network::NetworkMode::Host,
+        ..Default::default()
+    }
+}
+
+/// `NetworkMode` as Docker's `HostConfig.NetworkMode` shows it.
+fn mode_name(mode: &rbuild_network::NetworkMode) -> String {
+    use rbuild_network::NetworkMode as M;
+    match mode {
+        M::None => "none".into(),
+        M::Host => "host".into(),
+        M::Container(c) => format!("container:{c}"),
+        M::Networks(n) => n
+            .first()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| rbuild_network::DEFAULT_NETWORK.into()),
+    }
+}
+
+/// Sets up the container's networking before its PID 1 starts (None: plain host networking, the
+/// sandbox binds the host's `/etc/hosts` and `/etc/resolv.conf`). The attachment is owned by the
+/// calling process (the monitor, or `run` in the foreground) and torn down by it.
+pub(crate) fn attach_network(
+    store: &Store,
+    rec: &ContainerRecord,
+    conf: &ContainerConfig,
+) -> Result<Option<rbuild_network::Attachment>, Error> {
+    if conf.network.is_plain_host() {
+        return Ok(None);
+    }
+    let hostname = conf
+        .spec
+        .hostname()
+        .clone()
+        .unwrap_or_else(|| rec.id.chars().take(12).collect());
+    let nets = rbuild_network::Networks::open(store.root());
+    let a = nets
+        .attach(&rbuild_network::AttachRequest {
+            container_id: &rec.id,
+            container_name: &rec.name,
+            hostname: &hostname,
+            config: &conf.network,
+            exposed: &conf.exposed,
+        })
+        .map_err(|e| cerr(format!("container {}: network: {e}", rec.name)))?;
+    Ok(Some(a))
+}
+
+/// What the record shows of an attachment (`NetworkSettings` of `inspect`, `port`).
+pub(crate) fn attachment_record(
+    conf: &ContainerConfig,
+    a: Option<&rbuild_network::Attachment>,
+) -> rbuild_cache::NetworkAttachment {
+    let mut out = rbuild_cache::NetworkAttachment {
+        mode: conf.network_mode.clone(),
+        ..Default::default()
+    };
+    if let Some(a) = a {
+        out.namespace = a.netns().map(Path::to_path_buf);
+        out.ports = a
+            .record()
+            .ports()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{}->{}/{}",
+                    p.host_ip, p.host_port, p.container_port, p.protocol
+                )
+            })
+            .collect();
+        if let Ok(Value::Object(m)) = serde_json::to_value(&a.record().status) {
+            out.settings = m;
+        }
+    }
+    out
 }
 
 impl ContainerConfig {
@@ -549,6 +634,8 @@ pub struct RunHandle {
     record: ContainerRecord,
     container: Option<Container>,
     remove: bool,
+    /// Torn down when the container has exited (or when the handle is dropped).
+    network: Option<rbuild_network::Attachment>,
     _lock: KeyLock,
 }
 
@@ -578,6 +665,7 @@ impl RunHandle {
             .take()
             .ok_or_else(|| cerr("container already waited for"))?;
         let outcome = c.wait_outcome();
+        let net = self.network.take().map(|a| a.detach());
         record_exit(&mut self.record, outcome.as_ref().ok());
         crate::state::event(&self.store, "container", "die", &self.record);
         if self.remove {
@@ -586,7 +674,14 @@ impl RunHandle {
         } else {
             self.store.save_container(&self.record)?;
         }
-        Ok(outcome?)
+        let outcome = outcome?;
+        if let Some(Err(e)) = net {
+            return Err(cerr(format!(
+                "container {} exited, but its network teardown failed: {e}",
+                self.record.name
+            )));
+        }
+        Ok(outcome)
     }
 }
 
@@ -790,7 +885,8 @@ pub fn create(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Conta
         .or(cfg.stop_signal.clone())
         .unwrap_or_else(|| "SIGTERM".into());
     crate::lifecycle::parse_signal(&stop_signal)?;
-    let mut spec = rbuild_sandbox::default_spec(args.clone(), env, &cwd, req.network_none);
+    let network_none = req.network.mode == rbuild_network::NetworkMode::None;
+    let mut spec = rbuild_sandbox::default_spec(args.clone(), env, &cwd, network_none);
     rbuild_sandbox::set_init(&mut spec, req.init);
 
     let id = new_id(req.name.as_deref().unwrap_or(""));
@@ -805,7 +901,7 @@ pub fn create(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Conta
         volumes: req.volumes.iter().map(|v| v.name.clone()).collect(),
         ..Default::default()
     };
-    record.network.mode = if req.network_none { "none" } else { "host" }.into();
+    record.network.mode = mode_name(&req.network.mode);
     if let Ok(img) = rbuild_exporter::load_image(store, &manifest) {
         record.image_id = img.config_digest.to_string();
     }
@@ -834,6 +930,8 @@ pub fn create(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Conta
             volumes: req.volumes.clone(),
             tmpfs: req.tmpfs.clone(),
             network_mode: record.network.mode.clone(),
+            network: req.network.clone(),
+            exposed: cfg.exposed_ports.clone(),
             user,
             entrypoint,
             cmd,
@@ -858,12 +956,28 @@ pub(crate) fn spawn_container(
     store: &Store,
     rec: &ContainerRecord,
     conf: &ContainerConfig,
+    net: Option<&rbuild_network::Attachment>,
     stdio: (
         std::process::Stdio,
         std::process::Stdio,
         std::process::Stdio,
     ),
 ) -> Result<Container, Error> {
+    let mut spec = conf.spec.clone();
+    if let Some(a) = net {
+        let mut v = serde_json::to_value(&spec).map_err(|e| cerr(format!("spec: {e}")))?;
+        if let Some(mounts) = v["mounts"].as_array_mut() {
+            for (host, target) in a.etc_files() {
+                if !mounts.iter().any(|m| m["destination"] == target) {
+                    mounts.push(json!({"destination": target, "type": "bind", "source": host, "options": ["rbind"]}));
+                }
+            }
+        }
+        spec = serde_json::from_value(v).map_err(|e| cerr(format!("spec: {e}")))?;
+        if let Some(ns) = a.netns() {
+            rbuild_sandbox::join_network_namespace(&mut spec, ns);
+        }
+    }
     let doc = config_of(store, rec)?;
     let mut lowers = lowers_of(store, &doc, &rec.image)?;
     if lowers.is_empty() {
@@ -878,7 +992,7 @@ pub(crate) fn spawn_container(
         work: dir.join("work"),
     };
     Ok(rbuild_sandbox::spawn(
-        &conf.spec,
+        &spec,
         RunOptions {
             rootfs,
             stdin: stdio.0,
@@ -911,7 +1025,17 @@ pub fn start(
         .lock_container(&record.name)
         .map_err(|e| fail(e.into()))?;
     let conf = ContainerConfig::load(store, &record.name).map_err(fail)?;
-    let c = spawn_container(store, &record, &conf, stdio).map_err(fail)?;
+    let network = attach_network(store, &record, &conf).map_err(fail)?;
+    record.network = attachment_record(&conf, network.as_ref());
+    let c = match spawn_container(store, &record, &conf, network.as_ref(), stdio) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(n) = network {
+                let _ = n.detach();
+            }
+            return Err(fail(e));
+        }
+    };
     record_start(&mut record, c.pid());
     record.monitor_pid = Some(std::process::id() as i32);
     record.monitor_start = crate::proc::start_time(std::process::id() as i32);
@@ -922,6 +1046,7 @@ pub fn start(
         record,
         container: Some(c),
         remove: req.remove,
+        network,
         _lock: lock,
     })
 }

@@ -10,7 +10,7 @@
 //! one. Re-exec avoids doing setup after `fork()` in the multithreaded solver (malloc locks).
 //!
 //! The helper (outside the namespaces) creates the cgroups, `unshare`s the pid namespace and forks
-//! the container's **PID 1**. That child joins the cgroups, unshares mount/uts/ipc/cgroup (and net)
+//! the container's **PID 1**. That child joins the cgroups, unshares mount/uts/ipc/cgroup (and net, or joins the network namespace the spec names by path)
 //! namespaces, makes every mount private, mounts the root (overlayfs through the new mount API, one
 //! `lowerdir+` per layer, so hundreds of layers work), `/proc`, a minimal `/dev`, read-only `/sys`,
 //! binds `/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname`, `pivot_root`s and detaches the old root,
@@ -47,9 +47,9 @@ pub use container::{exec, spawn, Container, ExitStatus, Outcome, RunOptions};
 pub use error::{Error, Result};
 pub use init::init_if_requested;
 pub use spec::{
-    default_seccomp, default_spec, docker_seccomp, set_init, wants_init, DEFAULT_CAPABILITIES,
-    INIT_ANNOTATION, MASKED_PATHS, PERSONALITY_ALLOWED, READONLY_PATHS, SECCOMP_ALLOWED,
-    SECCOMP_ALLOWED_ARCH, SECCOMP_CAP_SYSCALLS,
+    default_seccomp, default_spec, docker_seccomp, join_network_namespace, set_init, wants_init,
+    DEFAULT_CAPABILITIES, INIT_ANNOTATION, MASKED_PATHS, PERSONALITY_ALLOWED, READONLY_PATHS,
+    SECCOMP_ALLOWED, SECCOMP_ALLOWED_ARCH, SECCOMP_CAP_SYSCALLS,
 };
 pub use user::resolve_user;
 
