@@ -380,6 +380,7 @@ fn request(args: &RunArgs) -> Result<RunRequest> {
         health: HealthOverride {
             disable: args.no_healthcheck,
             cmd: args.health_cmd.clone(),
+            test: None,
             interval: args
                 .health_interval
                 .as_deref()

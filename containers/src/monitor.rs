@@ -238,15 +238,15 @@ fn run_once(
         None => network.attach(store, &rec, conf)?,
     };
     shared.update(|r| r.network = attachment.clone());
-    let teardown =
-        |rec: &rbuild_cache::ContainerRecord, net: Option<rbuild_network::Attachment>| match net {
-            Some(a) => {
-                if let Err(e) = a.detach() {
-                    eprintln!("rbuild monitor: {}: network teardown: {e}", rec.name);
-                }
+    let teardown = |rec: &rbuild_cache::ContainerRecord,
+                    net: Option<rbuild_network::Attachment>| match net {
+        Some(a) => {
+            if let Err(e) = a.detach() {
+                eprintln!("rbuild monitor: {}: network teardown: {e}", rec.name);
             }
-            None => network.detach(store, rec, &attachment),
-        };
+        }
+        None => network.detach(store, rec, &attachment),
+    };
     let stdin = if conf.interactive && !conf.tty {
         Stdio::piped()
     } else {

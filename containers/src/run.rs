@@ -165,6 +165,9 @@ impl RestartPolicy {
 /// HEALTHCHECK overrides from `run` flags.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HealthOverride {
+    /// A whole test in Docker's form (`["CMD", ...]`, `["CMD-SHELL", "..."]`, `["NONE"]`), as a
+    /// compose file gives it; takes precedence over `cmd`.
+    pub test: Option<Vec<String>>,
     /// `--no-healthcheck`.
     pub disable: bool,
     /// `--health-cmd` (run with `/bin/sh -c`).
@@ -223,9 +226,10 @@ pub fn healthcheck(image: Option<&Value>, o: &HealthOverride) -> Option<Healthch
             .filter(|v| *v > 0)
             .unwrap_or(d)
     };
-    let test = match &o.cmd {
-        Some(c) => vec!["CMD-SHELL".to_string(), c.clone()],
-        None => image?
+    let test = match (&o.test, &o.cmd) {
+        (Some(t), _) => t.clone(),
+        (None, Some(c)) => vec!["CMD-SHELL".to_string(), c.clone()],
+        (None, None) => image?
             .get("Test")?
             .as_array()?
             .iter()
