@@ -209,7 +209,21 @@ fn load(a: &ComposeArgs) -> Result<Project> {
 }
 
 pub(crate) fn compose(store: &Store, a: ComposeArgs) -> Result<ExitCode> {
-    let project = load(&a)?;
+    let mut project = load(&a)?;
+    // A service named on the command line is enabled whatever its profiles (as docker compose).
+    let named: Vec<String> = match &a.cmd {
+        ComposeCommand::Up { services, .. }
+        | ComposeCommand::Build { services, .. }
+        | ComposeCommand::Pull { services }
+        | ComposeCommand::Push { services } => services.clone(),
+        ComposeCommand::Run { service, .. } => vec![service.clone()],
+        _ => Vec::new(),
+    };
+    for n in named {
+        if let Some(s) = project.disabled.remove(&n) {
+            project.services.insert(n, s);
+        }
+    }
     let e = Engine::new(store, project);
     match a.cmd {
         ComposeCommand::Up {
