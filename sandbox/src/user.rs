@@ -106,7 +106,10 @@ pub(crate) fn resolve(
         };
     }
     let mut additional = Vec::new();
-    if let Some(name) = &name {
+    // As runc's GetExecUser (BuildKit, Docker): supplementary groups only in the implicit form
+    // (`USER name` or `USER uid`); `USER a:b` runs with group b alone.
+    let explicit_group = g.is_some_and(|g| !g.is_empty());
+    if let Some(name) = name.as_ref().filter(|_| !explicit_group) {
         for grp in groups {
             if grp.members.iter().any(|m| m == name)
                 && grp.gid != gid
@@ -125,12 +128,20 @@ pub(crate) fn resolve(
 }
 
 fn read_in_root(rootfs_dir: &Path, file: &str) -> Result<String> {
-    let path = crate::rootfs::secure_join(rootfs_dir, Path::new(file));
-    match std::fs::read(&path) {
-        Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(Error::io("read", path, e)),
-    }
+    let resolve = |e| Error::Resolve {
+        what: format!("read {file} of the image"),
+        source: e,
+    };
+    let root = rbuild_fsroot::Root::open(rootfs_dir).map_err(resolve)?;
+    let mut f = match root.open_file(file, nix::fcntl::OFlag::O_RDONLY, 0) {
+        Ok(f) => f,
+        Err(rbuild_fsroot::Error::NotFound { .. }) => return Ok(String::new()),
+        Err(e) => return Err(resolve(e)),
+    };
+    let mut b = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut b)
+        .map_err(|e| Error::io(format!("read {file} in"), rootfs_dir, e))?;
+    Ok(String::from_utf8_lossy(&b).into_owned())
 }
 
 /// Resolves `user` (`name`, `uid`, `name:group`, `uid:gid`, `name:gid`, `uid:group`) through the
@@ -180,10 +191,13 @@ mod tests {
         );
         assert_eq!(r("4242").unwrap(), (4242, 0, vec![], "/".into()));
         assert_eq!(r("4242:7").unwrap(), (4242, 7, vec![], "/".into()));
+        // An explicit group drops the supplementary ones (BuildKit's testUser: `dockerio:1001`
+        // gives `id -G` = `1001`).
         assert_eq!(
             r("app:staff").unwrap(),
-            (1000, 50, vec![10], "/home/app".into())
+            (1000, 50, vec![], "/home/app".into())
         );
+        assert_eq!(r("app:app").unwrap().2, Vec::<u32>::new());
         assert_eq!(r("nobody:nogroup").unwrap().1, 65534);
     }
 
@@ -212,6 +226,20 @@ mod tests {
         std::fs::write(d.path().join("etc/passwd"), PASSWD).unwrap();
         std::fs::write(d.path().join("etc/group"), GROUP).unwrap();
         assert_eq!(resolve_user(d.path(), "app").unwrap().0, 1000);
+        // A passwd that is a symlink out of the root is read inside it.
+        let linked = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(linked.path().join("etc")).unwrap();
+        std::fs::create_dir_all(linked.path().join("img")).unwrap();
+        std::fs::write(linked.path().join("img/passwd"), PASSWD).unwrap();
+        std::os::unix::fs::symlink("/img/passwd", linked.path().join("etc/passwd")).unwrap();
+        assert_eq!(resolve_user(linked.path(), "app").unwrap().0, 1000);
+        std::os::unix::fs::symlink("/../../../../etc", linked.path().join("up")).unwrap();
+        std::fs::remove_file(linked.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/up/passwd", linked.path().join("etc/passwd")).unwrap();
+        assert!(
+            resolve_user(linked.path(), "root").is_err(),
+            "host passwd read"
+        );
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(
             resolve_user(empty.path(), "0").unwrap(),

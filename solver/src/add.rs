@@ -396,44 +396,81 @@ pub fn is_archive(path: &Path) -> bool {
     sum == want
 }
 
-/// Extracts the archive at `path` into host directory `dest` (inside the mounted rootfs). Entries
-/// keep their modes, times and owners unless `owner` is given; paths never leave `dest`.
+/// Extracts the archive at `path` into directory `dest` of `root` (the mounted rootfs). Every
+/// entry's parent is resolved inside `root` by the kernel, so a symlink on the way (absolute ones
+/// included, such as an image's `/var/run -> /run`) is followed as if `root` were `/`, and missing
+/// parents are created (0755), as BuildKit does; the entry itself replaces whatever non-directory
+/// was there (a directory entry also replaces a link). Entries keep their modes, times and owners
+/// unless `owner` is given; nothing is written outside `root`.
 /// Extended attributes follow the layer rule (`rbuild_exporter::layer_xattr_allowed`: file
 /// capabilities kept, `trusted.*` never applied); block and character devices are skipped, as
 /// Docker does when it cannot create them (the context is not trusted to add raw devices).
-pub fn extract(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+pub fn extract(
+    path: &Path,
+    root: &rbuild_fsroot::Root,
+    dest: &str,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let mut ar = tar::Archive::new(open_decompressed(path)?);
     ar.set_preserve_permissions(true);
     ar.set_preserve_mtime(true);
     ar.set_preserve_ownerships(owner.is_none());
     ar.set_unpack_xattrs(false);
     ar.set_overwrite(true);
+    let inside = |rel: &Path| -> PathBuf { Path::new(dest).join(fsutil::clean_rel(rel)) };
     for entry in ar.entries()? {
         let mut entry = entry?;
-        let rel = entry.path()?.into_owned();
+        let rel = fsutil::clean_rel(&entry.path()?);
+        let (Some(name), Some(parent)) = (
+            rel.file_name(),
+            inside(&rel).parent().map(Path::to_path_buf),
+        ) else {
+            continue; // the archive's root directory itself
+        };
+        let dir = root
+            .mkdir_all(&parent, 0o755, None)
+            .map_err(io::Error::from)?
+            .host_path()?;
+        let dst = dir.join(name);
         let kind = entry.header().entry_type();
         if matches!(kind, tar::EntryType::Block | tar::EntryType::Char) {
             continue;
         }
-        if !entry.unpack_in(dest)? {
+        match fs::symlink_metadata(&dst) {
+            Ok(m) if m.is_dir() && kind.is_dir() => {}
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&dst)?,
+            Ok(_) => fs::remove_file(&dst)?,
+            Err(_) => {}
+        }
+        if kind.is_hard_link() {
+            let target = entry
+                .link_name()?
+                .ok_or_else(|| {
+                    io::Error::other(format!("{}: hard link without a target", rel.display()))
+                })?
+                .into_owned();
+            let from = root
+                .resolve_nofollow(inside(&target))
+                .map_err(io::Error::from)?
+                .host_path()?;
+            fs::hard_link(&from, &dst)?;
             continue;
         }
-        let p = dest.join(fsutil::clean_rel(&rel));
+        entry.unpack(&dst)?;
         if let Some((u, g)) = owner {
-            std::os::unix::fs::lchown(&p, Some(u), Some(g))?;
+            std::os::unix::fs::lchown(&dst, Some(u), Some(g))?;
             if !kind.is_symlink() {
                 // chown clears set-id bits: put the archive's mode back.
                 if let Ok(m) = entry.header().mode() {
                     fs::set_permissions(
-                        &p,
+                        &dst,
                         std::os::unix::fs::PermissionsExt::from_mode(m & 0o7777),
                     )?;
                 }
             }
         }
-        if kind != tar::EntryType::Link {
-            rbuild_exporter::apply_tar_xattrs(&mut entry, &p).map_err(io::Error::other)?;
-        }
+        // Hard links returned above, before unpacking.
+        rbuild_exporter::apply_tar_xattrs(&mut entry, &dst).map_err(io::Error::other)?;
     }
     Ok(())
 }
@@ -498,7 +535,8 @@ mod tests {
         fs::write(&tar_path, b.into_inner().unwrap()).unwrap();
         let out = d.path().join("out");
         fs::create_dir(&out).unwrap();
-        extract(&tar_path, &out, None).unwrap();
+        let root = rbuild_fsroot::Root::open(&out).unwrap();
+        extract(&tar_path, &root, "/", None).unwrap();
         assert!(
             fs::symlink_metadata(out.join("sda")).is_err(),
             "block device skipped"
@@ -553,10 +591,49 @@ mod tests {
         assert!(!is_archive(&text), "gzip of a non-tar is not an archive");
         let out = d.path().join("out");
         fs::create_dir(&out).unwrap();
-        extract(&xz, &out, Some((3, 4))).unwrap();
+        let root = rbuild_fsroot::Root::open(&out).unwrap();
+        extract(&xz, &root, "/", Some((3, 4))).unwrap();
         use std::os::unix::fs::MetadataExt;
         let md = fs::metadata(out.join("sub/f")).unwrap();
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (3, 4, 0o640));
         assert_eq!(fs::read_to_string(out.join("sub/f")).unwrap(), "hi");
+    }
+
+    #[test]
+    fn extraction_follows_links_inside_the_root_only() {
+        let d = tempfile::tempdir().unwrap();
+        let host_target = d.path().join("host-only");
+        fs::create_dir(&host_target).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        // An absolute link to a path that exists on the host: it must mean <root>/<that path>.
+        b.append_link(&mut h, "l", &host_target).unwrap();
+        let mut f = tar::Header::new_gnu();
+        f.set_size(2);
+        f.set_mode(0o644);
+        f.set_uid(0);
+        f.set_gid(0);
+        f.set_mtime(0);
+        f.set_cksum();
+        b.append_data(&mut f, "l/f", &b"hi"[..]).unwrap();
+        let t = d.path().join("a.tar");
+        fs::write(&t, b.into_inner().unwrap()).unwrap();
+        let out = d.path().join("root");
+        fs::create_dir(&out).unwrap();
+        let root = rbuild_fsroot::Root::open(&out).unwrap();
+        extract(&t, &root, "/sub", None).unwrap();
+        assert!(
+            !host_target.join("f").exists(),
+            "wrote through the link on the host"
+        );
+        let inside = out.join(host_target.strip_prefix("/").unwrap()).join("f");
+        assert_eq!(fs::read_to_string(inside).unwrap(), "hi");
     }
 }

@@ -39,8 +39,10 @@ pub use image::runtime_config;
 pub use mounts::{Forwarded, SecretSource};
 pub use platform::{check_platform, config_platform, platform_matches};
 
-/// Version of the cache key encoding; bump to invalidate every record when the encoding changes.
-const KEY_VERSION: u32 = 2;
+/// Version of the cache key encoding; bump to invalidate every record when the encoding changes
+/// or when an op's result changes for the same inputs. 3: RUN steps get BuildKit's hostname,
+/// /etc/hosts and root's groups; COPY creates directories and --parents paths as BuildKit.
+const KEY_VERSION: u32 = 3;
 
 /// Errors of a solve.
 #[derive(Debug, thiserror::Error)]
@@ -295,7 +297,24 @@ fn now_rfc3339(epoch: Option<i64>) -> String {
         Some(s) => chrono::DateTime::from_timestamp(s, 0).unwrap_or_default(),
         None => chrono::Utc::now(),
     };
-    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    go_rfc3339_nano(&t)
+}
+
+/// Go's `time.RFC3339Nano` as BuildKit writes `created`: trailing zeros of the fraction dropped,
+/// and the fraction with them when it is zero (`2015-10-21T07:28:00Z`).
+fn go_rfc3339_nano(t: &chrono::DateTime<chrono::Utc>) -> String {
+    let s = t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    match s.strip_suffix('Z').and_then(|b| b.split_once('.')) {
+        Some((secs, frac)) => {
+            let frac = frac.trim_end_matches('0');
+            if frac.is_empty() {
+                format!("{secs}Z")
+            } else {
+                format!("{secs}.{frac}Z")
+            }
+        }
+        None => s,
+    }
 }
 
 /// The solver for one build.
@@ -608,7 +627,7 @@ impl Solver<'_> {
                 let fetched: Vec<&str> = remote.files.iter().map(|f| f.digest.as_str()).collect();
                 let content = match &copy.from {
                     rbuild_frontend::CopyFrom::Context => {
-                        let (d, files) = context::selection_digest(&self.context, &local, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
+                        let (d, files) = context::selection_digest(&self.context, &local, copy.parents, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
                             .map_err(|e| Error::CopyFailed {
                                 step: self.step_name(n),
                                 message: format!(
@@ -931,4 +950,20 @@ fn parent_dirs(store: &Store, out: &NodeOut) -> Vec<PathBuf> {
         .rev()
         .map(|l| store.snapshot_dir(&l.snapshot))
         .collect()
+}
+
+#[cfg(test)]
+mod time_format_tests {
+    #[test]
+    fn created_is_formatted_as_go_rfc3339_nano() {
+        let t = |s, n| chrono::DateTime::from_timestamp(s, n).unwrap();
+        assert_eq!(
+            super::go_rfc3339_nano(&t(1445412480, 0)),
+            "2015-10-21T07:28:00Z"
+        );
+        assert_eq!(
+            super::go_rfc3339_nano(&t(1445412480, 226_038_500)),
+            "2015-10-21T07:28:00.2260385Z"
+        );
+    }
 }
