@@ -295,7 +295,15 @@ volumes:
     );
     let _down = Down(&env, dir.clone());
     compose_ok(&env, &dir, &["up", "-d"]);
-    let logs = compose_ok(&env, &dir, &["logs", "--no-color"]);
+    // app prints once it runs: poll.
+    let start = Instant::now();
+    let logs = loop {
+        let l = compose_ok(&env, &dir, &["logs", "--no-color"]);
+        if l.contains("| seeded") || start.elapsed() > Duration::from_secs(15) {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(logs.contains("cmpmisc-init-1 | seeding"), "{logs}");
     assert!(logs.contains("cmpmisc-app-1  | seeded"), "{logs}");
     let only = compose_ok(&env, &dir, &["logs", "--no-color", "app"]);

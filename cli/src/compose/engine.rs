@@ -526,6 +526,13 @@ impl<'a> Engine<'a> {
                     }
                     Condition::ServiceCompletedSuccessfully => match st.status {
                         Status::Exited if st.record.exit_code == Some(0) => true,
+                        // PID 1 is gone but its monitor has not recorded the status yet.
+                        Status::Exited
+                            if st.record.exit_code.is_none()
+                                && start.elapsed() < Duration::from_secs(30) =>
+                        {
+                            false
+                        }
                         Status::Exited => bail!(
                             "service {dep} didn't complete successfully: exit {}",
                             st.record.exit_code.unwrap_or(-1)
