@@ -394,3 +394,135 @@ fn config_prints_resolved_file_and_errors_name_file_line_key() {
         "{e}"
     );
 }
+
+#[test]
+fn service_keys_reach_the_container() {
+    if !have_stack() {
+        return;
+    }
+    let env = Env::new();
+    let dir = project(
+        &env,
+        &[
+            ("app.env", "FROM_FILE=yes\nSHARED=file\n"),
+            ("site/hello.txt", "from the host\n"),
+            (
+                "compose.yaml",
+                "name: cmpkeys
+services:
+  box:
+    image: busybox:local
+    init: true
+    entrypoint: [\"/bin/sh\", \"-c\"]
+    command: [\"exec sleep 1000\"]
+    user: \"1234:1234\"
+    working_dir: /etc
+    hostname: boxhost
+    read_only: true
+    tmpfs: /scratch
+    env_file: app.env
+    environment:
+      SHARED: inline
+      PLAIN: ${CMP_UNSET:-fallback}
+    labels: [team=core]
+    stop_signal: SIGINT
+    stop_grace_period: 2s
+    volumes:
+      - ./site:/site:ro
+      - type: tmpfs
+        target: /cache
+    ports:
+      - target: 80
+        published: \"18311\"
+        host_ip: 127.0.0.1
+    deploy:
+      resources:
+        limits: {memory: 64m, pids: 50}
+",
+            ),
+        ],
+    );
+    let _down = Down(&env, dir.clone());
+    compose_ok(&env, &dir, &["up", "-d"]);
+    let sh = |cmd: &str| compose_ok(&env, &dir, &["exec", "-T", "box", "sh", "-c", cmd]);
+    assert_eq!(sh("id -u; id -g").trim(), "1234\n1234");
+    assert_eq!(sh("pwd").trim(), "/etc");
+    assert_eq!(sh("hostname").trim(), "boxhost");
+    assert_eq!(
+        sh("echo $FROM_FILE $SHARED $PLAIN").trim(),
+        "yes inline fallback"
+    );
+    assert_eq!(sh("cat /site/hello.txt").trim(), "from the host");
+    assert!(sh("touch /rootfile 2>&1 || echo refused").contains("refused"));
+    assert!(sh("touch /site/x 2>&1 || echo refused").contains("refused"));
+    sh("touch /scratch/a /cache/b");
+    let inspect = |fmt: &str| stdout(&env.rbuild(&["inspect", "-f", fmt, "cmpkeys-box-1"]));
+    assert!(inspect("{{json .Config.Labels}}").contains("\"team\":\"core\""));
+    assert!(
+        inspect("{{json .HostConfig}}").contains("67108864"),
+        "{}",
+        inspect("{{json .HostConfig}}")
+    );
+    let ps = compose_ok(&env, &dir, &["ps"]);
+    assert!(ps.contains("127.0.0.1:18311->80/tcp"), "{ps}");
+    // The service's stop signal ends it without waiting for the grace period.
+    let t = Instant::now();
+    compose_ok(&env, &dir, &["stop", "box"]);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[test]
+fn build_in_parallel_and_down_rmi_local() {
+    if !have_stack() {
+        return;
+    }
+    let env = Env::new();
+    let df = |n: &str| {
+        format!("FROM busybox:local\nARG WHO=nobody\nRUN echo {n} $WHO > /who\nCMD [\"sleep\", \"1000\"]\n")
+    };
+    let dir = project(
+        &env,
+        &[
+            ("one/Dockerfile", &df("one")),
+            ("two/Containerfile", &df("two")),
+            (
+                "compose.yaml",
+                "name: cmpbuild
+services:
+  one:
+    build: ./one
+  two:
+    build:
+      context: two
+      dockerfile: Containerfile
+      args: {WHO: compose}
+    image: cmpbuild-second:v1
+",
+            ),
+        ],
+    );
+    let _down = Down(&env, dir.clone());
+    let log = compose_ok(&env, &dir, &["build"]);
+    assert!(
+        log.contains("Service one  Built") && log.contains("Service two  Built"),
+        "{log}"
+    );
+    let images = stdout(&env.rbuild(&["images"]));
+    assert!(
+        images.contains("cmpbuild-one") && images.contains("cmpbuild-second"),
+        "{images}"
+    );
+    // A second build is served from the cache.
+    let log = compose_ok(&env, &dir, &["build"]);
+    assert!(log.contains("CACHED"), "{log}");
+    compose_ok(&env, &dir, &["up", "-d"]);
+    let who = compose_ok(&env, &dir, &["exec", "-T", "two", "cat", "/who"]);
+    assert_eq!(who.trim(), "two compose");
+    compose_ok(&env, &dir, &["down", "--rmi", "local", "-t", "1"]);
+    let images = stdout(&env.rbuild(&["images"]));
+    assert!(!images.contains("cmpbuild-one"), "{images}");
+    assert!(
+        images.contains("cmpbuild-second"),
+        "--rmi local removed a named image: {images}"
+    );
+}
