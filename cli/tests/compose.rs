@@ -526,3 +526,29 @@ services:
         "--rmi local removed a named image: {images}"
     );
 }
+
+#[test]
+fn up_attached_prints_prefixed_logs_until_the_containers_exit() {
+    if !have_stack() {
+        return;
+    }
+    let env = Env::new();
+    let dir = project(
+        &env,
+        &[(
+            "compose.yaml",
+            "name: cmpatt
+services:
+  hello:
+    image: busybox:local
+    command: sh -c 'echo hello from compose; sleep 1; echo bye'
+",
+        )],
+    );
+    let _down = Down(&env, dir.clone());
+    let out = compose_ok(&env, &dir, &["up"]);
+    assert!(out.contains("cmpatt-hello-1 | hello from compose"), "{out}");
+    assert!(out.contains("cmpatt-hello-1 | bye"), "{out}");
+    let ps = compose_ok(&env, &dir, &["ps", "-a"]);
+    assert!(ps.contains("Exited (0)"), "{ps}");
+}
