@@ -461,14 +461,17 @@ pub(crate) fn copy(
             continue;
         }
         let found = context::expand_source(&sroot, src, ignore, op.parents).map_err(|e| {
+            // Not found (BuildKit's words) or another error; paths and links are resolved
+            // inside the source's own root, so say which root.
+            let (what, root) = match op.from {
+                CopyFrom::Context => ("build context", format!(" {}", context_dir.display())),
+                _ => (
+                    "--from stage or image (links in it are followed inside it)",
+                    String::new(),
+                ),
+            };
             copy_failed(format!(
-                "failed to compute cache key: \"{src}\" not found ({e}); check the path (relative to {})",
-                // Never the scratch mount point in the store: the user's context, or the stage.
-                if matches!(op.from, CopyFrom::Context) {
-                    format!("the build context {}", context_dir.display())
-                } else {
-                    "the root of the --from stage or image".to_string()
-                }
+                "failed to compute cache key: {e}; check the path, relative to the {what}{root}"
             ))
         })?;
         matched += found.len();
