@@ -58,8 +58,10 @@ PC="podman-compose --podman-run-args=--runtime=runc --podman-run-args=--ulimit=n
 now() { date +%s%N; }
 ms() { echo $(( ($2 - $1) / 1000000 )); }
 
+export RBUILD_ROOT="$WORK/store"
 rb_cold() {
-  rm -rf "$WORK/store"; export RBUILD_ROOT="$WORK/store"
+  "$RBUILD" compose down -v -t 1 >/dev/null 2>&1 || true
+  rm -rf "$WORK/store"
   "$RBUILD" import "$WORK/bb.tar" localhost/bench-cmp:bb >/dev/null
   t0=$(now); "$RBUILD" compose up -d --build >/dev/null 2>&1; t1=$(now)
   curl -sf -m 5 -o /dev/null http://127.0.0.1:18390/ || echo "rbuild: web not answering" >&2

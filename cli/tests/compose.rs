@@ -491,7 +491,9 @@ fn build_in_parallel_and_down_rmi_local() {
 services:
   one:
     build: ./one
+    init: true
   two:
+    init: true
     build:
       context: two
       dockerfile: Containerfile
@@ -518,6 +520,13 @@ services:
     compose_ok(&env, &dir, &["up", "-d"]);
     let who = compose_ok(&env, &dir, &["exec", "-T", "two", "cat", "/who"]);
     assert_eq!(who.trim(), "two compose");
+    // A rebuild served from the cache recreates nothing; a changed Dockerfile recreates its service.
+    let log = compose_ok(&env, &dir, &["up", "-d", "--build"]);
+    assert!(!log.contains("Recreate"), "{log}");
+    std::fs::write(dir.join("one/Dockerfile"), df("uno")).unwrap();
+    let log = compose_ok(&env, &dir, &["up", "-d", "--build"]);
+    assert!(log.contains("cmpbuild-one-1  Recreated"), "{log}");
+    assert!(!log.contains("cmpbuild-two-1  Recreate"), "{log}");
     compose_ok(&env, &dir, &["down", "--rmi", "local", "-t", "1"]);
     let images = stdout(&env.rbuild(&["images"]));
     assert!(!images.contains("cmpbuild-one"), "{images}");

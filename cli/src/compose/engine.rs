@@ -93,17 +93,24 @@ impl<'a> Engine<'a> {
         &self.p.services[name]
     }
 
-    /// The id (config digest) of the image a service runs, None when it is not in the store.
+    /// What the container of a service is made from in its image, None when the image is not in
+    /// the store: a digest of its configuration without the creation times, so that a rebuild
+    /// served from the cache (same layers, same config, new `created`) recreates nothing.
     fn image_id(&self, svc: &Service) -> Option<String> {
+        use sha2::{Digest, Sha256};
         let name = self.p.image_name(svc);
         let r: rbuild_types::ImageRef = name.parse().ok()?;
         let m = self.store.get_tag(&r).ok()??;
-        Some(
-            rbuild_exporter::load_image(self.store, &m)
-                .ok()?
-                .config_digest
-                .to_string(),
-        )
+        let img = rbuild_exporter::load_image(self.store, &m).ok()?;
+        let mut v = serde_json::to_value(&img.config).ok()?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("created");
+            o.remove("history");
+        }
+        Some(format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(v.to_string().as_bytes()))
+        ))
     }
 
     // ---- images ----------------------------------------------------------------------------
