@@ -124,8 +124,7 @@ pub fn load(opts: &Options) -> Result<Project, Error> {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| opts.cwd.clone()),
     };
-    let vars = read_dotenv(&dir, &opts.env)?;
-    let mut merged: Option<Node> = None;
+    let mut texts = Vec::new();
     for (i, f) in files.iter().enumerate() {
         let text = std::fs::read_to_string(f).map_err(|e| Error::Io {
             path: f.clone(),
@@ -139,7 +138,22 @@ pub fn load(opts: &Options) -> Result<Project, Error> {
                 Ok(rel) => rel.display().to_string(),
                 Err(_) => f.display().to_string(),
             });
-        let mut node = yaml::parse(&shown, &text)?;
+        texts.push((f.clone(), shown, text));
+    }
+    load_texts(opts, &dir, &texts)
+}
+
+/// Loads a project from file contents already read: `(path, name shown in errors, text)`, merged
+/// in order, with `dir` as the project directory (its `.env` is read).
+pub fn load_texts(
+    opts: &Options,
+    dir: &Path,
+    texts: &[(PathBuf, String, String)],
+) -> Result<Project, Error> {
+    let vars = read_dotenv(dir, &opts.env)?;
+    let mut merged: Option<Node> = None;
+    for (_, shown, text) in texts {
+        let mut node = yaml::parse(shown, text)?;
         check_keys(
             &node,
             "",
@@ -156,8 +170,10 @@ pub fn load(opts: &Options) -> Result<Project, Error> {
             Some(base) => merge_top(base, node),
         });
     }
-    let root = merged.expect("at least one file");
-    let name = project_name(opts, &vars, &root, &dir)?;
+    let root = merged.ok_or_else(|| Error::NotFound {
+        dir: dir.to_path_buf(),
+    })?;
+    let name = project_name(opts, &vars, &root, dir)?;
     let mut profiles: BTreeSet<String> = opts.profiles.iter().cloned().collect();
     if let Some(p) = vars.get("COMPOSE_PROFILES") {
         profiles.extend(
@@ -166,7 +182,8 @@ pub fn load(opts: &Options) -> Result<Project, Error> {
                 .filter(|s| !s.is_empty()),
         );
     }
-    build_project(&root, name, dir, files, &vars, &profiles)
+    let files = texts.iter().map(|(p, _, _)| p.clone()).collect();
+    build_project(&root, name, dir.to_path_buf(), files, &vars, &profiles)
 }
 
 fn project_name(opts: &Options, vars: &Vars, root: &Node, dir: &Path) -> Result<String, Error> {
