@@ -348,7 +348,10 @@ impl<'a> Engine<'a> {
                 Restart::UnlessStopped => RestartPolicy::UnlessStopped,
             },
             stop_signal: svc.stop_signal.clone(),
-            stop_timeout: svc.stop_grace_period.map(|d| d.as_secs() as u32),
+            // Whole seconds, rounded up (a grace period of 500ms still gives the signal a chance).
+            stop_timeout: svc
+                .stop_grace_period
+                .map(|d| d.as_millis().div_ceil(1000).min(u32::MAX as u128) as u32),
             network: self.network_config(svc),
             ..Default::default()
         };
