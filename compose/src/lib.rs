@@ -21,9 +21,7 @@ use std::path::PathBuf;
 
 pub use decode::{parse_bytes, parse_duration, parse_port, shell_split};
 pub use interp::{interpolate, parse_env_file, Vars};
-pub use load::{
-    check_project_name, find_files, load, load_texts, normalize_project_name, Options,
-};
+pub use load::{check_project_name, find_files, load, load_texts, normalize_project_name, Options};
 pub use model::*;
 pub use names::*;
 

@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
         cwd: dir.to_path_buf(),
         ..Default::default()
     };
-    let texts = [(dir.join("compose.yaml"), "compose.yaml".to_string(), text.to_string())];
+    let texts = [(
+        dir.join("compose.yaml"),
+        "compose.yaml".to_string(),
+        text.to_string(),
+    )];
     if let Ok(p) = rbuild_compose::load_texts(&opts, dir, &texts) {
         let _ = p.to_yaml();
         let _ = p.start_order(&[]);
