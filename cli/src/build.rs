@@ -72,6 +72,8 @@ pub(crate) struct BuildArgs {
     registry: crate::image_cmds::RegistryArgs,
     #[command(flatten)]
     cache: crate::cache_cmds::CacheBuildArgs,
+    #[command(flatten)]
+    remote_cache: crate::remote_cache::RemoteCacheArgs,
     /// Build context directory.
     context: PathBuf,
 }
@@ -210,6 +212,7 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         .iter()
         .map(|o| parse_output(o))
         .collect::<Result<_>>()?;
+    args.remote_cache.check()?;
     let platform = match &args.platform {
         Some(p) => {
             // Any platform: base images are pulled for it and the image is labelled with it;
@@ -322,11 +325,16 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         forwarded: args.cache.forwarded()?,
         first_vertex: 2,
         source_date_epoch: epoch,
+        remote: args.remote_cache.import(
+            std::sync::Arc::new(args.registry.client(opts.platform.clone())?),
+            &|w| progress.event(rbuild_solver::Event::Warning(w)),
+        )?,
         jobs: args.jobs.map_or(0, usize::from),
     };
     let sink = |ev| progress.event(ev);
     let result =
         rbuild_solver::solve(&store, &graph, &solve_opts, &sink).map_err(|e| anyhow!("{e}"))?;
+    let result = args.remote_cache.apply_inline(&store, result)?;
     let export_start = Instant::now();
     let id = graph.graph.node_count() + 2;
     progress.event(rbuild_solver::Event::Vertex {
@@ -427,6 +435,16 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
             .with_context(|| format!("pushing {r}"))?;
         eprintln!("pushing {r} done: {d}");
         pushed = Some(d);
+    }
+    let warn = |w| progress.event(rbuild_solver::Event::Warning(w));
+    for msg in args.remote_cache.export(
+        &store,
+        &client,
+        &result,
+        solve_opts.remote.as_deref(),
+        &warn,
+    )? {
+        eprintln!("{msg}");
     }
     progress.event(rbuild_solver::Event::Done {
         id,

@@ -784,6 +784,77 @@ fn lookup(v: &Value, path: &str) -> Value {
     cur.clone()
 }
 
+/// The fields of one `ps` row (Docker's names: `ID`, `Image`, `Command`, `Status`...).
+fn ps_fields(store: &Store, st: &ContainerState, args: &PsArgs) -> BTreeMap<&'static str, String> {
+    let trunc = |s: &str, n: usize| -> String {
+        if args.no_trunc || s.chars().count() <= n {
+            s.to_string()
+        } else {
+            format!("{}…", s.chars().take(n - 1).collect::<String>())
+        }
+    };
+    let r = &st.record;
+    let mut m = BTreeMap::new();
+    let id = if args.no_trunc {
+        r.id.clone()
+    } else {
+        r.id.chars().take(12).collect()
+    };
+    m.insert("ID", id);
+    m.insert("Image", r.image.clone());
+    m.insert(
+        "Command",
+        format!("\"{}\"", trunc(&r.command.join(" "), 20)),
+    );
+    let created = chrono::DateTime::from_timestamp(r.created, 0).unwrap_or_default();
+    m.insert(
+        "CreatedAt",
+        created.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string(),
+    );
+    m.insert(
+        "RunningFor",
+        format!(
+            "{} ago",
+            human_duration((chrono::Utc::now() - created).to_std().unwrap_or_default())
+        ),
+    );
+    m.insert("Status", status_text(st));
+    m.insert("State", st.status.name().to_string());
+    m.insert("Ports", r.network.ports.join(", "));
+    m.insert("Names", r.name.clone());
+    let labels = container::ContainerConfig::load(store, &r.name)
+        .map(|c| c.labels)
+        .unwrap_or_default();
+    m.insert(
+        "Labels",
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    m.insert("Mounts", r.volumes.join(","));
+    m.insert("Networks", r.network.mode.clone());
+    if args.size || args.format.as_deref().is_some_and(|f| f.contains(".Size")) {
+        let own = crate::system_cmds::tree_size(&store.container_dir(&r.name).join("upper"));
+        let image = r
+            .manifest
+            .parse()
+            .ok()
+            .and_then(|d| rbuild_exporter::load_image(store, &d).ok())
+            .map_or(0, |i| i.size);
+        m.insert(
+            "Size",
+            format!(
+                "{} (virtual {})",
+                bytes_decimal(own),
+                bytes_decimal(own + image)
+            ),
+        );
+    }
+    m
+}
+
 pub(crate) fn ps(store: &Store, args: PsArgs) -> Result<ExitCode> {
     let mut list = state::list(store).map_err(e)?;
     list.reverse(); // newest first
@@ -805,75 +876,10 @@ pub(crate) fn ps(store: &Store, args: PsArgs) -> Result<ExitCode> {
     if let Some(n) = limit {
         rows.truncate(n);
     }
-    let trunc = |s: &str, n: usize| -> String {
-        if args.no_trunc || s.chars().count() <= n {
-            s.to_string()
-        } else {
-            format!("{}…", s.chars().take(n - 1).collect::<String>())
-        }
-    };
     let mut table: Vec<BTreeMap<&str, String>> = Vec::new();
     let mut wholes = Vec::new();
     for st in &rows {
-        let r = &st.record;
-        let mut m = BTreeMap::new();
-        let id = if args.no_trunc {
-            r.id.clone()
-        } else {
-            r.id.chars().take(12).collect()
-        };
-        m.insert("ID", id);
-        m.insert("Image", r.image.clone());
-        m.insert(
-            "Command",
-            format!("\"{}\"", trunc(&r.command.join(" "), 20)),
-        );
-        let created = chrono::DateTime::from_timestamp(r.created, 0).unwrap_or_default();
-        m.insert(
-            "CreatedAt",
-            created.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string(),
-        );
-        m.insert(
-            "RunningFor",
-            format!(
-                "{} ago",
-                human_duration((chrono::Utc::now() - created).to_std().unwrap_or_default())
-            ),
-        );
-        m.insert("Status", status_text(st));
-        m.insert("State", st.status.name().to_string());
-        m.insert("Ports", r.network.ports.join(", "));
-        m.insert("Names", r.name.clone());
-        let labels = container::ContainerConfig::load(store, &r.name)
-            .map(|c| c.labels)
-            .unwrap_or_default();
-        m.insert(
-            "Labels",
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        m.insert("Mounts", r.volumes.join(","));
-        m.insert("Networks", r.network.mode.clone());
-        if args.size || args.format.as_deref().is_some_and(|f| f.contains(".Size")) {
-            let own = crate::system_cmds::tree_size(&store.container_dir(&r.name).join("upper"));
-            let image = r
-                .manifest
-                .parse()
-                .ok()
-                .and_then(|d| rbuild_exporter::load_image(store, &d).ok())
-                .map_or(0, |i| i.size);
-            m.insert(
-                "Size",
-                format!(
-                    "{} (virtual {})",
-                    bytes_decimal(own),
-                    bytes_decimal(own + image)
-                ),
-            );
-        }
+        let m = ps_fields(store, st, &args);
         wholes.push(json!(m));
         table.push(m);
     }
@@ -1060,21 +1066,27 @@ impl LogFilter {
         self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)
     }
 
-    fn print(&self, en: &Entry) -> std::io::Result<()> {
-        let text = if self.timestamps {
-            format!("{} {}", en.time, en.log)
-        } else {
-            en.log.clone()
-        };
-        if en.stream == "stderr" {
-            let mut err = std::io::stderr().lock();
-            err.write_all(text.as_bytes())?;
-            err.flush()
-        } else {
-            let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes())?;
-            out.flush()
+    /// Prints a batch: stdout and stderr entries to their streams, buffered, flushed at the end.
+    fn print_all<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+        let mut err = std::io::BufWriter::new(std::io::stderr().lock());
+        for en in entries {
+            if !self.keep(en) {
+                continue;
+            }
+            let w: &mut dyn Write = if en.stream == "stderr" {
+                &mut err
+            } else {
+                &mut out
+            };
+            if self.timestamps {
+                w.write_all(en.time.as_bytes())?;
+                w.write_all(b" ")?;
+            }
+            w.write_all(en.log.as_bytes())?;
         }
+        out.flush()?;
+        err.flush()
     }
 }
 
@@ -1086,11 +1098,8 @@ fn logs(store: &Store, a: LogsArgs) -> Result<ExitCode> {
         timestamps: a.timestamps,
     };
     let mut reader = LogReader::new(&store.container_dir(&st.record.name));
-    let mut entries: Vec<Entry> = reader
-        .read_existing()?
-        .into_iter()
-        .filter(|x| filter.keep(x))
-        .collect();
+    let mut entries: Vec<Entry> = reader.read_existing()?;
+    entries.retain(|x| filter.keep(x));
     if a.tail != "all" {
         let n: usize = a
             .tail
@@ -1099,9 +1108,7 @@ fn logs(store: &Store, a: LogsArgs) -> Result<ExitCode> {
         let skip = entries.len().saturating_sub(n);
         entries.drain(..skip);
     }
-    for en in &entries {
-        filter.print(en)?;
-    }
+    filter.print_all(&entries)?;
     if a.follow {
         follow(store, &st.record.id, &mut reader, &filter)?;
     }
@@ -1116,17 +1123,9 @@ fn follow(store: &Store, id: &str, reader: &mut LogReader, filter: &LogFilter) -
             return Ok(()); // removed (--rm)
         };
         let live = store.container_running(&r.name);
-        for en in reader.poll()? {
-            if filter.keep(&en) {
-                filter.print(&en)?;
-            }
-        }
+        filter.print_all(&reader.poll()?)?;
         if !live {
-            for en in reader.poll()? {
-                if filter.keep(&en) {
-                    filter.print(&en)?;
-                }
-            }
+            filter.print_all(&reader.poll()?)?;
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));

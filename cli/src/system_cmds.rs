@@ -96,6 +96,64 @@ fn pct(part: u64, total: u64) -> String {
     format!("{}%", (part * 100).checked_div(total).unwrap_or(0))
 }
 
+/// An image of `df`: manifest, names, size, used by a container.
+type DfImage = (String, Vec<String>, u64, bool);
+
+/// `system df -v`: one line per image, container and volume.
+fn df_verbose(
+    out: &mut impl Write,
+    images: &[DfImage],
+    containers: &[state::ContainerState],
+    csizes: &[u64],
+    vols: &[(String, usize, u64)],
+    b_total: u64,
+) -> Result<()> {
+    writeln!(out, "Images space usage:\n")?;
+    writeln!(
+        out,
+        "{:<40}{:<22}{:<12}CONTAINERS",
+        "REPOSITORY:TAG", "IMAGE ID", "SIZE"
+    )?;
+    for (m, names, size, _) in images {
+        let n = containers
+            .iter()
+            .filter(|c| &c.record.manifest == m)
+            .count();
+        let id = m
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect::<String>();
+        for name in names {
+            writeln!(out, "{name:<40}{id:<22}{:<12}{n}", human(*size))?;
+        }
+    }
+    writeln!(out, "\nContainers space usage:\n")?;
+    writeln!(
+        out,
+        "{:<14}{:<24}{:<12}{:<12}NAMES",
+        "CONTAINER ID", "IMAGE", "SIZE", "STATUS"
+    )?;
+    for (c, s) in containers.iter().zip(csizes) {
+        writeln!(
+            out,
+            "{:<14}{:<24}{:<12}{:<12}{}",
+            &c.record.id[..12],
+            c.record.image,
+            human(*s),
+            c.status.name(),
+            c.record.name
+        )?;
+    }
+    writeln!(out, "\nLocal Volumes space usage:\n")?;
+    writeln!(out, "{:<40}{:<8}SIZE", "VOLUME NAME", "LINKS")?;
+    for (v, links, size) in vols {
+        writeln!(out, "{v:<40}{links:<8}{}", human(*size))?;
+    }
+    writeln!(out, "\nBuild cache usage: {}", human(b_total))?;
+    Ok(())
+}
+
 fn df(store: &Store, verbose: bool) -> Result<ExitCode> {
     let containers = state::list(store).map_err(|e| anyhow!("{e}"))?;
     let used_manifests: BTreeSet<String> = containers
@@ -103,7 +161,7 @@ fn df(store: &Store, verbose: bool) -> Result<ExitCode> {
         .map(|c| c.record.manifest.clone())
         .collect();
     // Images: one per manifest (several tags may name it).
-    let mut images: Vec<(String, Vec<String>, u64, bool)> = Vec::new();
+    let mut images: Vec<DfImage> = Vec::new();
     for t in store.list_tags()? {
         let m = t.manifest.to_string();
         if let Some(i) = images.iter_mut().find(|i| i.0 == m) {
@@ -149,49 +207,7 @@ fn df(store: &Store, verbose: bool) -> Result<ExitCode> {
         + mounts.iter().map(|m| m.size).sum::<u64>();
     let mut out = std::io::stdout().lock();
     if verbose {
-        writeln!(out, "Images space usage:\n")?;
-        writeln!(
-            out,
-            "{:<40}{:<22}{:<12}CONTAINERS",
-            "REPOSITORY:TAG", "IMAGE ID", "SIZE"
-        )?;
-        for (m, names, size, _) in &images {
-            let n = containers
-                .iter()
-                .filter(|c| &c.record.manifest == m)
-                .count();
-            let id = m
-                .trim_start_matches("sha256:")
-                .chars()
-                .take(12)
-                .collect::<String>();
-            for name in names {
-                writeln!(out, "{name:<40}{id:<22}{:<12}{n}", human(*size))?;
-            }
-        }
-        writeln!(out, "\nContainers space usage:\n")?;
-        writeln!(
-            out,
-            "{:<14}{:<24}{:<12}{:<12}NAMES",
-            "CONTAINER ID", "IMAGE", "SIZE", "STATUS"
-        )?;
-        for (c, s) in containers.iter().zip(&csizes) {
-            writeln!(
-                out,
-                "{:<14}{:<24}{:<12}{:<12}{}",
-                &c.record.id[..12],
-                c.record.image,
-                human(*s),
-                c.status.name(),
-                c.record.name
-            )?;
-        }
-        writeln!(out, "\nLocal Volumes space usage:\n")?;
-        writeln!(out, "{:<40}{:<8}SIZE", "VOLUME NAME", "LINKS")?;
-        for (v, links, size) in &vols {
-            writeln!(out, "{v:<40}{links:<8}{}", human(*size))?;
-        }
-        writeln!(out, "\nBuild cache usage: {}", human(b_total))?;
+        df_verbose(&mut out, &images, &containers, &csizes, &vols, b_total)?;
         return Ok(ExitCode::SUCCESS);
     }
     let running = containers.iter().filter(|c| c.status.is_running()).count();

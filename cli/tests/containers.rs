@@ -20,6 +20,19 @@ fn inspect(env: &Env, name: &str, fmt: &str) -> String {
     ok(env, &["inspect", "-f", fmt, name]).trim().to_string()
 }
 
+/// Removes (`rm -f`) every container of the store when dropped, so a failing test leaves no
+/// monitor or container running behind it.
+struct Cleanup<'a>(&'a Env);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let ids = stdout(&self.0.rbuild(&["ps", "-aq", "--no-trunc"]));
+        for id in ids.split_whitespace() {
+            let _ = self.0.rbuild(&["rm", "-f", id]);
+        }
+    }
+}
+
 /// Polls `cond` every 50 ms for up to `secs` seconds.
 fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -63,6 +76,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 #[test]
 fn detached_httpd_outlives_the_command_and_dies_with_its_monitor() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     let port = 18131u16;
     let id = ok(
         &env,
@@ -170,6 +184,7 @@ fn detached_httpd_outlives_the_command_and_dies_with_its_monitor() {
 #[test]
 fn logs_follow_print_then_exit_wait_and_tail() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -242,6 +257,7 @@ fn logs_follow_print_then_exit_wait_and_tail() {
 #[test]
 fn exec_shares_files_hostname_and_pid_namespace() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -345,6 +361,7 @@ fn exec_shares_files_hostname_and_pid_namespace() {
 #[test]
 fn cp_in_and_out_stays_inside_the_container() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -484,6 +501,7 @@ fn cp_in_and_out_stays_inside_the_container() {
 #[test]
 fn stop_honours_stopsignal_and_timeout_kill_and_restart() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     let ctx = env.context(
         "stopsig",
         "FROM busybox:local\nSTOPSIGNAL SIGUSR1\nCMD [\"sh\", \"-c\", \"trap 'echo got-usr1; exit 0' USR1; while true; do sleep 0.1; done\"]\n",
@@ -554,6 +572,7 @@ fn stop_honours_stopsignal_and_timeout_kill_and_restart() {
 #[test]
 fn restart_on_failure_restarts_exactly_three_times() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -626,6 +645,7 @@ fn restart_on_failure_restarts_exactly_three_times() {
 #[test]
 fn failing_healthcheck_turns_ps_unhealthy() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -702,6 +722,7 @@ fn failing_healthcheck_turns_ps_unhealthy() {
 #[test]
 fn concurrent_starts_start_once() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     let id = ok(
         &env,
         &[
@@ -718,6 +739,28 @@ fn concurrent_starts_start_once() {
     );
     assert_eq!(id.trim().len(), 64);
     assert_eq!(inspect(&env, "once", "{{.State.Status}}"), "created");
+    // --cidfile gets the full id; an existing file is refused.
+    let cid = env.work.path().join("cid");
+    let id2 = ok(
+        &env,
+        &[
+            "create",
+            "--cidfile",
+            cid.to_str().unwrap(),
+            "busybox:local",
+            "true",
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&cid).unwrap(), id2.trim());
+    let out = env.rbuild(&[
+        "create",
+        "--cidfile",
+        cid.to_str().unwrap(),
+        "busybox:local",
+        "true",
+    ]);
+    assert!(!out.status.success() && stderr(&out).contains("exists"));
+    ok(&env, &["rm", id2.trim()]);
     let spawn = || {
         Command::new(bin())
             .args(["start", "once"])
@@ -745,6 +788,7 @@ fn concurrent_starts_start_once() {
 #[test]
 fn rm_force_never_kills_an_unrelated_process() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -807,6 +851,7 @@ fn rm_force_never_kills_an_unrelated_process() {
 #[test]
 fn volume_seeding_never_copies_a_host_path() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     // The image's /data is a symlink to a host directory that holds a secret.
     let host = tempfile::Builder::new()
         .prefix("rbuild-containers-secret-")
@@ -840,6 +885,7 @@ fn volume_seeding_never_copies_a_host_path() {
 #[test]
 fn pause_stats_volumes_and_system_commands() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[
@@ -873,7 +919,7 @@ fn pause_stats_volumes_and_system_commands() {
         .trim_end_matches('%')
         .parse()
         .unwrap();
-    assert!(cpu < 5.0, "a paused container uses no CPU: {st}");
+    assert!(cpu < 1.0, "a paused container uses no CPU: {st}");
     ok(&env, &["unpause", "spin"]);
     assert_eq!(inspect(&env, "spin", "{{.State.Status}}"), "running");
     let st = ok(&env, &["stats", "--no-stream"]);
@@ -886,7 +932,10 @@ fn pause_stats_volumes_and_system_commands() {
         .trim_end_matches('%')
         .parse()
         .unwrap();
-    assert!(cpu > 20.0, "a busy loop uses CPU: {st}");
+    assert!(
+        cpu > 5.0,
+        "a busy loop uses CPU (even on a loaded machine): {st}"
+    );
     assert!(row.contains("MiB / ") && row.ends_with(" 1"), "{row}");
     // A paused container still stops.
     ok(&env, &["pause", "spin"]);
@@ -1041,6 +1090,7 @@ fn pause_stats_volumes_and_system_commands() {
 #[test]
 fn attach_passes_stdin_output_and_exit_code_and_detaches_with_ctrl_p_ctrl_q() {
     let env = Env::new();
+    let _cleanup = Cleanup(&env);
     ok(
         &env,
         &[

@@ -28,6 +28,7 @@ pub struct ContainerRoot {
     _mount: Option<rbuild_sandbox::OverlayMount>,
     _mnt_dir: Option<TmpDir>,
     _lock: Option<KeyLock>,
+    _in_use: Vec<rbuild_cache::SnapshotUse>,
 }
 
 struct TmpDir(PathBuf);
@@ -46,7 +47,7 @@ impl ContainerRoot {
             Ok(lock) => {
                 // Not running, and it cannot start while we hold the lock.
                 let doc = crate::run::config_of(store, &rec)?;
-                let lowers = crate::run::lowers_of(store, &doc, &rec.image)?;
+                let (lowers, in_use) = crate::run::lowers_of(store, &doc, &rec.image)?;
                 let dir = store.container_dir(&rec.name);
                 let tmp = store.root().join("tmp");
                 std::fs::create_dir_all(&tmp)
@@ -63,6 +64,7 @@ impl ContainerRoot {
                     _mount: Some(mount),
                     _mnt_dir: Some(mnt_dir),
                     _lock: Some(lock),
+                    _in_use: in_use,
                 })
             }
             Err(rbuild_cache::Error::Conflict(_)) => {
@@ -78,6 +80,7 @@ impl ContainerRoot {
                     _mount: None,
                     _mnt_dir: None,
                     _lock: None,
+                    _in_use: Vec::new(),
                 })
             }
             Err(e) => Err(e.into()),

@@ -67,7 +67,7 @@ pub fn exec(
     }
     if let Some(u) = &req.user {
         let doc = crate::run::config_of(store, r)?;
-        let lowers = crate::run::lowers_of(store, &doc, &r.image)?;
+        let (lowers, _in_use) = crate::run::lowers_of(store, &doc, &r.image)?;
         let (uid, gid, groups, home) = rbuild_solver::resolve_image_user(store, &lowers, u)?;
         let mut user = p.user().clone();
         user.set_uid(uid);

@@ -242,13 +242,18 @@ pub fn remove(store: &Store, name: &str, force: bool) -> Result<ContainerRecord,
         if r.paused {
             let _ = crate::freezer::thaw(&r.id);
         }
-        if let (Some(p), Some(s)) = (r.monitor_pid, r.monitor_start) {
-            signal_checked(p, s, libc::SIGKILL);
-        }
+        // PID 1 first: its supervisor (a monitor, or a foreground `rbuild run` that must restore
+        // the terminal) then records the exit and ends by itself. Only a supervisor that does not
+        // is killed.
         if let (Some(p), Some(s)) = (r.pid, r.pid_start) {
             signal_checked(p, s, libc::SIGKILL);
         }
-        wait_unsupervised(store, &r, Duration::from_secs(5))?;
+        if wait_unsupervised(store, &r, Duration::from_secs(3)).is_err() {
+            if let (Some(p), Some(s)) = (r.monitor_pid, r.monitor_start) {
+                signal_checked(p, s, libc::SIGKILL);
+            }
+            wait_unsupervised(store, &r, Duration::from_secs(5))?;
+        }
     }
     store.remove_container(&r.name)?;
     crate::state::event(store, "container", "destroy", &r);

@@ -253,7 +253,8 @@ fn run_once(
         Stdio::null()
     };
     let stdio = (stdin, Stdio::piped(), Stdio::piped());
-    let mut c = match spawn_container(store, &rec, conf, net.as_ref(), stdio) {
+    // `_in_use` keeps `prune` off the image's snapshots while PID 1 runs.
+    let (mut c, _in_use) = match spawn_container(store, &rec, conf, net.as_ref(), stdio) {
         Ok(c) => c,
         Err(e) => {
             teardown(&rec, net);

@@ -481,9 +481,15 @@ pub fn parse_size(s: &str) -> Option<i64> {
     (v.is_finite() && v > 0.0).then_some((v * mul as f64) as i64)
 }
 
-/// The image's layers as overlay lower dirs, TOP FIRST (unpacked on demand).
-pub(crate) fn lowers_of(store: &Store, doc: &Value, image: &str) -> Result<Vec<PathBuf>, Error> {
+/// The image's layers as overlay lower dirs, TOP FIRST (unpacked on demand), and their usage
+/// locks (hold them while the lower dirs are used: `prune` leaves those snapshots alone).
+pub(crate) fn lowers_of(
+    store: &Store,
+    doc: &Value,
+    image: &str,
+) -> Result<(Vec<PathBuf>, Vec<rbuild_cache::SnapshotUse>), Error> {
     let mut lowers = Vec::new();
+    let mut guards = Vec::new();
     for d in doc["rootfs"]["diff_ids"]
         .as_array()
         .cloned()
@@ -494,11 +500,12 @@ pub(crate) fn lowers_of(store: &Store, doc: &Value, image: &str) -> Result<Vec<P
             .unwrap_or_default()
             .parse()
             .map_err(|_| cerr(format!("image {image}: config has an invalid diff_id {d}")))?;
-        let s = rbuild_exporter::ensure_snapshot(store, &diff_id)?;
+        let (s, guard) = rbuild_exporter::ensure_snapshot_in_use(store, &diff_id)?;
         lowers.push(store.snapshot_dir(&s));
+        guards.push(guard);
     }
     lowers.reverse();
-    Ok(lowers)
+    Ok((lowers, guards))
 }
 
 fn new_id(name_hint: &str) -> String {
@@ -641,6 +648,8 @@ pub struct RunHandle {
     /// Torn down when the container has exited (or when the handle is dropped).
     network: Option<rbuild_network::Attachment>,
     _lock: KeyLock,
+    /// Usage locks of the image's snapshots (the container's lower dirs).
+    _in_use: Vec<rbuild_cache::SnapshotUse>,
 }
 
 impl RunHandle {
@@ -858,7 +867,7 @@ pub fn create(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Conta
         )));
     }
     check_request(req)?;
-    let lowers = lowers_of(store, &doc, &image.to_string())?;
+    let (lowers, _in_use) = lowers_of(store, &doc, &image.to_string())?;
     let user = req.user.clone().unwrap_or(cfg.user.clone());
     let (uid, gid, groups, home) = rbuild_solver::resolve_image_user(store, &lowers, &user)?;
     let mut env = merge_env(cfg.env.clone(), &req.env);
@@ -955,7 +964,7 @@ pub fn create(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Conta
 }
 
 /// Starts the sandbox of an existing container (its layers are looked up again, so an image
-/// pruned since is unpacked anew).
+/// pruned since is unpacked anew). Hold the returned usage locks while the container runs.
 pub(crate) fn spawn_container(
     store: &Store,
     rec: &ContainerRecord,
@@ -966,7 +975,7 @@ pub(crate) fn spawn_container(
         std::process::Stdio,
         std::process::Stdio,
     ),
-) -> Result<Container, Error> {
+) -> Result<(Container, Vec<rbuild_cache::SnapshotUse>), Error> {
     let mut spec = conf.spec.clone();
     if let Some(a) = net {
         let mut v = serde_json::to_value(&spec).map_err(|e| cerr(format!("spec: {e}")))?;
@@ -983,7 +992,7 @@ pub(crate) fn spawn_container(
         }
     }
     let doc = config_of(store, rec)?;
-    let mut lowers = lowers_of(store, &doc, &rec.image)?;
+    let (mut lowers, in_use) = lowers_of(store, &doc, &rec.image)?;
     if lowers.is_empty() {
         let empty = store.root().join("empty");
         fs::create_dir_all(&empty).map_err(io_err("creating empty layer"))?;
@@ -995,7 +1004,7 @@ pub(crate) fn spawn_container(
         upper: dir.join("upper"),
         work: dir.join("work"),
     };
-    Ok(rbuild_sandbox::spawn(
+    let c = rbuild_sandbox::spawn(
         &spec,
         RunOptions {
             rootfs,
@@ -1003,7 +1012,8 @@ pub(crate) fn spawn_container(
             stdout: stdio.1,
             stderr: stdio.2,
         },
-    )?)
+    )?;
+    Ok((c, in_use))
 }
 
 /// Creates the container for `image` and starts it in the foreground (`rbuild run` without
@@ -1031,7 +1041,7 @@ pub fn start(
     let conf = ContainerConfig::load(store, &record.name).map_err(fail)?;
     let network = attach_network(store, &record, &conf).map_err(fail)?;
     record.network = attachment_record(&conf, network.as_ref());
-    let c = match spawn_container(store, &record, &conf, network.as_ref(), stdio) {
+    let (c, in_use) = match spawn_container(store, &record, &conf, network.as_ref(), stdio) {
         Ok(c) => c,
         Err(e) => {
             if let Some(n) = network {
@@ -1052,6 +1062,7 @@ pub fn start(
         remove: req.remove,
         network,
         _lock: lock,
+        _in_use: in_use,
     })
 }
 
@@ -1199,7 +1210,7 @@ pub(crate) fn config_of(store: &Store, r: &ContainerRecord) -> Result<Value, Err
 pub fn diff(store: &Store, name: &str) -> Result<Vec<Change>, Error> {
     let r = find(store, name)?;
     let doc = config_of(store, &r)?;
-    let lowers = lowers_of(store, &doc, &r.image)?;
+    let (lowers, _in_use) = lowers_of(store, &doc, &r.image)?;
     let upper = store.container_dir(&r.name).join("upper");
     upper_changes(&upper, &lowers).map_err(io_err(format!("reading {}", upper.display())))
 }

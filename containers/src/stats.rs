@@ -52,9 +52,15 @@ fn io(pid: i32) -> (u64, u64) {
 pub fn sample(pids: &[i32], interval: Duration) -> Vec<Sample> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let before: Vec<u64> = pids
+    // Per process: a process that exits between the readings must not make the total go down.
+    let before: Vec<std::collections::HashMap<i32, u64>> = pids
         .iter()
-        .map(|p| processes_of(*p).into_iter().map(ticks).sum())
+        .map(|p| {
+            processes_of(*p)
+                .into_iter()
+                .map(|q| (q, ticks(q)))
+                .collect()
+        })
         .collect();
     let t0 = Instant::now();
     std::thread::sleep(interval);
@@ -63,13 +69,16 @@ pub fn sample(pids: &[i32], interval: Duration) -> Vec<Sample> {
         .zip(before)
         .map(|(p, b)| {
             let procs = processes_of(*p);
-            let after: u64 = procs.iter().copied().map(ticks).sum();
+            let used: u64 = procs
+                .iter()
+                .map(|q| ticks(*q).saturating_sub(b.get(q).copied().unwrap_or(0)))
+                .sum();
             let (r, w) = procs.iter().fold((0, 0), |(r, w), p| {
                 let (a, b) = io(*p);
                 (r + a, w + b)
             });
             Sample {
-                cpu_percent: after.saturating_sub(b) as f64 / hz / secs * 100.0,
+                cpu_percent: used as f64 / hz / secs * 100.0,
                 memory: procs.iter().copied().map(rss).sum(),
                 block_io: (r, w),
                 pids: procs.len(),

@@ -238,6 +238,7 @@ pub fn exec(
     let cfg_json =
         serde_json::to_vec(&cfg).map_err(|e| Error::InvalidSpec(format!("serialize spec: {e}")))?;
     let state_dir = std::env::temp_dir().join(format!("rbuild-exec-{}", random_id()));
+    // The exec'd program replaces the helper's child at once: no sealed copy of rbuild needed.
     launch(
         crate::exec::EXEC_MARKER,
         &cfg_json,
@@ -248,7 +249,8 @@ pub fn exec(
     )
 }
 
-/// Starts a helper (`marker` says which), sends it `cfg_json` and waits for its `Started` report.
+/// Starts a helper (`marker` says which; from a sealed copy of rbuild with `sealed`), sends it
+/// `cfg_json` and waits for its `Started` report.
 fn launch(
     marker: &str,
     cfg_json: &[u8],

@@ -588,6 +588,7 @@ pub(crate) fn finish_and_exec(
     if create_cwd {
         enter_cwd(cwd, uid, gid)?;
     } else {
+        // `exec`: the directory must exist (inside the container's mount namespace and root).
         std::env::set_current_dir(cwd)
             .map_err(|e| Error::io("chdir to working directory", cwd, e))?;
     }

@@ -18,6 +18,7 @@ mod fsutil;
 mod image;
 mod mounts;
 mod platform;
+pub mod remote;
 mod sched;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ pub use exec::{resolve_user_pub as resolve_image_user, DEFAULT_PATH};
 pub use image::runtime_config;
 pub use mounts::{Forwarded, SecretSource};
 pub use platform::{check_platform, config_platform, platform_matches};
+pub use remote::{LayerSource, RemoteCache, StepRecord};
 
 /// Version of the cache key encoding; bump to invalidate every record when the encoding changes
 /// or when an op's result changes for the same inputs. 3: RUN steps get BuildKit's hostname,
@@ -203,6 +205,8 @@ pub struct SolveOptions {
     pub first_vertex: usize,
     /// `SOURCE_DATE_EPOCH`: timestamps of config and history.
     pub source_date_epoch: Option<i64>,
+    /// Records imported by `--cache-from`, consulted after a local miss.
+    pub remote: Option<Arc<RemoteCache>>,
     /// `--jobs`: at most this many steps run at once; 0 means the number of CPUs.
     pub jobs: usize,
 }
@@ -224,9 +228,23 @@ pub struct BuildResult {
     pub manifest: Digest,
     /// Config digest (the image id).
     pub config: Digest,
+    /// The steps that made a layer (for `--cache-to`).
+    pub steps: Vec<StepRecord>,
     /// Usage locks of every snapshot the build used: a concurrent `prune` leaves them (and their
     /// layer blobs) alone until the result is dropped, i.e. after the caller has tagged the image.
     _in_use: Arc<Vec<rbuild_cache::SnapshotUse>>,
+}
+
+impl BuildResult {
+    /// The same build with its image rewritten (e.g. the config given an inline cache); the
+    /// snapshots stay held.
+    pub fn with_image(self, manifest: Digest, config: Digest) -> BuildResult {
+        BuildResult {
+            manifest,
+            config,
+            ..self
+        }
+    }
 }
 
 /// One layer of a rootfs chain.
@@ -568,7 +586,7 @@ impl Solver<'_> {
                     "sources": sources.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
                     "bind_content": bind_content,
                 });
-                self.cached_or(n, &parent, doc, |sb, _| {
+                self.cached_or(n, &parent, inputs, doc, |sb, _| {
                     let prepared = mounts::prepare(
                         self.store,
                         exec,
@@ -646,7 +664,7 @@ impl Solver<'_> {
                 let doc = json!({
                     "v": KEY_VERSION, "op": "copy", "copy": copy, "parent": parent.key.to_string(), "content": content,
                 });
-                self.cached_or(n, &parent, doc, |sb, previous| {
+                self.cached_or(n, &parent, inputs, doc, |sb, previous| {
                     let src = sources.first().map(|s| parent_dirs(self.store, s));
                     let reuse = previous.and_then(|(dir, prev_doc)| {
                         exec::Reuse::unchanged_files(dir, &prev_doc["doc"]["content"], &content_now)
@@ -676,7 +694,7 @@ impl Solver<'_> {
                 let doc = json!({
                     "v": KEY_VERSION, "op": "mkdir", "path": path, "user": user, "parent": parent.key.to_string(),
                 });
-                self.cached_or(n, &parent, doc, |sb, _| {
+                self.cached_or(n, &parent, inputs, doc, |sb, _| {
                     exec::mkdir(
                         self.store,
                         path,
@@ -702,6 +720,7 @@ impl Solver<'_> {
         &self,
         n: NodeIndex,
         parent: &NodeOut,
+        inputs: &[(Input, Arc<NodeOut>)],
         doc: Value,
         work: impl FnOnce(
             &rbuild_cache::SnapshotBuilder,
@@ -748,16 +767,23 @@ impl Solver<'_> {
             parent.depth + 1
         );
         let indexed = json!({"display": self.instruction(n), "doc": doc});
-        let previous = self
+        let previous = remote::previous(self, n, parent.depth + 1, &key).or(self
             .store
             .step_index_latest(&identity)?
-            .filter(|(k, _)| *k != key);
+            .filter(|(k, _)| *k != key));
         self.store.step_index_put(&identity, &key, &indexed)?;
         if let Some(l) = lookup(self.store)? {
             return Ok((out(l, true), true));
         }
         let _lock = self.store.lock_key(&key)?;
         if let Some(l) = lookup(self.store)? {
+            return Ok((out(l, true), true));
+        }
+        if let Some(l) = (!no_cache)
+            .then(|| remote::lookup(self, n, &key))
+            .transpose()?
+            .flatten()
+        {
             return Ok((out(l, true), true));
         }
         if let Some(id) = self.vertex_ids.get(&n) {
@@ -791,6 +817,7 @@ impl Solver<'_> {
             }
             _ => None,
         };
+        remote::materialize(self, inputs)?;
         let sb = self.store.new_snapshot()?;
         work(&sb, previous_result)?;
         let snapshot = sb.commit()?;
@@ -935,9 +962,11 @@ impl Solver<'_> {
         let doc =
             image::config_document(&stage.platform, &stage.config, &diff_ids, history, &created);
         let (manifest, config) = rbuild_exporter::write_image_json(self.store, &doc)?;
+        let steps = remote::steps(self, results);
         Ok(BuildResult {
             manifest,
             config,
+            steps,
             _in_use: Arc::new(std::mem::take(&mut *self.lock_in_use())),
         })
     }
