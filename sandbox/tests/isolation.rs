@@ -261,6 +261,35 @@ fn only_lo(f: &Fixture) {
     }
 }
 
+/// A namespace pinned by `ip netns add` (as netavark gets it) is joined: the interface made in
+/// it from outside is what the container sees.
+fn joins_pinned_netns(f: &Fixture) {
+    let name = format!("network-sbx-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("run ip");
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&["netns", "add", &name]);
+    ip(&[
+        "-n", &name, "link", "add", "rbsbx0", "type", "veth", "peer", "name", "rbsbx1",
+    ]);
+    let mut spec = sh_spec(
+        "ls /sys/class/net; cat /proc/net/dev | grep -c rbsbx0",
+        false,
+    );
+    rbuild_sandbox::join_network_namespace(&mut spec, &Path::new("/run/netns").join(&name));
+    let (o, out, err) = run_spec(&spec, f.overlay());
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &name])
+        .status();
+    assert_eq!(o.code(), 0, "{out}{err}");
+    let names: Vec<&str> = out.lines().collect();
+    assert_eq!(names, ["lo", "rbsbx0", "rbsbx1", "1"], "{out}");
+}
+
 fn dev_and_etc(f: &Fixture) {
     let out = ok(
         f,
@@ -779,6 +808,7 @@ fn main() {
         ("init_forwards_signals", init_forwards_signals),
         ("no_extra_fds", no_extra_fds),
         ("only_lo", only_lo),
+        ("joins_pinned_netns", joins_pinned_netns),
         ("dev_and_etc", dev_and_etc),
         ("user_switch_and_home", user_switch_and_home),
         ("overlay_writes_go_to_upper", overlay_writes_go_to_upper),
