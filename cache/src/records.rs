@@ -137,6 +137,9 @@ pub struct PruneOptions {
     pub last_used_before: Option<i64>,
     /// Stop once the reclaimable records left total at most this many bytes.
     pub keep_storage: Option<u64>,
+    /// Also remove the records whose layers tagged images use (`prune --all`): the layers and
+    /// snapshots stay for the images, but no step is served from the cache any more.
+    pub all: bool,
 }
 
 /// What [`Store::prune`] removed.
@@ -594,14 +597,15 @@ impl Store {
             .collect())
     }
 
-    /// Removes reclaimable cache records, least recently used first, with their snapshots and
-    /// layer blobs when nothing else (another record, a tagged image) uses them. Records whose
-    /// key is locked by a running build are skipped. Never removes what a tagged image needs.
+    /// Removes reclaimable cache records (with [`PruneOptions::all`], every selected record),
+    /// least recently used first, with their snapshots and layer blobs when nothing else
+    /// (another record, a tagged image) uses them. Records whose key is locked by a running build
+    /// are skipped. Never removes a layer or snapshot a tagged image needs.
     pub fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
         let mut usage: Vec<UsageRecord> = self
             .disk_usage()?
             .into_iter()
-            .filter(|u| u.reclaimable)
+            .filter(|u| opts.all || u.reclaimable)
             .collect();
         usage.sort_by_key(|u| u.record.last_used);
         let mut remaining: u64 = usage.iter().map(|u| u.record.size).sum();
@@ -641,7 +645,10 @@ impl Store {
                 .map_err(self.db_err("delete cache record"))?;
             let _ = std::fs::remove_file(&lock_path);
             remaining -= u.record.size;
-            report.reclaimed += u.record.size;
+            if u.reclaimable {
+                // A needed record's layer stays for its image: nothing is freed.
+                report.reclaimed += u.record.size;
+            }
             report.removed.push(u.record.key.clone());
         }
         self.collect_garbage()?;

@@ -298,6 +298,18 @@ fn prune_is_lru_and_keeps_tagged_layers() {
     assert_eq!(rep.removed, vec![keys[2].clone()]);
     assert!(s.has_blob(&diffs[0]) && s.has_snapshot(&snaps[0]) && s.has_blob(&config));
     assert!(s.cache_peek(&keys[0]).unwrap().is_some());
+    // `prune --all`: the record goes too (the next build runs the step again), the image's
+    // layer and snapshot stay.
+    let rep = s
+        .prune(&PruneOptions {
+            all: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rep.removed, vec![keys[0].clone()]);
+    assert_eq!(rep.reclaimed, 0, "the layer stays for web:v1");
+    assert!(s.cache_peek(&keys[0]).unwrap().is_none());
+    assert!(s.has_blob(&diffs[0]) && s.has_snapshot(&snaps[0]) && s.has_blob(&config));
 }
 
 #[test]

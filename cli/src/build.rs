@@ -39,7 +39,7 @@ pub(crate) struct BuildArgs {
     /// Output, e.g. type=oci,dest=web.tar (repeatable).
     #[arg(short = 'o', long = "output")]
     outputs: Vec<String>,
-    /// Target platform (only the host's is supported for now).
+    /// Target platform, e.g. linux/arm64 (default: the host's). RUN steps execute natively.
     #[arg(long)]
     platform: Option<String>,
     /// Write the image id to this file.
@@ -58,6 +58,9 @@ pub(crate) struct BuildArgs {
     /// SOURCE_DATE_EPOCH).
     #[arg(long)]
     source_date_epoch: Option<i64>,
+    /// Run at most N steps at once (default: the number of CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Set an image label K=V (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
@@ -189,11 +192,9 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         .collect::<Result<_>>()?;
     let platform = match &args.platform {
         Some(p) => {
+            // Any platform: base images are pulled for it and the image is labelled with it;
+            // RUN steps execute natively (a foreign one needs an emulator in binfmt_misc).
             let p: Platform = p.parse().map_err(|e| anyhow!("--platform: {e}"))?;
-            let host = Platform::host();
-            if p.os != host.os || p.architecture != host.architecture {
-                bail!("--platform {p}: only the host platform {host} can be built on this machine");
-            }
             Some(p)
         }
         None => None,
@@ -284,6 +285,7 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         forwarded: args.cache.forwarded()?,
         first_vertex: 2,
         source_date_epoch: epoch,
+        jobs: args.jobs.map_or(0, usize::from),
     };
     let sink = |ev| progress.event(ev);
     let result =

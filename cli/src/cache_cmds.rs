@@ -109,7 +109,8 @@ pub(crate) struct DuArgs {
 /// `rbuild prune`.
 #[derive(Args, Debug)]
 pub(crate) struct PruneArgs {
-    /// Also remove cache mounts (RUN --mount=type=cache contents).
+    /// Remove every cache record, also those of steps whose layers tagged images use (the layers
+    /// stay), and the cache mounts (RUN --mount=type=cache contents).
     #[arg(short, long)]
     all: bool,
     /// Keep this much cache (e.g. 500MB, 2GB), removing least recently used records first.
@@ -426,6 +427,7 @@ pub(crate) fn prune(store: &Store, args: PruneArgs) -> Result<ExitCode> {
         let rep = store.prune(&PruneOptions {
             last_used_before: before,
             keep_storage,
+            all: args.all,
         })?;
         reclaimed += rep.reclaimed;
         for k in rep.removed {

@@ -438,10 +438,20 @@ impl rbuild_frontend::ImageResolver for PullingResolver<'_> {
             .get_tag(image)
             .map_err(|e| e.to_string())?
             .is_some();
-        if !pulled.contains(image) && (self.always || !in_store) {
-            match self.client.pull(self.store, image) {
+        // An image of another platform under the name is replaced, as `docker pull --platform`.
+        let other_platform = in_store
+            && rbuild_solver::load_config(self.store, image).is_ok_and(|(_, doc)| {
+                rbuild_solver::check_platform(image, &doc, platform).is_err()
+            });
+        if !pulled.contains(image) && (self.always || !in_store || other_platform) {
+            match self.client.pull_platform(self.store, image, platform) {
                 Ok(_) => {
                     pulled.insert(image.clone());
+                }
+                Err(e) if other_platform => {
+                    return Err(format!(
+                        "the store has it for another platform than {platform}, and pulling {platform} failed: {e}"
+                    ));
                 }
                 Err(e) if in_store => {
                     return Err(format!("--pull: {e}"));

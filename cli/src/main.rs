@@ -2,6 +2,7 @@
 //!
 //! `rbuild -t web:v1 .` is `rbuild build -t web:v1 .`. The CLI is the only crate that prints.
 
+mod argv;
 mod build;
 mod cache_cmds;
 mod containers;
@@ -22,12 +23,7 @@ use rbuild_types::{ImageRef, Platform};
 
 /// A daemonless Dockerfile build engine.
 #[derive(Parser, Debug)]
-#[command(
-    name = "rbuild",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "rbuild", version, about)]
 struct Cli {
     /// The store directory (default /var/lib/rbuild as root, $XDG_DATA_HOME/rbuild otherwise).
     #[arg(long, env = "RBUILD_ROOT", global = true)]
@@ -146,18 +142,8 @@ fn main() -> ExitCode {
     unsafe {
         nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
     }
-    let mut argv: Vec<String> = std::env::args().collect();
-    // `rbuild -t x .` means `rbuild build -t x .`.
-    if let Some(first) = argv.get(1) {
-        let is_flag_of_top = matches!(first.as_str(), "-h" | "--help" | "-V" | "--version");
-        let is_subcommand = Cli::command()
-            .get_subcommands()
-            .any(|c| c.get_name() == first)
-            || first == "help";
-        if !is_subcommand && !is_flag_of_top {
-            argv.insert(1, "build".into());
-        }
-    }
+    // `rbuild -t x .` means `rbuild build -t x .`; `rbuild run IMG CMD -flags` passes the flags on.
+    let argv = argv::rewrite(&Cli::command(), std::env::args().collect());
     let cli = Cli::parse_from(argv);
     match real_main(cli) {
         Ok(code) => code,

@@ -93,6 +93,7 @@ impl Progress {
                     let first = error.lines().next().unwrap_or_default().to_string();
                     format!("#{id} ERROR {}: {first}", secs(elapsed))
                 }
+                Event::Canceled { id, .. } => format!("#{id} CANCELED"),
                 Event::Warning(w) => format!("WARNING: {w}"),
                 Event::CacheMiss { id, reason } => format!("#{id} cache miss: {reason}"),
                 Event::Debug(d) if self.debug => format!("DEBUG: {d}"),
@@ -131,6 +132,15 @@ impl Progress {
                 if let Some((bar, name)) = inner.bars.remove(&id) {
                     bar.finish_and_clear();
                     self.line(&inner, &format!(" => ERROR {name:<54} {}", secs(elapsed)));
+                }
+            }
+            Event::Canceled { id, elapsed } => {
+                if let Some((bar, name)) = inner.bars.remove(&id) {
+                    bar.finish_and_clear();
+                    self.line(
+                        &inner,
+                        &format!(" => CANCELED {name:<51} {}", secs(elapsed)),
+                    );
                 }
             }
             Event::Log { id, line, .. } => {

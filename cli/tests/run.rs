@@ -691,3 +691,81 @@ fn init_reaps_zombies_forwards_signals_and_passes_exit_codes() {
     assert!(out.contains("got-INT"), "{out:?}");
     assert_eq!(c.wait().unwrap().code(), Some(7));
 }
+
+/// Issue 11, the sandbox side, end to end through `rbuild run`: a container that plants symlinks
+/// for the stub cleanup, opens device nodes, writes through a read-only bind's submount or aims at
+/// `/proc/1/exe` reaches nothing on the host.
+#[test]
+fn hostile_container_reaches_nothing_on_the_host() {
+    let env = Env::new();
+    // Stub cleanup: the step swaps the parent of a tmpfs mount point for a link to a host dir
+    // whose `c` is an empty directory; the cleanup after the container must not remove it.
+    let victim = env.work.path().join("victim");
+    std::fs::create_dir_all(victim.join("c")).unwrap();
+    let script = format!(
+        "mv /a/b /a/old && ln -s {} /a/b && echo swapped",
+        victim.display()
+    );
+    let out = sh(&env, &["--name", "swap", "--tmpfs", "/a/b/c"], &script);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "swapped\n");
+    assert!(
+        victim.join("c").is_dir(),
+        "host directory removed by the stub cleanup"
+    );
+    assert_ok(&env.rbuild(&["rm", "swap"]));
+
+    // A read-only volume is read-only in its submounts too.
+    let src = env.work.path().join("ro-src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(src.join("sub"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ro = format!("{}:/ro:ro", src.display());
+    let out = sh(
+        &env,
+        &["--rm", "-v", &ro],
+        "touch /ro/sub/x 2>&1; grep ' /ro/sub ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1",
+    );
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(src.join("sub"))
+        .status();
+    assert!(
+        stdout(&out).contains("Read-only file system"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).ends_with("ro\n"), "{}", stdout(&out));
+
+    // Devices outside Docker's default set cannot be opened, even when mknod may create them.
+    let out = sh(
+        &env,
+        &["--rm"],
+        "mknod /fuse c 10 229 && echo made; (exec 3<>/fuse) 2>&1; echo x > /dev/null && echo null-ok",
+    );
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(text.starts_with("made\n"), "{text}");
+    assert!(
+        text.contains("Operation not permitted") && text.ends_with("null-ok\n"),
+        "{text}"
+    );
+
+    // --init: PID 1 is a sealed copy of rbuild, not the host's binary.
+    let before = std::fs::read(bin()).unwrap();
+    let out = sh(
+        &env,
+        &["--rm", "--init"],
+        "readlink /proc/1/exe; (echo x > /proc/1/exe) 2>/dev/null || echo refused",
+    );
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "/memfd:rbuild-init (deleted)\nrefused\n");
+    assert!(
+        std::fs::read(bin()).unwrap() == before,
+        "host rbuild binary modified"
+    );
+}

@@ -261,6 +261,7 @@ fn convert_inner(
             target_pos = out_stages.len();
         }
         out_stages.push(Stage {
+            index: i,
             name: ctx.stages[i].name.clone(),
             node: d.node,
             config: d.config,

@@ -234,6 +234,10 @@ pub struct Node {
 /// A stage as built: its last node and the image it produces.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stage {
+    /// Position of the stage in the Dockerfile, from 0: the value of [`Node::stage`] for its
+    /// nodes. Unneeded stages are dropped from [`BuildGraph::stages`], so this is not the
+    /// stage's position in that list; use [`BuildGraph::stage`] to find a node's stage.
+    pub index: usize,
     /// Stage name (`AS name`), lowercased; `None` when unnamed.
     pub name: Option<String>,
     /// The stage's last fs node (its rootfs).
@@ -259,6 +263,14 @@ pub struct BuildGraph {
     pub target: usize,
     /// Warnings for the user (e.g. a `--build-arg` nothing consumed, skipped stages).
     pub warnings: Vec<String>,
+}
+
+impl BuildGraph {
+    /// The stage whose Dockerfile position is `index` (a [`Node::stage`] value), if the target
+    /// needs it.
+    pub fn stage(&self, index: usize) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.index == index)
+    }
 }
 
 /// Options of one conversion.

@@ -14,6 +14,8 @@ pub mod graph;
 pub mod instructions;
 pub mod parser;
 pub mod shell;
+#[cfg(test)]
+mod test_data;
 
 pub use convert::convert;
 pub use error::Error;

@@ -937,15 +937,8 @@ mod tests {
         assert!(parse("# just a comment\n\n").is_err());
     }
 
-    fn conformance_dir() -> Option<std::path::PathBuf> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/conformance/buildkit/parser");
-        if p.is_dir() {
-            Some(p)
-        } else {
-            println!("skipping: {} is absent", p.display());
-            None
-        }
+    fn conformance_dir() -> std::path::PathBuf {
+        crate::test_data::conformance("buildkit/parser")
     }
 
     fn cases(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -960,7 +953,7 @@ mod tests {
 
     #[test]
     fn conformance_testfiles() {
-        let Some(dir) = conformance_dir() else { return };
+        let dir = conformance_dir();
         let mut failures = Vec::new();
         let all = cases(&dir.join("testfiles"));
         for case in &all {
@@ -987,7 +980,7 @@ mod tests {
 
     #[test]
     fn conformance_negative() {
-        let Some(dir) = conformance_dir() else { return };
+        let dir = conformance_dir();
         let all = cases(&dir.join("testfiles-negative"));
         for case in &all {
             let df = std::fs::read(case.join("Dockerfile")).unwrap();
@@ -1000,7 +993,7 @@ mod tests {
 
     #[test]
     fn conformance_line_numbers() {
-        let Some(dir) = conformance_dir() else { return };
+        let dir = conformance_dir();
         let df = std::fs::read_to_string(dir.join("testfile-line/Dockerfile")).unwrap();
         let tree = parse(&df).unwrap();
         assert_eq!((tree.start_line(), tree.end_line()), (5, 31));

@@ -802,20 +802,13 @@ mod tests {
         assert_eq!(r, "aBcdefgh-abcd");
     }
 
-    fn conformance_dir() -> Option<std::path::PathBuf> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/conformance/buildkit/shell");
-        if p.is_dir() {
-            Some(p)
-        } else {
-            println!("skipping: {} is absent", p.display());
-            None
-        }
+    fn conformance_dir() -> std::path::PathBuf {
+        crate::test_data::conformance("buildkit/shell")
     }
 
     #[test]
     fn conformance_env_var_test() {
-        let Some(dir) = conformance_dir() else { return };
+        let dir = conformance_dir();
         let text = std::fs::read_to_string(dir.join("envVarTest")).unwrap();
         let env: HashMap<&str, &str> = [
             ("PWD", "/home"),
@@ -856,7 +849,7 @@ mod tests {
 
     #[test]
     fn conformance_words_test() {
-        let Some(dir) = conformance_dir() else { return };
+        let dir = conformance_dir();
         let text = std::fs::read_to_string(dir.join("wordsTest")).unwrap();
         let mut envs: Vec<String> = Vec::new();
         let lex = Lexer::new('\\');

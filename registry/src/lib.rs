@@ -334,6 +334,18 @@ impl Client {
     /// Pulls `image` into the store and tags it with `image`. Every blob is verified (digest
     /// and size; layers also against the config's diff_ids) before anything is stored.
     pub fn pull(&self, store: &Store, image: &ImageRef) -> Result<Pulled> {
+        let platform = self.opts.platform.clone().unwrap_or_else(Platform::host);
+        self.pull_platform(store, image, &platform)
+    }
+
+    /// Like [`Client::pull`], picking `platform` from an image index (a `FROM --platform=`
+    /// stage) instead of the client's platform.
+    pub fn pull_platform(
+        &self,
+        store: &Store,
+        image: &ImageRef,
+        platform: &Platform,
+    ) -> Result<Pulled> {
         let registry = registry_of(image);
         let name = image.to_string();
         let client = self.oci(&registry);
@@ -365,8 +377,7 @@ impl Client {
         let mut remote_digest = actual;
         let mut doc: Value = parse_json(&manifest_bytes, &name)?;
         if is_index(&doc) {
-            let platform = self.opts.platform.clone().unwrap_or_else(Platform::host);
-            let (d, size) = pick_platform(&doc, &platform).ok_or_else(|| Error::BadManifest {
+            let (d, size) = pick_platform(&doc, platform).ok_or_else(|| Error::BadManifest {
                 image: name.clone(),
                 reason: format!(
                     "the image has no manifest for platform {platform}; choose one with --platform"

@@ -1,5 +1,8 @@
 //! cgroup limits (memory, cpu, pids) on cgroup v1 controllers or the v2 unified hierarchy, chosen per
-//! controller from `/proc/self/mounts`, with OOM-kill detection.
+//! controller from `/proc/self/mounts`, with OOM-kill detection; and the device rules (Docker's
+//! default set, see [`crate::devices`]) as a BPF device program on the container's v2 cgroup
+//! wherever a cgroup2 hierarchy is mounted, else (or with `RBUILD_CGROUP=v1`) on the v1 `devices`
+//! controller. Every container gets a cgroup for its devices, limits or not.
 
 use crate::error::{Error, Result};
 use oci_spec::runtime::LinuxResources;
@@ -72,7 +75,7 @@ impl Hierarchies {
             }
             match f[2] {
                 "cgroup" => {
-                    for c in ["memory", "cpu", "pids"] {
+                    for c in ["memory", "cpu", "pids", "devices"] {
                         if f[3].split(',').any(|o| o == c) && !h.v1.iter().any(|(n, _)| n == c) {
                             h.v1.push((c.to_string(), PathBuf::from(f[1])));
                         }
@@ -207,16 +210,90 @@ fn wanted(res: &LinuxResources) -> Vec<(&'static str, Writes, Writes)> {
 }
 
 impl Cgroup {
-    /// Creates the cgroups for container `id` and writes the limits; `None` when nothing is limited.
-    /// With `RBUILD_CGROUP=v2` every container gets a v2 cgroup (limits or not), as on a
+    /// Creates the cgroups for container `id`, writes the limits and restricts its devices to
+    /// Docker's default set. With `RBUILD_CGROUP=v2` every container gets a v2 cgroup, as on a
     /// unified-hierarchy host.
-    pub(crate) fn create(id: &str, res: Option<&LinuxResources>) -> Result<Option<Cgroup>> {
+    pub(crate) fn create(id: &str, res: Option<&LinuxResources>) -> Result<Cgroup> {
         let mode = Mode::from_env()?;
         let wanted = res.map(wanted).unwrap_or_default();
-        if wanted.is_empty() && mode != Mode::V2 {
-            return Ok(None);
+        let hier = Hierarchies::probe();
+        let mut cg = Cgroup::create_in(id, &wanted, &hier, mode)?;
+        if let Err(e) = cg.restrict_devices(id, &hier, mode, &crate::devices::DEFAULT_RULES) {
+            cg.destroy();
+            return Err(e);
         }
-        Cgroup::create_in(id, &wanted, &Hierarchies::probe(), mode).map(Some)
+        Ok(cg)
+    }
+
+    /// Puts the device `rules` in force: the v1 `devices` controller where it is mounted (and the
+    /// mode allows v1), else a BPF device program on the container's v2 cgroup.
+    fn restrict_devices(
+        &mut self,
+        id: &str,
+        hier: &Hierarchies,
+        mode: Mode,
+        rules: &[crate::devices::Rule],
+    ) -> Result<()> {
+        let v1 = hier.v1.iter().find(|(n, _)| n == "devices");
+        // v2 first where it is mounted, even beside a v1 devices controller: the container's PID 1
+        // is then born in its v2 cgroup (clone3 CLONE_INTO_CGROUP) instead of migrating into a v1
+        // one, which costs an RCU grace period per container.
+        let v1 = match (mode, &hier.v2) {
+            (Mode::V1, _) | (Mode::Auto, None) => v1,
+            _ => None,
+        };
+        match (mode, v1, &hier.v2) {
+            (Mode::Auto | Mode::V1, Some((_, mnt)), _) => {
+                let dir = mnt
+                    .join(own_v1_path("devices"))
+                    .join(format!("rbuild-{id}"));
+                let existing = self.dirs.iter().position(|d| d.path == dir);
+                if existing.is_none() {
+                    std::fs::create_dir_all(&dir).map_err(|e| Error::Cgroup {
+                        path: dir.clone(),
+                        msg: format!("mkdir: {e}"),
+                    })?;
+                    self.dirs.push(CgroupDir {
+                        path: dir.clone(),
+                        v2: false,
+                        controllers: Vec::new(),
+                    });
+                }
+                crate::devices::write_v1(&dir, rules)?;
+                let i = existing.unwrap_or(self.dirs.len() - 1);
+                self.dirs[i].controllers.push("devices".into());
+                Ok(())
+            }
+            (Mode::Auto | Mode::V2, _, Some((mnt, _))) => {
+                let dir = mnt.join("rbuild").join(id);
+                if !self.dirs.iter().any(|d| d.path == dir) {
+                    std::fs::create_dir_all(&dir).map_err(|e| Error::Cgroup {
+                        path: dir.clone(),
+                        msg: format!("mkdir: {e}"),
+                    })?;
+                    self.dirs.push(CgroupDir {
+                        path: dir.clone(),
+                        v2: true,
+                        controllers: Vec::new(),
+                    });
+                }
+                crate::devices::attach_v2(&dir, rules)
+            }
+            _ => Err(Error::Cgroup {
+                path: PathBuf::from("/sys/fs/cgroup"),
+                msg: format!(
+                    "cannot restrict the container's devices: {} (mount the v1 devices controller \
+                     or a cgroup2 hierarchy, or set {CGROUP_ENV} to the version this host has)",
+                    match mode {
+                        Mode::V1 =>
+                            format!("{CGROUP_ENV}=v1 but no v1 devices controller is mounted"),
+                        Mode::V2 => format!("{CGROUP_ENV}=v2 but no cgroup2 hierarchy is mounted"),
+                        Mode::Auto =>
+                            "neither a v1 devices controller nor cgroup2 is mounted".into(),
+                    }
+                ),
+            }),
+        }
     }
 
     pub(crate) fn create_in(
@@ -307,12 +384,19 @@ impl Cgroup {
         Ok(cg)
     }
 
-    /// The `cgroup.procs` files a process writes its pid (or 0) to, to join.
-    pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
+    /// The `cgroup.procs` files a process writes its pid (or 0) to, to join; without the v2 one
+    /// when the process was born in it.
+    pub(crate) fn procs_files(&self, in_v2: bool) -> Vec<PathBuf> {
         self.dirs
             .iter()
+            .filter(|d| !(in_v2 && d.v2))
             .map(|d| d.path.join("cgroup.procs"))
             .collect()
+    }
+
+    /// The container's v2 cgroup directory, if it has one.
+    pub(crate) fn v2_dir(&self) -> Option<&Path> {
+        self.dirs.iter().find(|d| d.v2).map(|d| d.path.as_path())
     }
 
     /// Whether the kernel OOM-killed a process of this container.
@@ -406,7 +490,9 @@ mod tests {
         assert_eq!(cg.dirs.len(), 1);
         assert!(cg.dirs[0].v2);
         assert_eq!(cg.dirs[0].controllers, vec!["memory", "cpu", "pids"]);
-        assert_eq!(cg.procs_files(), vec![dir.join("cgroup.procs")]);
+        assert_eq!(cg.procs_files(false), vec![dir.join("cgroup.procs")]);
+        assert!(cg.procs_files(true).is_empty());
+        assert_eq!(cg.v2_dir(), Some(dir.as_path()));
         // Controllers are enabled for the children of the root and of rbuild/.
         assert!(
             std::fs::read_to_string(tmp.join("rbuild/cgroup.subtree_control"))

@@ -83,6 +83,8 @@ pub struct Container {
     pty_master: Option<OwnedFd>,
     state_dir: PathBuf,
     done: bool,
+    /// Membership in the spawning thread's kill switch, until the container is waited for.
+    _cancel: Option<crate::cancel::Registration>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -119,6 +121,57 @@ fn read_report(r: &mut BufReader<File>) -> Result<Option<Report>> {
         .map_err(|e| Error::Helper(format!("bad report {line:?}: {e}")))
 }
 
+/// A sealed in-memory copy of this binary (created once per process), as `/proc/self/fd/N`.
+///
+/// With `--init` the container's PID 1 keeps running rbuild's code, so `/proc/1/exe` inside the
+/// container names the executable the helper was started from. Were that the host's rbuild
+/// binary, the container could reach it (runc's CVE-2019-5736: open it, wait for the last host
+/// process running it to exit, write it). The helper is therefore started from a `memfd` copy
+/// sealed against writes, growth, shrinking and further seal changes (`F_SEAL_SEAL | SHRINK |
+/// GROW | WRITE`): `/proc/1/exe` is that copy, which nothing can modify, and it is not the host
+/// file. Without the init PID 1 execs the program before any other process exists in the pid
+/// namespace, so the plain `/proc/self/exe` re-exec is kept (no copy, no memory).
+fn sealed_self() -> Result<PathBuf> {
+    static SEALED: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
+    let mut g = SEALED.lock().unwrap_or_else(|p| p.into_inner());
+    if g.is_none() {
+        *g = Some(seal_copy_of_self()?);
+    }
+    let fd = g.as_ref().map_or(-1, |f| f.as_raw_fd());
+    Ok(PathBuf::from(format!("/proc/self/fd/{fd}")))
+}
+
+fn seal_copy_of_self() -> Result<OwnedFd> {
+    const MFD_EXEC: libc::c_uint = 0x10; // executable even where vm.memfd_noexec says otherwise
+    let sys = |op: &str| Error::Sys {
+        op: op.to_string(),
+        source: std::io::Error::last_os_error(),
+    };
+    let name = c"rbuild-init";
+    let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: valid name and flags; MFD_EXEC is unknown before Linux 6.3 (EINVAL): retried without.
+    let mut fd = unsafe { libc::memfd_create(name.as_ptr(), base | MFD_EXEC) };
+    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // SAFETY: as above.
+        fd = unsafe { libc::memfd_create(name.as_ptr(), base) };
+    }
+    if fd < 0 {
+        return Err(sys("memfd_create for the init's copy of rbuild"));
+    }
+    // SAFETY: memfd_create returned a new descriptor we own.
+    let mut copy = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut exe =
+        File::open("/proc/self/exe").map_err(|e| Error::io("open", "/proc/self/exe", e))?;
+    std::io::copy(&mut exe, &mut copy)
+        .map_err(|e| Error::io("copy into a memfd", "/proc/self/exe", e))?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: plain fcntl on our descriptor.
+    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(sys("seal the init's copy of rbuild"));
+    }
+    Ok(OwnedFd::from(copy))
+}
+
 /// Starts the process tree described by `spec` (process args/env/cwd/user/terminal/capabilities/
 /// rlimits/no_new_privileges, hostname, linux namespaces — a network namespace means isolated
 /// networking with only `lo` up, none means host networking —, mounts, resources memory/cpu/pids,
@@ -136,6 +189,7 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(Error::InvalidSpec("process.args is empty".into()));
     }
+    crate::cancel::check_current()?;
     let id = random_id();
     let state_dir = std::env::temp_dir().join(format!("rbuild-sandbox-{id}"));
     let terminal = process.terminal().unwrap_or(false);
@@ -152,7 +206,14 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
     let (rep_r, rep_w) = pipe()?;
     let (cfg_fd, rep_fd) = (cfg_r.as_raw_fd(), rep_w.as_raw_fd());
 
-    let mut cmd = Command::new("/proc/self/exe");
+    // With the init, PID 1 stays in this binary's code for the container's life: it must not be
+    // the host's file (see `sealed_self`).
+    let exe = if crate::spec::wants_init(spec) {
+        sealed_self()?
+    } else {
+        PathBuf::from("/proc/self/exe")
+    };
+    let mut cmd = Command::new(&exe);
     cmd.arg0("rbuild-sandbox-init")
         .arg(INIT_MARKER)
         .arg(cfg_fd.to_string())
@@ -200,7 +261,7 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
     }
     let mut helper = cmd
         .spawn()
-        .map_err(|e| Error::io("start sandbox helper", "/proc/self/exe", e))?;
+        .map_err(|e| Error::io("start sandbox helper", &exe, e))?;
     drop(cfg_r);
     drop(rep_w);
     // Stdio handed to the helper is owned by `cmd`; drop it now so pipes see EOF properly.
@@ -222,6 +283,7 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
             let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
             // SAFETY: a new fd we own.
             let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as i32) });
+            let cancel = crate::cancel::register(pid as u32, pidfd.as_ref());
             Ok(Container {
                 helper,
                 report,
@@ -230,6 +292,7 @@ pub fn spawn(spec: &oci_spec::runtime::Spec, opts: RunOptions) -> Result<Contain
                 pty_master,
                 state_dir,
                 done: false,
+                _cancel: cancel,
             })
         }
         Ok(Some(Report::Failed { error })) => {

@@ -40,6 +40,19 @@ pub enum Error {
     /// Building or installing the seccomp filter failed.
     #[error("seccomp: {0}")]
     Seccomp(String),
+    /// A path of the container (a mount point, a file of the image) could not be resolved inside
+    /// its root: missing, too many links, a component that is not a directory.
+    #[error("{what}: {source}")]
+    Resolve {
+        /// What was being done.
+        what: String,
+        /// The in-root resolution error (names the path and the root).
+        #[source]
+        source: rbuild_fsroot::Error,
+    },
+    /// The thread's [`crate::KillSwitch`] was cancelled, so no container was started.
+    #[error("cancelled: another step of the build failed")]
+    Cancelled,
     /// A cgroup operation failed.
     #[error("cgroup {path}: {msg}")]
     Cgroup {

@@ -4,16 +4,22 @@
 //! Docker's default isolation, the way runc/youki do, but as a library.
 //!
 //! ## How a container starts
-//! [`spawn`] re-executes the current binary (`/proc/self/exe`) as a small single-threaded **helper**,
+//! [`spawn`] re-executes the current binary (`/proc/self/exe`, or with an init a sealed `memfd`
+//! copy of it, so `/proc/1/exe` is never the host's file) as a small single-threaded **helper**,
 //! passing the spec over a pipe. The rbuild binary (and every test binary using [`spawn`]) must call
 //! [`init_if_requested`] first thing in `main`, which runs the helper when the process was started as
 //! one. Re-exec avoids doing setup after `fork()` in the multithreaded solver (malloc locks).
 //!
-//! The helper (outside the namespaces) creates the cgroups, `unshare`s the pid namespace and forks
-//! the container's **PID 1**. That child joins the cgroups, unshares mount/uts/ipc/cgroup (and net, or joins the network namespace the spec names by path)
+//! The helper (outside the namespaces) creates the cgroups (limits, and the device rules every
+//! container gets: Docker's default device set, on the v1 `devices` controller or as a cgroup v2
+//! BPF device program), `unshare`s the pid namespace and forks
+//! the container's **PID 1**. That child joins the cgroups, unshares mount/uts/ipc/cgroup (and net, or
+//! joins the network namespace the spec names by path)
 //! namespaces, makes every mount private, mounts the root (overlayfs through the new mount API, one
 //! `lowerdir+` per layer, so hundreds of layers work), `/proc`, a minimal `/dev`, read-only `/sys`,
-//! binds `/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname`, `pivot_root`s and detaches the old root,
+//! binds `/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname` — every mount point resolved inside the
+//! root by `rbuild-fsroot` and every mount built detached, given its attributes recursively
+//! (`mount_setattr`) and attached to the resolved descriptor —, `pivot_root`s and detaches the old root,
 //! masks Docker's masked paths and makes its read-only paths read-only, sets the hostname, brings up
 //! `lo`, applies rlimits, switches user (setgroups/setgid/setuid), reduces capabilities (bounding set
 //! too), sets no_new_privs, installs the seccomp filter, marks every fd above 2 close-on-exec and
@@ -21,21 +27,29 @@
 //! The helper forwards signals, reaps, reads the OOM counter, removes cgroups, mount-point stubs and
 //! its state directory, and reports the exit status back over a pipe.
 //!
+//! A [`KillSwitch`] entered on a thread collects the containers spawned there, so a build can kill
+//! every running step at once (SIGKILL to each PID 1 ends its whole pid namespace).
+//!
 //! Mounts live only in the container's mount namespace: they vanish with its last process, so there
 //! is nothing to unmount on the host. [`OverlayMount`] is the exception: it mounts in the caller's
 //! namespace (for COPY) and lazily unmounts on drop.
 
+mod cancel;
 mod caps;
 mod cgroup;
 mod container;
+mod devices;
 mod error;
 mod init;
+mod mountapi;
 mod rootfs;
 mod seccomp;
 mod spec;
+mod stubs;
 mod sys;
 mod user;
 
+pub use cancel::{Entered, KillSwitch};
 pub use cgroup::CGROUP_ENV;
 pub use container::{spawn, Container, ExitStatus, Outcome, RunOptions};
 pub use error::{Error, Result};

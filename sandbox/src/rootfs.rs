@@ -1,56 +1,16 @@
 //! The container's filesystem: overlay root, spec mounts, `/dev`, `/etc` binds, `pivot_root`,
 //! masked and read-only paths. Everything goes through [`Sys`] so the order of operations is unit
-//! tested with a recording double.
+//! tested with a recording double. Every container path (mount destinations, the `/dev` entries,
+//! the `/etc` bind targets) is resolved inside the root by [`Sys::dir_target`] /
+//! [`Sys::file_target`] (the `rbuild-fsroot` crate) and mounted through the descriptor found.
 
 use crate::error::{Error, Result};
+use crate::mountapi::MountAttrs;
 use crate::sys::Sys;
 use crate::RootfsConfig;
 use nix::mount::MsFlags;
 use oci_spec::runtime::Mount;
-use std::collections::VecDeque;
-use std::ffi::OsString;
-use std::path::{Component, Path, PathBuf};
-
-/// Joins `unsafe_path` (a path as seen inside the container) onto `root`, following symlinks as the
-/// container would see them: an absolute link target restarts at `root`, `..` never climbs above it.
-pub(crate) fn secure_join(root: &Path, unsafe_path: &Path) -> PathBuf {
-    fn comps(p: &Path) -> Vec<OsString> {
-        p.components()
-            .filter_map(|c| match c {
-                Component::Normal(n) => Some(n.to_os_string()),
-                Component::ParentDir => Some(OsString::from("..")),
-                _ => None,
-            })
-            .collect()
-    }
-    let mut resolved = PathBuf::new();
-    let mut pending: VecDeque<OsString> = comps(unsafe_path).into();
-    let mut links = 0;
-    while let Some(c) = pending.pop_front() {
-        if c == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = root.join(&resolved).join(&c);
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() && links < 255 => {
-                links += 1;
-                let Ok(target) = std::fs::read_link(&candidate) else {
-                    resolved.push(c);
-                    continue;
-                };
-                if target.is_absolute() {
-                    resolved.clear();
-                }
-                for t in comps(&target).into_iter().rev() {
-                    pending.push_front(t);
-                }
-            }
-            _ => resolved.push(c),
-        }
-    }
-    root.join(resolved)
-}
+use std::path::{Path, PathBuf};
 
 /// mount(2) flags and the remaining filesystem data of an OCI mount's options.
 #[derive(Debug, PartialEq, Eq)]
@@ -155,13 +115,6 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<PathBuf>> {
     let root = plan.root;
     let mut stubs: Vec<PathBuf> = Vec::new();
-    let note = |created: Vec<PathBuf>, stubs: &mut Vec<PathBuf>| {
-        for c in created {
-            if let Ok(rel) = c.strip_prefix(root) {
-                stubs.push(Path::new("/").join(rel));
-            }
-        }
-    };
     // Nothing we mount may propagate back to the host.
     sys.mount(
         None,
@@ -170,7 +123,44 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
+    mount_root(sys, plan)?;
+    for m in plan.mounts {
+        spec_mount(sys, root, m, &mut stubs)?;
+    }
+    dev_entries(sys, plan, &mut stubs)?;
+    for (host, cpath) in &plan.etc_binds {
+        if plan.mounts.iter().any(|m| m.destination() == cpath) {
+            continue; // the user mounted their own
+        }
+        let (dest, created) = sys.file_target(root, cpath)?;
+        stubs.extend(created);
+        let attrs = MountAttrs::read_only(MsFlags::MS_NOSUID | MsFlags::MS_NODEV);
+        sys.bind(host, &dest, false, attrs)?;
+    }
 
+    // pivot_root(".", ".") then detach the old root stacked on top (as runc does).
+    sys.chdir(root)?;
+    sys.pivot_root(Path::new("."), Path::new("."))?;
+    sys.umount2(Path::new("."), libc::MNT_DETACH)?;
+    sys.chdir(Path::new("/"))?;
+
+    mask_and_protect(sys, plan)?;
+    if plan.root_readonly || matches!(plan.rootfs, RootfsConfig::OverlayReadOnly { .. }) {
+        // Only `/` itself: volumes and tmpfs mounts stay writable, as with `docker run --read-only`.
+        sys.mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(stubs)
+}
+
+/// Mounts the root filesystem on `plan.root` (a directory of the helper's state, trusted).
+fn mount_root(sys: &mut dyn Sys, plan: &RootPlan) -> Result<()> {
+    let root = plan.root;
     match plan.rootfs {
         RootfsConfig::Overlay { lower, upper, work } => {
             sys.mount_overlay(lower, Some((upper, work)), root)?;
@@ -186,9 +176,9 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
                 Some("mode=755"),
             )?;
             if !lower.is_empty() {
+                sys.dir_target(root, Path::new("/.upper"))?;
+                sys.dir_target(root, Path::new("/.work"))?;
                 let (u, w) = (root.join(".upper"), root.join(".work"));
-                sys.mkdir_all(&u)?;
-                sys.mkdir_all(&w)?;
                 sys.mount_overlay(lower, Some((&u, &w)), root)?;
             }
         }
@@ -202,85 +192,73 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
             )?;
         }
     }
+    Ok(())
+}
 
-    for m in plan.mounts {
-        let dest = sys.resolve(root, m.destination());
-        let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
-        let typ = m.typ().as_deref().unwrap_or("");
-        let is_bind = typ == "bind" || opts.flags.contains(MsFlags::MS_BIND);
-        let data = (!opts.data.is_empty()).then(|| opts.data.join(","));
-        if is_bind {
-            let src = m.source().as_ref().ok_or_else(|| {
-                Error::InvalidSpec(format!(
-                    "bind mount at {} has no source",
-                    m.destination().display()
-                ))
-            })?;
-            if sys.is_dir(src) {
-                let c = sys.mkdir_all(&dest)?;
-                note(c, &mut stubs);
-            } else {
-                if let Some(parent) = dest.parent() {
-                    let c = sys.mkdir_all(parent)?;
-                    note(c, &mut stubs);
-                }
-                if sys.touch(&dest)? {
-                    note(vec![dest.clone()], &mut stubs);
-                }
-            }
-            let bind = opts.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
-            sys.mount(Some(src), &dest, None, bind | MsFlags::MS_BIND, None)?;
-            let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
-            if !extra.is_empty() {
-                sys.mount(
-                    None,
-                    &dest,
-                    None,
-                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
-                    None,
-                )?;
-            }
+/// One mount of the spec: a bind (read-only recursively when asked) or a new filesystem, on its
+/// destination resolved inside the root.
+fn spec_mount(sys: &mut dyn Sys, root: &Path, m: &Mount, stubs: &mut Vec<PathBuf>) -> Result<()> {
+    let dest = m.destination();
+    let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
+    let typ = m.typ().as_deref().unwrap_or("");
+    let is_bind = typ == "bind" || opts.flags.contains(MsFlags::MS_BIND);
+    if is_bind {
+        let src = m.source().as_ref().ok_or_else(|| {
+            Error::InvalidSpec(format!("bind mount at {} has no source", dest.display()))
+        })?;
+        let (target, created) = if sys.is_dir(src) {
+            sys.dir_target(root, dest)?
         } else {
-            let c = sys.mkdir_all(&dest)?;
-            note(c, &mut stubs);
-            if typ == "cgroup" || typ == "cgroup2" {
-                // The cgroup ns makes the container's own cgroup the root of this view. On a
-                // v1/v2 hybrid host, mounting v1 controllers is not needed by builds; best effort.
-                let _ = sys.mount(
-                    Some(Path::new("cgroup2")),
-                    &dest,
-                    Some("cgroup2"),
-                    opts.flags,
-                    None,
-                );
-                continue;
-            }
-            let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
-            sys.mount(Some(&src), &dest, Some(typ), opts.flags, data.as_deref())?;
-        }
-        if !opts.propagation.is_empty() {
-            sys.mount(None, &dest, None, opts.propagation, None)?;
-        }
+            sys.file_target(root, dest)?
+        };
+        stubs.extend(created);
+        let recursive = opts.flags.contains(MsFlags::MS_REC);
+        let attrs = MountAttrs::from_flags(opts.flags, opts.propagation);
+        return sys.bind(src, &target, recursive, attrs);
     }
+    let (target, created) = sys.dir_target(root, dest)?;
+    stubs.extend(created);
+    if typ == "cgroup" || typ == "cgroup2" {
+        // The cgroup ns makes the container's own cgroup the root of this view. On a v1/v2 hybrid
+        // host, mounting v1 controllers is not needed by builds; best effort.
+        let _ = sys.mount_fs(
+            "cgroup2",
+            Path::new("cgroup2"),
+            &target,
+            opts.flags,
+            None,
+            opts.propagation,
+        );
+        return Ok(());
+    }
+    let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+    let data = (!opts.data.is_empty()).then(|| opts.data.join(","));
+    sys.mount_fs(
+        typ,
+        &src,
+        &target,
+        opts.flags,
+        data.as_deref(),
+        opts.propagation,
+    )
+}
 
-    // Minimal /dev: host device nodes bind-mounted (works without CAP_MKNOD semantics issues).
-    let dev = sys.resolve(root, Path::new("/dev"));
-    let c = sys.mkdir_all(&dev)?;
-    note(c, &mut stubs);
+/// Minimal `/dev`: host device nodes bind-mounted (the devices cgroup decides what may be opened),
+/// the console, and the usual symlinks.
+fn dev_entries(sys: &mut dyn Sys, plan: &RootPlan, stubs: &mut Vec<PathBuf>) -> Result<()> {
+    let root = plan.root;
+    let (dev, created) = sys.dir_target(root, Path::new("/dev"))?;
+    stubs.extend(created);
     for d in DEVICES {
-        let target = dev.join(d);
-        if sys.touch(&target)? {
-            note(vec![target.clone()], &mut stubs);
-        }
+        let (target, created) = sys.file_target(root, &Path::new("/dev").join(d))?;
+        stubs.extend(created);
         let host = Path::new("/dev").join(d);
-        sys.mount(Some(&host), &target, None, MsFlags::MS_BIND, None)?;
+        sys.bind(&host, &target, false, MountAttrs::default())?;
     }
     if let Some(console) = &plan.console {
-        let target = dev.join("console");
-        if sys.touch(&target)? {
-            note(vec![target.clone()], &mut stubs);
-        }
-        sys.mount(Some(console), &target, None, MsFlags::MS_BIND, None)?;
+        let (target, created) = sys.file_target(root, Path::new("/dev/console"))?;
+        stubs.extend(created);
+        sys.bind(console, &target, false, MountAttrs::default())?;
     }
     for (target, link) in [
         ("/proc/self/fd", "fd"),
@@ -289,41 +267,14 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
         ("/proc/self/fd/2", "stderr"),
         ("pts/ptmx", "ptmx"),
     ] {
-        sys.symlink(Path::new(target), &dev.join(link))?;
+        sys.symlink_in(&dev, link, Path::new(target))?;
     }
+    Ok(())
+}
 
-    for (host, cpath) in &plan.etc_binds {
-        if plan.mounts.iter().any(|m| m.destination() == cpath) {
-            continue; // the user mounted their own
-        }
-        let dest = sys.resolve(root, cpath);
-        if let Some(parent) = dest.parent() {
-            let c = sys.mkdir_all(parent)?;
-            note(c, &mut stubs);
-        }
-        if sys.touch(&dest)? {
-            note(vec![dest.clone()], &mut stubs);
-        }
-        sys.mount(Some(host), &dest, None, MsFlags::MS_BIND, None)?;
-        sys.mount(
-            None,
-            &dest,
-            None,
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV,
-            None,
-        )?;
-    }
-
-    // pivot_root(".", ".") then detach the old root stacked on top (as runc does).
-    sys.chdir(root)?;
-    sys.pivot_root(Path::new("."), Path::new("."))?;
-    sys.umount2(Path::new("."), libc::MNT_DETACH)?;
-    sys.chdir(Path::new("/"))?;
-
+/// After `pivot_root`: Docker's masked paths hidden, its read-only paths made read-only with every
+/// submount.
+fn mask_and_protect(sys: &mut dyn Sys, plan: &RootPlan) -> Result<()> {
     for p in plan.masked {
         let p = Path::new(p);
         if !sys.exists(p) {
@@ -352,54 +303,17 @@ pub(crate) fn setup_rootfs(sys: &mut dyn Sys, plan: &RootPlan) -> Result<Vec<Pat
         if !sys.exists(p) {
             continue;
         }
-        sys.mount(Some(p), p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-        sys.mount(
-            None,
-            p,
-            None,
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC,
-            None,
-        )?;
+        let attrs =
+            MountAttrs::read_only(MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+        sys.bind(p, &crate::sys::Target::path(p), true, attrs)?;
     }
-    if plan.root_readonly || matches!(plan.rootfs, RootfsConfig::OverlayReadOnly { .. }) {
-        sys.mount(
-            None,
-            Path::new("/"),
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-        )?;
-    }
-    Ok(stubs)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sys::{Call, Recorder};
-
-    #[test]
-    fn secure_join_stays_inside() {
-        let d = tempfile::tempdir().unwrap();
-        let r = d.path();
-        std::fs::create_dir_all(r.join("a/b")).unwrap();
-        std::os::unix::fs::symlink("/etc", r.join("a/abs")).unwrap();
-        std::os::unix::fs::symlink("../../../../..", r.join("a/b/up")).unwrap();
-        assert_eq!(secure_join(r, Path::new("/a/b/c")), r.join("a/b/c"));
-        assert_eq!(
-            secure_join(r, Path::new("/a/abs/hosts")),
-            r.join("etc/hosts")
-        );
-        assert_eq!(secure_join(r, Path::new("/a/b/up/x")), r.join("x"));
-        assert_eq!(secure_join(r, Path::new("../../etc")), r.join("etc"));
-        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
-        assert!(secure_join(r, Path::new("/loop/x")).starts_with(r));
-    }
 
     #[test]
     fn options() {
@@ -454,7 +368,7 @@ mod tests {
             matches!(&calls[1], Call::Overlay { lower, upper: Some(_), .. } if lower[0] == Path::new("/l1"))
         );
         let pos = |f: &dyn Fn(&Call) -> bool| calls.iter().position(f).unwrap();
-        let proc_mount = pos(&|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "proc"));
+        let proc_mount = pos(&|c| matches!(c, Call::Fs { fstype, .. } if fstype == "proc"));
         let pivot = pos(&|c| matches!(c, Call::PivotRoot(..)));
         let detach = pos(&|c| matches!(c, Call::Umount(_, f) if *f == libc::MNT_DETACH));
         let kcore = pos(&|c| {
@@ -466,12 +380,12 @@ mod tests {
             if target == Path::new("/proc/acpi") && t == "tmpfs")
         });
         let sys_ro = pos(&|c| {
-            matches!(c, Call::Mount { target, flags, .. }
-            if target == Path::new("/proc/sys") && flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_REMOUNT))
+            matches!(c, Call::Bind { target, source, recursive: true, attrs }
+            if target == Path::new("/proc/sys") && source == Path::new("/proc/sys") && attrs.is_read_only())
         });
         let hosts = pos(&|c| {
-            matches!(c, Call::Mount { target, source: Some(s), .. }
-            if target == Path::new("/state/root/etc/hosts") && s == Path::new("/etc/hosts"))
+            matches!(c, Call::Bind { target, source, attrs, .. }
+            if target == Path::new("/state/root/etc/hosts") && source == Path::new("/etc/hosts") && attrs.is_read_only())
         });
         assert!(
             proc_mount < pivot
@@ -481,14 +395,18 @@ mod tests {
                 && kcore < sys_ro
         );
         assert!(acpi > detach);
-        assert!(calls.iter().any(|c| matches!(c, Call::Mount { target, .. } if target == Path::new("/state/root/dev/null"))));
+        assert!(calls.iter().any(|c| matches!(c, Call::Bind { target, source, .. } if target == Path::new("/state/root/dev/null") && source == Path::new("/dev/null"))));
         assert!(calls.iter().any(|c| matches!(c, Call::Symlink(t, l) if t == Path::new("/proc/self/fd") && l == Path::new("/state/root/dev/fd"))));
         // The sysfs mount is read-only.
-        assert!(calls.iter().any(|c| matches!(c, Call::Mount { fstype: Some(t), flags, .. } if t == "sysfs" && flags.contains(MsFlags::MS_RDONLY))));
+        assert!(calls.iter().any(|c| matches!(c, Call::Fs { fstype, flags, .. } if fstype == "sysfs" && flags.contains(MsFlags::MS_RDONLY))));
+        // Every mount point is resolved inside the root before it is used.
+        let proc_target =
+            pos(&|c| matches!(c, Call::DirTarget(t) if t == Path::new("/state/root/proc")));
+        assert!(proc_target < proc_mount);
     }
 
     #[test]
-    fn bind_mount_read_only_is_remounted() {
+    fn bind_mount_read_only_is_recursive() {
         let m: Mount = serde_json::from_value(serde_json::json!({
             "destination": "/data", "type": "bind", "source": "/host/data", "options": ["rbind", "ro"]
         }))
@@ -509,19 +427,25 @@ mod tests {
             console: Some("/dev/pts/7".into()),
         };
         setup_rootfs(&mut rec, &plan).unwrap();
-        assert!(rec.calls.contains(&Call::Mount {
-            source: Some("/host/data".into()),
+        // One detached recursive copy, read-only in every mount before it is attached: no
+        // non-recursive remount afterwards.
+        assert!(rec.calls.contains(&Call::Bind {
+            source: "/host/data".into(),
             target: "/r/data".into(),
-            fstype: None,
-            flags: MsFlags::MS_BIND | MsFlags::MS_REC,
-            data: None
+            recursive: true,
+            attrs: MountAttrs::read_only(MsFlags::empty()),
         }));
-        assert!(rec.calls.contains(&Call::Mount {
-            source: None,
-            target: "/r/data".into(),
-            fstype: None,
-            flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            data: None
+        assert!(rec.calls.contains(&Call::DirTarget("/r/data".into())));
+        assert!(!rec
+            .calls
+            .iter()
+            .any(|c| matches!(c, Call::Mount { target, flags, .. }
+            if target == Path::new("/r/data") && flags.contains(MsFlags::MS_REMOUNT))));
+        assert!(rec.calls.contains(&Call::Bind {
+            source: "/dev/pts/7".into(),
+            target: "/r/dev/console".into(),
+            recursive: false,
+            attrs: MountAttrs::default(),
         }));
         assert!(
             matches!(rec.calls.last(), Some(Call::Mount { target, flags, .. })

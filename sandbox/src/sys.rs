@@ -1,16 +1,48 @@
 //! The raw system calls of the rootfs setup behind a small trait (as youki does), so the mount logic
 //! can be unit-tested without root with [`Recorder`], and run for real with [`Linux`].
+//!
+//! Paths inside the container's root are never joined onto the root and handed to the host: the
+//! real implementation resolves them with `rbuild-fsroot` (openat2 `RESOLVE_IN_ROOT |
+//! RESOLVE_NO_MAGICLINKS`, `ELOOP` after too many links) into a [`Target`] holding the descriptor,
+//! creates what is missing relative to it, and mounts onto that descriptor with `move_mount`.
 
 use crate::error::{Error, Result};
+use crate::mountapi::{self, FsContext, MountAttrs};
 use nix::mount::MsFlags;
+use rbuild_fsroot::{Resolved, Root};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+
+/// Where a mount goes: a descriptor found by in-root resolution (the mount goes through it, so
+/// nothing is looked up again between the check and the mount), or a plain path (the container's
+/// own tree after `pivot_root`, and the recorder's).
+#[derive(Debug)]
+pub(crate) struct Target {
+    /// The path shown in messages and recorded by [`Recorder`] (root joined with the container
+    /// path for in-root targets).
+    pub shown: PathBuf,
+    fd: Option<Resolved>,
+}
+
+impl Target {
+    /// A target named by a plain path.
+    pub(crate) fn path(p: impl Into<PathBuf>) -> Target {
+        Target {
+            shown: p.into(),
+            fd: None,
+        }
+    }
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+}
 
 /// The system calls the rootfs setup needs.
 pub(crate) trait Sys {
-    /// mount(2).
+    /// mount(2) on a trusted path (the root directory itself, `/`, masked paths after pivot_root).
     fn mount(
         &mut self,
         source: Option<&Path>,
@@ -32,23 +64,146 @@ pub(crate) trait Sys {
     fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> Result<()>;
     /// chdir(2).
     fn chdir(&mut self, path: &Path) -> Result<()>;
-    /// `mkdir -p`; returns the directories it created.
-    fn mkdir_all(&mut self, path: &Path) -> Result<Vec<PathBuf>>;
-    /// Creates an empty file if nothing exists at `path` (a bind-mount target); true if created.
-    fn touch(&mut self, path: &Path) -> Result<bool>;
-    /// symlink(2); an existing entry at `link` is left alone.
-    fn symlink(&mut self, target: &Path, link: &Path) -> Result<()>;
+    /// `path` (container view) resolved inside `root` as a directory, created (0755, parents too)
+    /// when missing. Returns it and the container paths of the directories it created.
+    fn dir_target(&mut self, root: &Path, path: &Path) -> Result<(Target, Vec<PathBuf>)>;
+    /// `path` resolved inside `root` as a file mount point: an empty file is created (and its
+    /// parents) when nothing is there. Returns it and the container paths it created.
+    fn file_target(&mut self, root: &Path, path: &Path) -> Result<(Target, Vec<PathBuf>)>;
+    /// Bind-mounts the host path `source` (its submounts too when `recursive`) on `target`,
+    /// `attrs` set on every mount of the copy before it is attached.
+    fn bind(
+        &mut self,
+        source: &Path,
+        target: &Target,
+        recursive: bool,
+        attrs: MountAttrs,
+    ) -> Result<()>;
+    /// Mounts a new `fstype` filesystem on `target`: `flags` as mount(2)'s (per-mount ones become
+    /// mount attributes), `data` as mount(2)'s option string, then `propagation`.
+    fn mount_fs(
+        &mut self,
+        fstype: &str,
+        source: &Path,
+        target: &Target,
+        flags: MsFlags,
+        data: Option<&str>,
+        propagation: MsFlags,
+    ) -> Result<()>;
+    /// symlink(2) named `name` in the directory `dir`; an existing entry is left alone.
+    fn symlink_in(&mut self, dir: &Target, name: &str, link_target: &Path) -> Result<()>;
     /// Whether `path` is a directory (following symlinks).
     fn is_dir(&mut self, path: &Path) -> bool;
     /// Whether anything exists at `path` (following symlinks).
     fn exists(&mut self, path: &Path) -> bool;
-    /// `path` (absolute, container view) resolved inside `root`, symlinks followed without escaping.
-    fn resolve(&mut self, root: &Path, path: &Path) -> PathBuf;
 }
 
 fn cstr(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|_| Error::InvalidSpec(format!("path contains a NUL byte: {}", p.display())))
+}
+
+/// `root` joined with the container path `path` (for messages only).
+pub(crate) fn shown(root: &Path, path: &Path) -> PathBuf {
+    let rel: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::Prefix(_)))
+        .collect();
+    root.join(rel)
+}
+
+fn resolve_err(what: &str, path: &Path, e: rbuild_fsroot::Error) -> Error {
+    Error::Resolve {
+        what: format!("{what} {}", path.display()),
+        source: e,
+    }
+}
+
+/// The directory prefixes of `path`: `/a`, `/a/b`, ... (`..` kept as written).
+fn prefixes(path: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut p = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => p.push(n),
+            Component::ParentDir => p.push(".."),
+            _ => continue,
+        }
+        out.push(p.clone());
+    }
+    out
+}
+
+/// In-root resolution with the bookkeeping of what was created, for [`Linux`].
+struct InRoot {
+    root: Root,
+}
+
+impl InRoot {
+    fn open(root: &Path) -> Result<InRoot> {
+        let root = Root::open(root).map_err(|e| resolve_err("open the container root", root, e))?;
+        Ok(InRoot { root })
+    }
+
+    /// The container path of `r`: where it really is, every link followed.
+    fn container_path(&self, r: &Resolved) -> Option<PathBuf> {
+        self.root.inner_path(r).ok()
+    }
+
+    fn mkdir(&self, path: &Path) -> Result<(Resolved, Vec<PathBuf>)> {
+        let missing: Vec<PathBuf> = prefixes(path)
+            .into_iter()
+            .filter(|p| {
+                matches!(
+                    self.root.resolve(p),
+                    Err(rbuild_fsroot::Error::NotFound { .. })
+                )
+            })
+            .collect();
+        let dir = self
+            .root
+            .mkdir_all(path, 0o755, None)
+            .map_err(|e| resolve_err("create the mount point", path, e))?;
+        let mut created = Vec::new();
+        for p in missing {
+            if let Some(c) = self
+                .root
+                .resolve(&p)
+                .ok()
+                .and_then(|r| self.container_path(&r))
+            {
+                if !created.contains(&c) {
+                    created.push(c);
+                }
+            }
+        }
+        Ok((dir, created))
+    }
+
+    fn touch(&self, path: &Path) -> Result<(Resolved, Vec<PathBuf>)> {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let (_, mut created) = self.mkdir(parent)?;
+        match self.root.resolve(path) {
+            Ok(r) => return Ok((r, created)),
+            Err(rbuild_fsroot::Error::NotFound { .. }) => {}
+            Err(e) => return Err(resolve_err("resolve the mount point", path, e)),
+        }
+        let flags =
+            nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NOCTTY;
+        drop(
+            self.root
+                .open_file(path, flags, 0o644)
+                .map_err(|e| resolve_err("create the mount point", path, e))?,
+        );
+        let r = self
+            .root
+            .resolve(path)
+            .map_err(|e| resolve_err("resolve the mount point", path, e))?;
+        if let Some(c) = self.container_path(&r) {
+            created.push(c);
+        }
+        Ok((r, created))
+    }
 }
 
 /// The real system calls.
@@ -112,38 +267,67 @@ impl Sys for Linux {
         std::env::set_current_dir(path).map_err(|e| Error::io("chdir", path, e))
     }
 
-    fn mkdir_all(&mut self, path: &Path) -> Result<Vec<PathBuf>> {
-        let mut missing = Vec::new();
-        let mut p = Some(path);
-        while let Some(d) = p {
-            if d.as_os_str().is_empty() || std::fs::symlink_metadata(d).is_ok() {
-                break;
+    fn dir_target(&mut self, root: &Path, path: &Path) -> Result<(Target, Vec<PathBuf>)> {
+        let (fd, created) = InRoot::open(root)?.mkdir(path)?;
+        Ok((
+            Target {
+                shown: shown(root, path),
+                fd: Some(fd),
+            },
+            created,
+        ))
+    }
+
+    fn file_target(&mut self, root: &Path, path: &Path) -> Result<(Target, Vec<PathBuf>)> {
+        let (fd, created) = InRoot::open(root)?.touch(path)?;
+        Ok((
+            Target {
+                shown: shown(root, path),
+                fd: Some(fd),
+            },
+            created,
+        ))
+    }
+
+    fn bind(
+        &mut self,
+        source: &Path,
+        target: &Target,
+        recursive: bool,
+        attrs: MountAttrs,
+    ) -> Result<()> {
+        let tree = mountapi::clone_tree(source, recursive)?;
+        tree.set_attrs(attrs, &target.shown)?;
+        tree.attach(target.fd(), &target.shown)
+    }
+
+    fn mount_fs(
+        &mut self,
+        fstype: &str,
+        source: &Path,
+        target: &Target,
+        flags: MsFlags,
+        data: Option<&str>,
+        propagation: MsFlags,
+    ) -> Result<()> {
+        let fs = FsContext::open(fstype, &target.shown)?;
+        fs.set_string("source", source.as_os_str().as_bytes(), &target.shown)?;
+        fs.set_data(data, flags, &target.shown)?;
+        let m = fs.mount(&target.shown)?;
+        m.set_attrs(MountAttrs::from_flags(flags, propagation), &target.shown)?;
+        m.attach(target.fd(), &target.shown)
+    }
+
+    fn symlink_in(&mut self, dir: &Target, name: &str, link_target: &Path) -> Result<()> {
+        let r = match dir.fd() {
+            Some(fd) => nix::unistd::symlinkat(link_target, fd, name),
+            None => {
+                nix::unistd::symlinkat(link_target, nix::fcntl::AT_FDCWD, &dir.shown.join(name))
             }
-            missing.push(d.to_path_buf());
-            p = d.parent();
-        }
-        std::fs::create_dir_all(path).map_err(|e| Error::io("mkdir", path, e))?;
-        missing.reverse();
-        Ok(missing)
-    }
-
-    fn touch(&mut self, path: &Path) -> Result<bool> {
-        if std::fs::symlink_metadata(path).is_ok() {
-            return Ok(false);
-        }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| Error::io("create", path, e))?;
-        Ok(true)
-    }
-
-    fn symlink(&mut self, target: &Path, link: &Path) -> Result<()> {
-        match std::os::unix::fs::symlink(target, link) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(Error::io("symlink", link, e)),
+        };
+        match r {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+            Err(e) => Err(Error::nix("symlink", dir.shown.join(name), e)),
         }
     }
 
@@ -154,65 +338,6 @@ impl Sys for Linux {
     fn exists(&mut self, path: &Path) -> bool {
         path.exists()
     }
-
-    fn resolve(&mut self, root: &Path, path: &Path) -> PathBuf {
-        crate::rootfs::secure_join(root, path)
-    }
-}
-
-const FSOPEN_CLOEXEC: libc::c_uint = 1;
-const FSCONFIG_SET_STRING: libc::c_uint = 1;
-const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-const MOUNT_ATTR_RDONLY: libc::c_uint = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
-
-/// Reads the kernel's messages for a filesystem context (what `fsconfig` complained about).
-fn fs_context_log(fd: &OwnedFd) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    for _ in 0..16 {
-        // SAFETY: reading into a valid buffer.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            break;
-        }
-        out.push(String::from_utf8_lossy(&buf[..n as usize]).into_owned());
-    }
-    if out.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", out.join("; "))
-    }
-}
-
-fn fsconfig_string(fd: &OwnedFd, key: &str, value: &Path, target: &Path) -> Result<()> {
-    let k = CString::new(key).map_err(|_| Error::InvalidSpec(key.to_string()))?;
-    let v = cstr(value)?;
-    // SAFETY: valid fd and NUL-terminated strings.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fd.as_raw_fd(),
-            FSCONFIG_SET_STRING,
-            k.as_ptr(),
-            v.as_ptr(),
-            0,
-        )
-    };
-    if r != 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(Error::Path {
-            op: format!(
-                "overlay option {key}={}{} for",
-                value.display(),
-                fs_context_log(fd)
-            ),
-            path: target.to_path_buf(),
-            source: err,
-        });
-    }
-    Ok(())
 }
 
 /// Mounts an overlay at `target` with the new mount API: one `lowerdir+` per layer (TOP FIRST), so the
@@ -231,89 +356,23 @@ pub(crate) fn mount_overlay_new_api(
         )));
     }
     if upper_work.is_none() && lower.len() == 1 {
-        let mut l = Linux;
-        l.mount(
-            Some(&lower[0]),
-            target,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?;
-        return l.mount(
-            None,
-            target,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-        );
+        let tree = mountapi::clone_tree(&lower[0], true)?;
+        tree.set_attrs(MountAttrs::read_only(MsFlags::empty()), target)?;
+        return tree.attach(None, target);
     }
-    let name = CString::new("overlay").expect("static");
-    // SAFETY: valid string, flags.
-    let fd = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };
-    if fd < 0 {
-        return Err(Error::last_os("fsopen overlay for", target));
-    }
-    // SAFETY: fsopen returned a new fd we own.
-    let fs = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fs = FsContext::open("overlay", target)?;
     for l in lower {
-        fsconfig_string(&fs, "lowerdir+", l, target)?;
+        fs.set_string("lowerdir+", l.as_os_str().as_bytes(), target)?;
     }
     if let Some((upper, work)) = upper_work {
-        fsconfig_string(&fs, "upperdir", upper, target)?;
-        fsconfig_string(&fs, "workdir", work, target)?;
+        fs.set_string("upperdir", upper.as_os_str().as_bytes(), target)?;
+        fs.set_string("workdir", work.as_os_str().as_bytes(), target)?;
     }
-    // SAFETY: valid fd; null key/value for CMD_CREATE.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_char>(),
-            0,
-        )
-    };
-    if r != 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(Error::Path {
-            op: format!(
-                "create overlay ({} lowers){} for",
-                lower.len(),
-                fs_context_log(&fs)
-            ),
-            path: target.to_path_buf(),
-            source: err,
-        });
+    let m = fs.mount(target)?;
+    if upper_work.is_none() {
+        m.set_attrs(MountAttrs::read_only(MsFlags::empty()), target)?;
     }
-    let attrs = if upper_work.is_none() {
-        MOUNT_ATTR_RDONLY
-    } else {
-        0
-    };
-    // SAFETY: valid fd.
-    let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
-    if m < 0 {
-        return Err(Error::last_os("fsmount overlay for", target));
-    }
-    // SAFETY: fsmount returned a new fd we own.
-    let mnt = unsafe { OwnedFd::from_raw_fd(m as i32) };
-    let t = cstr(target)?;
-    let empty = CString::new("").expect("static");
-    // SAFETY: valid fds and strings.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mnt.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r != 0 {
-        return Err(Error::last_os("move_mount overlay to", target));
-    }
-    Ok(())
+    m.attach(None, target)
 }
 
 /// One recorded call of [`Recorder`].
@@ -335,8 +394,22 @@ pub(crate) enum Call {
     Umount(PathBuf, i32),
     PivotRoot(PathBuf, PathBuf),
     Chdir(PathBuf),
-    Mkdir(PathBuf),
-    Touch(PathBuf),
+    DirTarget(PathBuf),
+    FileTarget(PathBuf),
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        recursive: bool,
+        attrs: MountAttrs,
+    },
+    Fs {
+        fstype: String,
+        source: PathBuf,
+        target: PathBuf,
+        flags: MsFlags,
+        data: Option<String>,
+        propagation: MsFlags,
+    },
     Symlink(PathBuf, PathBuf),
 }
 
@@ -398,17 +471,55 @@ impl Sys for Recorder {
         self.calls.push(Call::Chdir(path.to_path_buf()));
         Ok(())
     }
-    fn mkdir_all(&mut self, path: &Path) -> Result<Vec<PathBuf>> {
-        self.calls.push(Call::Mkdir(path.to_path_buf()));
-        Ok(vec![])
+    fn dir_target(&mut self, root: &Path, path: &Path) -> Result<(Target, Vec<PathBuf>)> {
+        let t = Target::path(shown(root, path));
+        self.calls.push(Call::DirTarget(t.shown.clone()));
+        Ok((t, vec![]))
     }
-    fn touch(&mut self, path: &Path) -> Result<bool> {
-        self.calls.push(Call::Touch(path.to_path_buf()));
-        Ok(true)
+    fn file_target(&mut self, root: &Path, path: &Path) -> Result<(Target, Vec<PathBuf>)> {
+        let t = Target::path(shown(root, path));
+        self.calls.push(Call::FileTarget(t.shown.clone()));
+        Ok((t, vec![path.to_path_buf()]))
     }
-    fn symlink(&mut self, target: &Path, link: &Path) -> Result<()> {
-        self.calls
-            .push(Call::Symlink(target.to_path_buf(), link.to_path_buf()));
+    fn bind(
+        &mut self,
+        source: &Path,
+        target: &Target,
+        recursive: bool,
+        attrs: MountAttrs,
+    ) -> Result<()> {
+        self.calls.push(Call::Bind {
+            source: source.to_path_buf(),
+            target: target.shown.clone(),
+            recursive,
+            attrs,
+        });
+        Ok(())
+    }
+    fn mount_fs(
+        &mut self,
+        fstype: &str,
+        source: &Path,
+        target: &Target,
+        flags: MsFlags,
+        data: Option<&str>,
+        propagation: MsFlags,
+    ) -> Result<()> {
+        self.calls.push(Call::Fs {
+            fstype: fstype.to_string(),
+            source: source.to_path_buf(),
+            target: target.shown.clone(),
+            flags,
+            data: data.map(String::from),
+            propagation,
+        });
+        Ok(())
+    }
+    fn symlink_in(&mut self, dir: &Target, name: &str, link_target: &Path) -> Result<()> {
+        self.calls.push(Call::Symlink(
+            link_target.to_path_buf(),
+            dir.shown.join(name),
+        ));
         Ok(())
     }
     fn is_dir(&mut self, path: &Path) -> bool {
@@ -416,8 +527,5 @@ impl Sys for Recorder {
     }
     fn exists(&mut self, path: &Path) -> bool {
         self.existing.iter().any(|d| d == path)
-    }
-    fn resolve(&mut self, root: &Path, path: &Path) -> PathBuf {
-        root.join(path.strip_prefix("/").unwrap_or(path))
     }
 }

@@ -125,12 +125,20 @@ pub(crate) fn resolve(
 }
 
 fn read_in_root(rootfs_dir: &Path, file: &str) -> Result<String> {
-    let path = crate::rootfs::secure_join(rootfs_dir, Path::new(file));
-    match std::fs::read(&path) {
-        Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(Error::io("read", path, e)),
-    }
+    let resolve = |e| Error::Resolve {
+        what: format!("read {file} of the image"),
+        source: e,
+    };
+    let root = rbuild_fsroot::Root::open(rootfs_dir).map_err(resolve)?;
+    let mut f = match root.open_file(file, nix::fcntl::OFlag::O_RDONLY, 0) {
+        Ok(f) => f,
+        Err(rbuild_fsroot::Error::NotFound { .. }) => return Ok(String::new()),
+        Err(e) => return Err(resolve(e)),
+    };
+    let mut b = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut b)
+        .map_err(|e| Error::io(format!("read {file} in"), rootfs_dir, e))?;
+    Ok(String::from_utf8_lossy(&b).into_owned())
 }
 
 /// Resolves `user` (`name`, `uid`, `name:group`, `uid:gid`, `name:gid`, `uid:group`) through the
@@ -212,6 +220,20 @@ mod tests {
         std::fs::write(d.path().join("etc/passwd"), PASSWD).unwrap();
         std::fs::write(d.path().join("etc/group"), GROUP).unwrap();
         assert_eq!(resolve_user(d.path(), "app").unwrap().0, 1000);
+        // A passwd that is a symlink out of the root is read inside it.
+        let linked = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(linked.path().join("etc")).unwrap();
+        std::fs::create_dir_all(linked.path().join("img")).unwrap();
+        std::fs::write(linked.path().join("img/passwd"), PASSWD).unwrap();
+        std::os::unix::fs::symlink("/img/passwd", linked.path().join("etc/passwd")).unwrap();
+        assert_eq!(resolve_user(linked.path(), "app").unwrap().0, 1000);
+        std::os::unix::fs::symlink("/../../../../etc", linked.path().join("up")).unwrap();
+        std::fs::remove_file(linked.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/up/passwd", linked.path().join("etc/passwd")).unwrap();
+        assert!(
+            resolve_user(linked.path(), "root").is_err(),
+            "host passwd read"
+        );
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(
             resolve_user(empty.path(), "0").unwrap(),

@@ -1,6 +1,8 @@
 //! The solver: walks a [`BuildGraph`], computes a content-addressed cache key for every node,
 //! reuses cached results and executes the misses (RUN in the sandbox, COPY into a fresh overlay
-//! upper directory), independent nodes concurrently, and exports the target stage as an image.
+//! upper directory), independent nodes concurrently (at most [`SolveOptions::jobs`] at once; the
+//! first failure kills the running steps, and a panicking step fails the build with
+//! [`Error::Bug`] instead of hanging it), and exports the target stage as an image.
 //!
 //! A node's key is `sha256` of a versioned JSON document holding the op (every resolved field),
 //! the keys of its inputs and, for COPY from the build context, the content digest of exactly the
@@ -16,10 +18,12 @@ mod explain;
 mod fsutil;
 mod image;
 mod mounts;
+mod platform;
+mod sched;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use petgraph::graph::NodeIndex;
@@ -32,6 +36,7 @@ use serde_json::{json, Value};
 
 pub use context::{HashStats, IgnoreRules};
 pub use mounts::{Forwarded, SecretSource};
+pub use platform::{check_platform, config_platform, platform_matches};
 
 /// Version of the cache key encoding; bump to invalidate every record when the encoding changes.
 const KEY_VERSION: u32 = 2;
@@ -52,7 +57,7 @@ pub enum Error {
     #[error("image {0} not found in the store; add it with `rbuild import ROOTFS.tar {0}`, `rbuild load` or `rbuild pull`")]
     ImageNotFound(ImageRef),
     /// A RUN step exited non-zero.
-    #[error("{step}: process \"{command}\" did not complete successfully: exit code: {code}{}", tail(.output))]
+    #[error("{step}: process \"{command}\" did not complete successfully: exit code: {code}{}{}", tail(.output), .note.as_ref().map(|n| format!("\nnote: {n}")).unwrap_or_default())]
     StepFailed {
         /// Where: `Dockerfile:12: RUN make` style.
         step: String,
@@ -62,6 +67,8 @@ pub enum Error {
         code: i32,
         /// Last output lines.
         output: Vec<String>,
+        /// A likely cause rbuild knows of (a stage of a foreign platform).
+        note: Option<String>,
     },
     /// A COPY/ADD step failed.
     #[error("{step}: {message}")]
@@ -75,6 +82,24 @@ pub enum Error {
     /// wrong and how to fix it.
     #[error("{0}")]
     Container(String),
+    /// The store's image under a name is for another platform than the stage asks for.
+    #[error("image {image} in the store is for {have}, not {want}: pull it with `rbuild pull --platform {want} {image}` (a name holds one platform at a time)")]
+    WrongPlatform {
+        /// The name.
+        image: Box<ImageRef>,
+        /// The platform of the stored image.
+        have: Box<Platform>,
+        /// The platform wanted.
+        want: Box<Platform>,
+    },
+    /// A step panicked: a bug in rbuild, not in the Dockerfile.
+    #[error("{step}: internal error: {message}\nthis is a bug in rbuild, please report it (with the Dockerfile and this message)")]
+    Bug {
+        /// Where: `Dockerfile:12: RUN make` style.
+        step: String,
+        /// The panic message.
+        message: String,
+    },
     /// I/O outside the store.
     #[error("{what}: {source}")]
     Io {
@@ -139,6 +164,13 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// The vertex was stopped because another step failed (its processes were killed).
+    Canceled {
+        /// Vertex number.
+        id: usize,
+        /// Time it ran.
+        elapsed: Duration,
+    },
     /// Something the user should know (an unused build arg).
     Warning(String),
     /// Why the first missed step of a chain was not cached, against the nearest previous record
@@ -172,6 +204,18 @@ pub struct SolveOptions {
     pub first_vertex: usize,
     /// `SOURCE_DATE_EPOCH`: timestamps of config and history.
     pub source_date_epoch: Option<i64>,
+    /// `--jobs`: at most this many steps run at once; 0 means the number of CPUs.
+    pub jobs: usize,
+}
+
+impl SolveOptions {
+    /// The bound on concurrent steps: `jobs`, or the number of CPUs when it is 0.
+    pub fn jobs(&self) -> usize {
+        match self.jobs {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            j => j,
+        }
+    }
 }
 
 /// What a build produced.
@@ -222,12 +266,9 @@ impl<'a> StoreResolver<'a> {
 }
 
 impl ImageResolver for StoreResolver<'_> {
-    fn resolve_config(
-        &self,
-        image: &ImageRef,
-        _platform: &Platform,
-    ) -> Result<ImageConfig, String> {
+    fn resolve_config(&self, image: &ImageRef, platform: &Platform) -> Result<ImageConfig, String> {
         let (_, doc) = load_config(self.store, image).map_err(|e| e.to_string())?;
+        check_platform(image, &doc, platform).map_err(|e| e.to_string())?;
         Ok(image::runtime_config(&doc))
     }
 }
@@ -273,8 +314,23 @@ struct Solver<'a> {
     stats: HashStats,
     /// The Dockerfile's absolute path: steps are identified by it, their stage and position.
     dockerfile_id: String,
+    /// Kills the running steps' containers at the first failure.
+    kill: rbuild_sandbox::KillSwitch,
     /// Usage locks of the snapshots this build has used so far (see [`Solver::hold`]).
     in_use: std::sync::Mutex<Vec<rbuild_cache::SnapshotUse>>,
+}
+
+/// Test hook, compiled only into debug builds (`cargo build`/`cargo test`, never `--release`):
+/// a step whose display name contains `RBUILD_TEST_PANIC_STEP` panics, so tests can check that a
+/// panicking worker fails the build at once instead of hanging it.
+#[cfg(debug_assertions)]
+fn test_panic_hook(display: &str) {
+    if let Some(pat) = std::env::var_os("RBUILD_TEST_PANIC_STEP") {
+        let pat = pat.to_string_lossy();
+        if !pat.is_empty() && display.contains(pat.as_ref()) {
+            panic!("RBUILD_TEST_PANIC_STEP: injected panic in {display}");
+        }
+    }
 }
 
 /// Builds the target of `graph` and writes its image into the store (untagged; the caller tags it).
@@ -318,6 +374,7 @@ pub fn solve(
             .unwrap_or_else(|_| opts.dockerfile.clone())
             .display()
             .to_string(),
+        kill: rbuild_sandbox::KillSwitch::new(),
         in_use: Default::default(),
     };
     for w in &graph.warnings {
@@ -355,67 +412,50 @@ impl Solver<'_> {
         self.in_use.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs every node, independent ones concurrently; stops scheduling at the first error and
-    /// returns it once running nodes have finished.
-    fn run_all(&self, order: &[NodeIndex]) -> Result<HashMap<NodeIndex, Arc<NodeOut>>, Error> {
-        let g = &self.graph.graph;
-        let mut waiting: HashMap<NodeIndex, usize> = order
-            .iter()
-            .map(|n| (*n, g.edges_directed(*n, Direction::Incoming).count()))
+    /// The inputs of `n` with their roles, in the order the frontend added them (`from=` mounts
+    /// map to sources by it).
+    fn inputs_of(&self, n: NodeIndex) -> Vec<(Input, NodeIndex)> {
+        let mut edges: Vec<_> = self
+            .graph
+            .graph
+            .edges_directed(n, Direction::Incoming)
             .collect();
-        let mut ready: Vec<NodeIndex> = order.iter().filter(|n| waiting[n] == 0).copied().collect();
-        ready.reverse();
-        let mut results: HashMap<NodeIndex, Arc<NodeOut>> = HashMap::new();
-        let mut first_error: Option<Error> = None;
-        std::thread::scope(|s| {
-            let (tx, rx) = mpsc::channel::<(NodeIndex, Result<NodeOut, Error>)>();
-            let mut running = 0usize;
-            loop {
-                while first_error.is_none() {
-                    let Some(n) = ready.pop() else { break };
-                    // In the order the frontend added them: `from=` mounts map to sources by it.
-                    let mut edges: Vec<_> = g.edges_directed(n, Direction::Incoming).collect();
-                    edges.sort_by_key(|e| e.id());
-                    let inputs: Vec<(Input, Arc<NodeOut>)> = edges
-                        .iter()
-                        .map(|e| (*e.weight(), results[&e.source()].clone()))
-                        .collect();
-                    let tx = tx.clone();
-                    running += 1;
-                    s.spawn(move || {
-                        let r = self.run_node(n, &inputs);
-                        let _ = tx.send((n, r));
-                    });
-                }
-                if running == 0 {
-                    break;
-                }
-                let Ok((n, r)) = rx.recv() else { break };
-                running -= 1;
-                match r {
-                    Ok(out) => {
-                        results.insert(n, Arc::new(out));
-                        for succ in g.neighbors_directed(n, Direction::Outgoing) {
-                            if let Some(w) = waiting.get_mut(&succ) {
-                                *w -= 1;
-                                if *w == 0 {
-                                    ready.push(succ);
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        if first_error.is_none() {
-                            first_error = Some(e);
-                        }
-                    }
-                }
+        edges.sort_by_key(|e| e.id());
+        edges.iter().map(|e| (*e.weight(), e.source())).collect()
+    }
+
+    /// Runs every node once its inputs are done, at most `jobs` at once (see [`sched`]). The
+    /// first failure (an error, or a panic reported as [`Error::Bug`]) stops new work and kills
+    /// the containers of the steps still running; it is returned once they have ended.
+    fn run_all(&self, order: &[NodeIndex]) -> Result<HashMap<NodeIndex, Arc<NodeOut>>, Error> {
+        let deps = |n: NodeIndex| self.inputs_of(n).into_iter().map(|(_, d)| d).collect();
+        let plan = sched::Plan::new(order, deps, self.opts.jobs());
+        let kill = &self.kill;
+        let work = |n: NodeIndex, outs: Vec<Arc<NodeOut>>| {
+            let _entered = kill.enter();
+            let inputs: Vec<(Input, Arc<NodeOut>)> = self
+                .inputs_of(n)
+                .into_iter()
+                .map(|(i, _)| i)
+                .zip(outs)
+                .collect();
+            self.run_node(n, &inputs)
+        };
+        let panicked = |n: NodeIndex, message: String| {
+            let e = Error::Bug {
+                step: self.step_name(n),
+                message,
+            };
+            if let Some(&id) = self.vertex_ids.get(&n) {
+                (self.progress)(Event::Failed {
+                    id,
+                    elapsed: Duration::ZERO,
+                    error: e.to_string(),
+                });
             }
-        });
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(results),
-        }
+            e
+        };
+        sched::run(plan, deps, &work, panicked, || kill.cancel())
     }
 
     fn step_name(&self, n: NodeIndex) -> String {
@@ -438,9 +478,15 @@ impl Solver<'_> {
                 name: node.display.clone(),
             });
         }
+        #[cfg(debug_assertions)]
+        test_panic_hook(&node.display);
         let r = self.run_op(n, inputs, id.unwrap_or(0), start);
         if let Some(id) = id {
             match &r {
+                Err(_) if self.kill.is_cancelled() => (self.progress)(Event::Canceled {
+                    id,
+                    elapsed: start.elapsed(),
+                }),
                 Ok((_, true)) => (self.progress)(Event::Cached { id }),
                 Ok((_, false)) => (self.progress)(Event::Done {
                     id,
@@ -536,6 +582,7 @@ impl Solver<'_> {
                             command: exec.args.join(" "),
                             code,
                             output,
+                            note: self.foreign_platform_note(n),
                         },
                         exec::ExecError::Other(e) => e,
                     })
@@ -703,13 +750,12 @@ impl Solver<'_> {
             } else if let Some(change) = &parent.from_change {
                 Some(change.clone())
             } else if parent.cached {
+                let env = self
+                    .graph
+                    .stage(self.graph.graph[n].stage)
+                    .map_or(&[][..], |s| &s.config.env[..]);
                 previous.as_ref().and_then(|(_, prev)| {
-                    explain::explain(
-                        &self.instruction(n),
-                        prev,
-                        &indexed,
-                        &self.graph.stages[self.graph.graph[n].stage].config.env,
-                    )
+                    explain::explain(&self.instruction(n), prev, &indexed, env)
                 })
             } else {
                 None
@@ -753,6 +799,20 @@ impl Solver<'_> {
         Ok((out(Layer { diff_id, snapshot }, false), false))
     }
 
+    /// For a failed RUN in a stage of another platform than the host's: RUN executes natively,
+    /// so foreign binaries need an emulator registered in binfmt_misc.
+    fn foreign_platform_note(&self, n: NodeIndex) -> Option<String> {
+        let host = Platform::host();
+        let stage = self.graph.stage(self.graph.graph[n].stage)?;
+        (!platform_matches(&host, &stage.platform)).then(|| {
+            format!(
+                "this stage is for {} and RUN executes natively on {host}; register an emulator \
+                 for it (binfmt_misc, e.g. qemu-user-static) or build for {host}",
+                stage.platform
+            )
+        })
+    }
+
     /// The instruction of a node as written (its display without the `[stage n/m]` prefix).
     fn instruction(&self, n: NodeIndex) -> String {
         let d = &self.graph.graph[n].display;
@@ -765,7 +825,7 @@ impl Solver<'_> {
             return true;
         }
         let stage = self.graph.graph[n].stage;
-        let name = self.graph.stages.get(stage).and_then(|s| s.name.clone());
+        let name = self.graph.stage(stage).and_then(|s| s.name.clone());
         self.opts.no_cache_filter.iter().any(|f| {
             name.as_deref().is_some_and(|nm| nm.eq_ignore_ascii_case(f)) || *f == stage.to_string()
         })
@@ -774,9 +834,10 @@ impl Solver<'_> {
     fn pull_image(
         &self,
         reference: &ImageRef,
-        _platform: &Platform,
+        platform: &Platform,
     ) -> Result<(NodeOut, bool), Error> {
         let (manifest, doc) = load_config(self.store, reference)?;
+        check_platform(reference, &doc, platform)?;
         let mut layers = Vec::new();
         let mut all_present = true;
         let diff_ids = doc["rootfs"]["diff_ids"]

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod registry;
+
 /// Path of the rbuild binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_rbuild")
@@ -59,6 +61,12 @@ impl Env {
 
     /// A new, empty store.
     pub fn empty() -> Env {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the end-to-end tests run builds and containers, which need root: run them as root \
+             (RBUILD_SKIP_ROOT_TESTS=1 skips only the sandbox isolation suite; leave this package \
+             out with `cargo test --workspace --exclude rbuild`)"
+        );
         Env {
             root: tempfile::Builder::new()
                 .prefix("rbuild-store-")
