@@ -21,7 +21,9 @@
 //! snapshot, read build-arg values from the database or hold a lock file to stall builds.
 //!
 //! The store knows nothing of Dockerfiles; it stores what the solver and exporter give it.
+//! [`artifact`] defines the remote cache format (records exported as an OCI artifact).
 
+pub mod artifact;
 mod blobs;
 mod containers;
 mod db;

@@ -26,6 +26,17 @@ impl SnapshotId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A fresh random id, for a snapshot that will be committed later with
+    /// [`SnapshotBuilder::commit_as`] (e.g. a remote layer fetched only when needed).
+    pub fn reserve() -> SnapshotId {
+        loop {
+            let id = random_name(8);
+            if !id.starts_with("tmp") {
+                return SnapshotId(id);
+            }
+        }
+    }
 }
 
 impl FromStr for SnapshotId {
@@ -123,6 +134,28 @@ impl SnapshotBuilder {
 
     /// Removes the work dir, renames the snapshot to `snapshots/<id>` and records it.
     pub fn commit(mut self) -> Result<SnapshotId> {
+        loop {
+            match self.commit_named(&SnapshotId::reserve())? {
+                Some(id) => return Ok(id),
+                None => continue,
+            }
+        }
+    }
+
+    /// Commits the snapshot under a reserved id (see [`SnapshotId::reserve`]); fails when a
+    /// snapshot of that id exists.
+    pub fn commit_as(mut self, id: &SnapshotId) -> Result<()> {
+        match self.commit_named(id)? {
+            Some(_) => Ok(()),
+            None => Err(Error::io(
+                "commit snapshot",
+                self.snapshots.join(id.as_str()),
+            )(io::Error::from(io::ErrorKind::AlreadyExists))),
+        }
+    }
+
+    /// Renames the snapshot to `id`; `None` when that name is taken.
+    fn commit_named(&mut self, id: &SnapshotId) -> Result<Option<SnapshotId>> {
         let work = self.work_dir();
         match fs::remove_dir_all(&work) {
             Ok(()) => {}
@@ -135,29 +168,23 @@ impl SnapshotBuilder {
                 io::ErrorKind::NotFound,
             )));
         }
-        loop {
-            let id = SnapshotId(random_name(8));
-            if id.0.starts_with("tmp") {
-                continue;
-            }
-            let dest = self.snapshots.join(id.as_str());
-            match fs::rename(&self.dir, &dest) {
-                Ok(()) => {
-                    self.lock = None;
-                    crate::fsync_dir(&self.snapshots)?;
-                    if let Some(store) = self.store.take() {
-                        store.record_snapshot(&id)?;
-                    }
-                    return Ok(id);
+        let dest = self.snapshots.join(id.as_str());
+        match fs::rename(&self.dir, &dest) {
+            Ok(()) => {
+                self.lock = None;
+                crate::fsync_dir(&self.snapshots)?;
+                if let Some(store) = self.store.take() {
+                    store.record_snapshot(id)?;
                 }
-                Err(e)
-                    if e.kind() == io::ErrorKind::AlreadyExists
-                        || e.raw_os_error() == Some(libc::ENOTEMPTY) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(Error::io("rename snapshot to", &dest)(e)),
+                Ok(Some(id.clone()))
             }
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    || e.raw_os_error() == Some(libc::ENOTEMPTY) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(Error::io("rename snapshot to", &dest)(e)),
         }
     }
 }

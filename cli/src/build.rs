@@ -58,6 +58,10 @@ pub(crate) struct BuildArgs {
     /// SOURCE_DATE_EPOCH).
     #[arg(long)]
     source_date_epoch: Option<i64>,
+    /// Add a line `IP HOST` to the `/etc/hosts` of every RUN step (`HOST:IP` or `HOST=IP`,
+    /// repeatable), as `docker build --add-host`.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    add_hosts: Vec<String>,
     /// Run at most N steps at once (default: the number of CPUs).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
@@ -68,6 +72,8 @@ pub(crate) struct BuildArgs {
     registry: crate::image_cmds::RegistryArgs,
     #[command(flatten)]
     cache: crate::cache_cmds::CacheBuildArgs,
+    #[command(flatten)]
+    remote_cache: crate::remote_cache::RemoteCacheArgs,
     /// Build context directory.
     context: PathBuf,
 }
@@ -93,6 +99,22 @@ enum Output {
     },
     /// `type=tar,dest=F`.
     Tar { dest: PathBuf },
+}
+
+/// `--add-host HOST:IP` (or `HOST=IP`; an IPv6 address may follow the first `:`).
+fn parse_add_host(s: &str) -> Result<(String, String)> {
+    let (host, ip) = s
+        .split_once('=')
+        .or_else(|| s.split_once(':'))
+        .ok_or_else(|| anyhow!("--add-host {s}: expected HOST:IP, e.g. db:10.0.0.5"))?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    let addr: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| anyhow!("--add-host {s}: {ip:?} is not an IP address"))?;
+    if host.is_empty() {
+        bail!("--add-host {s}: the host name is empty");
+    }
+    Ok((host.to_string(), addr.to_string()))
 }
 
 fn parse_bool(s: &str, k: &str, v: &str) -> Result<bool> {
@@ -190,6 +212,7 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         .iter()
         .map(|o| parse_output(o))
         .collect::<Result<_>>()?;
+    args.remote_cache.check()?;
     let platform = match &args.platform {
         Some(p) => {
             // Any platform: base images are pulled for it and the image is labelled with it;
@@ -205,10 +228,22 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
             args.context.display().to_string()
         );
     }
+    // A file named `Dockerfile` that is absent falls back to `dockerfile` beside it (as BuildKit).
     let dockerfile = args
         .file
         .clone()
         .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let dockerfile = match dockerfile.file_name() {
+        Some(n) if n == "Dockerfile" && !dockerfile.exists() => {
+            let lower = dockerfile.with_file_name("dockerfile");
+            if lower.exists() {
+                lower
+            } else {
+                dockerfile
+            }
+        }
+        _ => dockerfile,
+    };
     let dockerfile_name = dockerfile.display().to_string();
     let text = std::fs::read_to_string(&dockerfile).with_context(|| {
         format!("failed to read dockerfile: open {dockerfile_name}: no such file or not readable; pass -f PATH or add a Dockerfile to the context")
@@ -237,11 +272,22 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
             }
         }
     }
+    if args.source_date_epoch.is_none() && !build_args.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH")
+    {
+        if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+            build_args.push(("SOURCE_DATE_EPOCH".into(), v.trim().to_string()));
+        }
+    }
     let opts = BuildOptions {
         build_args,
         target: args.target.clone(),
         platform,
         dockerfile_name: dockerfile_name.clone(),
+        add_hosts: args
+            .add_hosts
+            .iter()
+            .map(|h| parse_add_host(h))
+            .collect::<Result<_>>()?,
     };
     let client = args.registry.client(opts.platform.clone())?;
     let resolver = crate::image_cmds::PullingResolver::new(&store, &client, args.pull);
@@ -267,15 +313,9 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
             .labels
             .insert(k.to_string(), v.to_string());
     }
-    let epoch = match args.source_date_epoch {
-        Some(e) => Some(e),
-        None => match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) if !v.trim().is_empty() => Some(v.trim().parse::<i64>().map_err(|_| {
-                anyhow!("SOURCE_DATE_EPOCH={v}: expected seconds since the Unix epoch")
-            })?),
-            _ => None,
-        },
-    };
+    // `--source-date-epoch` wins; else `--build-arg SOURCE_DATE_EPOCH` or a global ARG default
+    // (the environment's SOURCE_DATE_EPOCH was passed as that build arg, as buildx does).
+    let epoch = args.source_date_epoch.or(graph.source_date_epoch);
     let solve_opts = rbuild_solver::SolveOptions {
         context: args.context.clone(),
         dockerfile: dockerfile.clone(),
@@ -285,11 +325,16 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         forwarded: args.cache.forwarded()?,
         first_vertex: 2,
         source_date_epoch: epoch,
+        remote: args.remote_cache.import(
+            std::sync::Arc::new(args.registry.client(opts.platform.clone())?),
+            &|w| progress.event(rbuild_solver::Event::Warning(w)),
+        )?,
         jobs: args.jobs.map_or(0, usize::from),
     };
     let sink = |ev| progress.event(ev);
     let result =
         rbuild_solver::solve(&store, &graph, &solve_opts, &sink).map_err(|e| anyhow!("{e}"))?;
+    let result = args.remote_cache.apply_inline(&store, result)?;
     let export_start = Instant::now();
     let id = graph.graph.node_count() + 2;
     progress.event(rbuild_solver::Event::Vertex {
@@ -390,6 +435,16 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
             .with_context(|| format!("pushing {r}"))?;
         eprintln!("pushing {r} done: {d}");
         pushed = Some(d);
+    }
+    let warn = |w| progress.event(rbuild_solver::Event::Warning(w));
+    for msg in args.remote_cache.export(
+        &store,
+        &client,
+        &result,
+        solve_opts.remote.as_deref(),
+        &warn,
+    )? {
+        eprintln!("{msg}");
     }
     progress.event(rbuild_solver::Event::Done {
         id,

@@ -10,6 +10,7 @@ mod image_cmds;
 mod images;
 mod network_cmds;
 mod progress;
+mod remote_cache;
 mod run;
 mod volumes;
 

@@ -141,12 +141,13 @@ fn rule_build_arg_change_invalidates_and_is_explained() {
     let log = env.build_ok("a:1", &dir, &["--build-arg", "VERSION=1.3"]);
     assert_eq!(
         ran(&log),
-        vec!["RUN echo $VERSION > /v", "RUN echo after"],
+        // Step names are expanded as BuildKit shows them.
+        vec!["RUN echo 1.3 > /v", "RUN echo after"],
         "{log}"
     );
     assert_eq!(
         misses(&log),
-        vec!["RUN echo $VERSION > /v: build arg VERSION changed (1.2 -> 1.3)"],
+        vec!["RUN echo 1.3 > /v: build arg VERSION changed (1.2 -> 1.3)"],
         "{log}"
     );
     let log = env.build_ok("a:1", &dir, &["--build-arg", "VERSION=1.3"]);
@@ -163,7 +164,7 @@ fn rule_env_change_invalidates() {
     let log = env.build_ok("e:1", &dir, &[]);
     assert_eq!(
         misses(&log),
-        vec!["RUN echo $MODE > /m: ENV MODE changed (a -> b)"],
+        vec!["RUN echo b > /m: ENV MODE changed (a -> b)"],
         "{log}"
     );
 }
@@ -759,7 +760,7 @@ fn du_prune_and_cache_inspection() {
     assert_ok(&out);
     let s = stdout(&out);
     for want in [
-        "Step:        [stage-0 2/3] COPY app/ /src/",
+        "Step:        [2/3] COPY app/ /src/",
         "Layer:       sha256:",
         "Parent:      sha256:",
         "app/main.go",

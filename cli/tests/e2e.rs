@@ -14,7 +14,7 @@ fn demo_builds_lists_runs_and_exports() {
     let web = repo().join("testdata/web");
     let log = env.build_ok("web:v1", &web, &[]);
     assert!(
-        log.contains("[build 2/4] RUN echo \"built by rbuild\" > message.txt")
+        log.contains("[build 3/4] RUN echo \"built by rbuild\" > message.txt")
             || log.contains("RUN echo"),
         "{log}"
     );

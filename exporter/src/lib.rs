@@ -31,7 +31,8 @@ pub use layer::{
     write_layer, write_layer_clamped, write_layer_dir, OPAQUE_MARKER, WHITEOUT_PREFIX,
 };
 pub use oci::{
-    distribution_manifest, export_oci_archive, export_oci_dir, Compression, DistributionManifest,
+    compressed_layer, distribution_manifest, export_oci_archive, export_oci_dir, Compression,
+    DistributionManifest,
 };
 pub use unpack::{apply_tar_xattrs, decompressed, layer_xattr_allowed, unpack_layer};
 

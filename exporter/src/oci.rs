@@ -106,6 +106,23 @@ fn compress_layer(store: &Store, layer: &Descriptor, c: Compression) -> Result<D
     Ok(out)
 }
 
+/// The blob of stored layer `diff_id` compressed with `c` (made once, then reused): its
+/// digest, size and OCI media type. `Compression::None` gives the layer itself.
+pub fn compressed_layer(
+    store: &Store,
+    diff_id: &Digest,
+    c: Compression,
+) -> Result<(Digest, u64, String)> {
+    let size = store.blob_size(diff_id)?;
+    let plain = Descriptor::new(MediaType::ImageLayer, size, oci_digest(diff_id)?);
+    let d = compress_layer(store, &plain, c)?;
+    Ok((
+        our_digest(d.digest(), "layer")?,
+        d.size(),
+        d.media_type().to_string(),
+    ))
+}
+
 /// Compresses the layers of a manifest in parallel (one thread per core at most) and returns
 /// the manifest rewritten with the compressed descriptors.
 pub(crate) fn compressed_manifest(

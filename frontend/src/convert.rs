@@ -17,6 +17,8 @@ use crate::parser;
 use crate::shell::Lexer;
 
 const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+/// The `PATH` every stage gets when its base sets none (BuildKit's `system.DefaultPathEnv`).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const PROXY_ARGS: &[&str] = &[
     "HTTP_PROXY",
     "http_proxy",
@@ -29,6 +31,8 @@ const PROXY_ARGS: &[&str] = &[
     "ALL_PROXY",
     "all_proxy",
 ];
+/// Build args read by the builder itself: never reported as unconsumed.
+const BUILDER_ARGS: &[&str] = &["SOURCE_DATE_EPOCH", "BUILDKIT_SANDBOX_HOSTNAME"];
 
 struct StageDef {
     name: Option<String>,
@@ -80,17 +84,26 @@ pub fn convert(
         .map_err(|e| e.with_file(file).with_source(dockerfile_text))
 }
 
-fn platform_args(target: &Platform, build: &Platform) -> Vec<(String, String)> {
+/// BuildKit's automatic global args (`defaultArgs`): the build and target platforms and
+/// `TARGETSTAGE` (the `--target` name, `default` without one). They are visible in FROM lines and
+/// global ARG defaults; a stage sees one only after `ARG NAME` (without a value) declares it.
+fn platform_args(
+    target: &Platform,
+    build: &Platform,
+    stage: Option<&str>,
+) -> Vec<(String, String)> {
     let mut v = Vec::new();
-    for (prefix, p) in [("TARGET", target), ("BUILD", build)] {
+    for (prefix, p) in [("BUILD", build), ("TARGET", target)] {
         v.push((format!("{prefix}PLATFORM"), p.to_string()));
         v.push((format!("{prefix}OS"), p.os.clone()));
+        v.push((format!("{prefix}OSVERSION"), String::new()));
         v.push((format!("{prefix}ARCH"), p.architecture.clone()));
         v.push((
             format!("{prefix}VARIANT"),
             p.variant.clone().unwrap_or_default(),
         ));
     }
+    v.push(("TARGETSTAGE".into(), stage.unwrap_or("default").into()));
     v
 }
 
@@ -158,10 +171,39 @@ fn convert_inner(
             "no FROM instruction: add `FROM <image>` to start a stage",
         ));
     }
+    let target = match &opts.target {
+        Some(t) => {
+            let t = t.to_ascii_lowercase();
+            stages
+                .iter()
+                .position(|s| s.name.as_deref() == Some(t.as_str()))
+                .ok_or_else(|| {
+                    let names: Vec<&str> =
+                        stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                    let near = instructions::suggest(&t, &names)
+                        .map(|s| format!("did you mean {s:?}? "))
+                        .unwrap_or_default();
+                    Error::build(format!(
+                        "target stage {t:?} could not be found; {near}stages are: {}",
+                        names.join(", ")
+                    ))
+                })?
+        }
+        None => stages.len() - 1,
+    };
     let build_platform = Platform::host();
     let target_platform = opts.platform.clone().unwrap_or_else(Platform::host);
     let build_args: HashMap<String, String> = opts.build_args.iter().cloned().collect();
-    let mut globals = platform_args(&target_platform, &build_platform);
+    let mut globals = platform_args(
+        &target_platform,
+        &build_platform,
+        stages[target].name.as_deref(),
+    );
+    for (k, v) in globals.iter_mut() {
+        if let Some(o) = build_args.get(k.as_str()) {
+            o.clone_into(v);
+        }
+    }
     let mut consumed = HashSet::new();
     let lex = Lexer::new(df.escape);
     for loc in &meta_args {
@@ -186,26 +228,7 @@ fn convert_inner(
             }
         }
     }
-    let target = match &opts.target {
-        Some(t) => {
-            let t = t.to_ascii_lowercase();
-            stages
-                .iter()
-                .position(|s| s.name.as_deref() == Some(t.as_str()))
-                .ok_or_else(|| {
-                    let names: Vec<&str> =
-                        stages.iter().filter_map(|s| s.name.as_deref()).collect();
-                    let near = instructions::suggest(&t, &names)
-                        .map(|s| format!("did you mean {s:?}? "))
-                        .unwrap_or_default();
-                    Error::build(format!(
-                        "target stage {t:?} could not be found; {near}stages are: {}",
-                        names.join(", ")
-                    ))
-                })?
-        }
-        None => stages.len() - 1,
-    };
+    let source_date_epoch = source_date_epoch(&build_args, &globals)?;
     let mut ctx = Ctx {
         opts,
         resolver,
@@ -230,7 +253,11 @@ fn convert_inner(
         .build_args
         .iter()
         .map(|(k, _)| k)
-        .filter(|k| !ctx.consumed.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+        .filter(|k| {
+            !ctx.consumed.contains(*k)
+                && !PROXY_ARGS.contains(&k.as_str())
+                && !BUILDER_ARGS.contains(&k.as_str())
+        })
         .collect();
     unused.sort();
     unused.dedup();
@@ -274,7 +301,76 @@ fn convert_inner(
         stages: out_stages,
         target: target_pos,
         warnings,
+        source_date_epoch,
     })
+}
+
+/// `SOURCE_DATE_EPOCH` from `--build-arg` or a global `ARG SOURCE_DATE_EPOCH=...`, as BuildKit
+/// reads it: empty means unset, anything but an integer is an error (BuildKit also accepts the
+/// name of a source stage or named context there; rbuild does not).
+fn source_date_epoch(
+    build_args: &HashMap<String, String>,
+    globals: &[(String, String)],
+) -> Result<Option<i64>, Error> {
+    let v = build_args
+        .get("SOURCE_DATE_EPOCH")
+        .cloned()
+        .or_else(|| lookup(globals)("SOURCE_DATE_EPOCH"))
+        .unwrap_or_default();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse::<i64>().map(Some).map_err(|_| {
+        Error::build(format!(
+            "invalid SOURCE_DATE_EPOCH: {v}: give seconds since the Unix epoch (e.g. $(git log -1 --pretty=%ct))"
+        ))
+    })
+}
+
+/// Parses ONBUILD trigger expressions into instructions run at `line` of the stage using them.
+fn onbuild_triggers(triggers: &[String], line: usize) -> Result<Vec<Located>, String> {
+    let mut out = Vec::new();
+    for trig in triggers {
+        let df =
+            parser::parse(trig).map_err(|e| format!("invalid ONBUILD trigger {trig:?}: {e}"))?;
+        for n in &df.instructions {
+            let mut loc = instructions::parse_instruction(n)
+                .map_err(|e| format!("invalid ONBUILD trigger {trig:?}: {e}"))?;
+            if matches!(loc.command, Command::From(_) | Command::Onbuild(_)) {
+                return Err(format!("ONBUILD trigger {trig:?} is not allowed"));
+            }
+            loc.line = line;
+            loc.end_line = line;
+            out.push(loc);
+        }
+    }
+    Ok(out)
+}
+
+fn step_name(label: &str, n: usize, total: usize, onbuild: bool, text: &str) -> String {
+    let width = total.to_string().len();
+    let label = if label.is_empty() {
+        String::new()
+    } else {
+        format!("{label} ")
+    };
+    let ob = if onbuild { "ONBUILD " } else { "" };
+    format!("[{label}{n:>width$}/{total}] {ob}{text}")
+}
+
+/// Steps BuildKit numbers in a stage: its FROM (an image, not scratch or a stage) and each
+/// RUN, COPY, ADD and WORKDIR (`cmdTotal`), plus every ONBUILD trigger it runs.
+fn step_total(image_base: bool, commands: &[Located], triggers: usize) -> usize {
+    let fs = commands
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.command,
+                Command::Run(_) | Command::Copy(_) | Command::Workdir(_)
+            )
+        })
+        .count();
+    usize::from(image_base) + fs + triggers
 }
 
 fn stage_label(name: Option<&str>, i: usize) -> String {
@@ -371,7 +467,10 @@ struct StageState {
     index: usize,
     label: String,
     total: usize,
+    /// Steps numbered so far (see `display`).
     step: usize,
+    /// ONBUILD triggers still to dispatch before the stage's own instructions.
+    onbuild_left: usize,
     node: NodeIndex,
     config: ImageConfig,
     /// Environment the steps see: image env plus ARGs, later definitions winning.
@@ -396,8 +495,18 @@ impl StageState {
             comment: Some(HISTORY_COMMENT.into()),
         });
     }
-    fn display(&self, text: &str) -> String {
-        format!("[{} {}/{}] {}", self.label, self.step, self.total, text)
+    /// The progress name of the next filesystem-changing step, numbered as BuildKit's
+    /// `prefixCommand`: `[label N/T] ` with N right-aligned to the width of T, no label in a
+    /// single-stage Dockerfile, and `ONBUILD ` before a trigger's text.
+    fn display(&mut self, text: &str) -> String {
+        self.step += 1;
+        step_name(
+            &self.label,
+            self.step,
+            self.total,
+            self.onbuild_left > 0,
+            text,
+        )
     }
     fn workdir(&self) -> String {
         if self.config.working_dir.is_empty() {
@@ -458,6 +567,19 @@ impl Ctx<'_> {
             .stages
             .iter()
             .position(|s| s.name.as_deref() == Some(lower.as_str()));
+        // As BuildKit: FROM sees only the stages above it (a later name is an image reference);
+        // COPY --from and RUN --mount from= naming a later stage are errors (their own: a cycle).
+        let found = match found {
+            Some(i) if i >= current && !allow_index => None,
+            Some(i) if i > current => {
+                self.blame(name);
+                return Err(format!(
+                    "cannot use stage {lower:?} here: it needs to be defined before the current stage {}; move it above",
+                    stage_label(self.stages[current].name.as_deref(), current)
+                ));
+            }
+            f => f,
+        };
         let found = match found {
             Some(i) => Some(i),
             None if allow_index => match name.parse::<usize>() {
@@ -534,91 +656,84 @@ impl Ctx<'_> {
             }
             None => self.target_platform.clone(),
         };
-        let label = stage_label(self.stages[i].name.as_deref(), i);
-        let total = 1 + self.stages[i].commands.len();
-        let mut st;
-        let mut prepend: Vec<Located> = Vec::new();
-        let parent = match self.stage_ref(&base, usize::MAX, false) {
+        // A single-stage Dockerfile's steps carry no stage name (`[2/4]`), as in BuildKit.
+        let label = if self.stages.len() == 1 {
+            String::new()
+        } else {
+            stage_label(self.stages[i].name.as_deref(), i)
+        };
+        let parent = match self.stage_ref(&base, i, false) {
             Ok(p) => p,
             Err(m) => return Err(self.nested.take().unwrap_or_else(|| ferr(m))),
         };
-        if let Some(parent) = parent {
+        let (node, mut config, history, platform) = if let Some(parent) = parent {
             let p = &self.done[&parent];
-            st = StageState {
-                index: i,
-                label,
-                total,
-                step: 1,
-                node: p.node,
-                config: p.config.clone(),
-                env: Vec::new(),
-                args: Vec::new(),
-                history: p.history.clone(),
-                platform: p.platform.clone(),
-                cmd_set: false,
+            // The parent stage's own ONBUILD instructions run here (BuildKit: `d.base.commands`).
+            (
+                p.node,
+                p.config.clone(),
+                p.history.clone(),
+                p.platform.clone(),
+            )
+        } else if base == "scratch" {
+            let n = self.graph.add_node(Node {
+                op: Op::Scratch,
+                stage: i,
+                display: String::new(),
+                line,
+            });
+            // BuildKit's `emptyImage`: WorkingDir "/" (PATH is added below).
+            let config = ImageConfig {
+                working_dir: "/".into(),
+                ..ImageConfig::default()
             };
+            (n, config, Vec::new(), platform.clone())
         } else {
-            let (node, config) = if base == "scratch" {
-                let n = self.graph.add_node(Node {
-                    op: Op::Scratch,
-                    stage: i,
-                    display: format!("[{label} 1/{total}] FROM scratch"),
-                    line,
-                });
-                (n, ImageConfig::default())
-            } else {
-                let reference: ImageRef = base.parse().map_err(|e| {
-                    ferr(format!(
-                        "{e}; write a valid image reference like busybox:latest"
-                    ))
-                })?;
-                let config = self
-                    .resolver
-                    .resolve_config(&reference, &platform)
-                    .map_err(|m| ferr(format!("cannot load base image {base}: {m}")))?;
-                let display = format!("[{label} 1/{total}] FROM {base}");
-                let n = self.image_node(reference, platform.clone(), display, i, line);
-                (n, config)
-            };
-            // ONBUILD triggers of the base run right after FROM.
-            for trig in &config.on_build {
-                let df = parser::parse(trig).map_err(|e| {
-                    ferr(format!(
-                        "invalid ONBUILD trigger {trig:?} in base image: {e}"
-                    ))
-                })?;
-                for n in &df.instructions {
-                    let mut loc = instructions::parse_instruction(n).map_err(|e| {
-                        ferr(format!(
-                            "invalid ONBUILD trigger {trig:?} in base image: {e}"
-                        ))
-                    })?;
-                    if matches!(loc.command, Command::From(_) | Command::Onbuild(_)) {
-                        return Err(ferr(format!(
-                            "ONBUILD trigger {trig:?} of the base image is not allowed"
-                        )));
-                    }
-                    loc.line = line;
-                    loc.end_line = line;
-                    prepend.push(loc);
-                }
-            }
-            let mut config = config;
-            config.on_build.clear();
-            st = StageState {
-                index: i,
-                label,
-                total: total + prepend.len(),
-                step: 1,
-                node,
-                config,
-                env: Vec::new(),
-                args: Vec::new(),
-                history: Vec::new(),
-                platform: platform.clone(),
-                cmd_set: false,
-            };
+            let reference: ImageRef = base.parse().map_err(|e| {
+                ferr(format!(
+                    "{e}; write a valid image reference like busybox:latest"
+                ))
+            })?;
+            let config = self
+                .resolver
+                .resolve_config(&reference, &platform)
+                .map_err(|m| ferr(format!("cannot load base image {base}: {m}")))?;
+            let n = self.image_node(reference, platform.clone(), String::new(), i, line);
+            (n, config, Vec::new(), platform.clone())
+        };
+        // ONBUILD triggers of the base (an image's config or an earlier stage) run right after FROM.
+        let prepend = onbuild_triggers(&config.on_build, line).map_err(ferr)?;
+        config.on_build.clear();
+        // Every stage has a PATH (BuildKit: "make sure that PATH is always set").
+        if platform.os != "windows" && !config.env.iter().any(|e| e.starts_with("PATH=")) {
+            config.env.push(format!("PATH={DEFAULT_PATH}"));
         }
+        let image_base = parent.is_none() && base != "scratch";
+        let total = step_total(image_base, &self.stages[i].commands, prepend.len());
+        if parent.is_none() {
+            let w = &mut self.graph[node].display;
+            if w.is_empty() {
+                *w = if image_base {
+                    step_name(&label, 1, total, false, &format!("FROM {base}"))
+                } else {
+                    "FROM scratch".to_string()
+                };
+            }
+        }
+        let mut st = StageState {
+            index: i,
+            label,
+            total,
+            step: usize::from(image_base),
+            onbuild_left: prepend.len(),
+            node,
+            config,
+            env: Vec::new(),
+            args: Vec::new(),
+            history,
+            platform,
+            cmd_set: false,
+        };
         for e in &st.config.env {
             let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
             set_var(&mut st.env, k, v);
@@ -626,7 +741,6 @@ impl Ctx<'_> {
         let mut commands = prepend;
         commands.extend(self.stages[i].commands.clone());
         for loc in &commands {
-            st.step += 1;
             self.err_token.replace(None);
             if let Err(m) = self.dispatch(&mut st, loc) {
                 let token = self.err_token.take();
@@ -639,6 +753,7 @@ impl Ctx<'_> {
                     )
                 }));
             }
+            st.onbuild_left = st.onbuild_left.saturating_sub(1);
         }
         Ok(Done {
             node: st.node,
@@ -646,6 +761,19 @@ impl Ctx<'_> {
             history: st.history,
             platform: st.platform,
         })
+    }
+
+    /// The instruction as the progress shows it, expanded with the stage's ARG/ENV as BuildKit's
+    /// `processCmdEnv` does: for RUN quotes are kept and unset variables left as written
+    /// (`RawQuotes`, `SkipUnsetEnv`); the text as written when expansion fails.
+    fn step_text(&self, st: &StageState, loc: &Located, run: bool) -> String {
+        let mut lex = self.lexer();
+        lex.raw_quotes = run;
+        lex.skip_unset_env = run;
+        let text = lex
+            .process_word(&loc.original, &lookup(&st.env))
+            .unwrap_or_else(|_| loc.original.clone());
+        uppercase_cmd(&text)
     }
 
     fn expand(&self, st: &StageState, w: &str) -> Result<String, String> {
@@ -750,7 +878,7 @@ impl Ctx<'_> {
                             user: st.config.user.clone(),
                         },
                         stage: st.index,
-                        display: st.display(&uppercase_cmd(&loc.original)),
+                        display: st.display(&self.step_text(st, loc, false)),
                         line: loc.line,
                     });
                     self.graph.add_edge(st.node, node, Input::Rootfs);
@@ -899,7 +1027,7 @@ impl Ctx<'_> {
                 return Err("heredocs are only supported with the shell form of RUN".into());
             }
             let only = parser::parse_heredoc(&cmd.args[0])?;
-            if only.is_some() && cmd.files[0].content.starts_with("#!") {
+            if only.is_some() && cmd.files[0].chomped_content().starts_with("#!") {
                 // As BuildKit: a single heredoc with a shebang becomes an executable file
                 // (0755) mounted read-only at /dev/pipes/<name>, which the shell runs.
                 let f = &cmd.files[0];
@@ -925,6 +1053,7 @@ impl Ctx<'_> {
                         excludes: Vec::new(),
                         keep_git_dir: false,
                         checksum: None,
+                        unpack: None,
                     }),
                     stage: st.index,
                     display: "[internal] preparing inline document".into(),
@@ -958,7 +1087,10 @@ impl Ctx<'_> {
         let cwd = st.workdir();
         let mut mounts = Vec::new();
         let mut sources = Vec::new();
-        for m in &r.mounts {
+        for raw in &r.mounts {
+            // Options are expanded with the stage's ARG/ENV (`type=$MNT_TYPE`), `from=` never.
+            let expander = |w: &str| self.expand(st, w);
+            let m = instructions::parse_mount(&raw.spec, Some(&expander)).map_err(|e| e.text)?;
             let target = if m.target.is_empty() {
                 match m.kind.as_str() {
                     "secret" => {
@@ -976,18 +1108,20 @@ impl Ctx<'_> {
                     _ => "/run/buildkit/ssh_agent.0".into(),
                 }
             } else {
-                join_workdir(&cwd, &self.expand(st, &m.target)?)
+                join_workdir(&cwd, &m.target)
                     .trim_end_matches('/')
                     .to_string()
             };
-            let mut options = Vec::new();
-            for (k, v) in &m.options {
-                options.push((k.clone(), self.expand(st, v)?));
-            }
+            let mut options = m.options.clone();
             if let Some(f) = &m.from {
-                let f = self.expand(st, f)?;
-                sources.push(self.source_node(st, &f, loc.line)?);
-                options.push(("from".into(), f));
+                if f.is_empty() {
+                    return Err(
+                        "--mount from= names no stage or image: give a stage name, index or image"
+                            .into(),
+                    );
+                }
+                sources.push(self.source_node(st, f, loc.line)?);
+                options.push(("from".into(), f.clone()));
                 options.sort();
             }
             mounts.push(Mount {
@@ -1020,9 +1154,15 @@ impl Ctx<'_> {
                 network: r.network,
                 insecure: r.insecure,
                 mounts,
+                hostname: self
+                    .build_args
+                    .get("BUILDKIT_SANDBOX_HOSTNAME")
+                    .cloned()
+                    .unwrap_or_default(),
+                extra_hosts: self.opts.add_hosts.clone(),
             }),
             stage: st.index,
-            display: st.display(&uppercase_cmd(&loc.original)),
+            display: st.display(&self.step_text(st, loc, true)),
             line: loc.line,
         });
         self.graph.add_edge(st.node, node, Input::Rootfs);
@@ -1146,9 +1286,10 @@ impl Ctx<'_> {
                     excludes: excludes.clone(),
                     keep_git_dir: c.keep_git_dir,
                     checksum: checksum.clone(),
+                    unpack: c.unpack,
                 }),
                 stage: st.index,
-                display: st.display(&uppercase_cmd(&loc.original)),
+                display: st.display(&self.step_text(st, loc, false)),
                 line: loc.line,
             });
             self.graph.add_edge(st.node, node, Input::Rootfs);

@@ -172,6 +172,12 @@ pub struct ExecOp {
     pub insecure: bool,
     /// `--mount` options.
     pub mounts: Vec<Mount>,
+    /// The step's hostname (`BUILDKIT_SANDBOX_HOSTNAME`); empty means BuildKit's `buildkitsandbox`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    /// `--add-host` entries (host, ip) appended to the step's `/etc/hosts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<(String, String)>,
 }
 
 /// Where a COPY/ADD reads from.
@@ -215,6 +221,9 @@ pub struct CopyOp {
     pub keep_git_dir: bool,
     /// `--checksum`.
     pub checksum: Option<String>,
+    /// ADD `--unpack`: `Some(false)` copies a local archive as a file instead of extracting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpack: Option<bool>,
 }
 
 /// One node of the graph.
@@ -263,6 +272,8 @@ pub struct BuildGraph {
     pub target: usize,
     /// Warnings for the user (e.g. a `--build-arg` nothing consumed, skipped stages).
     pub warnings: Vec<String>,
+    /// `SOURCE_DATE_EPOCH` set by `--build-arg` or a global `ARG` (seconds since the epoch).
+    pub source_date_epoch: Option<i64>,
 }
 
 impl BuildGraph {
@@ -284,4 +295,6 @@ pub struct BuildOptions {
     pub platform: Option<Platform>,
     /// Name of the Dockerfile for error messages (e.g. `testdata/web/Dockerfile`).
     pub dockerfile_name: String,
+    /// `--add-host HOST:IP` entries every RUN step's `/etc/hosts` lists.
+    pub add_hosts: Vec<(String, String)>,
 }

@@ -50,9 +50,12 @@ pub struct CmdLine {
     pub files: Vec<Heredoc>,
 }
 
-/// A `RUN --mount`, as written (expanded later).
+/// A `RUN --mount`. Parsed as written when it uses no variable; `convert` parses `spec` again
+/// with ARG/ENV expansion (BuildKit's two passes of `parseMount`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunMount {
+    /// The `--mount` value as written.
+    pub spec: String,
     /// `bind`, `cache`, `tmpfs`, `secret`, `ssh`.
     pub kind: String,
     /// Target (may be empty for secret/ssh, which have defaults).
@@ -436,32 +439,66 @@ pub fn format_duration(ns: i64) -> String {
     }
 }
 
-fn parse_mount(spec: &str) -> Result<RunMount, Msg> {
+/// Expands one word of an instruction (ARG/ENV values).
+pub(crate) type Expander<'a> = &'a dyn Fn(&str) -> Result<String, String>;
+
+/// Parses a `--mount` value. Without `expand`, a value holding a variable leaves the mount to be
+/// parsed again at conversion (only `from=` is checked: it is never expanded, as in BuildKit);
+/// with it, every value but `from=` is expanded first.
+pub(crate) fn parse_mount(spec: &str, expand: Option<Expander>) -> Result<RunMount, Msg> {
     let mut kind = "bind".to_string();
     let mut target = String::new();
     let mut from = None;
     let mut options: Vec<(String, String)> = Vec::new();
     let mut fields = Vec::new();
+    let mut deferred = false;
     for field in split_csv(spec)? {
         let (k, v) = match field.split_once('=') {
             Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.to_string())),
             None => (field.trim().to_ascii_lowercase(), None),
         };
-        if k == "type" {
-            let v = v.unwrap_or_default();
-            if !matches!(v.as_str(), "bind" | "cache" | "tmpfs" | "secret" | "ssh") {
-                let near = suggest(&v, &["bind", "cache", "tmpfs", "secret", "ssh"])
-                    .map(|s| format!(" (did you mean {s}?)"))
-                    .unwrap_or_default();
-                return Err(format!(
-                    "unsupported mount type {v:?}{near}; use bind, cache, tmpfs, secret or ssh"
-                )
-                .into());
+        let v = match v {
+            Some(v) if k == "from" => {
+                if v.find('$').is_some_and(|i| i + 1 != v.len()) {
+                    return Err(format!(
+                        "'from' doesn't support variable expansion ({v}): define an alias stage (FROM {v} AS name) and use its name"
+                    )
+                    .into());
+                }
+                Some(v)
             }
-            kind = v;
+            Some(v) => match expand {
+                Some(e) => Some(e(&v)?),
+                None => {
+                    deferred |= v.contains('$');
+                    Some(v)
+                }
+            },
+            None => None,
+        };
+        if k == "type" {
+            kind = v.unwrap_or_default();
         } else {
             fields.push((k, v));
         }
+    }
+    if deferred {
+        return Ok(RunMount {
+            spec: spec.to_string(),
+            kind: String::new(),
+            target: String::new(),
+            from: None,
+            options: Vec::new(),
+        });
+    }
+    if !matches!(kind.as_str(), "bind" | "cache" | "tmpfs" | "secret" | "ssh") {
+        let near = suggest(&kind, &["bind", "cache", "tmpfs", "secret", "ssh"])
+            .map(|s| format!(" (did you mean {s}?)"))
+            .unwrap_or_default();
+        return Err(format!(
+            "unsupported mount type {kind:?}{near}; use bind, cache, tmpfs, secret or ssh"
+        )
+        .into());
     }
     for (k, v) in fields {
         let value = |v: Option<String>| {
@@ -534,6 +571,7 @@ fn parse_mount(spec: &str) -> Result<RunMount, Msg> {
     options.sort();
     options.dedup_by(|a, b| a.0 == b.0);
     Ok(RunMount {
+        spec: spec.to_string(),
         kind,
         target,
         from,
@@ -624,7 +662,7 @@ fn parse_inner(node: &Instruction) -> Result<Command, Msg> {
             let mounts = flags
                 .strings("mount")?
                 .iter()
-                .map(|m| parse_mount(m))
+                .map(|m| parse_mount(m, None))
                 .collect::<Result<Vec<_>, _>>()?;
             let network = match flags.string("network")?.as_deref() {
                 None | Some("default") => NetworkMode::Default,

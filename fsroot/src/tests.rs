@@ -148,3 +148,22 @@ fn proc_path_is_a_stable_handle() {
         "INSIDE"
     );
 }
+
+#[test]
+fn inner_path_is_where_the_kernel_arrived() {
+    let (_t, root) = tree();
+    symlink("/", root.join("h")).unwrap();
+    symlink("etc", root.join("e")).unwrap();
+    let r = Root::open(&root).unwrap();
+    assert_eq!(r.host_path().unwrap(), root.canonicalize().unwrap());
+    let f = r.resolve("/h/h/e/hostname").unwrap();
+    assert_eq!(r.inner_path(&f).unwrap(), Path::new("/etc/hostname"));
+    assert_eq!(
+        r.inner_path(&r.resolve("..").unwrap()).unwrap(),
+        Path::new("/")
+    );
+    // An object of another root is not inside this one.
+    let other = Root::open(root.parent().unwrap()).unwrap();
+    let outside = other.resolve("host/etc/hostname").unwrap();
+    assert!(r.inner_path(&outside).is_err());
+}

@@ -96,7 +96,10 @@ fn check(root: &Root, root_host: &Path, r: &Resolved, query: &str) {
         host.display()
     );
     let inner = root.inner_path(r).expect("inner path");
-    assert_eq!(Path::new("/").join(host.strip_prefix(root_host).unwrap()), inner);
+    assert_eq!(
+        Path::new("/").join(host.strip_prefix(root_host).unwrap()),
+        inner
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -132,7 +135,11 @@ fuzz_target!(|data: &[u8]| {
                         std::os::fd::AsRawFd::as_raw_fd(&f)
                     ))
                     .unwrap();
-                    assert!(host.starts_with(&root_host), "{p:?} created {}", host.display());
+                    assert!(
+                        host.starts_with(&root_host),
+                        "{p:?} created {}",
+                        host.display()
+                    );
                 }
             }
             2 | 3 => {
@@ -159,5 +166,9 @@ fuzz_target!(|data: &[u8]| {
             check(&root, &root_host, &r, q);
         }
     }
-    assert_eq!(before, listing(&outside), "something changed outside the root");
+    assert_eq!(
+        before,
+        listing(&outside),
+        "something changed outside the root"
+    );
 });

@@ -13,8 +13,13 @@
 //! - caps on what is read before it is verified: manifests and configs at 4 MiB
 //!   ([`MAX_MANIFEST_SIZE`], containerd's limit), blobs at the size their descriptor declares, so
 //!   an endless or oversized answer fails the pull cleanly instead of filling memory or disk.
+//!
+//! [`Client::push_artifact`], [`Client::pull_artifact_manifest`], [`Client::fetch_cache_layer`]
+//! and [`Layout`] carry remote build caches (`rbuild_cache::artifact`) through a registry or an OCI
+//! layout directory.
 
 mod auth;
+mod cache;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -32,6 +37,7 @@ use rbuild_types::{Digest, ImageRef, Platform, Sha256Writer};
 use serde_json::Value;
 
 pub use auth::{docker_config_path, AuthFile};
+pub use cache::Layout;
 
 /// Media types a pull accepts for a manifest.
 const MANIFEST_TYPES: &[&str] = &[

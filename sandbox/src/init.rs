@@ -374,6 +374,26 @@ fn container_main(
     }
 }
 
+/// Reads a small regular file of the container (after `pivot_root`): a FIFO or device an image
+/// put there is never opened for reading, and at most 1 MiB is read.
+fn read_image_file(path: &str) -> String {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    else {
+        return String::new();
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(1 << 20).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 fn setup_and_exec(
     cfg: &InitConfig,
     hostname: &str,
@@ -434,7 +454,14 @@ fn setup_and_exec(
             etc_binds.push((PathBuf::from(f), PathBuf::from(f)));
         }
     }
-    etc_binds.push((hostname_file.to_path_buf(), PathBuf::from("/etc/hostname")));
+    let no_hostname_file = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(crate::spec::NO_HOSTNAME_FILE_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    if !no_hostname_file {
+        etc_binds.push((hostname_file.to_path_buf(), PathBuf::from("/etc/hostname")));
+    }
     let plan = RootPlan {
         root: &cfg.state_dir.join("root"),
         rootfs: &cfg.rootfs,
@@ -509,6 +536,18 @@ fn setup_and_exec(
     let mut groups: Vec<nix::unistd::Gid> = Vec::new();
     for g in user.additional_gids().iter().flatten() {
         groups.push((*g).into());
+    }
+    if let Some(name) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(crate::spec::GROUPS_OF_ANNOTATION))
+    {
+        for g in crate::user::parse_group(&read_image_file("/etc/group")) {
+            let id = nix::unistd::Gid::from_raw(g.gid);
+            if g.members.iter().any(|m| m == name) && g.gid != gid && !groups.contains(&id) {
+                groups.push(id);
+            }
+        }
     }
     nix::unistd::setgroups(&groups).map_err(|e| Error::nix("setgroups", "", e))?;
     nix::unistd::setresgid(gid.into(), gid.into(), gid.into())

@@ -55,8 +55,9 @@ pub use container::{spawn, Container, ExitStatus, Outcome, RunOptions};
 pub use error::{Error, Result};
 pub use init::init_if_requested;
 pub use spec::{
-    default_seccomp, default_spec, docker_seccomp, join_network_namespace, set_init, wants_init,
-    DEFAULT_CAPABILITIES, INIT_ANNOTATION, MASKED_PATHS, PERSONALITY_ALLOWED, READONLY_PATHS,
+    default_seccomp, default_spec, docker_seccomp, join_network_namespace, set_groups_of, set_init,
+    set_no_hostname_file, wants_init, DEFAULT_CAPABILITIES, GROUPS_OF_ANNOTATION, INIT_ANNOTATION,
+    MASKED_PATHS, NO_HOSTNAME_FILE_ANNOTATION, PERSONALITY_ALLOWED, READONLY_PATHS,
     SECCOMP_ALLOWED, SECCOMP_ALLOWED_ARCH, SECCOMP_CAP_SYSCALLS,
 };
 pub use user::resolve_user;

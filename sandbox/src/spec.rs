@@ -278,6 +278,30 @@ pub fn set_init(spec: &mut Spec, init: bool) {
     spec.set_annotations(Some(a));
 }
 
+/// Spec annotation naming a user whose supplementary groups PID 1 reads from the container's own
+/// `/etc/group` (after `pivot_root`, so links resolve inside the root) and adds to
+/// `process.user.additionalGids`: RUN steps as root get root's groups (`id -G` = `0 10` with a
+/// `wheel:x:10:root` line, as BuildKit) without the solver mounting the root to read them first.
+pub const GROUPS_OF_ANNOTATION: &str = "org.rbuild.groups-of";
+
+/// Sets [`GROUPS_OF_ANNOTATION`] on `spec`.
+pub fn set_groups_of(spec: &mut Spec, user: &str) {
+    let mut a = spec.annotations().clone().unwrap_or_default();
+    a.insert(GROUPS_OF_ANNOTATION.to_string(), user.to_string());
+    spec.set_annotations(Some(a));
+}
+
+/// Spec annotation (`"true"`) asking for no `/etc/hostname` bind: BuildKit's RUN steps have none
+/// (the hostname is set in the UTS namespace only); `docker run` containers do have one.
+pub const NO_HOSTNAME_FILE_ANNOTATION: &str = "org.rbuild.no-hostname-file";
+
+/// Sets [`NO_HOSTNAME_FILE_ANNOTATION`] on `spec`.
+pub fn set_no_hostname_file(spec: &mut Spec) {
+    let mut a = spec.annotations().clone().unwrap_or_default();
+    a.insert(NO_HOSTNAME_FILE_ANNOTATION.to_string(), "true".to_string());
+    spec.set_annotations(Some(a));
+}
+
 /// Whether `spec` asks for the init (see [`INIT_ANNOTATION`]).
 pub fn wants_init(spec: &Spec) -> bool {
     spec.annotations()

@@ -106,7 +106,10 @@ pub(crate) fn resolve(
         };
     }
     let mut additional = Vec::new();
-    if let Some(name) = &name {
+    // As runc's GetExecUser (BuildKit, Docker): supplementary groups only in the implicit form
+    // (`USER name` or `USER uid`); `USER a:b` runs with group b alone.
+    let explicit_group = g.is_some_and(|g| !g.is_empty());
+    if let Some(name) = name.as_ref().filter(|_| !explicit_group) {
         for grp in groups {
             if grp.members.iter().any(|m| m == name)
                 && grp.gid != gid
@@ -188,10 +191,13 @@ mod tests {
         );
         assert_eq!(r("4242").unwrap(), (4242, 0, vec![], "/".into()));
         assert_eq!(r("4242:7").unwrap(), (4242, 7, vec![], "/".into()));
+        // An explicit group drops the supplementary ones (BuildKit's testUser: `dockerio:1001`
+        // gives `id -G` = `1001`).
         assert_eq!(
             r("app:staff").unwrap(),
-            (1000, 50, vec![10], "/home/app".into())
+            (1000, 50, vec![], "/home/app".into())
         );
+        assert_eq!(r("app:app").unwrap().2, Vec::<u32>::new());
         assert_eq!(r("nobody:nogroup").unwrap().1, 65534);
     }
 

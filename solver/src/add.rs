@@ -9,11 +9,14 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nix::sys::stat::{utimensat, UtimensatFlags};
+use nix::fcntl::{AtFlags, OFlag, AT_FDCWD};
+use nix::sys::stat::{
+    fchmodat, fstatat, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags,
+};
 use nix::sys::time::TimeSpec;
+use nix::unistd::{linkat, symlinkat, unlinkat, UnlinkatFlags};
+use rbuild_fsroot::Root;
 use sha2::{Digest as _, Sha256};
-
-use crate::fsutil;
 
 /// True for an ADD source BuildKit downloads over HTTP(S) (git URLs excluded).
 pub fn is_url(src: &str) -> bool {
@@ -396,44 +399,185 @@ pub fn is_archive(path: &Path) -> bool {
     sum == want
 }
 
-/// Extracts the archive at `path` into host directory `dest` (inside the mounted rootfs). Entries
-/// keep their modes, times and owners unless `owner` is given; paths never leave `dest`.
-/// Extended attributes follow the layer rule (`rbuild_exporter::layer_xattr_allowed`: file
-/// capabilities kept, `trusted.*` never applied); block and character devices are skipped, as
-/// Docker does when it cannot create them (the context is not trusted to add raw devices).
-pub fn extract(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+/// An archive entry's name as a relative path: leading `/` and `.` dropped; `None` for an entry
+/// with a `..` component (skipped, as the tar crate and Docker refuse to climb out) or no name.
+fn entry_rel(name: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in name.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => return None,
+            _ => {}
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+/// Extracts the archive at `path` into directory `dest` (absolute, inside `root`: the new
+/// layer's root). Entries keep their modes, times and owners unless `owner` is given. Every entry
+/// is created through `rbuild-fsroot`: its parent is resolved (or created) inside the root, so a
+/// link in the image or one the archive planted earlier is followed inside the root and never
+/// reaches the host; entries naming `..` are skipped. Extended attributes follow the layer rule
+/// (`rbuild_exporter::layer_xattr_allowed`: file capabilities kept, `trusted.*` never applied);
+/// block and character devices are skipped, as Docker does when it cannot create them (the
+/// context is not trusted to add raw devices).
+pub fn extract(path: &Path, root: &Root, dest: &str, owner: Option<(u32, u32)>) -> io::Result<()> {
     let mut ar = tar::Archive::new(open_decompressed(path)?);
-    ar.set_preserve_permissions(true);
-    ar.set_preserve_mtime(true);
-    ar.set_preserve_ownerships(owner.is_none());
-    ar.set_unpack_xattrs(false);
-    ar.set_overwrite(true);
+    // Directory times are set last: entries written into them change them.
+    let mut dirs: Vec<(PathBuf, i64)> = Vec::new();
+    let dest = Path::new(dest);
     for entry in ar.entries()? {
         let mut entry = entry?;
-        let rel = entry.path()?.into_owned();
-        let kind = entry.header().entry_type();
+        let Some(rel) = entry_rel(&entry.path()?) else {
+            continue;
+        };
+        let full = dest.join(&rel);
+        let (Some(parent), Some(name)) = (full.parent(), full.file_name()) else {
+            continue;
+        };
+        let name = name.to_os_string();
+        let dir = root
+            .mkdir_all(parent, 0o755, None)?
+            .reopen(OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let h = entry.header();
+        let kind = h.entry_type();
         if matches!(kind, tar::EntryType::Block | tar::EntryType::Char) {
             continue;
         }
-        if !entry.unpack_in(dest)? {
+        let mode = Mode::from_bits_truncate(h.mode()? & 0o7777);
+        let (uid, gid) = match owner {
+            Some(o) => o,
+            // An empty id field (some writers leave it blank) means root, as GNU tar reads it.
+            None => (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32),
+        };
+        let mtime = h.mtime()? as i64;
+        let link = entry.link_name()?.map(|l| l.into_owned());
+        let existing = fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+        let existing_dir = existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        if kind.is_dir() {
+            if !existing_dir {
+                if existing.is_some() {
+                    unlinkat(&dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir)?;
+                }
+                mkdirat(&dir, name.as_os_str(), Mode::from_bits_truncate(0o700))?;
+            }
+            set_owner_mode(&dir, &name, uid, gid, Some(mode))?;
+            apply_xattrs(&mut entry, root, &full)?;
+            dirs.push((full, mtime));
             continue;
         }
-        let p = dest.join(fsutil::clean_rel(&rel));
-        if let Some((u, g)) = owner {
-            std::os::unix::fs::lchown(&p, Some(u), Some(g))?;
-            if !kind.is_symlink() {
-                // chown clears set-id bits: put the archive's mode back.
-                if let Ok(m) = entry.header().mode() {
-                    fs::set_permissions(
-                        &p,
-                        std::os::unix::fs::PermissionsExt::from_mode(m & 0o7777),
-                    )?;
-                }
+        if existing_dir {
+            // Replaced by a non-directory: remove the tree (no-follow walk below a resolved dir).
+            let old = root.resolve_nofollow(&full)?;
+            fs::remove_dir_all(old.host_path()?)?;
+        } else if existing.is_some() {
+            unlinkat(&dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir)?;
+        }
+        let times = TimeSpec::new(mtime, 0);
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let fd = nix::fcntl::openat(
+                    &dir,
+                    name.as_os_str(),
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_WRONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )?;
+                let mut f = fs::File::from(fd);
+                io::copy(&mut entry, &mut f)?;
+                std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+                // After chown, which clears set-id bits.
+                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode.bits()))?;
+                nix::sys::stat::futimens(&f, &times, &times)?;
+                drop(f);
+                apply_xattrs(&mut entry, root, &full)?;
+                continue;
             }
+            tar::EntryType::Symlink => {
+                let target =
+                    link.ok_or_else(|| io::Error::other("symlink entry without a target"))?;
+                symlinkat(target.as_path(), &dir, name.as_os_str())?;
+                set_owner_mode(&dir, &name, uid, gid, None)?;
+            }
+            tar::EntryType::Link => {
+                // The link target is another entry of the archive, looked up inside the root.
+                let target = link
+                    .as_deref()
+                    .and_then(entry_rel)
+                    .ok_or_else(|| io::Error::other("hard link entry without a valid target"))?;
+                let t = root.resolve_nofollow(dest.join(target))?;
+                linkat(
+                    AT_FDCWD,
+                    t.proc_path().as_path(),
+                    &dir,
+                    name.as_os_str(),
+                    AtFlags::AT_SYMLINK_FOLLOW,
+                )?;
+                continue;
+            }
+            tar::EntryType::Fifo => {
+                mknodat(&dir, name.as_os_str(), SFlag::S_IFIFO, mode, 0)?;
+                set_owner_mode(&dir, &name, uid, gid, Some(mode))?;
+            }
+            _ => continue,
         }
-        if kind != tar::EntryType::Link {
-            rbuild_exporter::apply_tar_xattrs(&mut entry, &p).map_err(io::Error::other)?;
+        utimensat(
+            &dir,
+            name.as_os_str(),
+            &times,
+            &times,
+            UtimensatFlags::NoFollowSymlink,
+        )?;
+        apply_xattrs(&mut entry, root, &full)?;
+    }
+    for (d, mtime) in dirs.iter().rev() {
+        if let Ok(r) = root.resolve_nofollow(d) {
+            let t = TimeSpec::new(*mtime, 0);
+            utimensat(
+                AT_FDCWD,
+                r.proc_path().as_path(),
+                &t,
+                &t,
+                UtimensatFlags::FollowSymlink,
+            )?;
         }
+    }
+    Ok(())
+}
+
+/// The entry's allowed xattrs on what was just created at `full` (looked up without following a
+/// final link; the kernel path of it has no link on the way).
+fn apply_xattrs<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    root: &Root,
+    full: &Path,
+) -> io::Result<()> {
+    let host = root.resolve_nofollow(full)?.host_path()?;
+    rbuild_exporter::apply_tar_xattrs(entry, &host).map_err(io::Error::other)
+}
+
+/// Owner (not following a link) and, for non-links, mode of `name` in `dir`.
+fn set_owner_mode(
+    dir: &fs::File,
+    name: &std::ffi::OsStr,
+    uid: u32,
+    gid: u32,
+    mode: Option<Mode>,
+) -> io::Result<()> {
+    nix::unistd::fchownat(
+        dir,
+        name,
+        Some(uid.into()),
+        Some(gid.into()),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
+    if let Some(m) = mode {
+        // The entry was just created by this extraction and is no link.
+        fchmodat(dir, name, m, FchmodatFlags::FollowSymlink)?;
     }
     Ok(())
 }
@@ -498,7 +642,7 @@ mod tests {
         fs::write(&tar_path, b.into_inner().unwrap()).unwrap();
         let out = d.path().join("out");
         fs::create_dir(&out).unwrap();
-        extract(&tar_path, &out, None).unwrap();
+        extract(&tar_path, &Root::open(&out).unwrap(), "/", None).unwrap();
         assert!(
             fs::symlink_metadata(out.join("sda")).is_err(),
             "block device skipped"
@@ -553,10 +697,117 @@ mod tests {
         assert!(!is_archive(&text), "gzip of a non-tar is not an archive");
         let out = d.path().join("out");
         fs::create_dir(&out).unwrap();
-        extract(&xz, &out, Some((3, 4))).unwrap();
+        let root = Root::open(&out).unwrap();
+        extract(&xz, &root, "/", Some((3, 4))).unwrap();
         use std::os::unix::fs::MetadataExt;
         let md = fs::metadata(out.join("sub/f")).unwrap();
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (3, 4, 0o640));
         assert_eq!(fs::read_to_string(out.join("sub/f")).unwrap(), "hi");
+    }
+
+    #[test]
+    fn extraction_follows_links_inside_the_root_only() {
+        let d = tempfile::tempdir().unwrap();
+        let host_target = d.path().join("host-only");
+        fs::create_dir(&host_target).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        // An absolute link to a path that exists on the host: it must mean <root>/<that path>.
+        b.append_link(&mut h, "l", &host_target).unwrap();
+        let mut f = tar::Header::new_gnu();
+        f.set_size(2);
+        f.set_mode(0o644);
+        f.set_uid(0);
+        f.set_gid(0);
+        f.set_mtime(0);
+        f.set_cksum();
+        b.append_data(&mut f, "l/f", &b"hi"[..]).unwrap();
+        let t = d.path().join("a.tar");
+        fs::write(&t, b.into_inner().unwrap()).unwrap();
+        let out = d.path().join("root");
+        fs::create_dir(&out).unwrap();
+        let root = rbuild_fsroot::Root::open(&out).unwrap();
+        extract(&t, &root, "/sub", None).unwrap();
+        assert!(
+            !host_target.join("f").exists(),
+            "wrote through the link on the host"
+        );
+        let inside = out.join(host_target.strip_prefix("/").unwrap()).join("f");
+        assert_eq!(fs::read_to_string(inside).unwrap(), "hi");
+    }
+
+    #[test]
+    fn extraction_stays_inside_the_root() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host");
+        fs::create_dir(&host).unwrap();
+        let root_dir = d.path().join("root");
+        fs::create_dir_all(root_dir.join("dst")).unwrap();
+        // The image has a link naming a host directory; the archive plants `l -> /` itself.
+        symlink(&host, root_dir.join("dst/etc")).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(1000);
+            {
+                let gnu = h.as_gnu_mut().unwrap();
+                gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+                if let Some(l) = link {
+                    gnu.linkname[..l.len()].copy_from_slice(l.as_bytes());
+                }
+            }
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        };
+        add(
+            "etc/through-image-link",
+            tar::EntryType::Regular,
+            None,
+            b"a",
+        );
+        add("../../climb", tar::EntryType::Regular, None, b"b");
+        add("l", tar::EntryType::Symlink, Some("/"), b"");
+        add("l/through-own-link", tar::EntryType::Regular, None, b"c");
+        add(
+            "hard",
+            tar::EntryType::Link,
+            Some("l/through-own-link"),
+            b"",
+        );
+        add("sub/", tar::EntryType::Directory, None, b"");
+        add("sub/f", tar::EntryType::Regular, None, b"d");
+        let tar_path = d.path().join("t.tar");
+        fs::write(&tar_path, b.into_inner().unwrap()).unwrap();
+        let root = Root::open(&root_dir).unwrap();
+        extract(&tar_path, &root, "/dst", None).unwrap();
+        assert_eq!(fs::read_dir(&host).unwrap().count(), 0, "wrote on the host");
+        assert!(!d.path().join("climb").exists());
+        let inside = root_dir.join(host.strip_prefix("/").unwrap());
+        assert_eq!(
+            fs::read_to_string(inside.join("through-image-link")).unwrap(),
+            "a"
+        );
+        assert_eq!(
+            fs::read_to_string(root_dir.join("through-own-link")).unwrap(),
+            "c"
+        );
+        assert_eq!(fs::read_to_string(root_dir.join("dst/hard")).unwrap(), "c");
+        assert_eq!(fs::read_to_string(root_dir.join("dst/sub/f")).unwrap(), "d");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            fs::metadata(root_dir.join("dst/sub")).unwrap().mtime(),
+            1000
+        );
     }
 }

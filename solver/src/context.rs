@@ -63,7 +63,12 @@ impl IgnoreRules {
         let named = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
         for p in [named, context.join(".dockerignore")] {
             match fs::read_to_string(&p) {
-                Ok(t) => return Ok(IgnoreRules::parse(&t)),
+                Ok(t) => {
+                    validate_ignore(&t).map_err(|m| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!("{}: {m}", p.display()))
+                    })?;
+                    return Ok(IgnoreRules::parse(&t));
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             }
@@ -95,6 +100,53 @@ impl IgnoreRules {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+}
+
+/// Checks `.dockerignore` text as moby's patternmatcher does: a lone `!` and a malformed glob
+/// (`[` without `]`, a trailing `\`) are errors naming the line.
+pub fn validate_ignore(text: &str) -> Result<(), String> {
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let pat = match line.strip_prefix('!') {
+            Some(p) if p.trim().is_empty() => {
+                return Err(format!(
+                "line {}: illegal exclusion pattern: \"!\" (write the path to re-include after it)",
+                n + 1
+            ))
+            }
+            Some(p) => p.trim(),
+            None => line,
+        };
+        for comp in pat.split('/') {
+            let b = comp.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' if i + 1 == b.len() => {
+                        return Err(format!(
+                            "line {}: syntax error in pattern {pat:?}: trailing backslash",
+                            n + 1
+                        ))
+                    }
+                    b'\\' => i += 2,
+                    b'[' => match class_match(&b[i..], b'a') {
+                        Some((_, len)) => i += len,
+                        None => {
+                            return Err(format!(
+                            "line {}: syntax error in pattern {pat:?}: '[' without a closing ']'",
+                            n + 1
+                        ))
+                        }
+                    },
+                    _ => i += 1,
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lexically cleans a path: drops `.` components, resolves `..` without going above the root,
@@ -242,7 +294,14 @@ pub struct Entry {
 /// `ignore`. Every path is resolved inside `root` by the kernel (`rbuild-fsroot`): a symlink named
 /// as a source, or on the way to it, is followed as if `root` were `/`, and a link that leads to an
 /// ignored path selects nothing. An error when nothing matches and the source has no wildcard.
-pub fn expand_source(root: &Root, src: &str, ignore: &IgnoreRules) -> io::Result<Vec<Entry>> {
+/// With `parents` (`COPY --parents`), a `**` component matches any number of directories (none
+/// included), as in BuildKit; otherwise it is one component like `*` (BuildKit's plain COPY).
+pub fn expand_source(
+    root: &Root,
+    src: &str,
+    ignore: &IgnoreRules,
+    parents: bool,
+) -> io::Result<Vec<Entry>> {
     let cleaned = clean_path(src);
     let comps: Vec<&str> = cleaned.split('/').filter(|c| !c.is_empty()).collect();
     // Candidates as (user path) strings; the kernel resolves each when it is used.
@@ -257,6 +316,11 @@ pub fn expand_source(root: &Root, src: &str, ignore: &IgnoreRules) -> io::Result
                     format!("{rel}/{name}")
                 }
             };
+            if parents && *comp == "**" {
+                next.push(rel.clone());
+                descendant_dirs(root, &rel, &mut next);
+                continue;
+            }
             if has_glob(comp) {
                 let Ok(dir) = root.resolve(&rel) else {
                     continue;
@@ -304,6 +368,32 @@ pub fn expand_source(root: &Root, src: &str, ignore: &IgnoreRules) -> io::Result
         ));
     }
     Ok(out)
+}
+
+/// Appends every directory below `rel` (depth first, names sorted, symlinks not followed).
+fn descendant_dirs(root: &Root, rel: &str, out: &mut Vec<String>) {
+    let Ok(dir) = root.resolve(rel) else {
+        return;
+    };
+    let base = dir.proc_path();
+    let Ok(rd) = fs::read_dir(&base) else {
+        return;
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in names {
+        let child = if rel.is_empty() {
+            n
+        } else {
+            format!("{rel}/{n}")
+        };
+        out.push(child.clone());
+        descendant_dirs(root, &child, out);
+    }
 }
 
 /// Walks `entry` recursively (not following symlinks), calling `f(rel, abs, metadata)` for it and
@@ -371,6 +461,7 @@ pub struct HashStats {
 pub fn selection_digest(
     root: &Root,
     srcs: &[String],
+    parents: bool,
     excludes: &[String],
     ignore: &IgnoreRules,
     store: Option<&Store>,
@@ -388,7 +479,7 @@ pub fn selection_digest(
         None => Default::default(),
     };
     for src in srcs {
-        for entry in expand_source(root, src, ignore)? {
+        for entry in expand_source(root, src, ignore, parents)? {
             if excluded(&entry.rel) {
                 continue;
             }
@@ -498,25 +589,72 @@ mod tests {
         let ig = IgnoreRules::default();
         let st = HashStats::default();
         let root = Root::open(d.path()).unwrap();
-        let (d1, _) = selection_digest(&root, &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d1, _) = selection_digest(&root, &["a".into()], false, &[], &ig, None, &st).unwrap();
         fs::write(d.path().join("b"), "3").unwrap();
-        let (d2, _) = selection_digest(&root, &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d2, _) = selection_digest(&root, &["a".into()], false, &[], &ig, None, &st).unwrap();
         assert_eq!(
             d1, d2,
             "changing an unselected file must not change the digest"
         );
         fs::write(d.path().join("a"), "1").unwrap();
-        let (d3, _) = selection_digest(&root, &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d3, _) = selection_digest(&root, &["a".into()], false, &[], &ig, None, &st).unwrap();
         assert_eq!(
             d1, d3,
             "rewriting the same bytes must not change the digest"
         );
         fs::write(d.path().join("a"), "x").unwrap();
-        let (d4, _) = selection_digest(&root, &["a".into()], &[], &ig, None, &st).unwrap();
+        let (d4, _) = selection_digest(&root, &["a".into()], false, &[], &ig, None, &st).unwrap();
         assert_ne!(d1, d4);
-        assert!(selection_digest(&root, &["missing".into()], &[], &ig, None, &st).is_err());
-        let (g, files) = selection_digest(&root, &["*".into()], &[], &ig, None, &st).unwrap();
+        assert!(selection_digest(&root, &["missing".into()], false, &[], &ig, None, &st).is_err());
+        let (g, files) =
+            selection_digest(&root, &["*".into()], false, &[], &ig, None, &st).unwrap();
         assert_eq!(files.len(), 2);
         assert_ne!(g, d4);
+    }
+
+    #[test]
+    fn invalid_dockerignore_patterns() {
+        // BuildKit v0.32: `illegal exclusion pattern: "!"`; Go's filepath.Match: ErrBadPattern.
+        assert!(validate_ignore("# ok\n*.log\n!keep.log\n[a-c]x\n").is_ok());
+        let e = validate_ignore("a\n!\n").unwrap_err();
+        assert!(
+            e.contains("line 2") && e.contains("illegal exclusion pattern: \"!\""),
+            "{e}"
+        );
+        assert!(validate_ignore("src/[abc\n").is_err());
+        assert!(validate_ignore("x\\\n").is_err());
+    }
+
+    #[test]
+    fn double_star_spans_directories_only_with_parents() {
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            "top.txt",
+            "a/one.txt",
+            "a/b/two.txt",
+            "a/b/c/three.txt",
+            "a/b/x.md",
+        ] {
+            let p = d.path().join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, "x").unwrap();
+        }
+        let root = Root::open(d.path()).unwrap();
+        let ig = IgnoreRules::default();
+        let rels = |parents| -> Vec<String> {
+            let mut v: Vec<String> = expand_source(&root, "**/*.txt", &ig, parents)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.rel)
+                .collect();
+            v.sort();
+            v
+        };
+        // BuildKit v0.32: a plain COPY treats `**` as one component, --parents as any depth.
+        assert_eq!(rels(false), vec!["a/one.txt"]);
+        assert_eq!(
+            rels(true),
+            vec!["a/b/c/three.txt", "a/b/two.txt", "a/one.txt", "top.txt"]
+        );
     }
 }

@@ -211,11 +211,26 @@ pub(crate) fn run(
         });
         p.set_user(u);
     }
+    if matches!(exec.user.as_str(), "" | "root" | "0") {
+        // Root's supplementary groups come from the image's /etc/group, read by the sandbox.
+        rbuild_sandbox::set_groups_of(&mut spec, "root");
+    }
     if !mounts.mounts.is_empty() {
         let mut all = spec.mounts().clone().unwrap_or_default();
+        // A mount of the step replaces a default one at the same place (a tmpfs on /dev/shm
+        // hides the default /dev/shm instead of stacking on it, as in BuildKit).
+        all.retain(|d| {
+            !mounts
+                .mounts
+                .iter()
+                .any(|m| m.destination() == d.destination())
+        });
         all.extend(mounts.mounts.iter().cloned());
         spec.set_mounts(Some(all));
     }
+    spec.set_hostname(Some(crate::mounts::hostname(exec).to_string()));
+    // As BuildKit: the hostname lives in the UTS namespace and /etc/hosts, no /etc/hostname.
+    rbuild_sandbox::set_no_hostname_file(&mut spec);
     let rootfs = Rootfs::Overlay {
         lower: lowers_or_empty(store, lowers)?,
         upper: sb.fs_dir(),
@@ -428,6 +443,9 @@ pub(crate) fn copy(
             .any(|p| IgnoreRules::parse(p).is_excluded(rel))
     };
     let mut entries: Vec<Source> = Vec::new();
+    // Sources found before --exclude: when some matched but all were excluded, BuildKit still
+    // creates the destination directory.
+    let mut matched = 0usize;
     for src in &srcs {
         if op.add && crate::add::is_remote(src) {
             let f = fetched.iter().find(|f| &f.src == src).ok_or_else(|| {
@@ -441,32 +459,48 @@ pub(crate) fn copy(
             });
             continue;
         }
-        let found = context::expand_source(&sroot, src, ignore).map_err(|e| {
+        let found = context::expand_source(&sroot, src, ignore, op.parents).map_err(|e| {
+            // Not found (BuildKit's words) or another error; paths and links are resolved
+            // inside the source's own root, so say which root.
+            let (what, root) = match op.from {
+                CopyFrom::Context => ("build context", format!(" {}", context_dir.display())),
+                _ => (
+                    "--from stage or image (links in it are followed inside it)",
+                    String::new(),
+                ),
+            };
             copy_failed(format!(
-                "failed to compute cache key: \"{src}\" not found ({e}); check the path (relative to the {} {})",
-                if matches!(op.from, CopyFrom::Context) { "build context" } else { "source stage root" },
-                src_root.display()
+                "failed to compute cache key: {e}; check the path, relative to the {what}{root}"
             ))
         })?;
+        matched += found.len();
         entries.extend(
             found
                 .into_iter()
                 .filter(|e| !excluded(&e.rel))
                 .map(|e| Source {
                     src: src.clone(),
-                    rel: e.rel,
+                    rel: parents_rel(src, e.rel),
                     abs: e.abs,
                     remote: false,
                 }),
         );
     }
     let dest = &op.dest;
+    let dir_mode = created_dir_mode(op.chmod.as_deref());
     let dest_is_dir = dest.ends_with('/')
         || entries.len() > 1
         || op.parents
         || troot
             .resolve(dest)
             .is_ok_and(|d| d.metadata().is_ok_and(|m| m.is_dir()));
+    if entries.is_empty() && (op.parents || matched > 0) {
+        // BuildKit: `COPY --parents` whose wildcards match nothing, or a COPY whose every match
+        // is excluded, still creates the destination (a plain COPY matching nothing does not).
+        troot
+            .mkdir_all(dest, dir_mode, owner.or(Some((0, 0))))
+            .map_err(|err| copy_failed(format!("cannot create {dest}: {err}")))?;
+    }
     let ignore_rel = |p: &Path| -> bool {
         match p.strip_prefix(&src_root) {
             Ok(rel) => {
@@ -480,13 +514,17 @@ pub(crate) fn copy(
         let md =
             fs::symlink_metadata(&e.abs).map_err(io_err(format!("reading {}", e.abs.display())))?;
         // ADD of a local tar archive: its contents go into the destination directory.
-        if op.add && !e.remote && md.is_file() && crate::add::is_archive(&e.abs) {
-            let d = troot
+        if op.add
+            && !e.remote
+            && op.unpack != Some(false)
+            && md.is_file()
+            && crate::add::is_archive(&e.abs)
+        {
+            troot
                 .mkdir_all(dest, 0o755, owner)
-                .and_then(|d| d.host_path().map_err(|e| io_to_root(e, dest)))
                 .map_err(|err| copy_failed(format!("cannot create {dest}: {err}")))?;
             let keep = if op.chown.is_some() { owner } else { None };
-            crate::add::extract(&e.abs, &d, keep)
+            crate::add::extract(&e.abs, &troot, dest, keep)
                 .map_err(|err| copy_failed(format!("extracting {} into {dest}: {err}", e.rel)))?;
             continue;
         }
@@ -511,10 +549,30 @@ pub(crate) fn copy(
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or("/".into());
+        // Directories COPY creates get 0755 (an octal --chmod's mode) and the --chown owner, as
+        // BuildKit's mkdir with parents; existing ones are left as they are.
+        let dir_owner = owner.or(Some((0, 0)));
         let parent_host = troot
-            .mkdir_all(&parent, 0o755, owner)
+            .mkdir_all(&parent, dir_mode, dir_owner)
             .and_then(|d| d.host_path().map_err(|e| io_to_root(e, &parent)))
             .map_err(|err| copy_failed(format!("cannot create {parent}: {err}")))?;
+        // A directory source copies its contents: the destination directory keeps its own mode
+        // and owner when it exists, else is created like the parents (not with the source's).
+        let dest_dir_before = if md.is_dir() && !op.parents {
+            Some(
+                troot
+                    .resolve(&target_path)
+                    .ok()
+                    .and_then(|d| d.metadata().ok())
+                    .filter(|m| m.is_dir())
+                    .map(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        (m.mode() & 0o7777, m.uid(), m.gid())
+                    }),
+            )
+        } else {
+            None
+        };
         let name = fsutil::base_name(&target_path);
         let dst = if name.is_empty() {
             parent_host
@@ -574,9 +632,54 @@ pub(crate) fn copy(
             &link,
         )
         .map_err(|err| copy_failed(format!("copying {} to {target_path}: {err}", e.rel)))?;
+        if let Some(before) = dest_dir_before {
+            let (mode, uid, gid) = before.unwrap_or_else(|| {
+                let (u, g) = dir_owner.unwrap_or((0, 0));
+                (dir_mode, u, g)
+            });
+            let md =
+                fs::symlink_metadata(&dst).map_err(io_err(format!("reading {target_path}")))?;
+            if md.is_dir() {
+                std::os::unix::fs::lchown(&dst, Some(uid), Some(gid))
+                    .map_err(io_err(format!("chown {target_path}")))?;
+                fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .map_err(io_err(format!("chmod {target_path}")))?;
+            }
+        }
     }
     drop(target);
     Ok(())
+}
+
+/// The mode of directories a COPY creates: an octal `--chmod` applies to them too (BuildKit:
+/// `COPY --chmod=0751 f /a/b/` makes `/a` and `/a/b` 0751); a symbolic one does not (0755).
+fn created_dir_mode(chmod: Option<&str>) -> u32 {
+    chmod
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+        .and_then(|c| u32::from_str_radix(c, 8).ok())
+        .map_or(0o755, |m| m & 0o7777)
+}
+
+/// The path a `COPY --parents` source keeps below the destination: the matched path, minus the
+/// part before the first `/./` pivot in the source as written (`a/./b/c.txt` -> `b/c.txt`,
+/// `a/./b/./c` -> `b/c`).
+fn parents_rel(src: &str, rel: String) -> String {
+    let src = src.trim_start_matches('/');
+    let src = src.strip_prefix("./").unwrap_or(src);
+    let Some(i) = src.find("/./") else {
+        return rel;
+    };
+    // The pivot may hold wildcards (`a/b*/./c`): drop as many leading components of the match
+    // as the source has before it.
+    let n = context::clean_path(&src[..i])
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .count();
+    rel.split('/')
+        .filter(|c| !c.is_empty())
+        .skip(n)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Where to write a copy target directly in the new layer's directory `upper`, bypassing the
@@ -683,4 +786,38 @@ pub(crate) fn fetch_remote(
         _dir: Some(dir),
         files,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_pivot() {
+        // BuildKit v0.32: `COPY --parents a/./b/c/one.txt /d/` gives /d/b/c/one.txt, a leading
+        // `./` is no pivot.
+        assert_eq!(
+            parents_rel("a/./b/c/one.txt", "a/b/c/one.txt".into()),
+            "b/c/one.txt"
+        );
+        assert_eq!(
+            parents_rel("./a/b/one.txt", "a/b/one.txt".into()),
+            "a/b/one.txt"
+        );
+        assert_eq!(parents_rel("/x/y/./z/*.go", "x/y/z/m.go".into()), "z/m.go");
+        assert_eq!(parents_rel("a/b", "a/b".into()), "a/b");
+        assert_eq!(parents_rel("/t/a/./b/./c", "t/a/b/c".into()), "b/c");
+        assert_eq!(
+            parents_rel("/t/a/b*/./c/**/e", "t/a/b2/c/d/e".into()),
+            "c/d/e"
+        );
+    }
+
+    #[test]
+    fn created_directories_mode() {
+        assert_eq!(created_dir_mode(None), 0o755);
+        assert_eq!(created_dir_mode(Some("0751")), 0o751);
+        assert_eq!(created_dir_mode(Some("700")), 0o700);
+        assert_eq!(created_dir_mode(Some("u+x,g-r")), 0o755);
+    }
 }

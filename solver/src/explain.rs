@@ -22,7 +22,12 @@ pub(crate) fn explain(
         return None;
     }
     let what = diff(prev, cur, stage_env);
-    Some(format!("{instruction}: {what}"))
+    // A step found in a `--cache-from` cache under another key says so.
+    let from = prev["remote"]
+        .as_str()
+        .map(|r| format!(" (against remote cache {r})"))
+        .unwrap_or_default();
+    Some(format!("{instruction}: {what}{from}"))
 }
 
 fn diff(prev: &Value, cur: &Value, stage_env: &[String]) -> String {

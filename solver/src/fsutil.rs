@@ -8,7 +8,7 @@ use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -145,22 +145,6 @@ fn apply_attrs(
         UtimensatFlags::NoFollowSymlink,
     )
     .map_err(io::Error::from)
-}
-
-/// A path made relative and lexically clean (no root, `.` or `..` components), for joining
-/// under a directory without leaving it.
-pub fn clean_rel(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
 }
 
 /// The last component of a `/`-separated path (the whole string when it has no `/`).

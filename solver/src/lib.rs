@@ -19,6 +19,7 @@ mod fsutil;
 mod image;
 mod mounts;
 mod platform;
+pub mod remote;
 mod sched;
 
 use std::collections::HashMap;
@@ -37,9 +38,12 @@ use serde_json::{json, Value};
 pub use context::{HashStats, IgnoreRules};
 pub use mounts::{Forwarded, SecretSource};
 pub use platform::{check_platform, config_platform, platform_matches};
+pub use remote::{LayerSource, RemoteCache, StepRecord};
 
-/// Version of the cache key encoding; bump to invalidate every record when the encoding changes.
-const KEY_VERSION: u32 = 2;
+/// Version of the cache key encoding; bump to invalidate every record when the encoding changes
+/// or when an op's result changes for the same inputs. 3: RUN steps get BuildKit's hostname,
+/// /etc/hosts and root's groups; COPY creates directories and --parents paths as BuildKit.
+const KEY_VERSION: u32 = 3;
 
 /// Errors of a solve.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +208,8 @@ pub struct SolveOptions {
     pub first_vertex: usize,
     /// `SOURCE_DATE_EPOCH`: timestamps of config and history.
     pub source_date_epoch: Option<i64>,
+    /// Records imported by `--cache-from`, consulted after a local miss.
+    pub remote: Option<Arc<RemoteCache>>,
     /// `--jobs`: at most this many steps run at once; 0 means the number of CPUs.
     pub jobs: usize,
 }
@@ -225,9 +231,23 @@ pub struct BuildResult {
     pub manifest: Digest,
     /// Config digest (the image id).
     pub config: Digest,
+    /// The steps that made a layer (for `--cache-to`).
+    pub steps: Vec<StepRecord>,
     /// Usage locks of every snapshot the build used: a concurrent `prune` leaves them (and their
     /// layer blobs) alone until the result is dropped, i.e. after the caller has tagged the image.
     _in_use: Arc<Vec<rbuild_cache::SnapshotUse>>,
+}
+
+impl BuildResult {
+    /// The same build with its image rewritten (e.g. the config given an inline cache); the
+    /// snapshots stay held.
+    pub fn with_image(self, manifest: Digest, config: Digest) -> BuildResult {
+        BuildResult {
+            manifest,
+            config,
+            ..self
+        }
+    }
 }
 
 /// One layer of a rootfs chain.
@@ -298,7 +318,24 @@ fn now_rfc3339(epoch: Option<i64>) -> String {
         Some(s) => chrono::DateTime::from_timestamp(s, 0).unwrap_or_default(),
         None => chrono::Utc::now(),
     };
-    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    go_rfc3339_nano(&t)
+}
+
+/// Go's `time.RFC3339Nano` as BuildKit writes `created`: trailing zeros of the fraction dropped,
+/// and the fraction with them when it is zero (`2015-10-21T07:28:00Z`).
+fn go_rfc3339_nano(t: &chrono::DateTime<chrono::Utc>) -> String {
+    let s = t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    match s.strip_suffix('Z').and_then(|b| b.split_once('.')) {
+        Some((secs, frac)) => {
+            let frac = frac.trim_end_matches('0');
+            if frac.is_empty() {
+                format!("{secs}Z")
+            } else {
+                format!("{secs}.{frac}Z")
+            }
+        }
+        None => s,
+    }
 }
 
 /// The solver for one build.
@@ -552,7 +589,7 @@ impl Solver<'_> {
                     "sources": sources.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
                     "bind_content": bind_content,
                 });
-                self.cached_or(n, &parent, doc, |sb, _| {
+                self.cached_or(n, &parent, inputs, doc, |sb, _| {
                     let prepared = mounts::prepare(
                         self.store,
                         exec,
@@ -611,7 +648,7 @@ impl Solver<'_> {
                 let fetched: Vec<&str> = remote.files.iter().map(|f| f.digest.as_str()).collect();
                 let content = match &copy.from {
                     rbuild_frontend::CopyFrom::Context => {
-                        let (d, files) = context::selection_digest(&self.context, &local, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
+                        let (d, files) = context::selection_digest(&self.context, &local, copy.parents, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
                             .map_err(|e| Error::CopyFailed {
                                 step: self.step_name(n),
                                 message: format!(
@@ -630,7 +667,7 @@ impl Solver<'_> {
                 let doc = json!({
                     "v": KEY_VERSION, "op": "copy", "copy": copy, "parent": parent.key.to_string(), "content": content,
                 });
-                self.cached_or(n, &parent, doc, |sb, previous| {
+                self.cached_or(n, &parent, inputs, doc, |sb, previous| {
                     let src = sources.first().map(|s| parent_dirs(self.store, s));
                     let reuse = previous.and_then(|(dir, prev_doc)| {
                         exec::Reuse::unchanged_files(dir, &prev_doc["doc"]["content"], &content_now)
@@ -660,7 +697,7 @@ impl Solver<'_> {
                 let doc = json!({
                     "v": KEY_VERSION, "op": "mkdir", "path": path, "user": user, "parent": parent.key.to_string(),
                 });
-                self.cached_or(n, &parent, doc, |sb, _| {
+                self.cached_or(n, &parent, inputs, doc, |sb, _| {
                     exec::mkdir(
                         self.store,
                         path,
@@ -686,6 +723,7 @@ impl Solver<'_> {
         &self,
         n: NodeIndex,
         parent: &NodeOut,
+        inputs: &[(Input, Arc<NodeOut>)],
         doc: Value,
         work: impl FnOnce(
             &rbuild_cache::SnapshotBuilder,
@@ -732,16 +770,23 @@ impl Solver<'_> {
             parent.depth + 1
         );
         let indexed = json!({"display": self.instruction(n), "doc": doc});
-        let previous = self
+        let previous = remote::previous(self, n, parent.depth + 1, &key).or(self
             .store
             .step_index_latest(&identity)?
-            .filter(|(k, _)| *k != key);
+            .filter(|(k, _)| *k != key));
         self.store.step_index_put(&identity, &key, &indexed)?;
         if let Some(l) = lookup(self.store)? {
             return Ok((out(l, true), true));
         }
         let _lock = self.store.lock_key(&key)?;
         if let Some(l) = lookup(self.store)? {
+            return Ok((out(l, true), true));
+        }
+        if let Some(l) = (!no_cache)
+            .then(|| remote::lookup(self, n, &key))
+            .transpose()?
+            .flatten()
+        {
             return Ok((out(l, true), true));
         }
         if let Some(id) = self.vertex_ids.get(&n) {
@@ -775,6 +820,7 @@ impl Solver<'_> {
             }
             _ => None,
         };
+        remote::materialize(self, inputs)?;
         let sb = self.store.new_snapshot()?;
         work(&sb, previous_result)?;
         let snapshot = sb.commit()?;
@@ -919,9 +965,11 @@ impl Solver<'_> {
         let doc =
             image::config_document(&stage.platform, &stage.config, &diff_ids, history, &created);
         let (manifest, config) = rbuild_exporter::write_image_json(self.store, &doc)?;
+        let steps = remote::steps(self, results);
         Ok(BuildResult {
             manifest,
             config,
+            steps,
             _in_use: Arc::new(std::mem::take(&mut *self.lock_in_use())),
         })
     }
@@ -934,4 +982,20 @@ fn parent_dirs(store: &Store, out: &NodeOut) -> Vec<PathBuf> {
         .rev()
         .map(|l| store.snapshot_dir(&l.snapshot))
         .collect()
+}
+
+#[cfg(test)]
+mod time_format_tests {
+    #[test]
+    fn created_is_formatted_as_go_rfc3339_nano() {
+        let t = |s, n| chrono::DateTime::from_timestamp(s, n).unwrap();
+        assert_eq!(
+            super::go_rfc3339_nano(&t(1445412480, 0)),
+            "2015-10-21T07:28:00Z"
+        );
+        assert_eq!(
+            super::go_rfc3339_nano(&t(1445412480, 226_038_500)),
+            "2015-10-21T07:28:00.2260385Z"
+        );
+    }
 }

@@ -276,7 +276,8 @@ pub(crate) fn prepare(
                 p.caches.push(guard);
             }
             "tmpfs" => {
-                let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+                // BuildKit's options: `mount` shows `rw,nosuid,relatime[,size=...]`.
+                let mut options = vec!["nosuid".to_string()];
                 if let Some(size) = opt(m, "size") {
                     options.push(format!("size={size}"));
                 }
@@ -345,7 +346,41 @@ pub(crate) fn prepare(
             }
         }
     }
+    if !exec.mounts.iter().any(|m| m.target == "/etc/hosts") {
+        let dir = ScratchDir::new(store, "hosts")?;
+        let f = dir.0.join("hosts");
+        fs::write(&f, hosts_file(exec)).map_err(io_err(&f))?;
+        p.mounts.push(oci_mount(
+            "/etc/hosts",
+            "bind",
+            &f,
+            &["bind", "ro", "nosuid", "nodev"],
+        ));
+        p.dirs.push(dir);
+    }
     Ok(p)
+}
+
+/// The hostname of a RUN step: `BUILDKIT_SANDBOX_HOSTNAME` or BuildKit's default.
+pub(crate) fn hostname(exec: &ExecOp) -> &str {
+    if exec.hostname.is_empty() {
+        "buildkitsandbox"
+    } else {
+        &exec.hostname
+    }
+}
+
+/// A RUN step's `/etc/hosts`, byte for byte as BuildKit's executor writes it (`initHostsFile`
+/// plus one `IP<TAB>HOST` line per `--add-host`).
+pub(crate) fn hosts_file(exec: &ExecOp) -> String {
+    let mut s = format!(
+        "127.0.0.1\tlocalhost {}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        hostname(exec)
+    );
+    for (host, ip) in &exec.extra_hosts {
+        s.push_str(&format!("{ip}\t{host}\n"));
+    }
+    s
 }
 
 /// Resolves a mount's `source` inside `root` (following links as if `root` were `/`); the host
@@ -414,6 +449,7 @@ pub(crate) fn key_content(
             let (d, files) = crate::context::selection_digest(
                 context,
                 &[source],
+                false,
                 &[],
                 ignore,
                 Some(store),
