@@ -5,74 +5,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
+use common::registry::Registry;
 use common::*;
 
 const EPOCH: &str = "1700000000";
-
-/// A docker-registry with its own storage on a free loopback port; killed when dropped.
-struct Registry {
-    child: Child,
-    data: tempfile::TempDir,
-    host: String,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let data = tempfile::Builder::new()
-            .prefix("remote-cache-registry-")
-            .tempdir()
-            .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = data.path().join("config.yml");
-        let yml = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            data.path().join("data").display()
-        );
-        std::fs::write(&config, yml).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry starts");
-        let host = format!("127.0.0.1:{port}");
-        let t = Instant::now();
-        while std::net::TcpStream::connect(&host).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "registry not up on {host}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry { child, data, host }
-    }
-
-    /// The registry's file holding blob `digest`.
-    fn blob_file(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        self.data
-            .path()
-            .join("data/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// rbuild with this store and SOURCE_DATE_EPOCH set (reproducible digests).
 fn rb(env: &Env, args: &[&str]) -> Output {

@@ -1,12 +1,13 @@
 //! A throw-away docker-registry on a free loopback port (for tests that push and pull).
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A docker-registry with its own storage; killed when dropped.
 pub struct Registry {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// `127.0.0.1:PORT`.
     pub host: String,
 }
@@ -48,11 +49,18 @@ impl Registry {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Registry {
-            child,
-            _dir: dir,
-            host,
-        }
+        Registry { child, dir, host }
+    }
+
+    /// The registry's file holding blob `digest` (`sha256:HEX`), for tests that tamper with it.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
     }
 }
 
