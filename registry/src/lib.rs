@@ -21,10 +21,10 @@
 mod auth;
 mod cache;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;

@@ -128,7 +128,12 @@ impl RemoteCache {
         let mut m = locked(&self.prefetched);
         while let Some(state) = m.get(&e.layer.digest) {
             match state {
-                None => m = self.prefetch_done.wait(m).unwrap_or_else(|p| p.into_inner()),
+                None => {
+                    m = self
+                        .prefetch_done
+                        .wait(m)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
                 Some(Err(why)) => return Err(why.clone()),
                 Some(Ok(())) => break,
             }
@@ -289,8 +294,8 @@ pub(crate) fn materialize(s: &Solver, inputs: &[(Input, Arc<NodeOut>)]) -> Resul
     Ok(())
 }
 
-/// Downloads, while the build starts (base image pulls, context hashing) and runs, the layers of
-/// the remote records of the target stage, [`PREFETCH_JOBS`] at a time, so that the hits of the
+/// Downloads and unpacks, while the build runs, the layers of the remote records of the target
+/// stage, [`PREFETCH_JOBS`] at a time, so that the hits of the
 /// target image's chain, which need their layers at once, find them in the store instead of
 /// fetching them one after another along the chain. A prefetched layer is checked exactly as a
 /// fetch in [`lookup`] (digest, size, diff_id, by the source) and is only used by a hit whose key
@@ -330,7 +335,12 @@ pub(crate) fn prefetch(s: &Solver, stop: &AtomicBool) {
             let source = &remote.sources[e.source];
             Some(
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    source.fetch(s.store, &e.layer)
+                    source.fetch(s.store, &e.layer)?;
+                    // Unpacked here too, so the hit only takes its snapshot into use. The
+                    // snapshot is a layer's like a pull's (`layers` row), which prune handles.
+                    rbuild_exporter::ensure_snapshot(s.store, &e.layer.diff_id)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
                 }))
                 .unwrap_or_else(|_| Err("internal error while fetching the layer".into())),
             )
