@@ -23,8 +23,8 @@ mod cache;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Write};
-use std::path::PathBuf;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -34,7 +34,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Reference, RegistryOperation};
 use rbuild_cache::Store;
 use rbuild_exporter::Compression;
-use rbuild_types::{Digest, ImageRef, Platform};
+use rbuild_types::{Digest, ImageRef, Platform, Sha256Writer};
 use serde_json::Value;
 
 pub use auth::{docker_config_path, AuthFile};
@@ -451,6 +451,10 @@ impl Client {
             doc = parse_json(&manifest_bytes, &name)?;
         }
         let (config_desc, layer_descs) = descriptors(&doc, &name)?;
+        let stage = tempfile::Builder::new()
+            .prefix("rbuild-pull-")
+            .tempdir()
+            .map_err(io_err("create a temporary directory for", &name))?;
         // 1. Config.
         let cds = config_desc.0.to_string();
         if config_desc.1 > MAX_MANIFEST_SIZE {
@@ -499,16 +503,31 @@ impl Client {
                 ),
             });
         }
-        // 2. Layers, each downloaded straight into the store's ingest area (hashed while written,
-        // committed only when digest and size match) and decompressed into a new blob committed
-        // only when it matches its diff_id: a blob enters the store verified or not at all, and
-        // no byte is copied through a staging directory. Layers the store has are skipped.
-        for ((d, size, media), diff_id) in layer_descs.iter().zip(&diff_ids) {
-            if !store.has_blob(d) && !(d == diff_id && store.has_blob(diff_id)) {
-                self.download(&client, &reference, d, *size, store, &name, &registry)?;
+        // 2. Layers: download (verified) and decompress (verified against the diff_id) into
+        // the staging directory; skip those the store already has.
+        let mut staged = Vec::new();
+        for (i, ((d, size, _), diff_id)) in layer_descs.iter().zip(&diff_ids).enumerate() {
+            let have_layer = store.has_blob(diff_id);
+            let have_blob = store.has_blob(d);
+            if have_layer && have_blob {
+                staged.push(None);
+                continue;
             }
-            if !store.has_blob(diff_id) {
-                decompress_checked(store, d, diff_id, &name)?;
+            let zpath = stage.path().join(format!("{i}.blob"));
+            self.download(&client, &reference, d, *size, &zpath, &name, &registry)?;
+            let upath = stage.path().join(format!("{i}.tar"));
+            decompress_checked(&zpath, &upath, diff_id, &name)?;
+            staged.push(Some((zpath, upath)));
+        }
+        // 3. Everything verified: store it.
+        for (((d, size, media), diff_id), s) in layer_descs.iter().zip(&diff_ids).zip(&staged) {
+            if let Some((zpath, upath)) = s {
+                if !store.has_blob(diff_id) {
+                    put_file(store, upath, diff_id)?;
+                }
+                if d != diff_id && !store.has_blob(d) {
+                    put_file(store, zpath, d)?;
+                }
             }
             if let Some(c) = compression_of(media) {
                 if c != Compression::None && store.has_blob(d) {
@@ -526,8 +545,6 @@ impl Client {
         })
     }
 
-    /// Downloads blob `d` of `reference` into the store, committed only when its size and
-    /// digest match.
     #[allow(clippy::too_many_arguments)]
     fn download(
         &self,
@@ -535,43 +552,47 @@ impl Client {
         reference: &Reference,
         d: &Digest,
         size: u64,
-        store: &Store,
+        path: &Path,
         name: &str,
         registry: &str,
     ) -> Result<()> {
         let ds = d.to_string();
-        let w = self
-            .retry(|| async {
-                let mut w = store.blob_writer().map_err(io::Error::other)?;
-                let mut stream = client.pull_blob_stream(reference, ds.as_str()).await?;
-                while let Some(chunk) = stream.next().await {
-                    w.write_all(&chunk?)?;
-                    if w.written() > size {
-                        break;
-                    }
+        let r = self.retry(|| async {
+            let f = File::create(path)?;
+            let mut w = Sha256Writer::new(io::BufWriter::new(f));
+            let mut stream = client.pull_blob_stream(reference, ds.as_str()).await?;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                w.write_all(&chunk)?;
+                if w.written() > size {
+                    break;
                 }
-                Ok::<_, OciDistributionError>(w)
-            })
-            .map_err(|e| blob_error(e, name, registry, "layer", d))?;
-        let bad = |problem: String| Error::Verification {
-            image: name.into(),
-            what: "layer",
-            expected: ds.clone(),
-            problem,
-        };
-        if w.written() != size {
-            return Err(bad(format!(
-                "size {} bytes (or more), the manifest says {size}",
-                w.written()
-            )));
-        }
-        match w.commit(Some(d)) {
-            Ok(_) => Ok(()),
-            Err(rbuild_cache::Error::DigestMismatch { actual, .. }) => {
-                Err(bad(format!("content has digest {actual}")))
             }
-            Err(e) => Err(e.into()),
+            let (mut inner, digest, written) = w.finish();
+            inner.flush()?;
+            Ok::<_, OciDistributionError>((digest, written))
+        });
+        let (got, written) = match r {
+            Ok(x) => x,
+            Err(e) => return Err(blob_error(e, name, registry, "layer", d)),
+        };
+        if written != size {
+            return Err(Error::Verification {
+                image: name.into(),
+                what: "layer",
+                expected: ds,
+                problem: format!("size {written} bytes (or more), the manifest says {size}"),
+            });
         }
+        if &got != d {
+            return Err(Error::Verification {
+                image: name.into(),
+                what: "layer",
+                expected: ds,
+                problem: format!("content has digest {got}"),
+            });
+        }
+        Ok(())
     }
 
     /// Pushes the store's image `manifest` as `target`, layers compressed with `compression`.
@@ -903,27 +924,46 @@ fn check(image: &str, what: &'static str, d: &Digest, size: Option<u64>, b: &[u8
     Ok(())
 }
 
-/// Decompresses blob `src` of the store (gzip, zstd or plain, by its magic) into a new blob,
-/// committed only when it matches `diff_id`.
-fn decompress_checked(store: &Store, src: &Digest, diff_id: &Digest, image: &str) -> Result<()> {
-    let bad = |problem: String| Error::Verification {
+/// Decompresses `src` (gzip, zstd or plain, by its magic) into `dest`, checking the diff_id.
+fn decompress_checked(src: &Path, dest: &Path, diff_id: &Digest, image: &str) -> Result<()> {
+    let f = File::open(src).map_err(io_err("open", src))?;
+    let mut r = rbuild_exporter::decompressed(f)?;
+    let out = File::create(dest).map_err(io_err("create", dest))?;
+    let mut w = Sha256Writer::new(io::BufWriter::new(out));
+    io::copy(&mut r, &mut w).map_err(|e| Error::Verification {
         image: image.into(),
         what: "layer",
         expected: diff_id.to_string(),
-        problem,
-    };
-    let path = store.blob_path(src);
-    let f = File::open(&path).map_err(io_err("open", &path))?;
-    let mut r = rbuild_exporter::decompressed(f)?;
-    let mut w = store.blob_writer()?;
-    io::copy(&mut r, &mut w).map_err(|e| bad(format!("cannot be decompressed: {e}")))?;
-    match w.commit(Some(diff_id)) {
-        Ok(_) => Ok(()),
-        Err(rbuild_cache::Error::DigestMismatch { actual, .. }) => Err(bad(format!(
-            "uncompressed content has digest {actual}, not the config's diff_id"
-        ))),
-        Err(e) => Err(e.into()),
+        problem: format!("cannot be decompressed: {e}"),
+    })?;
+    let (mut inner, got, _) = w.finish();
+    inner.flush().map_err(io_err("write", dest))?;
+    if &got != diff_id {
+        return Err(Error::Verification {
+            image: image.into(),
+            what: "layer",
+            expected: diff_id.to_string(),
+            problem: format!("uncompressed content has digest {got}, not the config's diff_id"),
+        });
     }
+    Ok(())
+}
+
+/// Copies a verified staged file into the store as blob `d` (verified once more on commit).
+fn put_file(store: &Store, path: &Path, d: &Digest) -> Result<()> {
+    let mut f = File::open(path).map_err(io_err("open", path))?;
+    let mut w = store.blob_writer()?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err("read", path))?;
+        if n == 0 {
+            break;
+        }
+        w.write_all(&buf[..n])
+            .map_err(io_err("write blob from", path))?;
+    }
+    w.commit(Some(d))?;
+    Ok(())
 }
 
 #[cfg(test)]

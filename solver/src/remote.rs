@@ -569,6 +569,68 @@ mod tests {
         assert!(warnings[1].contains("does not list"));
     }
 
+    /// Counts its fetches; each succeeds.
+    struct Counting(std::sync::atomic::AtomicUsize);
+    impl LayerSource for Counting {
+        fn fetch(&self, _: &Store, _: &LayerDesc) -> Result<(), String> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn check(&self, _: &LayerDesc) -> Result<(), String> {
+            Ok(())
+        }
+        fn name(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    #[test]
+    fn a_hit_waits_for_the_prefetch_of_its_layer_and_gets_its_failure() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(&root.path().join("store")).unwrap();
+        let inputs = json!({"v": 2, "op": "exec"});
+        let layer = |n: &[u8]| LayerDesc {
+            digest: Digest::of(n),
+            size: 1,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            diff_id: Digest::of(n),
+        };
+        let mut rc = RemoteCache::new();
+        rc.add(
+            CacheConfig {
+                version: 1,
+                layers: vec![layer(b"a")],
+                records: vec![RemoteRecord {
+                    key: key_of(&inputs),
+                    diff_id: Digest::of(b"a"),
+                    description: "RUN x".into(),
+                    inputs: inputs.clone(),
+                    position: Position {
+                        dockerfile: "Dockerfile".into(),
+                        stage: 0,
+                        depth: 1,
+                    },
+                }],
+            },
+            Box::new(Counting(AtomicUsize::new(0))),
+        );
+        let e = &rc.entries[&key_of(&inputs)];
+        let digest = e.layer.digest.clone();
+        // In flight: the hit waits until the prefetch ends, then finds the layer.
+        locked(&rc.prefetched).insert(digest.clone(), None);
+        std::thread::scope(|sc| {
+            let waiter = sc.spawn(|| rc.fetch(&store, e));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "the hit must wait for the prefetch");
+            locked(&rc.prefetched).insert(digest.clone(), Some(Ok(())));
+            rc.prefetch_done.notify_all();
+            assert_eq!(waiter.join().unwrap(), Ok(()));
+        });
+        // A failed prefetch is the hit's failure (a warning and a miss), not fetched again.
+        locked(&rc.prefetched).insert(digest.clone(), Some(Err("tampered".into())));
+        assert_eq!(rc.fetch(&store, e), Err("tampered".to_string()));
+    }
+
     #[test]
     fn remote_text_is_made_printable() {
         let v = json!({"display": "RUN \u{1b}[2Jx", "doc": {"a\u{7}": ["ok", "\n"]}});
