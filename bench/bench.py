@@ -390,15 +390,38 @@ def time_cmd(cmd, runs=3, shell=False):
     return statistics.median(ts)
 
 
-def reference(scenario, work, bb, burn_n, refs):
+def git_copy(s, work):
+    """A git repository holding a copy of the scenario's context: `git status` over it is the
+    physical limit of a no-op (every file's stat compared against one index file)."""
+    d = os.path.join(work, "git-" + s.name)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(s.dir, d, symlinks=True)
+    env = dict(os.environ, GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="b",
+               GIT_COMMITTER_EMAIL="b@b")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"],
+                ["git", "status", "--porcelain"]):
+        subprocess.run(cmd, cwd=d, env=env, check=True, stdout=subprocess.DEVNULL)
+    return d
+
+
+def reference(s, work, bb, burn_n, refs):
     """Times, on the host and between the engines' builds, what a scenario's target is set against."""
-    if scenario == "layer-heavy":
+    if s.name == "layer-heavy":
+        # The physical limit of the scenario: write the data once (the RUN step) and hash it once
+        # (a layer's diff_id), with the fastest SHA-256 of this machine (openssl).
         f = os.path.join(work, "ref-big")
-        refs.setdefault("dd", []).append(
-            time_cmd("dd if=/dev/urandom of=%s bs=1M count=200 2>/dev/null" % f, runs=1, shell=True))
-        refs.setdefault("sha256", []).append(time_cmd(["sha256sum", f], runs=1))
+        dd = time_cmd("dd if=/dev/urandom of=%s bs=1M count=200 2>/dev/null" % f, runs=1, shell=True)
+        sha = time_cmd(["openssl", "dgst", "-sha256", f], runs=1)
+        refs.setdefault("dd", []).append(dd)
+        refs.setdefault("sha256", []).append(sha)
+        refs.setdefault("layer-limit", []).append(dd + sha)
         os.unlink(f)
-    elif scenario == "multistage":
+    elif s.name == "big-context":
+        if not getattr(s, "git_dir", None):
+            s.git_dir = git_copy(s, work)
+        refs.setdefault("git-status", []).append(
+            time_cmd(["git", "-C", s.git_dir, "status", "--porcelain"], runs=3))
+    elif s.name == "multistage":
         refs.setdefault("burn", []).append(time_cmd([bb, "sh", "-c", burn_cmd(burn_n)], runs=1))
 
 
@@ -502,11 +525,22 @@ def targets(results, scenarios, refs):
                 out.append("- peak memory below the %s daemon's, %s: %s vs %s: %s" %
                            (bk, s.name, fmt_mb(max(ra)), fmt_mb(max(rb)), verdict(max(ra) < max(rb))))
     a = med("layer-heavy", "cold", "rbuild")
-    if a and "dd" in refs:
-        ref = refs["dd"] + refs["sha256"]
-        out.append("- layer-heavy cold within 1.2x of RUN alone + one sha256 pass (%s + %s = %s): "
-                   "%s = %.2fx: %s" % (fmt_s(refs["dd"]), fmt_s(refs["sha256"]), fmt_s(ref), fmt_s(a),
-                                       a / ref, verdict(a <= 1.2 * ref)))
+    if a and "layer-limit" in refs:
+        ref = refs["layer-limit"]
+        out.append("- layer-heavy cold ≤ 1.2x the limit (`dd` of the 200 MB %s + one `openssl dgst "
+                   "-sha256` pass %s = %s, same run): %s = **%.2fx the limit**: %s" %
+                   (fmt_s(refs["dd"]), fmt_s(refs["sha256"]), fmt_s(ref), fmt_s(a), a / ref,
+                    verdict(a <= 1.2 * ref)))
+    a = med("big-context", "noop", "rbuild")
+    if a and "git-status" in refs:
+        ref = refs["git-status"]
+        out.append("- big-context no-op ≤ 2x `git status` over a copy of the context (%s, same run): "
+                   "%s = **%.2fx git status**: %s" % (fmt_s(ref), fmt_s(a), a / ref, verdict(a <= 2 * ref)))
+    a = med("big-context", "change", "rbuild")
+    if a and "git-status" in refs:
+        ref = refs["git-status"]
+        out.append("- big-context after one change (the no-op plus one file; `git status` %s): %s = "
+                   "%.2fx git status" % (fmt_s(ref), fmt_s(a), a / ref))
     a = med("multistage", "cold", "rbuild")
     if a and "burn" in refs:
         t = refs["burn"]
@@ -579,7 +613,7 @@ def main():
     for s in scenarios:
         for run in range(a.runs):
             order = engines[run % len(engines):] + engines[:run % len(engines)]
-            reference(s.name, work, bb, burn_n, refs)
+            reference(s, work, bb, burn_n, refs)
             for e in order:
                 tag = "bench-%s:latest" % s.name
                 for ph in PHASES:

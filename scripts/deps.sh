@@ -2,7 +2,9 @@
 # Installs the Debian packages rbuild's demo and tests need, when missing.
 set -eu
 need=""
-for p in busybox-static skopeo umoci docker-registry buildah runc curl; do
+# Networks (issue 14): podman's network stack (netavark, aardvark-dns) and iptables for its NAT rules;
+# podman itself is the reference the network tests and bench compare against.
+for p in busybox-static skopeo umoci docker-registry buildah runc netavark aardvark-dns iptables podman curl; do
   dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 done
 # Dockerfile e2e tests (cli/tests/dockerfile.rs): archives for ADD, git for ADD of a repository.

@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS cache_records (
 );
 CREATE INDEX IF NOT EXISTS cache_records_last_used ON cache_records(last_used);
 CREATE TABLE IF NOT EXISTS stat_cache (
-    path     TEXT PRIMARY KEY,            -- absolute path of a context file
+    path     TEXT PRIMARY KEY,            -- unused since the context index (ctxindex/); kept for schema 2
     size     INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL,

@@ -7,6 +7,7 @@
 //! snapshots/tmp-<rand>/  snapshots being written (fs/ + work/; flocked while in progress)
 //! locks/<name>           per-key and per-snapshot lock files (flock)
 //! cachemounts/<hex>/     `RUN --mount=type=cache` directories (never part of a layer)
+//! ctxindex/<hex>         context indexes: per COPY selection, the stat and digest of each file
 //! meta.db                SQLite (WAL): tags, layers, snapshots, cache records, stat cache
 //! ```
 //!
@@ -26,6 +27,7 @@
 pub mod artifact;
 mod blobs;
 mod containers;
+mod ctxindex;
 mod db;
 mod error;
 mod locks;
@@ -44,6 +46,7 @@ use rusqlite::Connection;
 
 pub use blobs::BlobWriter;
 pub use containers::{valid_name, ContainerRecord, Health, HealthProbe, NetworkAttachment};
+pub use ctxindex::ContextIndex;
 pub use error::{Error, Result};
 pub use locks::{KeyLock, SnapshotUse};
 pub use mounts::{CacheMountGuard, CacheMountRecord, Sharing};
@@ -284,6 +287,7 @@ const PRIVATE_DIRS: &[&str] = &[
     "cachemounts",
     "containers",
     "volumes",
+    "ctxindex",
 ];
 
 /// Creates `dir` with mode 0700 (its missing parents get the usual 0755) or tightens an existing

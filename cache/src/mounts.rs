@@ -251,7 +251,9 @@ impl Store {
     // ---- step index ----
 
     /// Remembers that the step `identity` (a Dockerfile step, independent of its content) had
-    /// `key`, computed from `inputs`. Keeps the most recent few keys per step.
+    /// `key`, computed from `inputs`. Keeps the most recent few keys per step. When the step
+    /// already had `key`, only its use time changes: the inputs (which can be megabytes for a
+    /// COPY of a big context) are neither serialised nor rewritten.
     pub fn step_index_put(
         &self,
         identity: &str,
@@ -262,26 +264,77 @@ impl Store {
         let tx = conn
             .transaction()
             .map_err(self.db_err("begin step index put"))?;
-        tx.execute(
-            "INSERT INTO step_index (identity, key, inputs, used) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(identity, key) DO UPDATE SET used = ?4, inputs = ?3",
-            // Nanoseconds: two builds in the same second still order correctly.
-            params![
-                identity,
-                key.to_string(),
-                inputs.to_string(),
-                chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
-            ],
-        )
-        .map_err(self.db_err("put step index"))?;
-        tx.execute(
-            "DELETE FROM step_index WHERE identity = ?1 AND key NOT IN
-             (SELECT key FROM step_index WHERE identity = ?1 ORDER BY used DESC, rowid DESC LIMIT ?2)",
-            params![identity, INDEX_KEEP],
-        )
-        .map_err(self.db_err("trim step index"))?;
+        // Nanoseconds: two builds in the same second still order correctly.
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let key_text = key.to_string();
+        let touched = tx
+            .execute(
+                "UPDATE step_index SET used = ?3 WHERE identity = ?1 AND key = ?2",
+                params![identity, key_text, now],
+            )
+            .map_err(self.db_err("touch step index"))?;
+        if touched == 0 {
+            tx.execute(
+                "INSERT INTO step_index (identity, key, inputs, used) VALUES (?1, ?2, ?3, ?4)",
+                params![identity, key_text, inputs.to_string(), now],
+            )
+            .map_err(self.db_err("put step index"))?;
+            tx.execute(
+                "DELETE FROM step_index WHERE identity = ?1 AND key NOT IN
+                 (SELECT key FROM step_index WHERE identity = ?1 ORDER BY used DESC, rowid DESC LIMIT ?2)",
+                params![identity, INDEX_KEEP],
+            )
+            .map_err(self.db_err("trim step index"))?;
+        }
         tx.commit().map_err(self.db_err("commit step index put"))?;
         Ok(())
+    }
+
+    /// Marks `key` as the step's most recent key when the step index has it already (the
+    /// inputs are left as they are); false when it does not (then call
+    /// [`Store::step_index_put`]).
+    /// Nothing is written when `key` is the step's most recent key already (a no-op rebuild):
+    /// an update rewrites the whole row, whose inputs can be megabytes.
+    pub fn step_index_touch(&self, identity: &str, key: &CacheKey) -> Result<bool> {
+        let conn = self.conn();
+        let latest: Option<String> = conn
+            .query_row(
+                "SELECT key FROM step_index WHERE identity = ?1 ORDER BY used DESC, rowid DESC LIMIT 1",
+                params![identity],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db_err("get step index"))?;
+        let key_text = key.to_string();
+        if latest.as_deref() == Some(key_text.as_str()) {
+            return Ok(true);
+        }
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let n = conn
+            .execute(
+                "UPDATE step_index SET used = ?3 WHERE identity = ?1 AND key = ?2",
+                params![identity, key_text, now],
+            )
+            .map_err(self.db_err("touch step index"))?;
+        Ok(n > 0)
+    }
+
+    /// The most recent document the step index holds for `key` (any step), if any: the full
+    /// inputs of a step (a COPY's per-file digests), which its cache record leaves out.
+    pub fn step_index_inputs_of(&self, key: &CacheKey) -> Result<Option<serde_json::Value>> {
+        let text: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT inputs FROM step_index WHERE key = ?1 ORDER BY used DESC LIMIT 1",
+                params![key.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db_err("get step index"))?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| Error::Corrupt(format!("step index inputs: {e}")))
+        })
+        .transpose()
     }
 
     /// The key step `identity` had most recently, with its inputs.
@@ -289,27 +342,45 @@ impl Store {
         &self,
         identity: &str,
     ) -> Result<Option<(CacheKey, serde_json::Value)>> {
-        let row: Option<(String, String)> = self
-            .conn()
+        self.step_index_latest_unless(identity, None)
+    }
+
+    /// [`Store::step_index_latest`], but `None` without reading the inputs when the most recent
+    /// key is `unless` (a no-op rebuild does not parse the previous document).
+    pub fn step_index_latest_unless(
+        &self,
+        identity: &str,
+        unless: Option<&CacheKey>,
+    ) -> Result<Option<(CacheKey, serde_json::Value)>> {
+        let conn = self.conn();
+        let row: Option<(i64, String)> = conn
             .query_row(
-                "SELECT key, inputs FROM step_index WHERE identity = ?1
+                "SELECT rowid, key FROM step_index WHERE identity = ?1
                  ORDER BY used DESC, rowid DESC LIMIT 1",
                 params![identity],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(self.db_err("get step index"))?;
-        match row {
-            None => Ok(None),
-            Some((k, inputs)) => {
-                let k: CacheKey = k
-                    .parse()
-                    .map_err(|_| Error::Corrupt(format!("step index key {k:?}")))?;
-                let v = serde_json::from_str(&inputs)
-                    .map_err(|e| Error::Corrupt(format!("step index inputs: {e}")))?;
-                Ok(Some((k, v)))
-            }
+        let Some((rowid, k)) = row else {
+            return Ok(None);
+        };
+        let k: CacheKey = k
+            .parse()
+            .map_err(|_| Error::Corrupt(format!("step index key {k:?}")))?;
+        if unless == Some(&k) {
+            return Ok(None);
         }
+        let inputs: String = conn
+            .query_row(
+                "SELECT inputs FROM step_index WHERE rowid = ?1",
+                params![rowid],
+                |r| r.get(0),
+            )
+            .map_err(self.db_err("get step index"))?;
+        let v = serde_json::from_str(&inputs)
+            .map_err(|e| Error::Corrupt(format!("step index inputs: {e}")))?;
+        Ok(Some((k, v)))
     }
 }
 
@@ -366,6 +437,28 @@ mod tests {
             .unwrap();
         let (k, _) = s.step_index_latest("a").unwrap().unwrap();
         assert_eq!(k, k1);
+        assert!(s
+            .step_index_latest_unless("a", Some(&k1))
+            .unwrap()
+            .is_none());
+        assert!(s.step_index_touch("a", &k2).unwrap());
+        assert!(!s
+            .step_index_touch("a", &CacheKey::new(Digest::of(b"new")))
+            .unwrap());
+        assert_eq!(s.step_index_latest("a").unwrap().unwrap().0, k2);
+        assert!(s.step_index_touch("a", &k2).unwrap(), "already the latest");
+        assert_eq!(
+            s.step_index_inputs_of(&k2).unwrap().unwrap()["n"].as_i64(),
+            Some(2)
+        );
+        assert!(s
+            .step_index_inputs_of(&CacheKey::new(Digest::of(b"none")))
+            .unwrap()
+            .is_none());
+        s.step_index_put("a", &k1, &serde_json::json!({"n": 1}))
+            .unwrap();
+        let (k, v) = s.step_index_latest_unless("a", Some(&k2)).unwrap().unwrap();
+        assert_eq!((k, v["n"].as_i64()), (k1.clone(), Some(1)));
         assert!(s.step_index_latest("b").unwrap().is_none());
         for i in 0..20u8 {
             s.step_index_put("a", &CacheKey::new(Digest::of(&[i])), &serde_json::json!(i))

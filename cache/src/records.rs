@@ -1,9 +1,8 @@
 //! Metadata records in meta.db: tags, layers, cache records, stat cache, pruning.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use rbuild_types::{Digest, ImageRef};
@@ -162,7 +161,7 @@ type RawRecord = (
     Option<String>,
     i64,
     String,
-    String,
+    Option<String>,
     i64,
     i64,
     i64,
@@ -190,8 +189,11 @@ fn cook_record(raw: RawRecord) -> Result<CacheRecord> {
         diff_id: diff_id.map(|s| parse("diff_id", s)).transpose()?,
         size: size.max(0) as u64,
         description,
-        inputs: serde_json::from_str(&inputs)
-            .map_err(|e| Error::Corrupt(format!("cache record inputs: {e}")))?,
+        inputs: match inputs.as_deref() {
+            None => serde_json::Value::Null,
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| Error::Corrupt(format!("cache record inputs: {e}")))?,
+        },
         created,
         last_used,
         usage_count: usage.max(0) as u64,
@@ -200,6 +202,9 @@ fn cook_record(raw: RawRecord) -> Result<CacheRecord> {
 
 const RECORD_COLUMNS: &str =
     "key, snapshot, diff_id, size, description, inputs, created, last_used, usage_count";
+/// [`RECORD_COLUMNS`] with NULL for `inputs`.
+const LIGHT_RECORD_COLUMNS: &str =
+    "key, snapshot, diff_id, size, description, NULL, created, last_used, usage_count";
 
 impl Store {
     pub(crate) fn record_snapshot(&self, id: &SnapshotId) -> Result<()> {
@@ -354,6 +359,17 @@ impl Store {
 
     /// Looks a key up; on a hit updates `last_used` and `usage_count` and returns the updated record.
     pub fn cache_get(&self, key: &CacheKey) -> Result<Option<CacheRecord>> {
+        self.cache_get_columns(key, RECORD_COLUMNS)
+    }
+
+    /// [`Store::cache_get`] without the record's input document (`inputs` is `null`): what a
+    /// build's cache lookup needs. The document of a COPY from a big context holds every file's
+    /// digest; reading and parsing it on every hit would cost more than the rest of a no-op.
+    pub fn cache_hit(&self, key: &CacheKey) -> Result<Option<CacheRecord>> {
+        self.cache_get_columns(key, LIGHT_RECORD_COLUMNS)
+    }
+
+    fn cache_get_columns(&self, key: &CacheKey, columns: &str) -> Result<Option<CacheRecord>> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.db_err("begin cache get"))?;
         let n = tx
@@ -367,7 +383,7 @@ impl Store {
         }
         let raw = tx
             .query_row(
-                &format!("SELECT {RECORD_COLUMNS} FROM cache_records WHERE key = ?1"),
+                &format!("SELECT {columns} FROM cache_records WHERE key = ?1"),
                 [key.to_string()],
                 raw_record,
             )
@@ -437,105 +453,6 @@ impl Store {
             rows
         };
         raws.into_iter().map(cook_record).collect()
-    }
-
-    // ---- stat cache ----
-
-    /// The digest remembered for `path` if its stat still matches.
-    pub fn stat_cache_get(&self, path: &Path, stat: &FileStat) -> Result<Option<Digest>> {
-        // Called once per context file: a cached statement avoids re-parsing the SQL each time.
-        let conn = self.conn();
-        let row: Option<(i64, i64, i64, i64, String)> = conn
-            .prepare_cached(
-                "SELECT size, mtime_ns, ctime_ns, inode, digest FROM stat_cache WHERE path = ?1",
-            )
-            .and_then(|mut st| {
-                st.query_row([path.to_string_lossy()], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })
-                .optional()
-            })
-            .map_err(self.db_err("get stat cache"))?;
-        match row {
-            Some((size, m, c, ino, d))
-                if size as u64 == stat.size
-                    && m == stat.mtime_ns
-                    && c == stat.ctime_ns
-                    && ino as u64 == stat.inode =>
-            {
-                Ok(Some(parse("digest", d)?))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// Every stat cache entry for files below directory `dir`, read in one query (a lookup per
-    /// file would pay a read transaction each: a 20,000-file context is verified in one).
-    pub fn stat_cache_under(&self, dir: &Path) -> Result<HashMap<PathBuf, (FileStat, Digest)>> {
-        let mut lo = dir.to_string_lossy().trim_end_matches('/').to_string();
-        let mut hi = lo.clone();
-        lo.push('/');
-        hi.push('0'); // the character after '/'
-        let conn = self.conn();
-        let rows: Vec<(String, i64, i64, i64, i64, String)> = conn
-            .prepare_cached(
-                "SELECT path, size, mtime_ns, ctime_ns, inode, digest FROM stat_cache
-                 WHERE path >= ?1 AND path < ?2",
-            )
-            .and_then(|mut st| {
-                st.query_map([&lo, &hi], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })?
-                .collect()
-            })
-            .map_err(self.db_err("read stat cache"))?;
-        let mut out = HashMap::with_capacity(rows.len());
-        for (path, size, mtime_ns, ctime_ns, inode, d) in rows {
-            let stat = FileStat {
-                size: size as u64,
-                mtime_ns,
-                ctime_ns,
-                inode: inode as u64,
-            };
-            out.insert(PathBuf::from(path), (stat, parse("digest", d)?));
-        }
-        Ok(out)
-    }
-
-    /// Remembers digests of many files in one transaction.
-    pub fn stat_cache_put(&self, entries: &[(&Path, FileStat, Digest)]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction()
-            .map_err(self.db_err("begin stat cache put"))?;
-        {
-            let mut st = tx
-                .prepare(
-                    "INSERT OR REPLACE INTO stat_cache (path, size, mtime_ns, ctime_ns, inode, digest)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(self.db_err("put stat cache"))?;
-            for (path, s, d) in entries {
-                st.execute(params![
-                    path.to_string_lossy(),
-                    s.size as i64,
-                    s.mtime_ns,
-                    s.ctime_ns,
-                    s.inode as i64,
-                    d.to_string()
-                ])
-                .map_err(self.db_err("put stat cache"))?;
-            }
-        }
-        tx.commit().map_err(self.db_err("commit stat cache put"))?;
-        Ok(())
     }
 
     // ---- usage and pruning ----

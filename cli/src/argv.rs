@@ -2,7 +2,7 @@
 //! - `rbuild [GLOBAL FLAGS] ARGS...` where the first argument after the global flags is neither a
 //!   subcommand nor a flag of the top level (`rbuild -t x .`, `rbuild .`) means `rbuild build ...`;
 //!   global flags stay global (`rbuild --root /s images` lists the images of `/s`).
-//! - `rbuild run [FLAGS] IMAGE ARGS...`: everything after IMAGE is the container's command, flags
+//! - `rbuild run|create [FLAGS] IMAGE ARGS...`: everything after IMAGE is the container's command, flags
 //!   included (`rbuild run img id -u` runs `id -u`), as `docker run`.
 //!
 //! Which flags take a value is read from clap's own definition of the commands, so a new flag
@@ -10,15 +10,21 @@
 
 use clap::Command;
 
+/// The arguments `cmd` accepts: its own and the top level's global ones (clap propagates those
+/// only when it builds the command, so a subcommand's list lacks them here).
+fn arguments<'a>(top: &'a Command, cmd: &'a Command) -> impl Iterator<Item = &'a clap::Arg> {
+    cmd.get_arguments()
+        .chain(top.get_arguments().filter(|a| a.is_global_set()))
+}
+
 /// Whether `arg` of `cmd` (`--long`, `--long=v`, `-s`, `-sVALUE`, `-abc`) consumes the next word
 /// as its value. Unknown flags are taken as switches.
-fn takes_next(cmd: &Command, arg: &str) -> bool {
+fn takes_next(top: &Command, cmd: &Command, arg: &str) -> bool {
     if let Some(long) = arg.strip_prefix("--") {
         if long.contains('=') {
             return false;
         }
-        return cmd
-            .get_arguments()
+        return arguments(top, cmd)
             .find(|a| a.get_long() == Some(long))
             .is_some_and(|a| a.get_action().takes_values());
     }
@@ -26,8 +32,7 @@ fn takes_next(cmd: &Command, arg: &str) -> bool {
     // next word when it is last.
     let shorts: Vec<char> = arg.chars().skip(1).collect();
     for (i, c) in shorts.iter().enumerate() {
-        let takes = cmd
-            .get_arguments()
+        let takes = arguments(top, cmd)
             .find(|a| a.get_short() == Some(*c))
             .is_some_and(|a| a.get_action().takes_values());
         if takes {
@@ -39,7 +44,7 @@ fn takes_next(cmd: &Command, arg: &str) -> bool {
 
 /// Index in `args` of the first word that is not a flag of `cmd` nor a flag's value, and whether
 /// a `--` came before it (then it is taken as is).
-fn first_positional(cmd: &Command, args: &[String]) -> Option<(usize, bool)> {
+fn first_positional(top: &Command, cmd: &Command, args: &[String]) -> Option<(usize, bool)> {
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
@@ -47,7 +52,7 @@ fn first_positional(cmd: &Command, args: &[String]) -> Option<(usize, bool)> {
             return (i + 1 < args.len()).then_some((i + 1, true));
         }
         if a.len() > 1 && a.starts_with('-') {
-            i += if takes_next(cmd, a) { 2 } else { 1 };
+            i += if takes_next(top, cmd, a) { 2 } else { 1 };
             continue;
         }
         return Some((i, false));
@@ -74,9 +79,9 @@ pub(crate) fn rewrite(top: &Command, mut argv: Vec<String>) -> Vec<String> {
         }
         return argv;
     }
-    if argv[sub] == "run" {
-        if let Some(run) = top.find_subcommand("run") {
-            if let Some((img, false)) = first_positional(run, &argv[sub + 1..]) {
+    if argv[sub] == "run" || argv[sub] == "create" {
+        if let Some(run) = top.find_subcommand(&argv[sub]) {
+            if let Some((img, false)) = first_positional(top, run, &argv[sub + 1..]) {
                 argv.insert(sub + 2 + img, "--".into());
             }
         }
@@ -101,7 +106,7 @@ fn global_flags_end(top: &Command, argv: &[String]) -> usize {
         if !is_global_flag_word(top, &argv[i]) {
             break;
         }
-        i += if takes_next(top, &argv[i]) { 2 } else { 1 };
+        i += if takes_next(top, top, &argv[i]) { 2 } else { 1 };
     }
     i.min(argv.len())
 }
@@ -145,6 +150,7 @@ mod tests {
     #[test]
     fn everything_after_the_image_is_the_command() {
         assert_eq!(rw("rbuild run img id -u"), "rbuild run img -- id -u");
+        assert_eq!(rw("rbuild create img id -u"), "rbuild create img -- id -u");
         assert_eq!(
             rw("rbuild run --rm -u 1 img -u"),
             "rbuild run --rm -u 1 img -- -u"
@@ -166,6 +172,11 @@ mod tests {
         assert_eq!(rw("rbuild run -- img -u"), "rbuild run -- img -u");
         assert_eq!(rw("rbuild run img -- a"), "rbuild run img -- -- a");
         assert_eq!(rw("rbuild run --help"), "rbuild run --help");
+        // A global flag after the subcommand takes its value there too.
+        assert_eq!(
+            rw("rbuild run --root /s --rm img -u"),
+            "rbuild run --root /s --rm img -- -u"
+        );
     }
 
     #[test]

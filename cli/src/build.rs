@@ -26,6 +26,10 @@ pub(crate) struct BuildArgs {
     /// Stage to build.
     #[arg(long)]
     target: Option<String>,
+    /// Network of RUN steps that name none: default (the host's, as BuildKit with
+    /// networkMode=host), host, or none (an empty namespace).
+    #[arg(long, default_value = "default", value_parser = ["default", "host", "none"])]
+    network: String,
     /// Do not use the cache.
     #[arg(long)]
     no_cache: bool,
@@ -301,6 +305,16 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
             .map_err(|_| anyhow!("internal error while reading --cache-from"))?;
         Ok::<_, anyhow::Error>((graph?, remote?))
     })?;
+    if args.network == "none" {
+        // RUN steps without --network get an empty namespace; the mode is part of their cache key.
+        for n in graph.graph.node_weights_mut() {
+            if let rbuild_frontend::Op::Exec(e) = &mut n.op {
+                if e.network == rbuild_frontend::NetworkMode::Default {
+                    e.network = rbuild_frontend::NetworkMode::None;
+                }
+            }
+        }
+    }
     for l in &args.labels {
         let (k, v) = l
             .split_once('=')

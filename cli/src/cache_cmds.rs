@@ -530,7 +530,16 @@ pub(crate) fn cache(store: &Store, cmd: CacheCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CacheCommand::Inspect { id, format } => {
-            let r = find_record(store, &id)?;
+            let mut r = find_record(store, &id)?;
+            // A COPY's per-file digests live in the step index, not in the record.
+            if r.inputs["content"].is_object() && r.inputs["content"].get("files").is_none() {
+                if let Some(full) = store.step_index_inputs_of(&r.key)? {
+                    let files = full["doc"]["content"]["files"].clone();
+                    if !files.is_null() {
+                        r.inputs["content"]["files"] = files;
+                    }
+                }
+            }
             let parent = r.inputs["parent"]
                 .as_str()
                 .and_then(|p| p.parse().ok())

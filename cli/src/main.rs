@@ -5,9 +5,11 @@
 mod argv;
 mod build;
 mod cache_cmds;
+mod compose;
 mod containers;
 mod image_cmds;
 mod images;
+mod network_cmds;
 mod progress;
 mod remote_cache;
 mod run;
@@ -109,6 +111,13 @@ enum Command {
     /// Disk usage, pruning and the event journal of the store.
     #[command(subcommand)]
     System(system_cmds::SystemCommand),
+    /// Run a multi-container application from a compose file.
+    Compose(compose::ComposeArgs),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(network_cmds::NetworkCommand),
+    /// List a running container's published ports.
+    Port(network_cmds::PortArgs),
     /// Show build cache disk usage (records, cache mounts).
     Du(cache_cmds::DuArgs),
     /// Remove unused build cache, least recently used first.
@@ -210,6 +219,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Volume(c) => volumes::volume(&open_store(cli.root)?, c),
         Command::Container(c) => containers::dispatch(&open_store(cli.root)?, c),
         Command::System(c) => system_cmds::system(&open_store(cli.root)?, c),
+        Command::Compose(a) => compose::compose(&open_store(cli.root)?, a),
+        Command::Network(c) => network_cmds::network(&open_store(cli.root)?, c),
+        Command::Port(a) => network_cmds::port(&open_store(cli.root)?, a),
         Command::Du(a) => cache_cmds::du(&open_store(cli.root)?, a),
         Command::Prune(a) => cache_cmds::prune(&open_store(cli.root)?, a),
         Command::Cache(c) => cache_cmds::cache(&open_store(cli.root)?, c),

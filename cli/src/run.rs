@@ -52,9 +52,27 @@ pub(crate) struct RunArgs {
     /// Container hostname.
     #[arg(long)]
     hostname: Option<String>,
-    /// Network mode: host (default) or none.
-    #[arg(long, default_value = "host")]
-    network: String,
+    /// Network: bridge (the default network), a network's name, host, none or container:NAME.
+    #[arg(long, alias = "net")]
+    network: Option<String>,
+    /// Publish a port: [[IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp] (no host port: a free one).
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    /// Publish every port the image EXPOSEs on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
+    /// Another name the container answers to on its user-defined network (repeatable).
+    #[arg(long = "network-alias", alias = "net-alias")]
+    network_alias: Vec<String>,
+    /// Add a line to /etc/hosts: NAME:IP (IP may be host-gateway) (repeatable).
+    #[arg(long = "add-host")]
+    add_host: Vec<String>,
+    /// A DNS server for the container (repeatable).
+    #[arg(long)]
+    dns: Vec<String>,
+    /// Legacy link to a running container: NAME[:ALIAS] becomes an /etc/hosts entry.
+    #[arg(long)]
+    link: Vec<String>,
     /// Mount the container's root filesystem read-only.
     #[arg(long)]
     read_only: bool,
@@ -272,11 +290,15 @@ fn log_options(opts: &[String]) -> Result<LogOptions> {
 }
 
 fn request(args: &RunArgs) -> Result<RunRequest> {
-    let network_none = match args.network.as_str() {
-        "none" => true,
-        "host" | "default" => false,
-        other => bail!("--network {other}: supported modes are host and none"),
-    };
+    let network = crate::network_cmds::network_config(
+        args.network.as_deref(),
+        &args.network_alias,
+        &args.publish,
+        args.publish_all,
+        &args.add_host,
+        &args.dns,
+        &args.link,
+    )?;
     let mut env = Vec::new();
     for f in &args.env_file {
         let text = std::fs::read_to_string(f)
@@ -331,7 +353,7 @@ fn request(args: &RunArgs) -> Result<RunRequest> {
         workdir: args.workdir.clone(),
         user: args.user.clone(),
         hostname: args.hostname.clone(),
-        network_none,
+        network,
         tty: args.tty,
         read_only: args.read_only,
         name: args.name.clone(),
@@ -358,6 +380,7 @@ fn request(args: &RunArgs) -> Result<RunRequest> {
         health: HealthOverride {
             disable: args.no_healthcheck,
             cmd: args.health_cmd.clone(),
+            test: None,
             interval: args
                 .health_interval
                 .as_deref()

@@ -205,3 +205,40 @@ pub(crate) fn volume(store: &Store, cmd: VolumeCommand) -> Result<ExitCode> {
         }
     }
 }
+
+/// Creates volume `name` with `labels` when it does not exist yet (as `volume create --label`);
+/// returns whether it was created.
+pub(crate) fn create_labeled(
+    store: &Store,
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<bool> {
+    let (_, created) = store.create_volume(name)?;
+    if created {
+        let meta = serde_json::json!({
+            "CreatedAt": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "Labels": labels,
+        });
+        let p = meta_path(store, name);
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(&tmp, meta.to_string())?;
+        std::fs::rename(&tmp, &p)?;
+        rbuild_containers::state::append_event(
+            store,
+            &serde_json::json!({"Type": "volume", "Action": "create",
+                "Actor": {"ID": name, "Attributes": {"driver": "local"}},
+                "scope": "local", "time": chrono::Utc::now().timestamp(),
+                "timeNano": chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)}),
+        );
+    }
+    Ok(created)
+}
+
+/// The labels of volume `name` (empty when it has none or does not exist).
+pub(crate) fn labels_of(store: &Store, name: &str) -> std::collections::BTreeMap<String, String> {
+    std::fs::read(meta_path(store, name))
+        .ok()
+        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+        .and_then(|v| serde_json::from_value(v["Labels"].clone()).ok())
+        .unwrap_or_default()
+}

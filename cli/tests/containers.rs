@@ -83,6 +83,10 @@ fn detached_httpd_outlives_the_command_and_dies_with_its_monitor() {
         &[
             "run",
             "-d",
+            // The host's network: this test is about the lifecycle (the default bridge network
+            // is tested in network.rs and compose.rs).
+            "--network",
+            "host",
             "--name",
             "web",
             "--label",

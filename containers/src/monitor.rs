@@ -232,8 +232,21 @@ fn run_once(
 ) -> Result<i32, Error> {
     let store = &shared.store;
     let rec = shared.get();
-    let attachment = network.attach(store, &rec, conf)?;
+    let net = crate::run::attach_network(store, &rec, conf)?;
+    let attachment = match &net {
+        Some(a) => crate::run::attachment_record(conf, Some(a)),
+        None => network.attach(store, &rec, conf)?,
+    };
     shared.update(|r| r.network = attachment.clone());
+    let teardown = |rec: &rbuild_cache::ContainerRecord,
+                    net: Option<rbuild_network::Attachment>| match net {
+        Some(a) => {
+            if let Err(e) = a.detach() {
+                eprintln!("rbuild monitor: {}: network teardown: {e}", rec.name);
+            }
+        }
+        None => network.detach(store, rec, &attachment),
+    };
     let stdin = if conf.interactive && !conf.tty {
         Stdio::piped()
     } else {
@@ -241,10 +254,10 @@ fn run_once(
     };
     let stdio = (stdin, Stdio::piped(), Stdio::piped());
     // `_in_use` keeps `prune` off the image's snapshots while PID 1 runs.
-    let (mut c, _in_use) = match spawn_container(store, &rec, conf, stdio) {
+    let (mut c, _in_use) = match spawn_container(store, &rec, conf, net.as_ref(), stdio) {
         Ok(c) => c,
         Err(e) => {
-            network.detach(store, &rec, &attachment);
+            teardown(&rec, net);
             return Err(e);
         }
     };
@@ -296,7 +309,7 @@ fn run_once(
     crate::freezer::cleanup(&shared.get().id);
     let rec = shared.update(|r| record_exit(r, outcome.as_ref().ok()));
     crate::state::event(store, "container", "die", &rec);
-    network.detach(store, &rec, &attachment);
+    teardown(&rec, net);
     let o = outcome?;
     Ok(o.code())
 }

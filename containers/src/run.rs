@@ -66,8 +66,8 @@ pub struct RunRequest {
     pub user: Option<String>,
     /// `--hostname`.
     pub hostname: Option<String>,
-    /// `--network none`.
-    pub network_none: bool,
+    /// `--network`, `-p`, `-P`, `--dns`, `--add-host`, `--link`, `--network-alias`.
+    pub network: rbuild_network::NetworkConfig,
     /// `-t`: a pseudo terminal is the container's stdio.
     pub tty: bool,
     /// `--read-only`: the root filesystem is mounted read-only.
@@ -165,6 +165,9 @@ impl RestartPolicy {
 /// HEALTHCHECK overrides from `run` flags.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HealthOverride {
+    /// A whole test in Docker's form (`["CMD", ...]`, `["CMD-SHELL", "..."]`, `["NONE"]`), as a
+    /// compose file gives it; takes precedence over `cmd`.
+    pub test: Option<Vec<String>>,
     /// `--no-healthcheck`.
     pub disable: bool,
     /// `--health-cmd` (run with `/bin/sh -c`).
@@ -223,9 +226,10 @@ pub fn healthcheck(image: Option<&Value>, o: &HealthOverride) -> Option<Healthch
             .filter(|v| *v > 0)
             .unwrap_or(d)
     };
-    let test = match &o.cmd {
-        Some(c) => vec!["CMD-SHELL".to_string(), c.clone()],
-        None => image?
+    let test = match (&o.test, &o.cmd) {
+        (Some(t), _) => t.clone(),
+        (None, Some(c)) => vec!["CMD-SHELL".to_string(), c.clone()],
+        (None, None) => image?
             .get("Test")?
             .as_array()?
             .iter()
@@ -298,8 +302,14 @@ pub struct ContainerConfig {
     pub volumes: Vec<Volume>,
     /// `--tmpfs`.
     pub tmpfs: Vec<Tmpfs>,
-    /// `host` or `none`.
+    /// `host`, `none`, `container:NAME` or the first network's name.
     pub network_mode: String,
+    /// The networking flags, applied by each start (netavark through `rbuild-network`).
+    #[serde(default = "host_network")]
+    pub network: rbuild_network::NetworkConfig,
+    /// The image's `ExposedPorts` keys (for `-P`).
+    #[serde(default)]
+    pub exposed: Vec<String>,
     /// `-u` or the image's User.
     pub user: String,
     /// Image Entrypoint/Cmd split as run (for `inspect`).
@@ -314,6 +324,85 @@ pub struct ContainerConfig {
     pub pids_limit: Option<i64>,
     /// `--read-only`.
     pub read_only: bool,
+}
+
+fn host_network() -> rbuild_network::NetworkConfig {
+    rbuild_network::NetworkConfig {
+        mode: rbuild_network::NetworkMode::Host,
+        ..Default::default()
+    }
+}
+
+/// `NetworkMode` as Docker's `HostConfig.NetworkMode` shows it.
+fn mode_name(mode: &rbuild_network::NetworkMode) -> String {
+    use rbuild_network::NetworkMode as M;
+    match mode {
+        M::None => "none".into(),
+        M::Host => "host".into(),
+        M::Container(c) => format!("container:{c}"),
+        M::Networks(n) => n
+            .first()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| rbuild_network::DEFAULT_NETWORK.into()),
+    }
+}
+
+/// Sets up the container's networking before its PID 1 starts (None: plain host networking, the
+/// sandbox binds the host's `/etc/hosts` and `/etc/resolv.conf`). The attachment is owned by the
+/// calling process (the monitor, or `run` in the foreground) and torn down by it.
+pub(crate) fn attach_network(
+    store: &Store,
+    rec: &ContainerRecord,
+    conf: &ContainerConfig,
+) -> Result<Option<rbuild_network::Attachment>, Error> {
+    if conf.network.is_plain_host() {
+        return Ok(None);
+    }
+    let hostname = conf
+        .spec
+        .hostname()
+        .clone()
+        .unwrap_or_else(|| rec.id.chars().take(12).collect());
+    let nets = rbuild_network::Networks::open(store.root());
+    let a = nets
+        .attach(&rbuild_network::AttachRequest {
+            container_id: &rec.id,
+            container_name: &rec.name,
+            hostname: &hostname,
+            config: &conf.network,
+            exposed: &conf.exposed,
+        })
+        .map_err(|e| cerr(format!("container {}: network: {e}", rec.name)))?;
+    Ok(Some(a))
+}
+
+/// What the record shows of an attachment (`NetworkSettings` of `inspect`, `port`).
+pub(crate) fn attachment_record(
+    conf: &ContainerConfig,
+    a: Option<&rbuild_network::Attachment>,
+) -> rbuild_cache::NetworkAttachment {
+    let mut out = rbuild_cache::NetworkAttachment {
+        mode: conf.network_mode.clone(),
+        ..Default::default()
+    };
+    if let Some(a) = a {
+        out.namespace = a.netns().map(Path::to_path_buf);
+        out.ports = a
+            .record()
+            .ports()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{}->{}/{}",
+                    p.host_ip, p.host_port, p.container_port, p.protocol
+                )
+            })
+            .collect();
+        if let Ok(Value::Object(m)) = serde_json::to_value(&a.record().status) {
+            out.settings = m;
+        }
+    }
+    out
 }
 
 impl ContainerConfig {
@@ -556,6 +645,8 @@ pub struct RunHandle {
     record: ContainerRecord,
     container: Option<Container>,
     remove: bool,
+    /// Torn down when the container has exited (or when the handle is dropped).
+    network: Option<rbuild_network::Attachment>,
     _lock: KeyLock,
     /// Usage locks of the image's snapshots (the container's lower dirs).
     _in_use: Vec<rbuild_cache::SnapshotUse>,
@@ -587,6 +678,7 @@ impl RunHandle {
             .take()
             .ok_or_else(|| cerr("container already waited for"))?;
         let outcome = c.wait_outcome();
+        let net = self.network.take().map(|a| a.detach());
         record_exit(&mut self.record, outcome.as_ref().ok());
         crate::state::event(&self.store, "container", "die", &self.record);
         if self.remove {
@@ -595,7 +687,14 @@ impl RunHandle {
         } else {
             self.store.save_container(&self.record)?;
         }
-        Ok(outcome?)
+        let outcome = outcome?;
+        if let Some(Err(e)) = net {
+            return Err(cerr(format!(
+                "container {} exited, but its network teardown failed: {e}",
+                self.record.name
+            )));
+        }
+        Ok(outcome)
     }
 }
 
@@ -799,7 +898,8 @@ pub fn create(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Conta
         .or(cfg.stop_signal.clone())
         .unwrap_or_else(|| "SIGTERM".into());
     crate::lifecycle::parse_signal(&stop_signal)?;
-    let mut spec = rbuild_sandbox::default_spec(args.clone(), env, &cwd, req.network_none);
+    let network_none = req.network.mode == rbuild_network::NetworkMode::None;
+    let mut spec = rbuild_sandbox::default_spec(args.clone(), env, &cwd, network_none);
     rbuild_sandbox::set_init(&mut spec, req.init);
 
     let id = new_id(req.name.as_deref().unwrap_or(""));
@@ -814,7 +914,7 @@ pub fn create(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Conta
         volumes: req.volumes.iter().map(|v| v.name.clone()).collect(),
         ..Default::default()
     };
-    record.network.mode = if req.network_none { "none" } else { "host" }.into();
+    record.network.mode = mode_name(&req.network.mode);
     if let Ok(img) = rbuild_exporter::load_image(store, &manifest) {
         record.image_id = img.config_digest.to_string();
     }
@@ -843,6 +943,8 @@ pub fn create(store: &Store, image: &ImageRef, req: &RunRequest) -> Result<Conta
             volumes: req.volumes.clone(),
             tmpfs: req.tmpfs.clone(),
             network_mode: record.network.mode.clone(),
+            network: req.network.clone(),
+            exposed: cfg.exposed_ports.clone(),
             user,
             entrypoint,
             cmd,
@@ -867,12 +969,28 @@ pub(crate) fn spawn_container(
     store: &Store,
     rec: &ContainerRecord,
     conf: &ContainerConfig,
+    net: Option<&rbuild_network::Attachment>,
     stdio: (
         std::process::Stdio,
         std::process::Stdio,
         std::process::Stdio,
     ),
 ) -> Result<(Container, Vec<rbuild_cache::SnapshotUse>), Error> {
+    let mut spec = conf.spec.clone();
+    if let Some(a) = net {
+        let mut v = serde_json::to_value(&spec).map_err(|e| cerr(format!("spec: {e}")))?;
+        if let Some(mounts) = v["mounts"].as_array_mut() {
+            for (host, target) in a.etc_files() {
+                if !mounts.iter().any(|m| m["destination"] == target) {
+                    mounts.push(json!({"destination": target, "type": "bind", "source": host, "options": ["rbind"]}));
+                }
+            }
+        }
+        spec = serde_json::from_value(v).map_err(|e| cerr(format!("spec: {e}")))?;
+        if let Some(ns) = a.netns() {
+            rbuild_sandbox::join_network_namespace(&mut spec, ns);
+        }
+    }
     let doc = config_of(store, rec)?;
     let (mut lowers, in_use) = lowers_of(store, &doc, &rec.image)?;
     if lowers.is_empty() {
@@ -887,7 +1005,7 @@ pub(crate) fn spawn_container(
         work: dir.join("work"),
     };
     let c = rbuild_sandbox::spawn(
-        &conf.spec,
+        &spec,
         RunOptions {
             rootfs,
             stdin: stdio.0,
@@ -921,7 +1039,17 @@ pub fn start(
         .lock_container(&record.name)
         .map_err(|e| fail(e.into()))?;
     let conf = ContainerConfig::load(store, &record.name).map_err(fail)?;
-    let (c, in_use) = spawn_container(store, &record, &conf, stdio).map_err(fail)?;
+    let network = attach_network(store, &record, &conf).map_err(fail)?;
+    record.network = attachment_record(&conf, network.as_ref());
+    let (c, in_use) = match spawn_container(store, &record, &conf, network.as_ref(), stdio) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(n) = network {
+                let _ = n.detach();
+            }
+            return Err(fail(e));
+        }
+    };
     record_start(&mut record, c.pid());
     record.monitor_pid = Some(std::process::id() as i32);
     record.monitor_start = crate::proc::start_time(std::process::id() as i32);
@@ -932,6 +1060,7 @@ pub fn start(
         record,
         container: Some(c),
         remove: req.remove,
+        network,
         _lock: lock,
         _in_use: in_use,
     })

@@ -70,7 +70,8 @@ pub(crate) fn write_tar_clamped(
     let mut b = tar::Builder::new(out);
     let mut links = HashMap::new();
     let clamp = epoch.map(|e| e.max(0) as u64);
-    walk(&mut b, root, Path::new(""), &mut links, clamp)?;
+    let mut buf = Vec::new();
+    walk(&mut b, root, Path::new(""), &mut links, clamp, &mut buf)?;
     b.finish().map_err(Error::io("write layer tar for", root))?;
     Ok(())
 }
@@ -83,6 +84,7 @@ fn walk<W: Write>(
     rel: &Path,
     links: &mut Links,
     clamp: Option<u64>,
+    buf: &mut Vec<u8>,
 ) -> Result<()> {
     let mut names: Vec<_> = fs::read_dir(abs)
         .map_err(Error::io("read dir", abs))?
@@ -130,7 +132,7 @@ fn walk<W: Write>(
                 b.append_data(&mut oh, relp.join(OPAQUE_MARKER), io::empty())
                     .map_err(Error::io("write tar entry for", &path))?;
             }
-            walk(b, &path, &relp, links, clamp)?;
+            walk(b, &path, &relp, links, clamp, buf)?;
         } else if ft.is_file() {
             if m.nlink() > 1 {
                 if let Some(first) = links.get(&(m.dev(), m.ino())) {
@@ -144,8 +146,11 @@ fn walk<W: Write>(
             h.set_entry_type(EntryType::Regular);
             h.set_size(m.len());
             let f = File::open(&path).map_err(Error::io("open", &path))?;
-            // take() guards against a file growing while it is archived.
-            b.append_data(&mut h, &relp, io::Read::take(f, m.len()))
+            // The header (and a long-name entry when needed) through the tar crate, with no
+            // data; the data in big blocks straight to the blob writer (see `copy_data`).
+            b.append_data(&mut h, &relp, io::empty())
+                .map_err(Error::io("write tar entry for", &path))?;
+            copy_data(f, m.len(), b.get_mut(), buf)
                 .map_err(Error::io("write tar entry for", &path))?;
         } else if ft.is_symlink() {
             let target = fs::read_link(&path).map_err(Error::io("read link", &path))?;
@@ -173,6 +178,37 @@ fn walk<W: Write>(
         // Sockets cannot be represented in a tar; they are skipped.
     }
     Ok(())
+}
+
+/// Block size of layer data copies: big enough that one `read` and one `write` move a MiB (the
+/// blob writer passes writes of its buffer's size straight to the file, hashing them on the way).
+const COPY_BLOCK: usize = 1 << 20;
+
+/// Writes exactly `size` bytes of `f` and the padding to the next 512-byte block: the data of a
+/// tar entry whose header is written. Read once, in 1 MiB blocks into `buf`, each block written
+/// (and hashed by the blob writer) from there: no other copy. A file that shrank since its stat
+/// is padded with zeros, one that grew is cut at `size`, so the tar stays well formed.
+fn copy_data(mut f: File, size: u64, out: &mut dyn Write, buf: &mut Vec<u8>) -> io::Result<()> {
+    use io::Read;
+    buf.resize(COPY_BLOCK, 0);
+    let mut left = size;
+    while left > 0 {
+        let want = left.min(COPY_BLOCK as u64) as usize;
+        let n = match f.read(&mut buf[..want]) {
+            Ok(0) => {
+                // Shrunk: zeros for the rest.
+                buf[..want].fill(0);
+                want
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    let pad = (512 - (size % 512) as usize) % 512;
+    out.write_all(&[0u8; 512][..pad])
 }
 
 /// An entry's mtime: its own, but never later than the clamp.
@@ -255,6 +291,39 @@ mod tests {
         for e in ar.entries().unwrap() {
             assert_eq!(e.unwrap().header().mtime().unwrap(), 1_000);
         }
+    }
+
+    #[test]
+    fn data_is_padded_and_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..(COPY_BLOCK + 1000)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("big"), &big).unwrap();
+        std::fs::write(dir.path().join("small"), b"abc").unwrap();
+        let mut a = Vec::new();
+        write_tar_clamped(dir.path(), &mut a, None).unwrap();
+        assert_eq!(a.len() % 512, 0);
+        let mut ar = tar::Archive::new(&a[..]);
+        let mut seen = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            io::Read::read_to_end(&mut e, &mut data).unwrap();
+            seen.push((name, data));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                ("big".to_string(), big),
+                ("small".to_string(), b"abc".to_vec())
+            ]
+        );
+        // A file that shrank after its stat: the entry keeps its declared size, zero-filled.
+        let f = File::open(dir.path().join("small")).unwrap();
+        let mut out = Vec::new();
+        copy_data(f, 5, &mut out, &mut Vec::new()).unwrap();
+        assert_eq!(out.len(), 512);
+        assert_eq!(&out[..5], b"abc\0\0");
     }
 
     #[test]

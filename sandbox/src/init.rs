@@ -180,6 +180,8 @@ fn has_ns(spec: &Spec, t: LinuxNamespaceType) -> Result<bool> {
     };
     match ns.iter().find(|n| n.typ() == t) {
         None => Ok(false),
+        // A network namespace given by path is joined (see `network_ns_path`), not created.
+        Some(n) if n.path().is_some() && t == LinuxNamespaceType::Network => Ok(false),
         Some(n) if n.path().is_some() => Err(Error::InvalidSpec(format!(
             "joining an existing {t:?} namespace (path) is not supported"
         ))),
@@ -189,6 +191,23 @@ fn has_ns(spec: &Spec, t: LinuxNamespaceType) -> Result<bool> {
 
 /// The helper's parent-death signal (one nobody forwards; see `init_if_requested`).
 pub(crate) const PARENT_DEATH_SIGNAL: Signal = Signal::SIGPWR;
+
+/// The network namespace to join (`linux.namespaces[type=network].path`), as podman hands runc
+/// the namespace netavark configured.
+fn network_ns_path(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
+        .and_then(|n| n.path().clone())
+}
+
+/// Joins the network namespace pinned at `path`.
+fn join_network_ns(path: &Path) -> Result<()> {
+    let f = File::open(path).map_err(|e| Error::io("open network namespace", path, e))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| Error::nix("join network namespace", path, e))
+}
 
 pub(crate) const FORWARDED: [Signal; 9] = [
     Signal::SIGHUP,
@@ -463,6 +482,9 @@ fn setup_and_exec(
     }
     if !flags.contains(CloneFlags::CLONE_NEWNS) {
         return Err(Error::InvalidSpec("a mount namespace is required".into()));
+    }
+    if let Some(p) = network_ns_path(spec) {
+        join_network_ns(&p)?;
     }
     nix::sched::unshare(flags).map_err(|e| Error::nix(format!("unshare {flags:?}"), "", e))?;
 

@@ -13,7 +13,8 @@
 //! The helper (outside the namespaces) creates the cgroups (limits, and the device rules every
 //! container gets: Docker's default device set, on the v1 `devices` controller or as a cgroup v2
 //! BPF device program), `unshare`s the pid namespace and forks
-//! the container's **PID 1**. That child joins the cgroups, unshares mount/uts/ipc/cgroup (and net)
+//! the container's **PID 1**. That child joins the cgroups, unshares mount/uts/ipc/cgroup (and net,
+//! or joins the network namespace the spec names by path)
 //! namespaces, makes every mount private, mounts the root (overlayfs through the new mount API, one
 //! `lowerdir+` per layer, so hundreds of layers work), `/proc`, a minimal `/dev`, read-only `/sys`,
 //! binds `/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname` — every mount point resolved inside the
@@ -55,10 +56,10 @@ pub use container::{exec, spawn, Container, ExitStatus, Outcome, RunOptions};
 pub use error::{Error, Result};
 pub use init::init_if_requested;
 pub use spec::{
-    default_seccomp, default_spec, docker_seccomp, set_groups_of, set_init, set_no_hostname_file,
-    wants_init, DEFAULT_CAPABILITIES, GROUPS_OF_ANNOTATION, INIT_ANNOTATION, MASKED_PATHS,
-    NO_HOSTNAME_FILE_ANNOTATION, PERSONALITY_ALLOWED, READONLY_PATHS, SECCOMP_ALLOWED,
-    SECCOMP_ALLOWED_ARCH, SECCOMP_CAP_SYSCALLS,
+    default_seccomp, default_spec, docker_seccomp, join_network_namespace, set_groups_of, set_init,
+    set_no_hostname_file, wants_init, DEFAULT_CAPABILITIES, GROUPS_OF_ANNOTATION, INIT_ANNOTATION,
+    MASKED_PATHS, NO_HOSTNAME_FILE_ANNOTATION, PERSONALITY_ALLOWED, READONLY_PATHS,
+    SECCOMP_ALLOWED, SECCOMP_ALLOWED_ARCH, SECCOMP_CAP_SYSCALLS,
 };
 pub use user::resolve_user;
 

@@ -310,6 +310,31 @@ pub fn wants_init(spec: &Spec) -> bool {
         .is_some_and(|v| v == "true")
 }
 
+/// Makes the container join the network namespace pinned at `path` (a bind-mounted
+/// `/proc/PID/ns/net`, as `ip netns add` or rbuild's network crate make) instead of the host's or a
+/// fresh one, so the namespace can be configured (netavark) before the program starts.
+pub fn join_network_namespace(spec: &mut Spec, path: &std::path::Path) {
+    use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType};
+    let Some(linux) = spec.linux_mut() else {
+        return;
+    };
+    let mut ns: Vec<_> = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.typ() != LinuxNamespaceType::Network)
+        .collect();
+    if let Ok(n) = LinuxNamespaceBuilder::default()
+        .typ(LinuxNamespaceType::Network)
+        .path(path)
+        .build()
+    {
+        ns.push(n);
+    }
+    linux.set_namespaces(Some(ns));
+}
+
 /// The default spec for rbuild: Docker's default capabilities, namespaces (mount, pid, uts, ipc,
 /// cgroup; network only when `network_isolated`), `/proc`, `/dev`, `/dev/pts`, `/dev/shm`,
 /// `/dev/mqueue`, read-only `/sys` and `/sys/fs/cgroup` mounts, masked and read-only paths,

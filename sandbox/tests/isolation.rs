@@ -232,12 +232,62 @@ fn only_lo(f: &Fixture) {
     assert!(out.contains("UP"), "{out}");
     assert_eq!(ok(f, "ls /sys/class/net | wc -l").trim(), "1");
     // Host networking: more than lo is visible (the host has at least one more interface).
+    // Other processes' containers add and remove veths meanwhile: the interfaces present both
+    // before and after the run must all be seen, and nothing that was in neither.
+    let host = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir("/sys/class/net")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = host();
     let (o, out, _) = run_spec(&sh_spec("ls /sys/class/net", false), f.overlay());
+    let after = host();
     assert_eq!(o.code(), 0);
-    let host_ifaces = std::fs::read_dir("/sys/class/net")
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(out.split_whitespace().count(), host_ifaces);
+    let seen: std::collections::BTreeSet<String> =
+        out.split_whitespace().map(str::to_string).collect();
+    assert!(seen.len() > 1, "{out}");
+    for i in before.intersection(&after) {
+        assert!(seen.contains(i), "host interface {i} not seen: {out}");
+    }
+    for i in &seen {
+        assert!(
+            before.contains(i) || after.contains(i),
+            "{i} is no host interface"
+        );
+    }
+}
+
+/// A namespace pinned by `ip netns add` (as netavark gets it) is joined: the interface made in
+/// it from outside is what the container sees.
+fn joins_pinned_netns(f: &Fixture) {
+    let name = format!("network-sbx-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("run ip");
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&["netns", "add", &name]);
+    ip(&[
+        "-n", &name, "link", "add", "rbsbx0", "type", "veth", "peer", "name", "rbsbx1",
+    ]);
+    let mut spec = sh_spec(
+        "ls /sys/class/net; cat /proc/net/dev | grep -c rbsbx0",
+        false,
+    );
+    rbuild_sandbox::join_network_namespace(&mut spec, &Path::new("/run/netns").join(&name));
+    let (o, out, err) = run_spec(&spec, f.overlay());
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &name])
+        .status();
+    assert_eq!(o.code(), 0, "{out}{err}");
+    let names: Vec<&str> = out.lines().collect();
+    assert_eq!(names, ["lo", "rbsbx0", "rbsbx1", "1"], "{out}");
 }
 
 fn dev_and_etc(f: &Fixture) {
@@ -563,6 +613,17 @@ fn with_limits(
     spec
 }
 
+/// The directories directly under `dir` (none when it does not exist).
+fn cgroup_dirs(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn cgroup_v2_forced(f: &Fixture) {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let mnt = mounts
@@ -582,6 +643,9 @@ fn cgroup_v2_forced(f: &Fixture) {
     );
     let _guard = CgroupEnvGuard;
     std::env::set_var(rbuild_sandbox::CGROUP_ENV, "v2");
+    // Cgroups of other processes' live containers may come and go meanwhile: only an empty one
+    // that was not there before counts as this test's leftover.
+    let before = cgroup_dirs(&mnt.join("rbuild"));
 
     // Every container gets its own v2 cgroup, joined before the cgroup namespace is made, and
     // removed afterwards.
@@ -648,16 +712,12 @@ fn cgroup_v2_forced(f: &Fixture) {
             );
         }
     }
-    assert!(
-        std::fs::read_dir(mnt.join("rbuild"))
-            .map(|d| d
-                .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_dir()))
-                .count())
-            .unwrap_or(0)
-            == 0,
-        "container cgroups left in {}",
-        mnt.join("rbuild").display()
-    );
+    let left: Vec<PathBuf> = cgroup_dirs(&mnt.join("rbuild"))
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .filter(|d| std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|p| p.is_empty()))
+        .collect();
+    assert!(left.is_empty(), "container cgroups left: {left:?}");
 }
 
 /// One isolation test.
@@ -748,6 +808,7 @@ fn main() {
         ("init_forwards_signals", init_forwards_signals),
         ("no_extra_fds", no_extra_fds),
         ("only_lo", only_lo),
+        ("joins_pinned_netns", joins_pinned_netns),
         ("dev_and_etc", dev_and_etc),
         ("user_switch_and_home", user_switch_and_home),
         ("overlay_writes_go_to_upper", overlay_writes_go_to_upper),

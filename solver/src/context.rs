@@ -1,16 +1,19 @@
 //! The build context: `.dockerignore` matching, selection of the files a COPY names, and content
 //! digests of that selection (bytes, mode, type; never mtime).
 
-use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use rbuild_cache::{FileStat, Store};
-use rbuild_fsroot::Root;
+use nix::dir::Dir;
+use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
+use nix::sys::stat::{fstatat, Mode};
+use rbuild_cache::{ContextIndex, FileStat, Store};
+use rbuild_fsroot::{Resolved, Root};
 use rbuild_types::Digest;
 use sha2::{Digest as _, Sha256};
 
@@ -288,6 +291,8 @@ pub struct Entry {
     /// The object's host path (no symlink in it: the kernel's path of the resolved object).
     /// Walk below it with no-follow operations only.
     pub abs: PathBuf,
+    /// The resolved object (an `O_PATH` descriptor): what [`walk`] starts from.
+    pub obj: Arc<Resolved>,
 }
 
 /// Expands one COPY source (possibly a glob) to the matching top-level entries of `root`, honoring
@@ -359,7 +364,12 @@ pub fn expand_source(
             continue;
         }
         let abs = r.host_path()?;
-        out.push(Entry { rel, real, abs });
+        out.push(Entry {
+            rel,
+            real,
+            abs,
+            obj: Arc::new(r),
+        });
     }
     if out.is_empty() && !has_glob(&cleaned) {
         return Err(io::Error::new(
@@ -396,49 +406,141 @@ fn descendant_dirs(root: &Root, rel: &str, out: &mut Vec<String>) {
     }
 }
 
-/// Walks `entry` recursively (not following symlinks), calling `f(rel, abs, metadata)` for it and
-/// everything below it that `ignore` keeps (matched against the entry's real path), in sorted
-/// order. `rel` is the user's path (`entry.rel` and the names below it).
+/// Where a walked object is: a name in an open directory, or (the top of a walk) the object an
+/// entry resolved to. Every access goes through it, relative to a descriptor, never following a
+/// symlink: nothing below a context entry can lead out of the context.
+pub enum At<'a> {
+    /// `name` inside the directory `dir`.
+    Name {
+        /// The parent directory, opened inside the root.
+        dir: BorrowedFd<'a>,
+        /// The entry's name (no `/`).
+        name: &'a CStr,
+    },
+    /// The resolved object itself.
+    Object(&'a Resolved),
+}
+
+impl At<'_> {
+    /// Opens the (regular) file for reading; a symlink swapped in since the stat is refused.
+    pub fn open_read(&self) -> io::Result<fs::File> {
+        match self {
+            At::Name { dir, name } => {
+                let fd = openat(
+                    *dir,
+                    *name,
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+                    Mode::empty(),
+                )?;
+                Ok(fs::File::from(fd))
+            }
+            At::Object(r) => r.reopen(OFlag::O_RDONLY | OFlag::O_NOCTTY),
+        }
+    }
+
+    /// The target of the symlink.
+    pub fn read_link(&self) -> io::Result<PathBuf> {
+        let target = match self {
+            At::Name { dir, name } => readlinkat(*dir, *name)?,
+            At::Object(r) => readlinkat(r.as_fd(), c"")?,
+        };
+        Ok(PathBuf::from(target))
+    }
+}
+
+/// What the walk reports of one object.
+pub struct Visit<'a> {
+    /// The user's path: `entry.rel` and the names below it.
+    pub rel: &'a str,
+    /// `lstat` of the object.
+    pub stat: &'a libc::stat,
+    /// Where it is.
+    pub at: At<'a>,
+}
+
+/// Walks `entry` recursively, calling `f` for it and everything below it that `ignore` keeps
+/// (matched against the entry's real path), names sorted bytewise in each directory, depth
+/// first. Directories are read with `getdents` through descriptors opened relative to their
+/// parent (`O_NOFOLLOW`), every object is stat'ed with one `fstatat(AT_SYMLINK_NOFOLLOW)`
+/// relative to its directory: no path is walked again from the root, no symlink is followed.
 pub fn walk(
     entry: &Entry,
     ignore: &IgnoreRules,
-    f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> io::Result<()>,
+    f: &mut dyn FnMut(&Visit<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
-    let md = fs::symlink_metadata(&entry.abs)?;
-    walk_inner(&entry.rel, &entry.real, &entry.abs, &md, ignore, f)
+    let st = fstatat(entry.obj.as_fd(), c"", AtFlags::AT_EMPTY_PATH)?;
+    let mut rel = entry.rel.clone();
+    let mut real = entry.real.clone();
+    let at = At::Object(&entry.obj);
+    walk_inner(&mut rel, &mut real, at, &st, ignore, f)
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
 fn walk_inner(
-    rel: &str,
-    real: &str,
-    abs: &Path,
-    md: &fs::Metadata,
+    rel: &mut String,
+    real: &mut String,
+    at: At<'_>,
+    st: &libc::stat,
     ignore: &IgnoreRules,
-    f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> io::Result<()>,
+    f: &mut dyn FnMut(&Visit<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
-    let excluded = !real.is_empty() && ignore.is_excluded(real);
-    if !excluded {
-        f(rel, abs, md)?;
-    }
-    if md.is_dir() && (!excluded || ignore.has_exceptions()) {
-        let mut names: Vec<_> = fs::read_dir(abs)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .collect();
-        names.sort();
-        let sub = |base: &str, name: &str| {
-            if base.is_empty() {
-                name.to_string()
-            } else {
-                format!("{base}/{name}")
-            }
-        };
-        for n in names {
-            let name = n.to_string_lossy();
-            let cabs = abs.join(&n);
-            let cmd = fs::symlink_metadata(&cabs)?;
-            walk_inner(&sub(rel, &name), &sub(real, &name), &cabs, &cmd, ignore, f)?;
+    let excluded = !ignore.is_empty() && !real.is_empty() && ignore.is_excluded(real);
+    if !is_dir(st) {
+        if !excluded {
+            f(&Visit {
+                rel: rel.as_str(),
+                stat: st,
+                at,
+            })?;
         }
+        return Ok(());
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let dir_fd: OwnedFd = match &at {
+        At::Name { dir, name } => openat(*dir, *name, flags, Mode::empty())?,
+        At::Object(r) => openat(r.as_fd(), c".", flags, Mode::empty())?,
+    };
+    if !excluded {
+        f(&Visit {
+            rel: rel.as_str(),
+            stat: st,
+            at,
+        })?;
+    }
+    if excluded && !ignore.has_exceptions() {
+        return Ok(());
+    }
+    let mut dir = Dir::from_fd(dir_fd)?;
+    let mut names: Vec<CString> = Vec::new();
+    for e in dir.iter() {
+        let e = e?;
+        let n = e.file_name();
+        if n != c"." && n != c".." {
+            names.push(n.to_owned());
+        }
+    }
+    names.sort_unstable();
+    let dfd = dir.as_fd();
+    let (rel_len, real_len) = (rel.len(), real.len());
+    for n in &names {
+        let name = String::from_utf8_lossy(n.to_bytes());
+        for p in [&mut *rel, &mut *real] {
+            if !p.is_empty() {
+                p.push('/');
+            }
+            p.push_str(&name);
+        }
+        let cst = fstatat(dfd, n.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        let at = At::Name {
+            dir: dfd,
+            name: n.as_c_str(),
+        };
+        walk_inner(rel, real, at, &cst, ignore, f)?;
+        rel.truncate(rel_len);
+        real.truncate(real_len);
     }
     Ok(())
 }
@@ -452,12 +554,23 @@ pub struct HashStats {
     pub files_read: AtomicU64,
 }
 
+fn stat_of(st: &libc::stat) -> FileStat {
+    FileStat {
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+        ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+        inode: st.st_ino,
+    }
+}
+
 /// Content digest of the files a COPY selects: for every entry (sorted by path) its relative path,
 /// type, permission bits, and the sha256 of its bytes (or its link target). Ownership and mtime are
 /// not part of it: COPY from the context resets ownership, and touching a file changes nothing.
-/// `excludes` are the COPY's `--exclude` patterns. With a store, file digests come from its stat
-/// cache when (path, size, mtime, ctime, inode) are unchanged, and newly hashed files are recorded.
-/// Returns the digest and a per-path map of file digests (for explaining cache misses).
+/// `excludes` are the COPY's `--exclude` patterns. With a store, file digests come from the
+/// selection's context index (`rbuild_cache::ContextIndex`) when (size, mtime, ctime, inode) are
+/// unchanged, and the index is written back when a file had to be read.
+/// Returns the digest and, in walk order, each entry's `src:path` and description (for
+/// explaining cache misses and sharing unchanged files; callers make a map of it when needed).
 pub fn selection_digest(
     root: &Root,
     srcs: &[String],
@@ -466,89 +579,91 @@ pub fn selection_digest(
     ignore: &IgnoreRules,
     store: Option<&Store>,
     stats: &HashStats,
-) -> io::Result<(Digest, BTreeMap<String, String>)> {
+) -> io::Result<(Digest, Vec<(String, String)>)> {
+    // The selection's identity: where the context is and what is selected from it (the
+    // .dockerignore rules are not part of it: they only drop entries).
+    let mut index = match store {
+        Some(s) => {
+            let mut id = root.host_path()?.to_string_lossy().into_owned();
+            id.push_str(if parents { "\0--parents" } else { "\0" });
+            for x in srcs.iter().chain([&String::new()]).chain(excludes) {
+                id.push('\0');
+                id.push_str(x);
+            }
+            s.context_index(&id).map_err(io::Error::other)?
+        }
+        None => ContextIndex::empty(),
+    };
     let excludes: Vec<IgnoreRules> = excludes.iter().map(|p| IgnoreRules::parse(p)).collect();
     let excluded = |rel: &str| excludes.iter().any(|x| x.is_excluded(rel));
-    let mut files = BTreeMap::new();
-    let mut learned: Vec<(PathBuf, FileStat, Digest)> = Vec::new();
-    // The stat cache entries below the root, read once.
-    let known = match store {
-        Some(s) => s
-            .stat_cache_under(&root.host_path()?)
-            .map_err(io::Error::other)?,
-        None => Default::default(),
-    };
+    let mut files = Vec::new();
+    let mut h = Sha256::new();
+    let mut buf = Vec::new();
     for src in srcs {
         for entry in expand_source(root, src, ignore, parents)? {
             if excluded(&entry.rel) {
                 continue;
             }
-            walk(&entry, ignore, &mut |rel, abs, md| {
-                if excluded(rel) {
+            walk(&entry, ignore, &mut |v| {
+                if !excludes.is_empty() && excluded(v.rel) {
                     return Ok(());
                 }
-                let kind = md.file_type();
-                let desc = if kind.is_symlink() {
-                    format!("l {}", fs::read_link(abs)?.display())
-                } else if kind.is_dir() {
-                    format!("d {:o}", md.permissions().mode() & 0o7777)
-                } else if kind.is_file() {
-                    let st = FileStat::from_metadata(md);
-                    let cached = known
-                        .get(abs)
-                        .filter(|(known_st, _)| *known_st == st)
-                        .map(|(_, d)| d.clone());
-                    let d = match cached {
-                        Some(d) => {
-                            stats.stat_hits.fetch_add(1, Ordering::Relaxed);
-                            d
-                        }
-                        None => {
-                            stats.files_read.fetch_add(1, Ordering::Relaxed);
-                            let d = file_digest(abs)?;
-                            learned.push((abs.to_path_buf(), st, d.clone()));
-                            d
-                        }
-                    };
-                    format!("f {:o} {d}", md.permissions().mode() & 0o7777)
-                } else {
-                    format!("o {:o} {}", md.mode(), md.rdev())
+                let perm = v.stat.st_mode & 0o7777;
+                let desc = match v.stat.st_mode & libc::S_IFMT {
+                    libc::S_IFLNK => format!("l {}", v.at.read_link()?.display()),
+                    libc::S_IFDIR => format!("d {perm:o}"),
+                    libc::S_IFREG => {
+                        let st = stat_of(v.stat);
+                        let d = match index.lookup(v.rel, &st) {
+                            Some(d) => {
+                                stats.stat_hits.fetch_add(1, Ordering::Relaxed);
+                                d
+                            }
+                            None => {
+                                stats.files_read.fetch_add(1, Ordering::Relaxed);
+                                let d = file_digest(v.at.open_read()?, &mut buf)?;
+                                index.learn(v.rel, st, &d);
+                                d
+                            }
+                        };
+                        format!("f {perm:o} {d}")
+                    }
+                    _ => format!("o {:o} {}", v.stat.st_mode, v.stat.st_rdev),
                 };
-                files.insert(format!("{src}\0{rel}"), desc);
+                // The digest covers the selection in walk order (sorted names, depth first):
+                // the same tree always gives the same digest, with no sort of all paths.
+                for part in [
+                    src.as_bytes(),
+                    b"\0",
+                    v.rel.as_bytes(),
+                    b"\0",
+                    desc.as_bytes(),
+                    b"\n",
+                ] {
+                    h.update(part);
+                }
+                files.push((format!("{src}:{}", v.rel), desc));
                 Ok(())
             })?;
         }
     }
-    if let (Some(s), false) = (store, learned.is_empty()) {
-        let entries: Vec<(&Path, FileStat, Digest)> = learned
-            .iter()
-            .map(|(p, st, d)| (p.as_path(), *st, d.clone()))
-            .collect();
-        s.stat_cache_put(&entries).map_err(io::Error::other)?;
+    if let Some(s) = store {
+        s.save_context_index(&index).map_err(io::Error::other)?;
     }
-    let mut h = Sha256::new();
-    for (k, v) in &files {
-        h.update(k.as_bytes());
-        h.update([0]);
-        h.update(v.as_bytes());
-        h.update([b'\n']);
-    }
-    let shown = files
-        .into_iter()
-        .map(|(k, v)| (k.replace('\0', ":"), v))
-        .collect();
-    Ok((Digest::from_hasher(h), shown))
+    Ok((Digest::from_hasher(h), files))
 }
 
-fn file_digest(p: &Path) -> io::Result<Digest> {
-    let mut f = fs::File::open(p)?;
+/// sha256 of a file's bytes, read in 1 MiB blocks into `buf` (reused between files).
+fn file_digest(mut f: fs::File, buf: &mut Vec<u8>) -> io::Result<Digest> {
+    buf.resize(1 << 20, 0);
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
+        let n = match f.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         h.update(&buf[..n]);
     }
     Ok(Digest::from_hasher(h))
@@ -579,6 +694,41 @@ mod tests {
         assert!(r.is_excluded("secret/k"));
         assert!(!r.is_excluded("secret"));
         assert!(!r.is_excluded("src/a.log.txt"));
+    }
+
+    #[test]
+    fn walk_never_follows_a_symlink_out_of_the_context() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), "1").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("files/sub")).unwrap();
+        fs::write(d.path().join("files/sub/a"), "a").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("files/out")).unwrap();
+        let ig = IgnoreRules::default();
+        let st = HashStats::default();
+        let root = Root::open(d.path()).unwrap();
+        let (d1, files) =
+            selection_digest(&root, &["files".into()], false, &[], &ig, None, &st).unwrap();
+        let names: Vec<&str> = files.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "files:files",
+                "files:files/out",
+                "files:files/sub",
+                "files:files/sub/a"
+            ]
+        );
+        let link = &files[1].1;
+        assert_eq!(*link, format!("l {}", outside.path().display()));
+        fs::write(outside.path().join("secret"), "2").unwrap();
+        let (d2, _) =
+            selection_digest(&root, &["files".into()], false, &[], &ig, None, &st).unwrap();
+        assert_eq!(
+            d1, d2,
+            "what a symlink points at is not part of the selection"
+        );
+        assert_eq!(st.files_read.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -593,7 +593,7 @@ impl Solver<'_> {
                     "sources": sources.iter().map(|s| s.key.to_string()).collect::<Vec<_>>(),
                     "bind_content": bind_content,
                 });
-                self.cached_or(n, &parent, inputs, doc, |sb, _| {
+                self.cached_or(n, &parent, inputs, doc, &|_| {}, |sb, _| {
                     let prepared = mounts::prepare(
                         self.store,
                         exec,
@@ -650,9 +650,12 @@ impl Solver<'_> {
                     .cloned()
                     .collect();
                 let fetched: Vec<&str> = remote.files.iter().map(|f| f.digest.as_str()).collect();
+                // The per-file digests of a context selection are kept with the step (explanations,
+                // sharing unchanged files) but are not part of the key: the context digest covers them.
+                let mut files = None;
                 let content = match &copy.from {
                     rbuild_frontend::CopyFrom::Context => {
-                        let (d, files) = context::selection_digest(&self.context, &local, copy.parents, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
+                        let (d, f) = context::selection_digest(&self.context, &local, copy.parents, &copy.excludes, &self.ignore, Some(self.store), &self.stats)
                             .map_err(|e| Error::CopyFailed {
                                 step: self.step_name(n),
                                 message: format!(
@@ -660,21 +663,31 @@ impl Solver<'_> {
                                     self.opts.context.display()
                                 ),
                             })?;
-                        json!({"context": d.to_string(), "files": files, "remote": fetched})
+                        files = Some(f);
+                        json!({"context": d.to_string(), "remote": fetched})
                     }
                     rbuild_frontend::CopyFrom::Input => {
                         json!({"source": sources.first().map(|s| s.key.to_string())})
                     }
                     rbuild_frontend::CopyFrom::Inline { .. } => json!("inline"),
                 };
-                let content_now = content.clone();
                 let doc = json!({
                     "v": KEY_VERSION, "op": "copy", "copy": copy, "parent": parent.key.to_string(), "content": content,
                 });
-                self.cached_or(n, &parent, inputs, doc, |sb, previous| {
+                let details = |d: &mut Value| {
+                    if let Some(f) = &files {
+                        let map: serde_json::Map<String, Value> =
+                            f.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                        d["content"]["files"] = Value::Object(map);
+                    }
+                };
+                self.cached_or(n, &parent, inputs, doc, &details, |sb, previous| {
                     let src = sources.first().map(|s| parent_dirs(self.store, s));
                     let reuse = previous.and_then(|(dir, prev_doc)| {
-                        exec::Reuse::unchanged_files(dir, &prev_doc["doc"]["content"], &content_now)
+                        let mut now = json!({});
+                        details(&mut now);
+                        now["files"] = now["content"]["files"].take();
+                        exec::Reuse::unchanged_files(dir, &prev_doc["doc"]["content"], &now)
                     });
                     exec::copy(
                         self.store,
@@ -701,7 +714,7 @@ impl Solver<'_> {
                 let doc = json!({
                     "v": KEY_VERSION, "op": "mkdir", "path": path, "user": user, "parent": parent.key.to_string(),
                 });
-                self.cached_or(n, &parent, inputs, doc, |sb, _| {
+                self.cached_or(n, &parent, inputs, doc, &|_| {}, |sb, _| {
                     exec::mkdir(
                         self.store,
                         path,
@@ -721,14 +734,18 @@ impl Solver<'_> {
         }
     }
 
-    /// Looks the key up; on a miss runs `work` into a fresh snapshot under the per-key lock,
-    /// writes its layer and records it.
+    /// Looks the key of `doc` up (locally, then in the remote caches); on a miss runs `work` into
+    /// a fresh snapshot under the per-key lock, writes its layer and records it.
+    /// `details` adds to the document what is not needed for the key but is kept with the step
+    /// (a COPY's per-file digests, for explanations and sharing): it runs only when the step's
+    /// key is new to the step index or the step runs, so a no-op rebuild never builds it.
     fn cached_or(
         &self,
         n: NodeIndex,
         parent: &NodeOut,
         inputs: &[(Input, Arc<NodeOut>)],
         doc: Value,
+        details: &dyn Fn(&mut Value),
         work: impl FnOnce(
             &rbuild_cache::SnapshotBuilder,
             Option<(PathBuf, &Value)>,
@@ -754,7 +771,7 @@ impl Solver<'_> {
                 return Ok(None);
             }
             let hit = store
-                .cache_get(&key)?
+                .cache_hit(&key)?
                 .and_then(|rec| match (rec.snapshot, rec.diff_id) {
                     (Some(s), Some(d)) if store.snapshot_dir(&s).is_dir() => Some(Layer {
                         diff_id: d,
@@ -773,12 +790,18 @@ impl Solver<'_> {
             self.graph.graph[n].stage,
             parent.depth + 1
         );
-        let indexed = json!({"display": self.instruction(n), "doc": doc});
-        let previous = remote::previous(self, n, parent.depth + 1, &key).or(self
-            .store
-            .step_index_latest(&identity)?
-            .filter(|(k, _)| *k != key));
-        self.store.step_index_put(&identity, &key, &indexed)?;
+        let full = || {
+            let mut d = doc.clone();
+            details(&mut d);
+            json!({"display": self.instruction(n), "doc": d})
+        };
+        let previous = match remote::previous(self, n, parent.depth + 1, &key) {
+            Some(p) => Some(p),
+            None => self.store.step_index_latest_unless(&identity, Some(&key))?,
+        };
+        if !self.store.step_index_touch(&identity, &key)? {
+            self.store.step_index_put(&identity, &key, &full())?;
+        }
         if let Some(l) = lookup(self.store)? {
             return Ok((out(l, true), true));
         }
@@ -793,6 +816,7 @@ impl Solver<'_> {
         {
             return Ok((out(l, true), true));
         }
+        let indexed = full();
         if let Some(id) = self.vertex_ids.get(&n) {
             let reason = if no_cache {
                 None
@@ -841,6 +865,8 @@ impl Solver<'_> {
             diff_id: Some(diff_id.clone()),
             size,
             description: self.graph.graph[n].display.clone(),
+            // The key document: small, since every hit updates the row (the step index keeps
+            // the details; `cache inspect` takes them from there).
             inputs: doc,
             created: now,
             last_used: now,

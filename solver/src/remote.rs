@@ -95,7 +95,8 @@ impl RemoteCache {
         let mut warnings = Vec::new();
         let layers = config.layer_map();
         for r in &config.records {
-            if key_of(&r.inputs) != r.key {
+            // Records of rbuild before the per-file map left the key hash it too.
+            if key_of(&key_document(&r.inputs)) != r.key && key_of(&r.inputs) != r.key {
                 warnings.push(format!(
                     "cache {name}: record {} ({}) does not match its inputs; ignored",
                     r.key,
@@ -406,6 +407,34 @@ pub(crate) fn previous(
     ))
 }
 
+/// The document a record's key was computed from: its inputs without a COPY's per-file map
+/// (`content.files`), which rides along for miss explanations but is not part of the key (the
+/// context digest covers the files).
+fn key_document(inputs: &Value) -> std::borrow::Cow<'_, Value> {
+    if inputs["content"].get("files").is_none() {
+        return std::borrow::Cow::Borrowed(inputs);
+    }
+    let mut d = inputs.clone();
+    if let Some(c) = d["content"].as_object_mut() {
+        c.remove("files");
+    }
+    std::borrow::Cow::Owned(d)
+}
+
+/// A local record's inputs with the COPY's per-file map from the step index added (so an
+/// importer can name the files that changed).
+fn with_files(store: &Store, key: &CacheKey, mut inputs: Value) -> Result<Value, Error> {
+    if inputs["content"].is_object() && inputs["content"].get("files").is_none() {
+        if let Some(full) = store.step_index_inputs_of(key)? {
+            let files = full["doc"]["content"]["files"].clone();
+            if files.is_object() {
+                inputs["content"]["files"] = files;
+            }
+        }
+    }
+    Ok(inputs)
+}
+
 /// `v` with control characters in every string replaced by `?`.
 fn printable(v: &Value) -> Value {
     match v {
@@ -476,7 +505,9 @@ pub fn export_config(
         // remote hit never needed in this build has only its remote record, and its layer is
         // fetched now.
         let (description, inputs) = match store.cache_peek(&st.key)? {
-            Some(rec) if rec.diff_id.as_ref() == Some(&st.diff_id) => (rec.description, rec.inputs),
+            Some(rec) if rec.diff_id.as_ref() == Some(&st.diff_id) => {
+                (rec.description, with_files(store, &st.key, rec.inputs)?)
+            }
             Some(_) => continue,
             None => match remote.and_then(|r| Some((r, r.entries.get(&st.key)?))) {
                 Some((r, e)) if e.layer.diff_id == st.diff_id => {

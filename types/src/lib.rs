@@ -38,6 +38,13 @@ impl Digest {
         Digest::from_hasher(Sha256::new_with_prefix(data))
     }
 
+    /// The digest whose raw 32 bytes are `raw`.
+    pub fn from_raw(raw: &[u8; 32]) -> Digest {
+        Digest {
+            hex: hex::encode(raw),
+        }
+    }
+
     /// Finishes a running hasher into a digest.
     pub fn from_hasher(h: Sha256) -> Digest {
         Digest {
@@ -125,6 +132,11 @@ impl<W: Write> Sha256Writer<W> {
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// The inner writer.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
     }
 
     /// The inner writer, the digest and the size of everything written.
