@@ -151,6 +151,8 @@ pub struct Client {
     pool: std::sync::Mutex<HashMap<String, oci_client::Client>>,
     /// (registry, repository, push) -> when `auth` last succeeded for it.
     authorized: std::sync::Mutex<HashMap<(String, String, bool), Instant>>,
+    /// The HTTP client of [`ManifestFetcher`], made on first use and shared by every pull.
+    manifest_http: std::sync::Mutex<Option<reqwest::Client>>,
 }
 
 /// How long a successful `auth` is reused before it is asked again (oci-client renews expired
@@ -243,6 +245,7 @@ impl Client {
             rt,
             pool: Default::default(),
             authorized: Default::default(),
+            manifest_http: Default::default(),
         })
     }
 
@@ -668,10 +671,20 @@ impl ManifestFetcher {
         reference: &Reference,
         auth: &RegistryAuth,
     ) -> std::result::Result<ManifestFetcher, OciDistributionError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(120))
-            .build()?;
+        let http = {
+            let mut shared = locked(&c.manifest_http);
+            match &*shared {
+                Some(h) => h.clone(),
+                None => {
+                    let h = reqwest::Client::builder()
+                        .connect_timeout(Duration::from_secs(10))
+                        .read_timeout(Duration::from_secs(120))
+                        .build()?;
+                    *shared = Some(h.clone());
+                    h
+                }
+            }
+        };
         let token = c.retry(|| oci.auth(reference, auth, RegistryOperation::Pull))?;
         let authorization = match (token, auth) {
             (Some(t), _) => Some(format!("Bearer {t}")),
