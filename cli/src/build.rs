@@ -289,10 +289,22 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
             .map(|h| parse_add_host(h))
             .collect::<Result<_>>()?,
     };
-    let client = args.registry.client(opts.platform.clone())?;
+    // One client (one connection pool and token cache per registry) for the base image pulls
+    // and the remote caches; the caches' configs are read while the frontend pulls.
+    let client = std::sync::Arc::new(args.registry.client(opts.platform.clone())?);
     let resolver = crate::image_cmds::PullingResolver::new(&store, &client, args.pull);
-    let mut graph =
-        rbuild_frontend::convert(&text, &opts, &resolver).map_err(|e| anyhow!("{e}"))?;
+    let (mut graph, remote) = std::thread::scope(|sc| {
+        let import = sc.spawn(|| {
+            args.remote_cache.import(client.clone(), &|w| {
+                progress.event(rbuild_solver::Event::Warning(w))
+            })
+        });
+        let graph = rbuild_frontend::convert(&text, &opts, &resolver).map_err(|e| anyhow!("{e}"));
+        let remote = import
+            .join()
+            .map_err(|_| anyhow!("internal error while reading --cache-from"))?;
+        Ok::<_, anyhow::Error>((graph?, remote?))
+    })?;
     if args.network == "none" {
         // RUN steps without --network get an empty namespace; the mode is part of their cache key.
         for n in graph.graph.node_weights_mut() {
@@ -325,10 +337,7 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         forwarded: args.cache.forwarded()?,
         first_vertex: 2,
         source_date_epoch: epoch,
-        remote: args.remote_cache.import(
-            std::sync::Arc::new(args.registry.client(opts.platform.clone())?),
-            &|w| progress.event(rbuild_solver::Event::Warning(w)),
-        )?,
+        remote,
         jobs: args.jobs.map_or(0, usize::from),
     };
     let sink = |ev| progress.event(ev);

@@ -78,7 +78,7 @@ impl Client {
             image: name.clone(),
             message: describe(&e, &registry),
         };
-        self.retry(|| client.auth(&reference, &auth, RegistryOperation::Push))
+        self.authorize(&client, &reference, &auth, RegistryOperation::Push)
             .map_err(perr)?;
         for d in blobs {
             let ds = d.to_string();
@@ -169,7 +169,7 @@ impl Client {
         // Sets the credentials in the client (pull_blob does not take them).
         let auth = self.credentials(&registry)?;
         let reference = to_reference(target)?;
-        self.retry(|| client.auth(&reference, &auth, RegistryOperation::Pull))
+        self.authorize(&client, &reference, &auth, RegistryOperation::Pull)
             .map_err(|e| Error::Registry {
                 op: "pull cache",
                 image: name.clone(),
@@ -198,7 +198,7 @@ impl Client {
             image: target.to_string(),
             message: describe(&e, &registry),
         };
-        self.retry(|| client.auth(&reference, &auth, RegistryOperation::Pull))
+        self.authorize(&client, &reference, &auth, RegistryOperation::Pull)
             .map_err(err)?;
         let ds = d.to_string();
         self.retry(|| client.blob_exists(&reference, &ds))
@@ -221,7 +221,7 @@ impl Client {
         let client = self.oci(&registry);
         let auth = self.credentials(&registry)?;
         let reference = to_reference(target)?;
-        self.retry(|| client.auth(&reference, &auth, RegistryOperation::Pull))
+        self.authorize(&client, &reference, &auth, RegistryOperation::Pull)
             .map_err(|e| Error::Registry {
                 op: "pull cache",
                 image: name.clone(),

@@ -21,10 +21,11 @@
 mod auth;
 mod cache;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -141,10 +142,25 @@ pub struct Pulled {
     pub remote_digest: Digest,
 }
 
-/// A blocking registry client.
+/// A blocking registry client. One HTTP connection pool and one token cache per registry serve
+/// every request of the client's life (a build's base image pulls and remote cache fetches).
 pub struct Client {
     opts: Options,
     rt: tokio::runtime::Runtime,
+    /// Registry host -> its oci-client (cheap clones sharing the pool and the token cache).
+    pool: std::sync::Mutex<HashMap<String, oci_client::Client>>,
+    /// (registry, repository, push) -> when `auth` last succeeded for it.
+    authorized: std::sync::Mutex<HashMap<(String, String, bool), Instant>>,
+    /// The HTTP client of [`ManifestFetcher`], made on first use and shared by every pull.
+    manifest_http: std::sync::Mutex<Option<reqwest::Client>>,
+}
+
+/// How long a successful `auth` is reused before it is asked again (oci-client renews expired
+/// bearer tokens by itself with the credentials it stored; this only skips the `/v2/` probe).
+const AUTH_REUSE: Duration = Duration::from_secs(30);
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The registry host a reference names (`docker.io` when none).
@@ -224,7 +240,13 @@ impl Client {
             .enable_all()
             .build()
             .map_err(io_err("start the registry client runtime", "(tokio)"))?;
-        Ok(Client { opts, rt })
+        Ok(Client {
+            opts,
+            rt,
+            pool: Default::default(),
+            authorized: Default::default(),
+            manifest_http: Default::default(),
+        })
     }
 
     fn auth_file(&self) -> PathBuf {
@@ -242,7 +264,41 @@ impl Client {
         plain
     }
 
+    /// The shared oci-client of `registry` (its connections and tokens are reused).
     fn oci(&self, registry: &str) -> oci_client::Client {
+        locked(&self.pool)
+            .entry(registry.to_string())
+            .or_insert_with(|| self.fresh_oci(registry))
+            .clone()
+    }
+
+    /// Runs oci-client's `auth` for `reference` and `op` unless it succeeded recently with this
+    /// client: that stores the credentials in the client and fetches a bearer token, which
+    /// oci-client then keeps (and renews) for every request of that repository.
+    fn authorize(
+        &self,
+        client: &oci_client::Client,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        op: RegistryOperation,
+    ) -> std::result::Result<(), OciDistributionError> {
+        let key = (
+            reference.resolve_registry().to_string(),
+            reference.repository().to_string(),
+            op == RegistryOperation::Push,
+        );
+        if locked(&self.authorized)
+            .get(&key)
+            .is_some_and(|t| t.elapsed() < AUTH_REUSE)
+        {
+            return Ok(());
+        }
+        self.retry(|| client.auth(reference, auth, op))?;
+        locked(&self.authorized).insert(key, Instant::now());
+        Ok(())
+    }
+
+    fn fresh_oci(&self, registry: &str) -> oci_client::Client {
         oci_client::Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(self.plain_http(registry)),
             read_timeout: Some(Duration::from_secs(120)),
@@ -281,7 +337,8 @@ impl Client {
 
     /// Checks credentials against `registry` and saves them in the credentials file.
     pub fn login(&self, registry: &str, user: &str, password: &str) -> Result<PathBuf> {
-        let client = self.oci(registry);
+        // A client of its own: the shared one may hold other credentials.
+        let client = self.fresh_oci(registry);
         let auth = RegistryAuth::Basic(user.to_string(), password.to_string());
         // Any repository name serves to reach the token endpoint / the /v2/ check.
         let reference: Reference = format!("{registry}/rbuild-login-check:latest")
@@ -563,7 +620,7 @@ impl Client {
             message: describe(&e, &registry),
         };
         // The first request stores the credentials in the client and runs the token dance.
-        self.retry(|| client.auth(&reference, &auth, RegistryOperation::Push))
+        self.authorize(&client, &reference, &auth, RegistryOperation::Push)
             .map_err(perr)?;
         let mut blobs = vec![dist.config.clone()];
         blobs.extend(dist.layers.iter().cloned());
@@ -614,10 +671,20 @@ impl ManifestFetcher {
         reference: &Reference,
         auth: &RegistryAuth,
     ) -> std::result::Result<ManifestFetcher, OciDistributionError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(120))
-            .build()?;
+        let http = {
+            let mut shared = locked(&c.manifest_http);
+            match &*shared {
+                Some(h) => h.clone(),
+                None => {
+                    let h = reqwest::Client::builder()
+                        .connect_timeout(Duration::from_secs(10))
+                        .read_timeout(Duration::from_secs(120))
+                        .build()?;
+                    *shared = Some(h.clone());
+                    h
+                }
+            }
+        };
         let token = c.retry(|| oci.auth(reference, auth, RegistryOperation::Pull))?;
         let authorization = match (token, auth) {
             (Some(t), _) => Some(format!("Bearer {t}")),

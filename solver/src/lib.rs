@@ -414,7 +414,14 @@ pub fn solve(
     for w in &graph.warnings {
         progress(Event::Warning(w.clone()));
     }
-    let results = solver.run_all(&order);
+    // The target stage's remote layers come in beside the build (see `remote::prefetch`).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let results = std::thread::scope(|sc| {
+        sc.spawn(|| remote::prefetch(&solver, &stop));
+        let r = solver.run_all(&order);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    });
     progress(Event::Debug(format!(
         "context: {} files verified by the stat cache, {} files read",
         solver

@@ -11,7 +11,8 @@
 //! miss: the step runs, never a wrong result.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use petgraph::graph::NodeIndex;
 use petgraph::visit::EdgeRef;
@@ -55,7 +56,14 @@ pub struct RemoteCache {
     pending: Mutex<HashMap<SnapshotId, (CacheKey, String)>>,
     /// Serializes materializations (a pending layer is brought in once).
     materializing: Mutex<()>,
+    /// Layers [`prefetch`] took on, by blob digest: `None` while in flight, then the outcome.
+    prefetched: Mutex<HashMap<Digest, Option<Result<(), String>>>>,
+    /// Signalled each time a prefetch ends.
+    prefetch_done: Condvar,
 }
+
+/// How many layers [`prefetch`] downloads at once.
+const PREFETCH_JOBS: usize = 4;
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -115,6 +123,27 @@ impl RemoteCache {
         warnings
     }
 
+    /// Brings `e`'s layer into the store: waits for [`prefetch`] if it has that layer in
+    /// flight (and returns its failure), else fetches it from its source now.
+    fn fetch(&self, store: &Store, e: &Entry) -> Result<(), String> {
+        let mut m = locked(&self.prefetched);
+        while let Some(state) = m.get(&e.layer.digest) {
+            match state {
+                None => {
+                    m = self
+                        .prefetch_done
+                        .wait(m)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
+                Some(Err(why)) => return Err(why.clone()),
+                Some(Ok(())) => break,
+            }
+        }
+        drop(m);
+        // After a successful prefetch this only finds the layer in the store.
+        self.sources[e.source].fetch(store, &e.layer)
+    }
+
     /// How many usable records were imported.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -159,7 +188,7 @@ pub(crate) fn lookup(s: &Solver, n: NodeIndex, key: &CacheKey) -> Result<Option<
     let r = if lazy {
         source.check(&e.layer).map(|()| SnapshotId::reserve())
     } else {
-        source.fetch(s.store, &e.layer).and_then(|()| {
+        remote.fetch(s.store, e).and_then(|()| {
             let (snap, guard) = rbuild_exporter::ensure_snapshot_in_use(s.store, &e.layer.diff_id)
                 .map_err(|e| e.to_string())?;
             s.lock_in_use().push(guard);
@@ -229,7 +258,7 @@ pub(crate) fn materialize(s: &Solver, inputs: &[(Input, Arc<NodeOut>)]) -> Resul
         let e = &remote.entries[&key];
         let source = &remote.sources[e.source];
         let fill = || -> Result<(), String> {
-            source.fetch(s.store, &e.layer)?;
+            remote.fetch(s.store, e)?;
             let unpack = || -> Result<(), rbuild_exporter::Error> {
                 let blob = s.store.blob_path(&e.layer.diff_id);
                 let f =
@@ -264,6 +293,73 @@ pub(crate) fn materialize(s: &Solver, inputs: &[(Input, Arc<NodeOut>)]) -> Resul
         locked(&remote.pending).remove(&l.snapshot);
     }
     Ok(())
+}
+
+/// Downloads and unpacks, while the build runs, the layers of the remote records of the target
+/// stage, [`PREFETCH_JOBS`] at a time, so that the hits of the
+/// target image's chain, which need their layers at once, find them in the store instead of
+/// fetching them one after another along the chain. A prefetched layer is checked exactly as a
+/// fetch in [`lookup`] (digest, size, diff_id, by the source) and is only used by a hit whose key
+/// matches; a failure is kept and reported (warning and miss) by the hit that wants the layer.
+/// Stops taking new layers once `stop` is set (the build ended).
+pub(crate) fn prefetch(s: &Solver, stop: &AtomicBool) {
+    let Some(remote) = s.opts.remote.as_deref() else {
+        return;
+    };
+    let target = s.graph.graph[s.graph.stages[s.graph.target].node].stage;
+    let here = position(s, s.graph.stages[s.graph.target].node, 0).dockerfile;
+    let mut todo: Vec<&Entry> = remote
+        .entries
+        .values()
+        .filter(|e| e.record.position.stage == target && e.record.position.dockerfile == here)
+        .filter(|e| !s.store.has_blob(&e.layer.diff_id))
+        .collect();
+    todo.sort_by_key(|e| (e.record.position.depth, e.layer.digest.clone()));
+    {
+        let mut m = locked(&remote.prefetched);
+        todo.retain(|e| {
+            let fresh = !m.contains_key(&e.layer.digest);
+            if fresh {
+                m.insert(e.layer.digest.clone(), None);
+            }
+            fresh
+        });
+    }
+    let next = AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        let Some(e) = todo.get(i) else { break };
+        let outcome = if stop.load(Ordering::SeqCst) {
+            None
+        } else {
+            // A panic is a failed fetch, never a waiter left waiting.
+            let source = &remote.sources[e.source];
+            Some(
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    source.fetch(s.store, &e.layer)?;
+                    // Unpacked here too, so the hit only takes its snapshot into use. The
+                    // snapshot is a layer's like a pull's (`layers` row), which prune handles.
+                    rbuild_exporter::ensure_snapshot(s.store, &e.layer.diff_id)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }))
+                .unwrap_or_else(|_| Err("internal error while fetching the layer".into())),
+            )
+        };
+        let mut m = locked(&remote.prefetched);
+        match outcome {
+            Some(r) => m.insert(e.layer.digest.clone(), Some(r)),
+            None => m.remove(&e.layer.digest),
+        };
+        drop(m);
+        remote.prefetch_done.notify_all();
+    };
+    std::thread::scope(|sc| {
+        for _ in 1..PREFETCH_JOBS.min(todo.len()) {
+            sc.spawn(work);
+        }
+        work();
+    });
 }
 
 /// Whether node `n` is on the target image's chain (its layer is in the image).
@@ -502,6 +598,68 @@ mod tests {
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].contains("does not match its inputs"));
         assert!(warnings[1].contains("does not list"));
+    }
+
+    /// Counts its fetches; each succeeds.
+    struct Counting(std::sync::atomic::AtomicUsize);
+    impl LayerSource for Counting {
+        fn fetch(&self, _: &Store, _: &LayerDesc) -> Result<(), String> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn check(&self, _: &LayerDesc) -> Result<(), String> {
+            Ok(())
+        }
+        fn name(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    #[test]
+    fn a_hit_waits_for_the_prefetch_of_its_layer_and_gets_its_failure() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(&root.path().join("store")).unwrap();
+        let inputs = json!({"v": 2, "op": "exec"});
+        let layer = |n: &[u8]| LayerDesc {
+            digest: Digest::of(n),
+            size: 1,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            diff_id: Digest::of(n),
+        };
+        let mut rc = RemoteCache::new();
+        rc.add(
+            CacheConfig {
+                version: 1,
+                layers: vec![layer(b"a")],
+                records: vec![RemoteRecord {
+                    key: key_of(&inputs),
+                    diff_id: Digest::of(b"a"),
+                    description: "RUN x".into(),
+                    inputs: inputs.clone(),
+                    position: Position {
+                        dockerfile: "Dockerfile".into(),
+                        stage: 0,
+                        depth: 1,
+                    },
+                }],
+            },
+            Box::new(Counting(AtomicUsize::new(0))),
+        );
+        let e = &rc.entries[&key_of(&inputs)];
+        let digest = e.layer.digest.clone();
+        // In flight: the hit waits until the prefetch ends, then finds the layer.
+        locked(&rc.prefetched).insert(digest.clone(), None);
+        std::thread::scope(|sc| {
+            let waiter = sc.spawn(|| rc.fetch(&store, e));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "the hit must wait for the prefetch");
+            locked(&rc.prefetched).insert(digest.clone(), Some(Ok(())));
+            rc.prefetch_done.notify_all();
+            assert_eq!(waiter.join().unwrap(), Ok(()));
+        });
+        // A failed prefetch is the hit's failure (a warning and a miss), not fetched again.
+        locked(&rc.prefetched).insert(digest.clone(), Some(Err("tampered".into())));
+        assert_eq!(rc.fetch(&store, e), Err("tampered".to_string()));
     }
 
     #[test]
