@@ -498,6 +498,7 @@ services:
       context: two
       dockerfile: Containerfile
       args: {WHO: compose}
+      cache_from: [\"type=local,src=/nonexistent/cmpbuild-cache\"]
     image: cmpbuild-second:v1
 ",
             ),
@@ -507,6 +508,11 @@ services:
     let log = compose_ok(&env, &dir, &["build"]);
     assert!(
         log.contains("Service one  Built") && log.contains("Service two  Built"),
+        "{log}"
+    );
+    // `cache_from` reaches the build as `--cache-from`: a cache that is not there is a warning.
+    assert!(
+        log.contains("WARNING: --cache-from") && log.contains("no cache found"),
         "{log}"
     );
     let images = stdout(&env.rbuild(&["images"]));

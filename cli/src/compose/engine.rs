@@ -148,6 +148,11 @@ impl<'a> Engine<'a> {
             if let Some(t) = &b.target {
                 argv.extend(["--target".into(), t.clone()]);
             }
+            // `cache_from:` entries are `--cache-from` values (a ref or a `type=...` spec), as
+            // docker compose passes them to BuildKit; a missing cache is a warning.
+            for c in &b.cache_from {
+                argv.extend(["--cache-from".into(), c.clone()]);
+            }
             if no_cache {
                 argv.push("--no-cache".into());
             }
