@@ -9,7 +9,8 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use rbuild_cache::Store;
 use rbuild_types::{Digest, ImageRef, Platform};
 
-use crate::image::{ensure_snapshot, load_image, our_digest, write_image_raw};
+use crate::access::ensure_snapshot;
+use crate::image::{load_image, our_digest, write_image_raw};
 use crate::oci::{write_layout, Compression, TarOut};
 use crate::unpack::{apply_layer, decompressed};
 use crate::{Error, Result};
@@ -64,12 +65,11 @@ pub fn export_local_dir(
             digest: img.config_digest.to_string(),
             reason: format!("invalid diff_id {l:?}"),
         })?;
-        if !store.has_blob(&d) {
-            return Err(Error::MissingLayer(d));
-        }
-        let p = store.blob_path(&d);
-        let f = File::open(&p).map_err(Error::io("open", &p))?;
-        apply_layer(f, dest, preserve_special)?;
+        let mut tar = crate::access::layer_tar(store, &d)?;
+        apply_layer(&mut tar, dest, preserve_special)?;
+        // Read to its end: a tar made from a compressed blob is checked there.
+        std::io::copy(&mut tar, &mut std::io::sink())
+            .map_err(Error::io("read layer", d.to_string()))?;
     }
     Ok(())
 }

@@ -3,6 +3,8 @@
 //! - [`write_layer`]: a snapshot directory becomes an uncompressed layer tar blob (its digest is
 //!   the diff_id, computed while writing), with overlay whiteouts translated to `.wh.` entries.
 //! - [`unpack_layer`] / [`ensure_snapshot`]: the reverse, into a snapshot usable as an overlay lowerdir.
+//! - [`layer_tar`], [`layer_size`], [`ensure_snapshot_at`], [`ensure_layer_in_use`]: layer access
+//!   whatever form the store keeps a layer in (its tar, or only a compressed blob).
 //! - [`write_image`] / [`load_image`]: OCI config + manifest blobs in the store. In the store,
 //!   layers are referenced uncompressed (`application/vnd.oci.image.layer.v1.tar`, digest == diff_id).
 //! - [`import_rootfs`]: a rootfs tar becomes a one-layer tagged image.
@@ -11,6 +13,7 @@
 //! - [`export_docker_archive`], [`export_local_dir`], [`load_archive`]: docker-save tars, the
 //!   merged final filesystem, and reading OCI/docker archives back into the store.
 
+mod access;
 mod archive;
 mod image;
 mod layer;
@@ -23,9 +26,12 @@ use std::path::PathBuf;
 use rbuild_types::Digest;
 
 pub use archive::{export_docker_archive, export_local_dir, export_rootfs_tar, load_archive};
+pub use access::{
+    ensure_layer_in_use, ensure_snapshot, ensure_snapshot_at, ensure_snapshot_in_use,
+    layer_available, layer_size, layer_tar, DiffIdWriter, Verified,
+};
 pub use image::{
-    ensure_snapshot, ensure_snapshot_in_use, import_rootfs, load_image, write_image,
-    write_image_json, write_image_raw, Image,
+    import_rootfs, load_image, write_image, write_image_json, write_image_raw, Image,
 };
 pub use layer::{
     write_layer, write_layer_clamped, write_layer_dir, OPAQUE_MARKER, WHITEOUT_PREFIX,

@@ -76,13 +76,8 @@ fn compress_layer(store: &Store, layer: &Descriptor, c: Compression) -> Result<D
         Some(found) => found,
         None => {
             let src = store.blob_path(&diff_id);
-            let mut input = File::open(&src).map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    Error::MissingLayer(diff_id.clone())
-                } else {
-                    Error::io("open", &src)(e)
-                }
-            })?;
+            // The stored tar, or another compressed form decompressed (and verified).
+            let mut input = crate::access::layer_tar(store, &diff_id)?;
             let w = store.blob_writer()?;
             let w = match c {
                 Compression::Gzip => {
@@ -113,7 +108,7 @@ pub fn compressed_layer(
     diff_id: &Digest,
     c: Compression,
 ) -> Result<(Digest, u64, String)> {
-    let size = store.blob_size(diff_id)?;
+    let size = crate::access::layer_size(store, diff_id)?;
     let plain = Descriptor::new(MediaType::ImageLayer, size, oci_digest(diff_id)?);
     let d = compress_layer(store, &plain, c)?;
     Ok((
@@ -293,9 +288,45 @@ impl TarOut {
 
     pub(crate) fn blob(&mut self, store: &Store, d: &Digest) -> Result<()> {
         if !store.has_blob(d) {
-            return Err(Error::MissingLayer(d.clone()));
+            // A layer kept only compressed: its tar is made on the way (and verified).
+            let size = crate::access::layer_size(store, d)?;
+            let tar = crate::access::layer_tar(store, d)?;
+            return self.stream(&format!("blobs/sha256/{}", d.hex()), size, tar);
         }
         self.file(&format!("blobs/sha256/{}", d.hex()), &store.blob_path(d))
+    }
+
+    /// Writes `size` bytes read from `r` as file `name`; fails unless `r` gives exactly that.
+    fn stream(&mut self, name: &str, size: u64, r: impl io::Read) -> Result<()> {
+        let mut r = Exact {
+            inner: r,
+            left: size,
+        };
+        match &mut self.target {
+            Target::Tar { builder, tmp } => {
+                let mut h = Self::header(size, tar::EntryType::Regular, 0o644);
+                builder
+                    .append_data(&mut h, name, &mut r)
+                    .map_err(Error::io("write", &*tmp))?;
+            }
+            Target::Dir => {
+                let p = self.dest.join(name);
+                if p.is_file() {
+                    return Ok(());
+                }
+                write_atomic(&p, |f| io::copy(&mut r, f).map(|_| ()))?;
+            }
+        }
+        // The source must end here (its check, for a verified stream, happens at its end).
+        let mut rest = [0u8; 1];
+        match r.inner.read(&mut rest) {
+            Ok(0) if r.left == 0 => Ok(()),
+            Ok(_) => Err(Error::io("read layer", name)(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("layer is not {size} bytes long"),
+            ))),
+            Err(e) => Err(Error::io("read layer", name)(e)),
+        }
     }
 
     pub(crate) fn finish(mut self) -> Result<()> {
@@ -318,6 +349,30 @@ impl Drop for TarOut {
                 let _ = fs::remove_file(tmp);
             }
         }
+    }
+}
+
+/// A reader giving at most `left` bytes of `inner`, failing if `inner` ends before.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: io::Read> io::Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "layer ended early",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 

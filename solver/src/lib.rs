@@ -449,6 +449,28 @@ impl Solver<'_> {
         }
     }
 
+    /// [`Self::hold`] for a cache hit's layer, which may be kept compressed with its snapshot
+    /// not made yet (a remote hit): then the layer's row must name that snapshot and the layer
+    /// must be there, checked after locking. False when neither is the case (a miss).
+    fn hold_layer(&self, l: &Layer) -> Result<bool, Error> {
+        if self.hold(&l.snapshot)? {
+            return Ok(true);
+        }
+        let guard = self.store.use_snapshot_id(&l.snapshot)?;
+        let named = self
+            .store
+            .layer_row(&l.diff_id)?
+            .is_some_and(|(s, _)| s == l.snapshot);
+        if named
+            && (self.store.has_snapshot(&l.snapshot)
+                || rbuild_exporter::layer_available(self.store, &l.diff_id)?)
+        {
+            self.lock_in_use().push(guard);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     fn lock_in_use(&self) -> std::sync::MutexGuard<'_, Vec<rbuild_cache::SnapshotUse>> {
         self.in_use.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -773,14 +795,14 @@ impl Solver<'_> {
             let hit = store
                 .cache_hit(&key)?
                 .and_then(|rec| match (rec.snapshot, rec.diff_id) {
-                    (Some(s), Some(d)) if store.snapshot_dir(&s).is_dir() => Some(Layer {
+                    (Some(s), Some(d)) => Some(Layer {
                         diff_id: d,
                         snapshot: s,
                     }),
                     _ => None,
                 });
             match hit {
-                Some(l) if self.hold(&l.snapshot)? => Ok(Some(l)),
+                Some(l) if self.hold_layer(&l)? => Ok(Some(l)),
                 _ => Ok(None),
             }
         };
@@ -930,7 +952,9 @@ impl Solver<'_> {
                         message: format!("image config has an invalid diff_id {d}"),
                     })?;
             all_present &= self.store.layer_snapshot(&diff_id)?.is_some();
-            let (snapshot, guard) = rbuild_exporter::ensure_snapshot_in_use(self.store, &diff_id)?;
+            // Not unpacked here: a step that needs the files makes the snapshot
+            // (`remote::materialize`); an image output of a fully cached chain never does.
+            let (snapshot, guard) = rbuild_exporter::ensure_layer_in_use(self.store, &diff_id)?;
             self.lock_in_use().push(guard);
             layers.push(Layer { diff_id, snapshot });
         }

@@ -188,8 +188,10 @@ pub(crate) fn lookup(s: &Solver, n: NodeIndex, key: &CacheKey) -> Result<Option<
     let r = if lazy {
         source.check(&e.layer).map(|()| SnapshotId::reserve())
     } else {
+        // The layer stays compressed: its snapshot is made only if a later step needs the
+        // files (`materialize`); an image output copies the compressed blob.
         remote.fetch(s.store, e).and_then(|()| {
-            let (snap, guard) = rbuild_exporter::ensure_snapshot_in_use(s.store, &e.layer.diff_id)
+            let (snap, guard) = rbuild_exporter::ensure_layer_in_use(s.store, &e.layer.diff_id)
                 .map_err(|e| e.to_string())?;
             s.lock_in_use().push(guard);
             Ok(snap)
@@ -225,7 +227,7 @@ fn record(
     snapshot: &SnapshotId,
     display: &str,
 ) -> Result<(), Error> {
-    let size = store.blob_size(&e.layer.diff_id)?;
+    let size = rbuild_exporter::layer_size(store, &e.layer.diff_id)?;
     store.cache_put(&CacheRecord {
         key: key.clone(),
         snapshot: Some(snapshot.clone()),
@@ -240,58 +242,63 @@ fn record(
     Ok(())
 }
 
-/// Brings in the layers of `inputs` that remote hits left pending, before a step that misses
-/// uses them. A layer that cannot be fetched now (it changed in the registry since it was
-/// checked) fails the build: its step is already done.
+/// Makes the snapshots of the layers of `inputs` that are not made yet, before a step that
+/// misses uses their files: layers kept compressed (remote hits, base images: their snapshot
+/// id is reserved) are unpacked into that id, and layers of remote hits outside the target
+/// image that were only checked are fetched first. A layer that cannot be fetched now (it
+/// changed in the registry since it was checked) fails the build: its step is already done.
 pub(crate) fn materialize(s: &Solver, inputs: &[(Input, Arc<NodeOut>)]) -> Result<(), Error> {
+    for l in inputs.iter().flat_map(|(_, o)| o.layers.iter()) {
+        if s.store.has_snapshot(&l.snapshot) {
+            continue;
+        }
+        let pending = s
+            .opts
+            .remote
+            .as_deref()
+            .is_some_and(|r| locked(&r.pending).contains_key(&l.snapshot));
+        if pending {
+            fill_pending(s, l)?;
+            continue;
+        }
+        rbuild_exporter::ensure_snapshot_at(s.store, &l.diff_id, &l.snapshot)?;
+    }
+    Ok(())
+}
+
+/// Fetches and unpacks the layer of a remote hit left pending (see [`lookup`]) into its
+/// reserved snapshot id, and records the hit.
+fn fill_pending(s: &Solver, l: &Layer) -> Result<(), Error> {
     let Some(remote) = s.opts.remote.as_deref() else {
         return Ok(());
     };
-    for l in inputs.iter().flat_map(|(_, o)| o.layers.iter()) {
-        if !locked(&remote.pending).contains_key(&l.snapshot) {
-            continue;
+    let _one = locked(&remote.materializing);
+    let Some((key, display)) = locked(&remote.pending).get(&l.snapshot).cloned() else {
+        return Ok(());
+    };
+    let e = &remote.entries[&key];
+    let source = &remote.sources[e.source];
+    let fill = || -> Result<(), String> {
+        remote.fetch(s.store, e)?;
+        rbuild_exporter::ensure_snapshot_at(s.store, &e.layer.diff_id, &l.snapshot)
+            .map_err(|e| e.to_string())?;
+        // Held like every snapshot of the build (a concurrent prune leaves it alone).
+        if let Some(g) = s.store.use_snapshot(&l.snapshot).map_err(|e| e.to_string())? {
+            s.lock_in_use().push(g);
         }
-        let _one = locked(&remote.materializing);
-        let Some((key, display)) = locked(&remote.pending).get(&l.snapshot).cloned() else {
-            continue;
-        };
-        let e = &remote.entries[&key];
-        let source = &remote.sources[e.source];
-        let fill = || -> Result<(), String> {
-            remote.fetch(s.store, e)?;
-            let unpack = || -> Result<(), rbuild_exporter::Error> {
-                let blob = s.store.blob_path(&e.layer.diff_id);
-                let f =
-                    std::fs::File::open(&blob).map_err(|source| rbuild_exporter::Error::Io {
-                        op: "open",
-                        path: blob.clone(),
-                        source,
-                    })?;
-                let sb = s.store.new_snapshot()?;
-                rbuild_exporter::unpack_layer(f, &sb.fs_dir())?;
-                sb.commit_as(&l.snapshot)?;
-                // Held like every snapshot of the build (a concurrent prune leaves it alone).
-                if let Some(g) = s.store.use_snapshot(&l.snapshot)? {
-                    s.lock_in_use().push(g);
-                }
-                let size = s.store.blob_size(&e.layer.diff_id)?;
-                s.store.put_layer(&e.layer.diff_id, &l.snapshot, size)?;
-                Ok(())
-            };
-            unpack().map_err(|e| e.to_string())
-        };
-        fill().map_err(|why| Error::CopyFailed {
-            step: display.clone(),
-            message: format!(
-                "the layer of this step from remote cache {} is needed now but cannot be used: \
-                 {why}; the cache changed during the build: build again without that --cache-from \
-                 (or export the cache again)",
-                source.name()
-            ),
-        })?;
-        record(s.store, &key, e, &l.snapshot, &display)?;
-        locked(&remote.pending).remove(&l.snapshot);
-    }
+        Ok(())
+    };
+    fill().map_err(|why| Error::CopyFailed {
+        step: display.clone(),
+        message: format!(
+            "the layer of this step from remote cache {} is needed now but cannot be used: \
+             {why}; the cache changed during the build: build again without that --cache-from \
+             (or export the cache again)",
+            source.name()
+        ),
+    })?;
+    record(s.store, &key, e, &l.snapshot, &display)?;
+    locked(&remote.pending).remove(&l.snapshot);
     Ok(())
 }
 
@@ -312,7 +319,7 @@ pub(crate) fn prefetch(s: &Solver, stop: &AtomicBool) {
         .entries
         .values()
         .filter(|e| e.record.position.stage == target && e.record.position.dockerfile == here)
-        .filter(|e| !s.store.has_blob(&e.layer.diff_id))
+        .filter(|e| !rbuild_exporter::layer_available(s.store, &e.layer.diff_id).unwrap_or(false))
         .collect();
     todo.sort_by_key(|e| (e.record.position.depth, e.layer.digest.clone()));
     {
@@ -336,12 +343,9 @@ pub(crate) fn prefetch(s: &Solver, stop: &AtomicBool) {
             let source = &remote.sources[e.source];
             Some(
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    source.fetch(s.store, &e.layer)?;
-                    // Unpacked here too, so the hit only takes its snapshot into use. The
-                    // snapshot is a layer's like a pull's (`layers` row), which prune handles.
-                    rbuild_exporter::ensure_snapshot(s.store, &e.layer.diff_id)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    // Kept compressed (a `layers` row with a reserved snapshot id, which
+                    // prune handles like any layer's): the hit takes it into use.
+                    source.fetch(s.store, &e.layer)
                 }))
                 .unwrap_or_else(|_| Err("internal error while fetching the layer".into())),
             )
@@ -519,7 +523,7 @@ pub fn export_config(
                 _ => continue,
             },
         };
-        if !store.has_blob(&st.diff_id) {
+        if !rbuild_exporter::layer_available(store, &st.diff_id)? {
             continue;
         }
         if let Some(c) = compression {
