@@ -91,6 +91,18 @@ fn records(env: &Env) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The snapshot directories of a store.
+fn snapshot_dirs(env: &Env) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(env.root.path().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("tmp-"))
+        .collect();
+    v.sort();
+    v
+}
+
 /// What RUN steps wrote to their cache mount in this store ("" when none ran).
 fn runs(env: &Env) -> String {
     let mut all = String::new();
@@ -144,6 +156,7 @@ fn fleet_registry_cache_every_step_cached_same_digest_then_only_the_suffix() {
     assert_eq!(runs(&a).lines().count(), 3, "A runs its 3 RUN steps");
 
     let b = runner();
+    let snaps_b0 = snapshot_dirs(&b);
     let dir_b = project(&b, "elsewhere/p");
     let missing = format!("type=registry,ref={}/nothing:here", reg.host);
     let from = format!("type=registry,ref={cache}");
@@ -156,31 +169,54 @@ fn fleet_registry_cache_every_step_cached_same_digest_then_only_the_suffix() {
     assert_eq!(runs(&b), "", "no RUN executed on B");
     assert_eq!(id_a, id_b, "B's image equals A's");
     // Lazy: the build stage's layers were never needed (its consumer, COPY --from, hit too),
-    // so B did not download them; the final image's layers are all there.
+    // so B did not download them (and has no record of them); the final image's layers are
+    // kept as their compressed blobs only: no tar, no snapshot unpacked.
+    let recs_b = records(&b);
     for (desc, diff_id) in records(&a) {
-        let have = b
+        let tar = b
             .root
             .path()
             .join("blobs/sha256")
             .join(&diff_id[7..])
             .is_file();
+        assert!(!tar, "{desc}: no layer tar in B's store");
         assert_eq!(
-            have,
+            recs_b.iter().any(|(d, _)| *d == desc),
             !desc.starts_with("[build "),
-            "{desc}: layer in B's store: {have}"
+            "{desc}: B has a record of the final image's steps only"
         );
     }
+    assert_eq!(
+        snapshot_dirs(&b),
+        snaps_b0,
+        "nothing unpacked in B (only the imported base's snapshot)"
+    );
     assert!(
         log_b.contains("WARNING: --cache-from") && log_b.contains("no cache found"),
         "a missing ref is a warning:\n{log_b}"
     );
-    // B's image runs: its layers are in B's store.
+    // B's image runs: its snapshots are made from the compressed blobs on demand.
     let out = rb(
         &b,
         &["run", "--rm", "app:ci", "cat", "/app/out", "/app/final.txt"],
     );
     assert_ok(&out);
     assert_eq!(stdout(&out), "int main(){}\ncompiled\nv1\n");
+    assert_eq!(
+        snapshot_dirs(&b).len(),
+        snaps_b0.len() + 4,
+        "the 4 layers of the final stage unpacked for run"
+    );
+    // And the next build hits the final stage locally (its records are local now; the build
+    // stage, whose hits stayed remote, runs again without --cache-from).
+    let (log_b2, id_b2) = build(&b, &dir_b, &[]);
+    assert!(
+        !ran(&log_b2)
+            .iter()
+            .any(|r| r.contains("late") || r.contains("base")),
+        "{log_b2}"
+    );
+    assert_eq!(id_b2, id_a);
 
     // A late change: a third runner with the same remote cache runs only the suffix, and says
     // why the remote record differed.
