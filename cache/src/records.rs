@@ -260,9 +260,7 @@ impl Store {
         compressed_size: u64,
     ) -> Result<SnapshotId> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction()
-            .map_err(self.db_err("put lazy layer"))?;
+        let tx = conn.transaction().map_err(self.db_err("put lazy layer"))?;
         tx.execute(
             "INSERT OR REPLACE INTO compressed_layers (diff_id, algorithm, digest, size)
              VALUES (?1, ?2, ?3, ?4)",

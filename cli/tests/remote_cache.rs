@@ -580,3 +580,95 @@ fn a_layer_left_remote_is_fetched_when_a_later_step_misses() {
     let (log2, _) = build(&b, &dir, &[]);
     assert!(ran(&log2).is_empty(), "{log2}");
 }
+
+/// sha256 of a file, as `sha256:<hex>` (coreutils' sha256sum).
+fn sha256_of(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    assert_ok(&out);
+    format!("sha256:{}", stdout(&out).split_whitespace().next().unwrap())
+}
+
+/// Writes `doc` as a blob of `layout`; returns its digest and size.
+fn put_layout_blob(layout: &Path, doc: &serde_json::Value) -> (String, usize) {
+    let bytes = serde_json::to_vec(doc).unwrap();
+    let tmp = layout.join("tmp-blob");
+    std::fs::write(&tmp, &bytes).unwrap();
+    let d = sha256_of(&tmp);
+    std::fs::rename(&tmp, layout.join("blobs/sha256").join(&d[7..])).unwrap();
+    (d, bytes.len())
+}
+
+#[test]
+fn a_cache_layer_whose_blob_matches_its_digest_but_not_its_diff_id_is_a_miss() {
+    let a = runner();
+    let cache = a.work.path().join("ci-cache");
+    let dest = format!("type=local,dest={},mode=max", cache.display());
+    let (_, id_a) = build(&a, &project(&a, "p"), &["--cache-to", &dest]);
+
+    // A hostile cache: the last step's layer entry keeps its diff_id but names another step's
+    // genuine blob (digest and size match that blob, so only the diff_id check can tell).
+    let blob = |d: &str| cache.join("blobs/sha256").join(&d[7..]);
+    let read = |d: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(blob(d)).unwrap()).unwrap()
+    };
+    let mut index = read_json(&cache.join("index.json"));
+    let mut m = read(index["manifests"][0]["digest"].as_str().unwrap());
+    let mut c = read(m["config"]["digest"].as_str().unwrap());
+    let diff_of = |c: &serde_json::Value, what: &str| {
+        c["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["description"].as_str().unwrap().contains(what))
+            .unwrap()["diff_id"]
+            .clone()
+    };
+    let (late, base) = (diff_of(&c, "echo late"), diff_of(&c, "echo base"));
+    let layers = c["layers"].as_array_mut().unwrap();
+    let other = layers
+        .iter()
+        .find(|l| l["diff_id"] == base)
+        .unwrap()
+        .clone();
+    let l = layers.iter_mut().find(|l| l["diff_id"] == late).unwrap();
+    l["digest"] = other["digest"].clone();
+    l["size"] = other["size"].clone();
+    let (cd, cs) = put_layout_blob(&cache, &c);
+    m["config"]["digest"] = cd.into();
+    m["config"]["size"] = cs.into();
+    let (md, ms) = put_layout_blob(&cache, &m);
+    index["manifests"][0]["digest"] = md.into();
+    index["manifests"][0]["size"] = ms.into();
+    std::fs::write(cache.join("index.json"), index.to_string()).unwrap();
+
+    let b = runner();
+    let src = format!("type=local,src={}", cache.display());
+    let (log_b, id_b) = build(&b, &project(&b, "p"), &["--cache-from", &src]);
+    assert!(
+        log_b.contains("WARNING: remote cache") && log_b.contains("not the cache's diff_id"),
+        "{log_b}"
+    );
+    assert_eq!(
+        ran(&log_b),
+        vec!["RUN --mount=type=cache,target=/runs echo late >> /runs/log; cat /app/late.txt > /app/final.txt".to_string()],
+        "only the step with the lying layer runs:\n{log_b}"
+    );
+    assert_eq!(id_b, id_a, "the right image all the same");
+    let out = rb(
+        &b,
+        &[
+            "run",
+            "--rm",
+            "app:ci",
+            "cat",
+            "/app/final.txt",
+            "/base.txt",
+        ],
+    );
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "v1\nbase\n");
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}

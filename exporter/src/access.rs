@@ -245,7 +245,10 @@ pub fn ensure_snapshot(store: &Store, diff_id: &Digest) -> Result<SnapshotId> {
 /// [`ensure_snapshot`], then marks the snapshot in use ([`Store::use_snapshot`]) so that a
 /// concurrent `prune` leaves it (and its layer blob) alone while the guard lives. A snapshot
 /// pruned between the two is made again from the layer.
-pub fn ensure_snapshot_in_use(store: &Store, diff_id: &Digest) -> Result<(SnapshotId, SnapshotUse)> {
+pub fn ensure_snapshot_in_use(
+    store: &Store,
+    diff_id: &Digest,
+) -> Result<(SnapshotId, SnapshotUse)> {
     for _ in 0..8 {
         let id = ensure_snapshot(store, diff_id)?;
         if let Some(guard) = store.use_snapshot(&id)? {
@@ -320,7 +323,11 @@ mod tests {
             for chunk in blob.chunks(7) {
                 w.write_all(chunk).unwrap();
             }
-            assert_eq!(w.finish().unwrap(), (Digest::of(&data), data.len() as u64), "{c}");
+            assert_eq!(
+                w.finish().unwrap(),
+                (Digest::of(&data), data.len() as u64),
+                "{c}"
+            );
         }
         // A truncated gzip stream is an error, not a short layer.
         let mut w = DiffIdWriter::new(crate::Compression::Gzip).unwrap();

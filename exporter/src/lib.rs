@@ -25,14 +25,12 @@ use std::path::PathBuf;
 
 use rbuild_types::Digest;
 
-pub use archive::{export_docker_archive, export_local_dir, export_rootfs_tar, load_archive};
 pub use access::{
     ensure_layer_in_use, ensure_snapshot, ensure_snapshot_at, ensure_snapshot_in_use,
     layer_available, layer_size, layer_tar, DiffIdWriter, Verified,
 };
-pub use image::{
-    import_rootfs, load_image, write_image, write_image_json, write_image_raw, Image,
-};
+pub use archive::{export_docker_archive, export_local_dir, export_rootfs_tar, load_archive};
+pub use image::{import_rootfs, load_image, write_image, write_image_json, write_image_raw, Image};
 pub use layer::{
     write_layer, write_layer_clamped, write_layer_dir, OPAQUE_MARKER, WHITEOUT_PREFIX,
 };

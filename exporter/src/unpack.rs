@@ -356,7 +356,6 @@ pub fn apply_tar_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, path: &Path) -> 
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

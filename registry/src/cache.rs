@@ -356,7 +356,13 @@ impl Write for Ingest {
 /// the layer's tar itself.
 fn record_layer(store: &Store, layer: &LayerDesc, alg: Compression, tar_size: u64) -> Result<()> {
     if alg != Compression::None {
-        store.put_lazy_layer(&layer.diff_id, tar_size, alg.name(), &layer.digest, layer.size)?;
+        store.put_lazy_layer(
+            &layer.diff_id,
+            tar_size,
+            alg.name(),
+            &layer.digest,
+            layer.size,
+        )?;
     }
     Ok(())
 }

@@ -283,7 +283,11 @@ fn fill_pending(s: &Solver, l: &Layer) -> Result<(), Error> {
         rbuild_exporter::ensure_snapshot_at(s.store, &e.layer.diff_id, &l.snapshot)
             .map_err(|e| e.to_string())?;
         // Held like every snapshot of the build (a concurrent prune leaves it alone).
-        if let Some(g) = s.store.use_snapshot(&l.snapshot).map_err(|e| e.to_string())? {
+        if let Some(g) = s
+            .store
+            .use_snapshot(&l.snapshot)
+            .map_err(|e| e.to_string())?
+        {
             s.lock_in_use().push(g);
         }
         Ok(())
