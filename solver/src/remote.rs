@@ -5,8 +5,9 @@
 //! The solver knows nothing of transports: the caller adds each imported
 //! [`CacheConfig`](rbuild_cache::artifact::CacheConfig) with a [`LayerSource`] that can bring
 //! one of its layers into the store. A remote hit downloads only that step's layer (checked
-//! against its digest and diff_id by the source), unpacks it and records it locally, so the next
-//! build hits locally. Anything wrong with a remote record (a key that is not the hash of its
+//! against its digest and diff_id by the source), keeps it compressed and records it locally,
+//! so the next build hits locally; its snapshot is made only when a step that runs (or a
+//! container) needs its files ([`materialize`]). Anything wrong with a remote record (a key that is not the hash of its
 //! inputs, a layer that is not listed, missing or does not match its digest) is a warning and a
 //! miss: the step runs, never a wrong result.
 
@@ -28,8 +29,9 @@ use crate::{key_of, Error, Event, Layer, NodeOut, Solver};
 
 /// Brings layers of one imported cache into the store.
 pub trait LayerSource: Send + Sync {
-    /// Stores `layer` (its uncompressed blob `layer.diff_id` at least), after checking it
-    /// against its digest, size and diff_id. The error says what was wrong.
+    /// Stores `layer` after checking it against its digest, size and diff_id: its compressed
+    /// blob, recorded as a layer kept compressed (`Store::put_lazy_layer`), or its tar when
+    /// the cache has it uncompressed. The error says what was wrong.
     fn fetch(&self, store: &Store, layer: &LayerDesc) -> Result<(), String>;
     /// Checks that `layer` is there (size included where the transport tells it) without
     /// downloading it: for a hit whose layer may never be needed.
