@@ -51,7 +51,8 @@ pub use error::{Error, Result};
 pub use locks::{KeyLock, SnapshotUse};
 pub use mounts::{CacheMountGuard, CacheMountRecord, Sharing};
 pub use records::{
-    schema_sql, CacheKey, CacheRecord, FileStat, PruneOptions, PruneReport, TagRecord, UsageRecord,
+    schema_sql, CacheKey, CacheRecord, FileStat, LayerInfo, PruneOptions, PruneReport, TagRecord,
+    UsageRecord,
 };
 pub use snapshots::{SnapshotBuilder, SnapshotId};
 

@@ -1,4 +1,5 @@
-//! Snapshot directory -> uncompressed layer tar blob (diff_id computed while writing).
+//! Snapshot directory -> uncompressed layer tar (hashed for the diff_id; written as a blob only
+//! for directories that are not kept, or on demand through `source`).
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -8,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rbuild_cache::{SnapshotId, Store};
-use rbuild_types::Digest;
+use rbuild_types::{Digest, Sha256Writer};
 use tar::{EntryType, Header};
 
 use crate::sys;
@@ -21,12 +22,15 @@ pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// The overlayfs xattr marking an opaque directory.
 pub(crate) const OVERLAY_OPAQUE: &[u8] = b"trusted.overlay.opaque";
 
-/// Writes the snapshot dir as an uncompressed layer tar blob into the store, hashing while
-/// writing (diff_id == blob digest). Overlay whiteouts (char device 0/0) become `.wh.<name>`
-/// entries, opaque dirs (xattr `trusted.overlay.opaque=y`) get a `.wh..wh..opq` entry; entries
-/// are sorted by name within each directory (depth first, stable); uid/gid/mode/mtime, hard
-/// links, symlinks, device nodes, fifos and xattrs (except `trusted.*`, see [`crate::layer_xattr_allowed`]) are kept.
-/// Sockets are skipped. Also records `put_layer(diff_id, snapshot)`.
+/// Hashes the snapshot dir as an uncompressed layer tar and records it (`put_snapshot_layer`):
+/// returns (diff_id, tar size). No blob is written: a build step's tar is made again from the
+/// snapshot, verified against this diff_id, when an output, a push or a cache export needs it
+/// ([`crate::layer_blob`]). Overlay whiteouts (char device 0/0) become `.wh.<name>` entries,
+/// opaque dirs (xattr `trusted.overlay.opaque=y`) get a `.wh..wh..opq` entry; entries are sorted
+/// by name within each directory (depth first, stable); uid/gid/mode/mtime, hard links,
+/// symlinks, device nodes, fifos and xattrs (except `trusted.*`, see
+/// [`crate::layer_xattr_allowed`]) are kept. Sockets are skipped. The same snapshot always
+/// gives the same bytes.
 pub fn write_layer(store: &Store, snapshot: &SnapshotId) -> Result<(Digest, u64)> {
     write_layer_clamped(store, snapshot, None)
 }
@@ -34,6 +38,7 @@ pub fn write_layer(store: &Store, snapshot: &SnapshotId) -> Result<(Digest, u64)
 /// [`write_layer`] with every entry's mtime clamped to `epoch` (seconds) when given, as
 /// BuildKit's `rewrite-timestamp` does for `SOURCE_DATE_EPOCH`: files a RUN step wrote get the
 /// epoch instead of the build's wall clock, so two builds of the same inputs give the same layer.
+/// The clamp is recorded with the layer, so the tar made later is the same.
 pub fn write_layer_clamped(
     store: &Store,
     snapshot: &SnapshotId,
@@ -45,10 +50,10 @@ pub fn write_layer_clamped(
             io::ErrorKind::NotFound,
         )));
     }
-    let mut w = store.blob_writer()?;
+    let mut w = Sha256Writer::new(io::sink());
     write_tar_clamped(&root, &mut w, epoch)?;
-    let (d, size) = w.commit(None)?;
-    store.put_layer(&d, snapshot, size)?;
+    let (_, d, size) = w.finish();
+    store.put_snapshot_layer(&d, snapshot, size, epoch.map(|e| e.max(0)))?;
     Ok((d, size))
 }
 
