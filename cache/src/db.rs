@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use crate::error::{Error, Result};
 
 /// Current schema version (`PRAGMA user_version`).
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS images (
@@ -74,6 +74,13 @@ CREATE TABLE IF NOT EXISTS cache_mounts (
 );
 ";
 
+/// Version 3: a layer built here keeps no tar blob at build time; its row says that the tar is
+/// made again from the snapshot (rbuild's own writer, byte for byte) and with which mtime clamp.
+const SCHEMA_V3: &str = "
+ALTER TABLE layers ADD COLUMN from_snapshot INTEGER NOT NULL DEFAULT 0; -- 1: tar = rbuild's tar of the snapshot
+ALTER TABLE layers ADD COLUMN mtime_clamp INTEGER;   -- SOURCE_DATE_EPOCH the tar's mtimes were clamped to
+";
+
 /// The schema, for documentation and tests.
 pub(crate) fn schema() -> &'static str {
     concat_schema()
@@ -81,7 +88,7 @@ pub(crate) fn schema() -> &'static str {
 
 fn concat_schema() -> &'static str {
     static S: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    S.get_or_init(|| format!("{SCHEMA_V1}{SCHEMA_V2}"))
+    S.get_or_init(|| format!("{SCHEMA_V1}{SCHEMA_V2}{SCHEMA_V3}"))
 }
 
 pub(crate) fn open(path: &Path) -> Result<Connection> {
@@ -118,6 +125,10 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     if version < 2 {
         tx.execute_batch(SCHEMA_V2)
             .map_err(err("migrate schema to version 2"))?;
+    }
+    if version < 3 {
+        tx.execute_batch(SCHEMA_V3)
+            .map_err(err("migrate schema to version 3"))?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

@@ -9,9 +9,9 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use rbuild_cache::Store;
 use rbuild_types::{Digest, ImageRef, Platform};
 
-use crate::access::ensure_snapshot;
 use crate::image::{load_image, our_digest, write_image_raw};
 use crate::oci::{write_layout, Compression, TarOut};
+use crate::source::ensure_snapshot;
 use crate::unpack::{apply_layer, decompressed};
 use crate::{Error, Result};
 
@@ -65,9 +65,11 @@ pub fn export_local_dir(
             digest: img.config_digest.to_string(),
             reason: format!("invalid diff_id {l:?}"),
         })?;
-        let mut tar = crate::access::layer_tar(store, &d)?;
+        // The tar: its blob, or a compressed blob decompressed while read (checked against
+        // the diff_id at its end), or a blob made (verified) from the snapshot.
+        let mut tar = crate::source::layer_tar(store, &d)
+            .map_err(|e| e.for_layer_of(format!("image {manifest}")))?;
         apply_layer(&mut tar, dest, preserve_special)?;
-        // Read to its end: a tar made from a compressed blob is checked there.
         std::io::copy(&mut tar, &mut std::io::sink())
             .map_err(Error::io("read layer", d.to_string()))?;
     }

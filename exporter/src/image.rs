@@ -45,7 +45,8 @@ pub(crate) fn our_digest(d: &oci_spec::image::Digest, what: &'static str) -> Res
 
 /// Writes config + manifest blobs (OCI media types; layers referenced by their uncompressed
 /// digest with media type `application/vnd.oci.image.layer.v1.tar`) and returns the manifest
-/// digest. `config.rootfs.diff_ids` gives the layers, which must be blobs in the store.
+/// digest. `config.rootfs.diff_ids` gives the layers, which must be in the store (a blob, or a
+/// snapshot a built layer's tar is made from: see [`crate::has_layer`]).
 pub fn write_image(store: &Store, config: &ImageConfiguration) -> Result<Digest> {
     let config_json = serde_json::to_vec(config).map_err(|e| Error::InvalidImage {
         what: "config",
@@ -112,8 +113,7 @@ fn write_manifest(
             digest: config_digest.to_string(),
             reason: format!("rootfs.diff_ids has invalid digest {d:?}"),
         })?;
-        // The tar itself may not be stored (a layer kept compressed): its size is recorded.
-        let size = crate::access::layer_size(store, &d)?;
+        let size = crate::source::layer_size(store, &d)?;
         layers.push(Descriptor::new(
             MediaType::ImageLayer,
             size,

@@ -1,4 +1,5 @@
-//! Snapshot directory -> uncompressed layer tar blob (diff_id computed while writing).
+//! Snapshot directory -> uncompressed layer tar (hashed for the diff_id; written as a blob only
+//! for directories that are not kept, or on demand through `source`).
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -8,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rbuild_cache::{SnapshotId, Store};
-use rbuild_types::Digest;
+use rbuild_types::{Digest, Sha256Writer};
 use tar::{EntryType, Header};
 
 use crate::sys;
@@ -21,12 +22,15 @@ pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// The overlayfs xattr marking an opaque directory.
 pub(crate) const OVERLAY_OPAQUE: &[u8] = b"trusted.overlay.opaque";
 
-/// Writes the snapshot dir as an uncompressed layer tar blob into the store, hashing while
-/// writing (diff_id == blob digest). Overlay whiteouts (char device 0/0) become `.wh.<name>`
-/// entries, opaque dirs (xattr `trusted.overlay.opaque=y`) get a `.wh..wh..opq` entry; entries
-/// are sorted by name within each directory (depth first, stable); uid/gid/mode/mtime, hard
-/// links, symlinks, device nodes, fifos and xattrs (except `trusted.*`, see [`crate::layer_xattr_allowed`]) are kept.
-/// Sockets are skipped. Also records `put_layer(diff_id, snapshot)`.
+/// Hashes the snapshot dir as an uncompressed layer tar and records it (`put_snapshot_layer`):
+/// returns (diff_id, tar size). No blob is written: a build step's tar is made again from the
+/// snapshot, verified against this diff_id, when an output, a push or a cache export needs it
+/// ([`crate::layer_blob`]). Overlay whiteouts (char device 0/0) become `.wh.<name>` entries,
+/// opaque dirs (xattr `trusted.overlay.opaque=y`) get a `.wh..wh..opq` entry; entries are sorted
+/// by name within each directory (depth first, stable); uid/gid/mode/mtime, hard links,
+/// symlinks, device nodes, fifos and xattrs (except `trusted.*`, see
+/// [`crate::layer_xattr_allowed`]) are kept. Sockets are skipped. The same snapshot always
+/// gives the same bytes.
 pub fn write_layer(store: &Store, snapshot: &SnapshotId) -> Result<(Digest, u64)> {
     write_layer_clamped(store, snapshot, None)
 }
@@ -34,6 +38,7 @@ pub fn write_layer(store: &Store, snapshot: &SnapshotId) -> Result<(Digest, u64)
 /// [`write_layer`] with every entry's mtime clamped to `epoch` (seconds) when given, as
 /// BuildKit's `rewrite-timestamp` does for `SOURCE_DATE_EPOCH`: files a RUN step wrote get the
 /// epoch instead of the build's wall clock, so two builds of the same inputs give the same layer.
+/// The clamp is recorded with the layer, so the tar made later is the same.
 pub fn write_layer_clamped(
     store: &Store,
     snapshot: &SnapshotId,
@@ -45,10 +50,10 @@ pub fn write_layer_clamped(
             io::ErrorKind::NotFound,
         )));
     }
-    let mut w = store.blob_writer()?;
+    let mut w = Sha256Writer::new(io::sink());
     write_tar_clamped(&root, &mut w, epoch)?;
-    let (d, size) = w.commit(None)?;
-    store.put_layer(&d, snapshot, size)?;
+    let (_, d, size) = w.finish();
+    store.put_snapshot_layer(&d, snapshot, size, epoch.map(|e| e.max(0)))?;
     Ok((d, size))
 }
 
@@ -67,24 +72,93 @@ pub(crate) fn write_tar_clamped(
     out: &mut dyn Write,
     epoch: Option<i64>,
 ) -> Result<()> {
-    let mut b = tar::Builder::new(out);
+    let mut sink = WriteSink {
+        out,
+        buf: Vec::new(),
+    };
+    walk_tar(root, epoch, &mut sink)
+}
+
+/// A regular file whose data follows an entry's header: `size` bytes (as stat'ed when the
+/// header was made), padded to the next 512-byte block.
+pub(crate) struct FileData<'a> {
+    /// The file in the snapshot.
+    pub path: &'a Path,
+    /// Its metadata (the header's source).
+    pub meta: &'a fs::Metadata,
+}
+
+/// Where [`walk_tar`] sends the tar stream, one entry at a time.
+pub(crate) trait EntrySink {
+    /// One entry: `head` is every tar byte before its data (a PAX xattr header, a long-name
+    /// entry, the header itself; for a directory with an opaque marker, the marker too);
+    /// `data` the regular file whose bytes follow.
+    fn entry(&mut self, head: &[u8], data: Option<FileData<'_>>) -> io::Result<()>;
+    /// The end of the archive (the two zero blocks).
+    fn end(&mut self, tail: &[u8]) -> io::Result<()>;
+}
+
+/// The plain sink: everything into a writer, file data in 1 MiB blocks.
+struct WriteSink<'a> {
+    out: &'a mut dyn Write,
+    buf: Vec<u8>,
+}
+
+impl EntrySink for WriteSink<'_> {
+    fn entry(&mut self, head: &[u8], data: Option<FileData<'_>>) -> io::Result<()> {
+        self.out.write_all(head)?;
+        if let Some(d) = data {
+            let f = File::open(d.path)?;
+            copy_data(f, d.meta.len(), self.out, &mut self.buf)?;
+        }
+        Ok(())
+    }
+    fn end(&mut self, tail: &[u8]) -> io::Result<()> {
+        self.out.write_all(tail)
+    }
+}
+
+/// Walks `root` (depth first, names sorted bytewise in each directory) and sends each entry of
+/// its layer tar to `sink`: the one definition of a layer's bytes, used for the build-time hash
+/// and for every blob made later, so both are the same byte for byte.
+pub(crate) fn walk_tar(root: &Path, epoch: Option<i64>, sink: &mut dyn EntrySink) -> Result<()> {
+    // Headers are built by the tar crate into this buffer and handed over entry by entry.
+    let mut b = tar::Builder::new(Vec::new());
     let mut links = HashMap::new();
     let clamp = epoch.map(|e| e.max(0) as u64);
-    let mut buf = Vec::new();
-    walk(&mut b, root, Path::new(""), &mut links, clamp, &mut buf)?;
-    b.finish().map_err(Error::io("write layer tar for", root))?;
+    walk(&mut b, sink, root, Path::new(""), &mut links, clamp)?;
+    let tail = b
+        .into_inner()
+        .map_err(Error::io("write layer tar for", root))?;
+    sink.end(&tail)
+        .map_err(Error::io("write layer tar for", root))?;
     Ok(())
 }
 
 type Links = HashMap<(u64, u64), PathBuf>;
 
-fn walk<W: Write>(
-    b: &mut tar::Builder<W>,
+/// Hands the header bytes gathered in `b` (and the file data, if any) to the sink.
+fn emit(
+    b: &mut tar::Builder<Vec<u8>>,
+    sink: &mut dyn EntrySink,
+    path: &Path,
+    data: Option<&fs::Metadata>,
+) -> Result<()> {
+    let head = std::mem::take(b.get_mut());
+    let r = sink.entry(&head, data.map(|meta| FileData { path, meta }));
+    // The buffer is reused (its capacity kept) for the next entry.
+    *b.get_mut() = head;
+    b.get_mut().clear();
+    r.map_err(Error::io("write tar entry for", path))
+}
+
+fn walk(
+    b: &mut tar::Builder<Vec<u8>>,
+    sink: &mut dyn EntrySink,
     abs: &Path,
     rel: &Path,
     links: &mut Links,
     clamp: Option<u64>,
-    buf: &mut Vec<u8>,
 ) -> Result<()> {
     let mut names: Vec<_> = fs::read_dir(abs)
         .map_err(Error::io("read dir", abs))?
@@ -96,88 +170,118 @@ fn walk<W: Write>(
         let path = abs.join(&name);
         let relp = rel.join(&name);
         let m = fs::symlink_metadata(&path).map_err(Error::io("stat", &path))?;
-        let ft = m.file_type();
-        let mut h = Header::new_gnu();
-        h.set_mode(m.mode() & 0o7777);
-        h.set_uid(m.uid() as u64);
-        h.set_gid(m.gid() as u64);
-        let mtime = clamp_mtime(m.mtime(), clamp);
-        h.set_mtime(mtime);
-        h.set_size(0);
-        if ft.is_char_device() && m.rdev() == 0 {
-            // Overlay whiteout -> .wh.<name>
-            let mut wh = std::ffi::OsString::from(WHITEOUT_PREFIX);
-            wh.push(&name);
-            h.set_entry_type(EntryType::Regular);
-            h.set_mode(0);
-            b.append_data(&mut h, rel.join(wh), io::empty())
-                .map_err(Error::io("write tar entry for", &path))?;
-            continue;
-        }
-        append_xattrs(b, &path)?;
-        if ft.is_dir() {
-            h.set_entry_type(EntryType::Directory);
-            b.append_data(&mut h, &relp, io::empty())
-                .map_err(Error::io("write tar entry for", &path))?;
-            if sys::get_xattr(&path, OVERLAY_OPAQUE)
-                .map_err(Error::io("read xattr of", &path))?
-                .as_deref()
-                == Some(b"y")
-            {
-                let mut oh = Header::new_gnu();
-                oh.set_entry_type(EntryType::Regular);
-                oh.set_mode(0);
-                oh.set_size(0);
-                oh.set_mtime(mtime);
-                b.append_data(&mut oh, relp.join(OPAQUE_MARKER), io::empty())
-                    .map_err(Error::io("write tar entry for", &path))?;
+        match append_entry(b, &path, &relp, &name, &m, links, clamp)? {
+            Kind::Data => emit(b, sink, &path, Some(&m))?,
+            Kind::Dir => {
+                emit(b, sink, &path, None)?;
+                walk(b, sink, &path, &relp, links, clamp)?;
             }
-            walk(b, &path, &relp, links, clamp, buf)?;
-        } else if ft.is_file() {
-            if m.nlink() > 1 {
-                if let Some(first) = links.get(&(m.dev(), m.ino())) {
-                    h.set_entry_type(EntryType::Link);
-                    b.append_link(&mut h, &relp, first)
-                        .map_err(Error::io("write tar entry for", &path))?;
-                    continue;
-                }
-                links.insert((m.dev(), m.ino()), relp.clone());
-            }
-            h.set_entry_type(EntryType::Regular);
-            h.set_size(m.len());
-            let f = File::open(&path).map_err(Error::io("open", &path))?;
-            // The header (and a long-name entry when needed) through the tar crate, with no
-            // data; the data in big blocks straight to the blob writer (see `copy_data`).
-            b.append_data(&mut h, &relp, io::empty())
-                .map_err(Error::io("write tar entry for", &path))?;
-            copy_data(f, m.len(), b.get_mut(), buf)
-                .map_err(Error::io("write tar entry for", &path))?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(Error::io("read link", &path))?;
-            h.set_entry_type(EntryType::Symlink);
-            b.append_link(&mut h, &relp, &target)
-                .map_err(Error::io("write tar entry for", &path))?;
-        } else if ft.is_char_device() || ft.is_block_device() {
-            let (maj, min) = sys::dev_major_minor(m.rdev());
-            h.set_entry_type(if ft.is_char_device() {
-                EntryType::Char
-            } else {
-                EntryType::Block
-            });
-            h.set_device_major(maj)
-                .map_err(Error::io("write tar entry for", &path))?;
-            h.set_device_minor(min)
-                .map_err(Error::io("write tar entry for", &path))?;
-            b.append_data(&mut h, &relp, io::empty())
-                .map_err(Error::io("write tar entry for", &path))?;
-        } else if ft.is_fifo() {
-            h.set_entry_type(EntryType::Fifo);
-            b.append_data(&mut h, &relp, io::empty())
-                .map_err(Error::io("write tar entry for", &path))?;
+            Kind::NoData => emit(b, sink, &path, None)?,
         }
-        // Sockets cannot be represented in a tar; they are skipped.
     }
     Ok(())
+}
+
+/// What follows an entry's header.
+enum Kind {
+    /// The regular file's data.
+    Data,
+    /// The directory's entries.
+    Dir,
+    /// Nothing (links, devices, fifos, whiteouts, skipped sockets).
+    NoData,
+}
+
+/// Appends the header(s) of one snapshot entry to `b` (no file data).
+fn append_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    path: &Path,
+    relp: &Path,
+    name: &std::ffi::OsStr,
+    m: &fs::Metadata,
+    links: &mut Links,
+    clamp: Option<u64>,
+) -> Result<Kind> {
+    let ft = m.file_type();
+    let mut h = Header::new_gnu();
+    h.set_mode(m.mode() & 0o7777);
+    h.set_uid(m.uid() as u64);
+    h.set_gid(m.gid() as u64);
+    let mtime = clamp_mtime(m.mtime(), clamp);
+    h.set_mtime(mtime);
+    h.set_size(0);
+    let werr = Error::io("write tar entry for", path);
+    if ft.is_char_device() && m.rdev() == 0 {
+        // Overlay whiteout -> .wh.<name>
+        let mut wh = std::ffi::OsString::from(WHITEOUT_PREFIX);
+        wh.push(name);
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0);
+        let parent = relp.parent().unwrap_or(Path::new(""));
+        b.append_data(&mut h, parent.join(wh), io::empty())
+            .map_err(werr)?;
+        return Ok(Kind::NoData);
+    }
+    if ft.is_socket() {
+        // Sockets cannot be represented in a tar: skipped, with their xattrs.
+        return Ok(Kind::NoData);
+    }
+    append_xattrs(b, path)?;
+    if ft.is_dir() {
+        h.set_entry_type(EntryType::Directory);
+        b.append_data(&mut h, relp, io::empty()).map_err(werr)?;
+        if sys::get_xattr(path, OVERLAY_OPAQUE)
+            .map_err(Error::io("read xattr of", path))?
+            .as_deref()
+            == Some(b"y")
+        {
+            let mut oh = Header::new_gnu();
+            oh.set_entry_type(EntryType::Regular);
+            oh.set_mode(0);
+            oh.set_size(0);
+            oh.set_mtime(mtime);
+            b.append_data(&mut oh, relp.join(OPAQUE_MARKER), io::empty())
+                .map_err(Error::io("write tar entry for", path))?;
+        }
+        return Ok(Kind::Dir);
+    }
+    if ft.is_file() {
+        if m.nlink() > 1 {
+            if let Some(first) = links.get(&(m.dev(), m.ino())) {
+                h.set_entry_type(EntryType::Link);
+                b.append_link(&mut h, relp, first).map_err(werr)?;
+                return Ok(Kind::NoData);
+            }
+            links.insert((m.dev(), m.ino()), relp.to_path_buf());
+        }
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(m.len());
+        // The header (and a long-name entry when needed) through the tar crate, with no data;
+        // the data in big blocks straight to the sink (see `copy_data`).
+        b.append_data(&mut h, relp, io::empty()).map_err(werr)?;
+        return Ok(Kind::Data);
+    }
+    if ft.is_symlink() {
+        let target = fs::read_link(path).map_err(Error::io("read link", path))?;
+        h.set_entry_type(EntryType::Symlink);
+        b.append_link(&mut h, relp, &target).map_err(werr)?;
+    } else if ft.is_char_device() || ft.is_block_device() {
+        let (maj, min) = sys::dev_major_minor(m.rdev());
+        h.set_entry_type(if ft.is_char_device() {
+            EntryType::Char
+        } else {
+            EntryType::Block
+        });
+        h.set_device_major(maj)
+            .map_err(Error::io("write tar entry for", path))?;
+        h.set_device_minor(min)
+            .map_err(Error::io("write tar entry for", path))?;
+        b.append_data(&mut h, relp, io::empty()).map_err(werr)?;
+    } else if ft.is_fifo() {
+        h.set_entry_type(EntryType::Fifo);
+        b.append_data(&mut h, relp, io::empty()).map_err(werr)?;
+    }
+    Ok(Kind::NoData)
 }
 
 /// Block size of layer data copies: big enough that one `read` and one `write` move a MiB (the

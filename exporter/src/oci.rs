@@ -37,7 +37,7 @@ impl Compression {
         }
     }
 
-    fn media_type(self) -> MediaType {
+    pub(crate) fn media_type(self) -> MediaType {
         match self {
             Compression::Gzip => MediaType::ImageLayerGzip,
             Compression::Zstd => MediaType::ImageLayerZstd,
@@ -66,56 +66,29 @@ impl FromStr for Compression {
     }
 }
 
-/// Compresses one stored (uncompressed) layer, reusing an earlier result.
+/// Compresses one stored (uncompressed) layer, reusing an earlier result (see
+/// [`crate::layer_blob`]: made from the snapshot when the store has no tar blob of it).
 fn compress_layer(store: &Store, layer: &Descriptor, c: Compression) -> Result<Descriptor> {
-    if c == Compression::None || *layer.media_type() != MediaType::ImageLayer {
+    if *layer.media_type() != MediaType::ImageLayer {
         return Ok(layer.clone());
     }
     let diff_id = our_digest(layer.digest(), "layer")?;
-    let (digest, size) = match store.compressed_layer(&diff_id, c.name())? {
-        Some(found) => found,
-        None => {
-            let src = store.blob_path(&diff_id);
-            // The stored tar, or another compressed form decompressed (and verified).
-            let mut input = crate::access::layer_tar(store, &diff_id)?;
-            let w = store.blob_writer()?;
-            let w = match c {
-                Compression::Gzip => {
-                    let mut enc = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
-                    io::copy(&mut input, &mut enc).map_err(Error::io("compress", &src))?;
-                    enc.finish().map_err(Error::io("compress", &src))?
-                }
-                _ => {
-                    let mut enc = zstd::Encoder::new(w, 3).map_err(Error::io("compress", &src))?;
-                    io::copy(&mut input, &mut enc).map_err(Error::io("compress", &src))?;
-                    enc.finish().map_err(Error::io("compress", &src))?
-                }
-            };
-            let (d, size) = w.commit(None)?;
-            store.put_compressed_layer(&diff_id, c.name(), &d, size)?;
-            (d, size)
-        }
-    };
-    let mut out = Descriptor::new(c.media_type(), size, oci_digest(&digest)?);
+    let b = crate::source::layer_blob(store, &diff_id, c)?;
+    let mut out = Descriptor::new(c.media_type(), b.size, oci_digest(&b.digest)?);
     out.set_annotations(layer.annotations().clone());
     Ok(out)
 }
 
 /// The blob of stored layer `diff_id` compressed with `c` (made once, then reused): its
-/// digest, size and OCI media type. `Compression::None` gives the layer itself.
+/// digest, size and OCI media type. `Compression::None` gives the uncompressed tar blob. This
+/// is [`crate::layer_blob`] as a tuple.
 pub fn compressed_layer(
     store: &Store,
     diff_id: &Digest,
     c: Compression,
 ) -> Result<(Digest, u64, String)> {
-    let size = crate::access::layer_size(store, diff_id)?;
-    let plain = Descriptor::new(MediaType::ImageLayer, size, oci_digest(diff_id)?);
-    let d = compress_layer(store, &plain, c)?;
-    Ok((
-        our_digest(d.digest(), "layer")?,
-        d.size(),
-        d.media_type().to_string(),
-    ))
+    let b = crate::source::layer_blob(store, diff_id, c)?;
+    Ok((b.digest, b.size, b.media_type))
 }
 
 /// Compresses the layers of a manifest in parallel (one thread per core at most) and returns
@@ -163,6 +136,14 @@ pub(crate) fn compressed_manifest(
     let mut m = m.clone();
     m.set_layers(out);
     Ok(m)
+}
+
+/// How an error names the image being exported: its first name, else its manifest digest.
+fn image_name(names: &[ImageRef], manifest: &Digest) -> String {
+    match names.first() {
+        Some(n) => format!("image {n}"),
+        None => format!("image {manifest}"),
+    }
 }
 
 /// The registry-qualified name containerd expects (`docker.io/library/busybox:latest`).
@@ -288,45 +269,9 @@ impl TarOut {
 
     pub(crate) fn blob(&mut self, store: &Store, d: &Digest) -> Result<()> {
         if !store.has_blob(d) {
-            // A layer kept only compressed: its tar is made on the way (and verified).
-            let size = crate::access::layer_size(store, d)?;
-            let tar = crate::access::layer_tar(store, d)?;
-            return self.stream(&format!("blobs/sha256/{}", d.hex()), size, tar);
+            return Err(Error::MissingLayer(d.clone()));
         }
         self.file(&format!("blobs/sha256/{}", d.hex()), &store.blob_path(d))
-    }
-
-    /// Writes `size` bytes read from `r` as file `name`; fails unless `r` gives exactly that.
-    fn stream(&mut self, name: &str, size: u64, r: impl io::Read) -> Result<()> {
-        let mut r = Exact {
-            inner: r,
-            left: size,
-        };
-        match &mut self.target {
-            Target::Tar { builder, tmp } => {
-                let mut h = Self::header(size, tar::EntryType::Regular, 0o644);
-                builder
-                    .append_data(&mut h, name, &mut r)
-                    .map_err(Error::io("write", &*tmp))?;
-            }
-            Target::Dir => {
-                let p = self.dest.join(name);
-                if p.is_file() {
-                    return Ok(());
-                }
-                write_atomic(&p, |f| io::copy(&mut r, f).map(|_| ()))?;
-            }
-        }
-        // The source must end here (its check, for a verified stream, happens at its end).
-        let mut rest = [0u8; 1];
-        match r.inner.read(&mut rest) {
-            Ok(0) if r.left == 0 => Ok(()),
-            Ok(_) => Err(Error::io("read layer", name)(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("layer is not {size} bytes long"),
-            ))),
-            Err(e) => Err(Error::io("read layer", name)(e)),
-        }
     }
 
     pub(crate) fn finish(mut self) -> Result<()> {
@@ -349,30 +294,6 @@ impl Drop for TarOut {
                 let _ = fs::remove_file(tmp);
             }
         }
-    }
-}
-
-/// A reader giving at most `left` bytes of `inner`, failing if `inner` ends before.
-struct Exact<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: io::Read> io::Read for Exact<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
-        }
-        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-        let n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "layer ended early",
-            ));
-        }
-        self.left -= n as u64;
-        Ok(n)
     }
 }
 
@@ -407,6 +328,9 @@ pub(crate) fn write_layout(
     out: &mut TarOut,
 ) -> Result<(Digest, ImageManifest)> {
     let img = load_image(store, manifest)?;
+    // Every layer blob is found or made (and verified) here, before anything is written.
+    let layers = compressed_manifest(store, &img.manifest, compression)
+        .map_err(|e| e.for_layer_of(image_name(names, manifest)))?;
     let (m, mdigest, mbytes) = if compression == Compression::None {
         (
             img.manifest.clone(),
@@ -414,7 +338,7 @@ pub(crate) fn write_layout(
             store.read_blob(manifest)?,
         )
     } else {
-        let m = compressed_manifest(store, &img.manifest, compression)?;
+        let m = layers;
         let bytes = serde_json::to_vec(&m).map_err(|e| Error::InvalidImage {
             what: "manifest",
             digest: manifest.to_string(),
@@ -532,7 +456,8 @@ pub fn distribution_manifest(
     compression: Compression,
 ) -> Result<DistributionManifest> {
     let img = load_image(store, manifest)?;
-    let m = compressed_manifest(store, &img.manifest, compression)?;
+    let m = compressed_manifest(store, &img.manifest, compression)
+        .map_err(|e| e.for_layer_of(format!("image {manifest}")))?;
     let bytes = serde_json::to_vec(&m).map_err(|e| Error::InvalidImage {
         what: "manifest",
         digest: manifest.to_string(),

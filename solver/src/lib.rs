@@ -459,11 +459,11 @@ impl Solver<'_> {
         let guard = self.store.use_snapshot_id(&l.snapshot)?;
         let named = self
             .store
-            .layer_row(&l.diff_id)?
-            .is_some_and(|(s, _)| s == l.snapshot);
+            .layer_info(&l.diff_id)?
+            .is_some_and(|i| i.snapshot == l.snapshot);
         if named
             && (self.store.has_snapshot(&l.snapshot)
-                || rbuild_exporter::layer_available(self.store, &l.diff_id)?)
+                || rbuild_exporter::has_layer(self.store, &l.diff_id)?)
         {
             self.lock_in_use().push(guard);
             return Ok(true);

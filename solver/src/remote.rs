@@ -325,7 +325,7 @@ pub(crate) fn prefetch(s: &Solver, stop: &AtomicBool) {
         .entries
         .values()
         .filter(|e| e.record.position.stage == target && e.record.position.dockerfile == here)
-        .filter(|e| !rbuild_exporter::layer_available(s.store, &e.layer.diff_id).unwrap_or(false))
+        .filter(|e| !rbuild_exporter::has_layer(s.store, &e.layer.diff_id).unwrap_or(false))
         .collect();
     todo.sort_by_key(|e| (e.record.position.depth, e.layer.digest.clone()));
     {
@@ -529,13 +529,14 @@ pub fn export_config(
                 _ => continue,
             },
         };
-        if !rbuild_exporter::layer_available(store, &st.diff_id)? {
+        if !rbuild_exporter::has_layer(store, &st.diff_id)? {
             continue;
         }
         if let Some(c) = compression {
             if seen.insert(st.diff_id.clone()) {
                 let (digest, size, media_type) =
-                    rbuild_exporter::compressed_layer(store, &st.diff_id, c)?;
+                    rbuild_exporter::compressed_layer(store, &st.diff_id, c)
+                        .map_err(|e| e.for_layer_of(format!("cache export of {description}")))?;
                 blobs.push(digest.clone());
                 config.layers.push(LayerDesc {
                     digest,
