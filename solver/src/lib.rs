@@ -39,7 +39,7 @@ pub use exec::{resolve_user_pub as resolve_image_user, DEFAULT_PATH};
 pub use image::runtime_config;
 pub use mounts::{Forwarded, SecretSource};
 pub use platform::{check_platform, config_platform, platform_matches};
-pub use remote::{LayerSource, RemoteCache, StepRecord};
+pub use remote::{prefetch_stage, LayerSource, RemoteCache, StepRecord};
 
 /// Version of the cache key encoding; bump to invalidate every record when the encoding changes
 /// or when an op's result changes for the same inputs. 3: RUN steps get BuildKit's hostname,

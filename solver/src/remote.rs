@@ -321,11 +321,26 @@ pub(crate) fn prefetch(s: &Solver, stop: &AtomicBool) {
     };
     let target = s.graph.graph[s.graph.stages[s.graph.target].node].stage;
     let here = position(s, s.graph.stages[s.graph.target].node, 0).dockerfile;
+    prefetch_stage(remote, s.store, &here, target, stop);
+}
+
+/// [`prefetch`] for the records of stage `stage` (its position in the Dockerfile) of the
+/// Dockerfile named `dockerfile`, for a caller that knows the target stage before the build
+/// graph exists (the CLI starts it while the frontend pulls the base images). Layers already
+/// taken on (in flight or done) are skipped, so the solve's own [`prefetch`] after it only
+/// adds what this one did not take.
+pub fn prefetch_stage(
+    remote: &RemoteCache,
+    store: &Store,
+    dockerfile: &str,
+    stage: usize,
+    stop: &AtomicBool,
+) {
     let mut todo: Vec<&Entry> = remote
         .entries
         .values()
-        .filter(|e| e.record.position.stage == target && e.record.position.dockerfile == here)
-        .filter(|e| !rbuild_exporter::has_layer(s.store, &e.layer.diff_id).unwrap_or(false))
+        .filter(|e| e.record.position.stage == stage && e.record.position.dockerfile == dockerfile)
+        .filter(|e| !rbuild_exporter::has_layer(store, &e.layer.diff_id).unwrap_or(false))
         .collect();
     todo.sort_by_key(|e| (e.record.position.depth, e.layer.digest.clone()));
     {
@@ -351,7 +366,7 @@ pub(crate) fn prefetch(s: &Solver, stop: &AtomicBool) {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     // Kept compressed (a `layers` row with a reserved snapshot id, which
                     // prune handles like any layer's): the hit takes it into use.
-                    source.fetch(s.store, &e.layer)
+                    source.fetch(store, &e.layer)
                 }))
                 .unwrap_or_else(|_| Err("internal error while fetching the layer".into())),
             )
