@@ -505,6 +505,35 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The position in the Dockerfile of the stage `--target` names (else the last stage), read
+/// from the parsed text before the frontend resolves anything (as the frontend picks it);
+/// `None` when the text does not parse or names no such stage (the frontend reports that).
+fn target_stage_of(text: &str, target: Option<&str>) -> Option<usize> {
+    let df = rbuild_frontend::parse(text).ok()?;
+    let froms: Vec<_> = df
+        .instructions
+        .iter()
+        .filter(|i| i.command.eq_ignore_ascii_case("from"))
+        .collect();
+    match target {
+        None => froms.len().checked_sub(1),
+        Some(t) => froms.iter().position(|i| {
+            i.args.len() >= 3
+                && i.args[1].eq_ignore_ascii_case("as")
+                && i.args[2].eq_ignore_ascii_case(t)
+        }),
+    }
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,33 +565,14 @@ mod tests {
         assert!(e.to_string().contains("type=local only"), "{e}");
         assert!(parse_output("type=local,dest=o,preserve-special=maybe").is_err());
     }
-}
 
-/// The position in the Dockerfile of the stage `--target` names (else the last stage), read
-/// from the parsed text before the frontend resolves anything (as the frontend picks it);
-/// `None` when the text does not parse or names no such stage (the frontend reports that).
-fn target_stage_of(text: &str, target: Option<&str>) -> Option<usize> {
-    let df = rbuild_frontend::parse(text).ok()?;
-    let froms: Vec<_> = df
-        .instructions
-        .iter()
-        .filter(|i| i.command.eq_ignore_ascii_case("from"))
-        .collect();
-    match target {
-        None => froms.len().checked_sub(1),
-        Some(t) => froms.iter().position(|i| {
-            i.args.len() >= 3
-                && i.args[1].eq_ignore_ascii_case("as")
-                && i.args[2].eq_ignore_ascii_case(t)
-        }),
-    }
-}
-
-/// Sets the flag when dropped.
-struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    #[test]
+    fn the_target_stage_is_found_in_the_text() {
+        let df = "ARG X=1\nFROM a AS Build\nRUN x\nfrom b as final\nRUN y\nFROM c\n";
+        assert_eq!(super::target_stage_of(df, None), Some(2));
+        assert_eq!(super::target_stage_of(df, Some("build")), Some(0));
+        assert_eq!(super::target_stage_of(df, Some("FINAL")), Some(1));
+        assert_eq!(super::target_stage_of(df, Some("nope")), None);
+        assert_eq!(super::target_stage_of("RUN \"unterminated", None), None);
     }
 }

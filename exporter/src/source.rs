@@ -179,7 +179,7 @@ impl io::Write for HashCount {
 }
 
 enum Decoder {
-    Gzip(flate2::write::MultiGzDecoder<HashCount>),
+    Gzip(Box<flate2::write::MultiGzDecoder<HashCount>>),
     Zstd(Box<zstd::stream::write::Decoder<'static, HashCount>>),
     Plain(HashCount),
 }
@@ -197,7 +197,7 @@ impl DiffIdWriter {
             len: 0,
         };
         Ok(DiffIdWriter(match c {
-            Compression::Gzip => Decoder::Gzip(flate2::write::MultiGzDecoder::new(sink)),
+            Compression::Gzip => Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink))),
             Compression::Zstd => Decoder::Zstd(Box::new(
                 zstd::stream::write::Decoder::new(sink)
                     .map_err(Error::io("start zstd decoder", "<layer>"))?,
