@@ -597,3 +597,57 @@ fn damaged_snapshot_fails_exports_clearly() {
         assert_ok(&env.rbuild(&["push", &target]));
     }
 }
+
+/// The layer hash of a rebuilt COPY resumes from the previous result's midstate; the recorded
+/// diff_id must still be the digest of the tar `save` writes, wherever the change is.
+#[test]
+fn resumed_layer_hash_matches_the_saved_tar() {
+    let env = Env::new();
+    let mut files = Vec::new();
+    for d in 0..6 {
+        for f in 0..50 {
+            files.push((format!("files/d{d}/f{f:02}.txt"), format!("file {d}/{f}\n")));
+        }
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let dir = env.context(
+        "many",
+        "FROM busybox:local\nCOPY files /files\nRUN ls -R /files | wc -l > /count\n",
+        &refs,
+    );
+    env.build_ok("many:1", &dir, &[]);
+    let saved = env.work.path().join("many.tar");
+    for (i, change) in ["files/d3/f20.txt", "files/d0/f00.txt", "files/d5/f49.txt"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(dir.join(change), format!("changed {i}\n")).unwrap();
+        env.build_ok("many:1", &dir, &[]);
+        assert_ok(&env.rbuild(&["save", "-o", saved.to_str().unwrap(), "many:1"]));
+        let x = env.work.path().join(format!("x{i}"));
+        std::fs::create_dir_all(&x).unwrap();
+        run(Command::new("tar").arg("-xf").arg(&saved).arg("-C").arg(&x));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(x.join("manifest.json")).unwrap()).unwrap();
+        let config: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(x.join(manifest[0]["Config"].as_str().unwrap())).unwrap(),
+        )
+        .unwrap();
+        for (l, d) in manifest[0]["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(config["rootfs"]["diff_ids"].as_array().unwrap())
+        {
+            let out = run(Command::new("sha256sum").arg(x.join(l.as_str().unwrap())));
+            assert_eq!(
+                format!("sha256:{}", &stdout(&out)[..64]),
+                d.as_str().unwrap(),
+                "after changing {change}"
+            );
+        }
+    }
+}

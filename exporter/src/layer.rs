@@ -9,10 +9,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rbuild_cache::{SnapshotId, Store};
-use rbuild_types::{Digest, Sha256Writer};
+use rbuild_types::Digest;
 use tar::{EntryType, Header};
 
 use crate::sys;
+use crate::tarhash::{Index, ResumeSink};
 use crate::{Error, Result};
 
 /// Prefix of whiteout entries in layer tars.
@@ -44,17 +45,49 @@ pub fn write_layer_clamped(
     snapshot: &SnapshotId,
     epoch: Option<i64>,
 ) -> Result<(Digest, u64)> {
+    write_layer_after(store, snapshot, epoch, None)
+}
+
+/// [`write_layer_clamped`] for a step whose previous result was `previous` (held in use by the
+/// caller): the hash resumes from the previous layer's SHA-256 midstate after the longest run
+/// of leading tar entries the two share (unchanged files hard-linked from it), so only the
+/// entries from the first change on are read (see `tarhash`). The digest is that of a full pass.
+pub fn write_layer_after(
+    store: &Store,
+    snapshot: &SnapshotId,
+    epoch: Option<i64>,
+    previous: Option<&SnapshotId>,
+) -> Result<(Digest, u64)> {
     let root = store.snapshot_dir(snapshot);
     if !root.is_dir() {
         return Err(Error::io("open snapshot", &root)(io::Error::from(
             io::ErrorKind::NotFound,
         )));
     }
-    let mut w = Sha256Writer::new(io::sink());
-    write_tar_clamped(&root, &mut w, epoch)?;
-    let (_, d, size) = w.finish();
+    let old = previous.map(|p| store.snapshot_dir(p));
+    let (d, size, _) = hash_layer(&root, epoch, old.as_deref())?;
     store.put_snapshot_layer(&d, snapshot, size, epoch.map(|e| e.max(0)))?;
     Ok((d, size))
+}
+
+/// Hashes the snapshot whose files are in `root` as a layer tar (resuming from the index of
+/// the snapshot whose files are in `previous` when it fits) and writes its index beside
+/// `root`; returns the digest, the tar size and how many files' data came from the previous
+/// hash state instead of being read.
+pub(crate) fn hash_layer(
+    root: &Path,
+    epoch: Option<i64>,
+    previous: Option<&Path>,
+) -> Result<(Digest, u64, u64)> {
+    let clamp = epoch.map(|e| e.max(0));
+    let old = previous.and_then(|p| Index::read(&Index::path_for(p)));
+    let mut sink = ResumeSink::new(old, clamp);
+    walk_tar(root, epoch, &mut sink)?;
+    let skipped = sink.skipped;
+    let (d, size, index) = sink.finish(clamp);
+    // A cache: a failed write only costs the next build its resume.
+    let _ = index.write(&Index::path_for(root));
+    Ok((d, size, skipped))
 }
 
 /// Writes any overlay upper directory (e.g. a kept container's writable layer) as an uncompressed
@@ -428,6 +461,119 @@ mod tests {
         copy_data(f, 5, &mut out, &mut Vec::new()).unwrap();
         assert_eq!(out.len(), 512);
         assert_eq!(&out[..5], b"abc\0\0");
+    }
+
+    /// A tree of `dirs` x `files` small files (and one big one), directory mtimes fixed.
+    fn tree(root: &Path, dirs: usize, files: usize, from: Option<&Path>, change: &[&str]) {
+        for d in 0..dirs {
+            let dir = root.join(format!("files/d{d:02}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..files {
+                let rel = format!("files/d{d:02}/f{f:03}.txt");
+                let p = root.join(&rel);
+                match from {
+                    Some(old) if !change.contains(&rel.as_str()) => {
+                        fs::hard_link(old.join(&rel), &p).unwrap()
+                    }
+                    _ => {
+                        let text = if change.contains(&rel.as_str()) {
+                            format!("changed {rel}\n")
+                        } else {
+                            format!("file {rel}\n").repeat(3)
+                        };
+                        fs::write(&p, text).unwrap();
+                        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+                        File::options()
+                            .write(true)
+                            .open(&p)
+                            .unwrap()
+                            .set_modified(t)
+                            .unwrap();
+                    }
+                }
+            }
+        }
+        let big = root.join("files/zbig");
+        match from {
+            Some(old) => fs::hard_link(old.join("files/zbig"), &big).unwrap(),
+            None => fs::write(&big, vec![7u8; (COPY_BLOCK * 2) + 5]).unwrap(),
+        }
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000);
+        for d in 0..dirs {
+            File::open(root.join(format!("files/d{d:02}")))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        File::open(root.join("files"))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    fn full_digest(root: &Path, epoch: Option<i64>) -> (Digest, u64) {
+        let mut w = rbuild_types::Sha256Writer::new(io::sink());
+        write_tar_clamped(root, &mut w, epoch).unwrap();
+        let (_, d, n) = w.finish();
+        (d, n)
+    }
+
+    /// The resumed hash is the hash of the whole tar, whatever changed and where; only the
+    /// entries from the first change on are read.
+    #[test]
+    fn resumed_hash_equals_a_full_pass() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a/fs");
+        tree(&a, 8, 40, None, &[]);
+        let (d, n, skipped) = hash_layer(&a, None, None).unwrap();
+        assert_eq!((d.clone(), n), full_digest(&a, None));
+        assert_eq!(skipped, 0);
+        let cases: &[(&str, &[&str], bool)] = &[
+            ("nothing changed", &[], true),
+            ("one file in the middle", &["files/d05/f017.txt"], true),
+            ("the first file", &["files/d00/f000.txt"], false),
+            ("the last small file", &["files/d07/f039.txt"], true),
+        ];
+        for (i, (what, change, expect_skip)) in cases.iter().enumerate() {
+            let b = t.path().join(format!("b{i}/fs"));
+            tree(&b, 8, 40, Some(&a), change);
+            let (db, nb, skipped) = hash_layer(&b, None, Some(&a)).unwrap();
+            assert_eq!((db.clone(), nb), full_digest(&b, None), "{what}");
+            assert_eq!(db == d, change.is_empty(), "{what}");
+            assert_eq!(skipped > 0, *expect_skip, "{what}: skipped {skipped}");
+            // The new index resumes the next build just as well (a chain of changes).
+            let c = t.path().join(format!("c{i}/fs"));
+            tree(&c, 8, 40, Some(&b), &["files/d06/f001.txt"]);
+            let (dc, nc, sc) = hash_layer(&c, None, Some(&b)).unwrap();
+            assert_eq!(
+                (dc, nc),
+                full_digest(&c, None),
+                "{what}, then another change"
+            );
+            assert!(sc > 0, "{what}, then another change");
+        }
+        // An added and a removed file, a renamed directory, another clamp, a damaged index.
+        let b = t.path().join("added/fs");
+        tree(&b, 8, 40, Some(&a), &[]);
+        fs::write(b.join("files/d03/f017b.txt"), b"new").unwrap();
+        fs::remove_file(b.join("files/d06/f000.txt")).unwrap();
+        let (db, nb, _) = hash_layer(&b, None, Some(&a)).unwrap();
+        assert_eq!((db, nb), full_digest(&b, None));
+        let (db, nb, skipped) = hash_layer(&b, Some(1_500_000), Some(&a)).unwrap();
+        assert_eq!((db, nb), full_digest(&b, Some(1_500_000)));
+        assert_eq!(
+            skipped, 0,
+            "another clamp: nothing is taken from the old index"
+        );
+        let idx = Index::path_for(&a);
+        let mut bytes = fs::read(&idx).unwrap();
+        bytes[40] ^= 1;
+        fs::write(&idx, bytes).unwrap();
+        let b = t.path().join("damaged-index/fs");
+        tree(&b, 8, 40, Some(&a), &["files/d05/f017.txt"]);
+        let (db, nb, skipped) = hash_layer(&b, None, Some(&a)).unwrap();
+        assert_eq!((db, nb), full_digest(&b, None));
+        assert_eq!(skipped, 0);
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod layer;
 mod oci;
 mod source;
 mod sys;
+mod tarhash;
 mod unpack;
 
 use std::path::PathBuf;
@@ -30,7 +31,8 @@ use rbuild_types::Digest;
 pub use archive::{export_docker_archive, export_local_dir, export_rootfs_tar, load_archive};
 pub use image::{import_rootfs, load_image, write_image, write_image_json, write_image_raw, Image};
 pub use layer::{
-    write_layer, write_layer_clamped, write_layer_dir, OPAQUE_MARKER, WHITEOUT_PREFIX,
+    write_layer, write_layer_after, write_layer_clamped, write_layer_dir, OPAQUE_MARKER,
+    WHITEOUT_PREFIX,
 };
 pub use oci::{
     compressed_layer, distribution_manifest, export_oci_archive, export_oci_dir, Compression,
