@@ -672,3 +672,47 @@ fn a_cache_layer_whose_blob_matches_its_digest_but_not_its_diff_id_is_a_miss() {
 fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
+
+/// Prune and layers kept compressed: a tagged image built from remote hits keeps its compressed
+/// layers through `prune --all` (and still runs, its snapshots made from them); once the image
+/// is removed, prune removes those layers (rows and blobs) and nothing left points at them.
+#[test]
+fn prune_keeps_a_lazy_image_and_removes_its_layers_once_unused() {
+    let a = runner();
+    let cache = a.work.path().join("ci-cache");
+    let dest = format!("type=local,dest={},mode=max", cache.display());
+    let (_, id_a) = build(&a, &project(&a, "p"), &["--cache-to", &dest]);
+    let late = last_layer_of(&cache);
+    let blob_of = |env: &Env, d: &str| env.root.path().join("blobs/sha256").join(&d[7..]);
+
+    let b = runner();
+    let snaps_b0 = snapshot_dirs(&b);
+    let src = format!("type=local,src={}", cache.display());
+    let (_, id_b) = build(&b, &project(&b, "p"), &["--cache-from", &src]);
+    assert_eq!(id_b, id_a);
+    assert!(
+        blob_of(&b, &late).is_file(),
+        "the hit's compressed blob is kept"
+    );
+    assert_eq!(snapshot_dirs(&b), snaps_b0, "nothing unpacked");
+
+    assert_ok(&rb(&b, &["prune", "--all", "-f"]));
+    assert!(
+        blob_of(&b, &late).is_file(),
+        "the tagged image keeps its layers"
+    );
+    let out = rb(&b, &["run", "--rm", "app:ci", "cat", "/app/final.txt"]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "v1\n");
+
+    assert_ok(&rb(&b, &["rmi", "app:ci"]));
+    assert_ok(&rb(&b, &["prune", "--all", "-f"]));
+    assert!(
+        !blob_of(&b, &late).exists(),
+        "an unused compressed layer is pruned"
+    );
+    // The store is consistent: the same build from the cache gives the same image again.
+    let (log, id_again) = build(&b, &project(&b, "p"), &["--cache-from", &src]);
+    assert!(!log.contains("WARNING"), "{log}");
+    assert_eq!(id_again, id_a);
+}
