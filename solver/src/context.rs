@@ -1,7 +1,8 @@
 //! The build context: `.dockerignore` matching, selection of the files a COPY names, and content
 //! digests of that selection (bytes, mode, type; never mtime).
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
+use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -514,18 +515,24 @@ fn walk_inner(
         return Ok(());
     }
     let mut dir = Dir::from_fd(dir_fd)?;
-    let mut names: Vec<CString> = Vec::new();
+    // All names in one buffer (each with its NUL), sorted through their spans: no allocation
+    // per entry.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
     for e in dir.iter() {
         let e = e?;
         let n = e.file_name();
         if n != c"." && n != c".." {
-            names.push(n.to_owned());
+            let start = buf.len();
+            buf.extend_from_slice(n.to_bytes_with_nul());
+            spans.push((start, buf.len()));
         }
     }
-    names.sort_unstable();
+    spans.sort_unstable_by(|a, b| buf[a.0..a.1].cmp(&buf[b.0..b.1]));
     let dfd = dir.as_fd();
     let (rel_len, real_len) = (rel.len(), real.len());
-    for n in &names {
+    for &(a, b) in &spans {
+        let n = CStr::from_bytes_with_nul(&buf[a..b]).map_err(io::Error::other)?;
         let name = String::from_utf8_lossy(n.to_bytes());
         for p in [&mut *rel, &mut *real] {
             if !p.is_empty() {
@@ -533,11 +540,8 @@ fn walk_inner(
             }
             p.push_str(&name);
         }
-        let cst = fstatat(dfd, n.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        let at = At::Name {
-            dir: dfd,
-            name: n.as_c_str(),
-        };
+        let cst = fstatat(dfd, n, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        let at = At::Name { dir: dfd, name: n };
         walk_inner(rel, real, at, &cst, ignore, f)?;
         rel.truncate(rel_len);
         real.truncate(real_len);
@@ -579,7 +583,7 @@ pub fn selection_digest(
     ignore: &IgnoreRules,
     store: Option<&Store>,
     stats: &HashStats,
-) -> io::Result<(Digest, Vec<(String, String)>)> {
+) -> io::Result<(Digest, FileDescs)> {
     // The selection's identity: where the context is and what is selected from it (the
     // .dockerignore rules are not part of it: they only drop entries).
     let mut index = match store {
@@ -596,9 +600,11 @@ pub fn selection_digest(
     };
     let excludes: Vec<IgnoreRules> = excludes.iter().map(|p| IgnoreRules::parse(p)).collect();
     let excluded = |rel: &str| excludes.iter().any(|x| x.is_excluded(rel));
-    let mut files = Vec::new();
+    let mut files = FileDescs::default();
     let mut h = Sha256::new();
     let mut buf = Vec::new();
+    // One description buffer for every entry (no allocation per file).
+    let mut desc = String::new();
     for src in srcs {
         for entry in expand_source(root, src, ignore, parents)? {
             if excluded(&entry.rel) {
@@ -609,27 +615,33 @@ pub fn selection_digest(
                     return Ok(());
                 }
                 let perm = v.stat.st_mode & 0o7777;
-                let desc = match v.stat.st_mode & libc::S_IFMT {
-                    libc::S_IFLNK => format!("l {}", v.at.read_link()?.display()),
-                    libc::S_IFDIR => format!("d {perm:o}"),
+                desc.clear();
+                match v.stat.st_mode & libc::S_IFMT {
+                    libc::S_IFLNK => write!(desc, "l {}", v.at.read_link()?.display()),
+                    libc::S_IFDIR => write!(desc, "d {perm:o}"),
                     libc::S_IFREG => {
                         let st = stat_of(v.stat);
-                        let d = match index.lookup(v.rel, &st) {
-                            Some(d) => {
+                        let raw = match index.lookup_raw(v.rel, &st) {
+                            Some(raw) => {
                                 stats.stat_hits.fetch_add(1, Ordering::Relaxed);
-                                d
+                                raw
                             }
                             None => {
                                 stats.files_read.fetch_add(1, Ordering::Relaxed);
-                                let d = file_digest(v.at.open_read()?, &mut buf)?;
-                                index.learn(v.rel, st, &d);
-                                d
+                                let raw = file_digest(v.at.open_read()?, &mut buf)?;
+                                index.learn_raw(v.rel, st, raw);
+                                raw
                             }
                         };
-                        format!("f {perm:o} {d}")
+                        write!(desc, "f {perm:o} sha256:").and_then(|()| {
+                            let mut hex = [0u8; 64];
+                            let _ = hex::encode_to_slice(raw, &mut hex);
+                            desc.write_str(std::str::from_utf8(&hex).unwrap_or_default())
+                        })
                     }
-                    _ => format!("o {:o} {}", v.stat.st_mode, v.stat.st_rdev),
-                };
+                    _ => write!(desc, "o {:o} {}", v.stat.st_mode, v.stat.st_rdev),
+                }
+                .map_err(io::Error::other)?;
                 // The digest covers the selection in walk order (sorted names, depth first):
                 // the same tree always gives the same digest, with no sort of all paths.
                 for part in [
@@ -642,7 +654,7 @@ pub fn selection_digest(
                 ] {
                     h.update(part);
                 }
-                files.push((format!("{src}:{}", v.rel), desc));
+                files.push(src, v.rel, &desc);
                 Ok(())
             })?;
         }
@@ -653,8 +665,38 @@ pub fn selection_digest(
     Ok((Digest::from_hasher(h), files))
 }
 
+/// Each entry of a selection, in walk order: its `src:path` and description (`f <mode> <digest>`,
+/// `d <mode>`, `l <target>`, `o <mode> <rdev>`), kept in one text buffer.
+#[derive(Debug, Default)]
+pub struct FileDescs {
+    text: String,
+    /// Per entry: where its key ends and where its description ends in `text`.
+    ends: Vec<(usize, usize)>,
+}
+
+impl FileDescs {
+    fn push(&mut self, src: &str, rel: &str, desc: &str) {
+        self.text.push_str(src);
+        self.text.push(':');
+        self.text.push_str(rel);
+        let key_end = self.text.len();
+        self.text.push_str(desc);
+        self.ends.push((key_end, self.text.len()));
+    }
+
+    /// `(src:path, description)` of each entry, in walk order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(k, d)| {
+            let item = (&self.text[start..k], &self.text[k..d]);
+            start = d;
+            item
+        })
+    }
+}
+
 /// sha256 of a file's bytes, read in 1 MiB blocks into `buf` (reused between files).
-fn file_digest(mut f: fs::File, buf: &mut Vec<u8>) -> io::Result<Digest> {
+fn file_digest(mut f: fs::File, buf: &mut Vec<u8>) -> io::Result<[u8; 32]> {
     buf.resize(1 << 20, 0);
     let mut h = Sha256::new();
     loop {
@@ -666,7 +708,7 @@ fn file_digest(mut f: fs::File, buf: &mut Vec<u8>) -> io::Result<Digest> {
         };
         h.update(&buf[..n]);
     }
-    Ok(Digest::from_hasher(h))
+    Ok(h.finalize().into())
 }
 
 #[cfg(test)]
@@ -709,7 +751,8 @@ mod tests {
         let root = Root::open(d.path()).unwrap();
         let (d1, files) =
             selection_digest(&root, &["files".into()], false, &[], &ig, None, &st).unwrap();
-        let names: Vec<&str> = files.iter().map(|(k, _)| k.as_str()).collect();
+        let files: Vec<(&str, &str)> = files.iter().collect();
+        let names: Vec<&str> = files.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             names,
             [
@@ -758,7 +801,7 @@ mod tests {
         assert!(selection_digest(&root, &["missing".into()], false, &[], &ig, None, &st).is_err());
         let (g, files) =
             selection_digest(&root, &["*".into()], false, &[], &ig, None, &st).unwrap();
-        assert_eq!(files.len(), 2);
+        assert_eq!(files.iter().count(), 2);
         assert_ne!(g, d4);
     }
 
