@@ -7,8 +7,8 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use nix::dir::Dir;
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
@@ -464,6 +464,10 @@ pub struct Visit<'a> {
 /// first. Directories are read with `getdents` through descriptors opened relative to their
 /// parent (`O_NOFOLLOW`), every object is stat'ed with one `fstatat(AT_SYMLINK_NOFOLLOW)`
 /// relative to its directory: no path is walked again from the root, no symlink is followed.
+///
+/// The first directory with several subdirectories has them listed and stat'ed by two threads
+/// (as git's preload-index): a helper takes them from the last one backwards while this thread
+/// walks them in order, until they meet; `f` is only ever called here, in walk order.
 pub fn walk(
     entry: &Entry,
     ignore: &IgnoreRules,
@@ -473,50 +477,36 @@ pub fn walk(
     let mut rel = entry.rel.clone();
     let mut real = entry.real.clone();
     let at = At::Object(&entry.obj);
-    walk_inner(&mut rel, &mut real, at, &st, ignore, f)
+    let mut helper = true;
+    walk_inner(&mut rel, &mut real, at, &st, ignore, f, None, &mut helper)
 }
 
 fn is_dir(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
-fn walk_inner(
-    rel: &mut String,
-    real: &mut String,
-    at: At<'_>,
-    st: &libc::stat,
-    ignore: &IgnoreRules,
-    f: &mut dyn FnMut(&Visit<'_>) -> io::Result<()>,
-) -> io::Result<()> {
-    let excluded = !ignore.is_empty() && !real.is_empty() && ignore.is_excluded(real);
-    if !is_dir(st) {
-        if !excluded {
-            f(&Visit {
-                rel: rel.as_str(),
-                stat: st,
-                at,
-            })?;
-        }
-        return Ok(());
+/// A directory listed and its entries stat'ed: names (each with its NUL) in one buffer, sorted
+/// bytewise through their spans; no allocation per entry.
+struct Scan {
+    dir: Dir,
+    buf: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+    stats: Vec<libc::stat>,
+}
+
+impl Scan {
+    fn name(&self, i: usize) -> &CStr {
+        name_at(&self.buf, self.spans[i])
     }
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let dir_fd: OwnedFd = match &at {
-        At::Name { dir, name } => openat(*dir, *name, flags, Mode::empty())?,
-        At::Object(r) => openat(r.as_fd(), c".", flags, Mode::empty())?,
-    };
-    if !excluded {
-        f(&Visit {
-            rel: rel.as_str(),
-            stat: st,
-            at,
-        })?;
-    }
-    if excluded && !ignore.has_exceptions() {
-        return Ok(());
-    }
+}
+
+fn name_at(buf: &[u8], (a, b): (usize, usize)) -> &CStr {
+    // Each span holds one name from getdents and its NUL.
+    CStr::from_bytes_with_nul(&buf[a..b]).unwrap_or_default()
+}
+
+fn scan_dir(dir_fd: OwnedFd) -> io::Result<Scan> {
     let mut dir = Dir::from_fd(dir_fd)?;
-    // All names in one buffer (each with its NUL), sorted through their spans: no allocation
-    // per entry.
     let mut buf: Vec<u8> = Vec::new();
     let mut spans: Vec<(usize, usize)> = Vec::new();
     for e in dir.iter() {
@@ -529,24 +519,212 @@ fn walk_inner(
         }
     }
     spans.sort_unstable_by(|a, b| buf[a.0..a.1].cmp(&buf[b.0..b.1]));
-    let dfd = dir.as_fd();
-    let (rel_len, real_len) = (rel.len(), real.len());
-    for &(a, b) in &spans {
-        let n = CStr::from_bytes_with_nul(&buf[a..b]).map_err(io::Error::other)?;
-        let name = String::from_utf8_lossy(n.to_bytes());
-        for p in [&mut *rel, &mut *real] {
-            if !p.is_empty() {
-                p.push('/');
-            }
-            p.push_str(&name);
+    let mut scan = Scan {
+        dir,
+        buf,
+        spans,
+        stats: Vec::new(),
+    };
+    scan.stats.reserve(scan.spans.len());
+    for i in 0..scan.spans.len() {
+        let st = fstatat(scan.dir.as_fd(), scan.name(i), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        scan.stats.push(st);
+    }
+    Ok(scan)
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// Fills a claimed [`Ahead`] slot; dropped unfilled (a panic), it records an error so the walk
+/// scans that directory itself instead of waiting forever.
+struct Fill<'a> {
+    slot: &'a Ahead,
+    ready: &'a Condvar,
+}
+
+impl Fill<'_> {
+    fn set(self, r: io::Result<Scan>) {
+        *self.slot.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        self.ready.notify_all();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Fill<'_> {
+    fn drop(&mut self) {
+        let mut done = self.slot.done.lock().unwrap_or_else(|p| p.into_inner());
+        if done.is_none() {
+            *done = Some(Err(io::Error::other("context scan helper failed")));
         }
-        let cst = fstatat(dfd, n, AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        let at = At::Name { dir: dfd, name: n };
-        walk_inner(rel, real, at, &cst, ignore, f)?;
+        self.ready.notify_all();
+    }
+}
+
+/// A subdirectory the helper thread may scan ahead: taken by whichever thread claims it first.
+#[derive(Default)]
+struct Ahead {
+    claimed: AtomicBool,
+    done: Mutex<Option<io::Result<Scan>>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk_inner(
+    rel: &mut String,
+    real: &mut String,
+    at: At<'_>,
+    st: &libc::stat,
+    ignore: &IgnoreRules,
+    f: &mut dyn FnMut(&Visit<'_>) -> io::Result<()>,
+    scanned: Option<Scan>,
+    helper: &mut bool,
+) -> io::Result<()> {
+    let excluded = !ignore.is_empty() && !real.is_empty() && ignore.is_excluded(real);
+    if !is_dir(st) {
+        if !excluded {
+            f(&Visit {
+                rel: rel.as_str(),
+                stat: st,
+                at,
+            })?;
+        }
+        return Ok(());
+    }
+    let dir_fd: Option<OwnedFd> = match (&scanned, &at) {
+        (Some(_), _) => None,
+        (None, At::Name { dir, name }) => Some(openat(*dir, *name, DIR_FLAGS, Mode::empty())?),
+        (None, At::Object(r)) => Some(openat(r.as_fd(), c".", DIR_FLAGS, Mode::empty())?),
+    };
+    if !excluded {
+        f(&Visit {
+            rel: rel.as_str(),
+            stat: st,
+            at,
+        })?;
+    }
+    if excluded && !ignore.has_exceptions() {
+        return Ok(());
+    }
+    let scan = match (scanned, dir_fd) {
+        (Some(s), _) => s,
+        (None, Some(fd)) => scan_dir(fd)?,
+        (None, None) => unreachable!("a directory is either scanned or opened"),
+    };
+    let subdirs = scan.stats.iter().filter(|st| is_dir(st)).count();
+    if *helper && subdirs >= 4 {
+        *helper = false;
+        return walk_children_with_helper(rel, real, &scan, ignore, f, subdirs);
+    }
+    let (rel_len, real_len) = (rel.len(), real.len());
+    for i in 0..scan.spans.len() {
+        let n = scan.name(i);
+        push_name(rel, real, n);
+        let at = At::Name {
+            dir: scan.dir.as_fd(),
+            name: n,
+        };
+        walk_inner(rel, real, at, &scan.stats[i], ignore, f, None, helper)?;
         rel.truncate(rel_len);
         real.truncate(real_len);
     }
     Ok(())
+}
+
+fn push_name(rel: &mut String, real: &mut String, n: &CStr) {
+    let name = String::from_utf8_lossy(n.to_bytes());
+    for p in [rel, real] {
+        if !p.is_empty() {
+            p.push('/');
+        }
+        p.push_str(&name);
+    }
+}
+
+/// The children of `scan`, its subdirectories listed and stat'ed ahead by a helper thread from
+/// the last one backwards. What the helper could not scan (an error, an excluded directory) is
+/// done here again, so errors surface exactly as in a walk on one thread.
+fn walk_children_with_helper(
+    rel: &mut String,
+    real: &mut String,
+    scan: &Scan,
+    ignore: &IgnoreRules,
+    f: &mut dyn FnMut(&Visit<'_>) -> io::Result<()>,
+    subdirs: usize,
+) -> io::Result<()> {
+    let ahead: Vec<Ahead> = (0..subdirs).map(|_| Ahead::default()).collect();
+    let ready = Condvar::new();
+    let stop = AtomicBool::new(false);
+    let dirs: Vec<usize> = (0..scan.spans.len())
+        .filter(|&i| is_dir(&scan.stats[i]))
+        .collect();
+    let real_base = real.clone();
+    // The helper gets the descriptor and the names, not the `Dir` (not `Sync`).
+    let (dfd, buf, spans) = (scan.dir.as_fd(), &scan.buf[..], &scan.spans[..]);
+    std::thread::scope(|s| -> io::Result<()> {
+        s.spawn(|| {
+            let mut child_real = String::new();
+            for (k, &i) in dirs.iter().enumerate().rev() {
+                if stop.load(Ordering::Relaxed) || ahead[k].claimed.swap(true, Ordering::AcqRel) {
+                    break;
+                }
+                // A slot claimed here is always filled, even if this thread panics: the walk
+                // waits for it.
+                let fill = Fill {
+                    slot: &ahead[k],
+                    ready: &ready,
+                };
+                let n = name_at(buf, spans[i]);
+                child_real.clear();
+                child_real.push_str(&real_base);
+                push_name(&mut String::new(), &mut child_real, n);
+                // An excluded directory may not be listed at all: left to the walk.
+                let r = if !ignore.is_empty() && ignore.is_excluded(&child_real) {
+                    Err(io::Error::other("excluded: walked in order"))
+                } else {
+                    openat(dfd, n, DIR_FLAGS, Mode::empty())
+                        .map_err(io::Error::from)
+                        .and_then(scan_dir)
+                };
+                fill.set(r);
+            }
+        });
+        // Whatever happens here, the helper stops at its next directory.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+        let (rel_len, real_len) = (rel.len(), real.len());
+        let mut k = 0;
+        for i in 0..scan.spans.len() {
+            let n = scan.name(i);
+            push_name(rel, real, n);
+            let mut pre = None;
+            if is_dir(&scan.stats[i]) {
+                if ahead[k].claimed.swap(true, Ordering::AcqRel) {
+                    let mut done = ahead[k].done.lock().unwrap_or_else(|p| p.into_inner());
+                    while done.is_none() {
+                        done = ready.wait(done).unwrap_or_else(|p| p.into_inner());
+                    }
+                    pre = done.take().and_then(Result::ok);
+                }
+                k += 1;
+            }
+            let at = At::Name {
+                dir: scan.dir.as_fd(),
+                name: n,
+            };
+            let mut no_helper = false;
+            walk_inner(rel, real, at, &scan.stats[i], ignore, f, pre, &mut no_helper)?;
+            rel.truncate(rel_len);
+            real.truncate(real_len);
+        }
+        Ok(())
+    })
 }
 
 /// Counters of one build's context hashing, for `RBUILD_DEBUG` traces and tests.
@@ -736,6 +914,111 @@ mod tests {
         assert!(r.is_excluded("secret/k"));
         assert!(!r.is_excluded("secret"));
         assert!(!r.is_excluded("src/a.log.txt"));
+    }
+
+    /// Every path below `dir`, depth first, names sorted bytewise (what `walk` must produce).
+    fn expected_order(dir: &Path, rel: &str, out: &mut Vec<String>) {
+        out.push(rel.to_string());
+        if fs::symlink_metadata(dir).unwrap().is_dir() {
+            let mut names: Vec<_> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            for n in names {
+                expected_order(&dir.join(&n), &format!("{rel}/{n}"), out);
+            }
+        }
+    }
+
+    #[test]
+    fn walk_with_the_helper_thread_keeps_order_and_dockerignore() {
+        let d = tempfile::tempdir().unwrap();
+        // Enough subdirectories for the helper, nested ones, files between them, and one
+        // excluded directory with an exception inside.
+        for i in 0..12 {
+            let sub = d.path().join(format!("t/d{i:02}"));
+            fs::create_dir_all(sub.join("deep/er")).unwrap();
+            for j in 0..5 {
+                fs::write(sub.join(format!("f{j}")), format!("{i} {j}")).unwrap();
+            }
+            fs::write(sub.join("deep/er/x"), "x").unwrap();
+            fs::write(d.path().join(format!("t/file{i:02}")), "f").unwrap();
+        }
+        std::os::unix::fs::symlink("d00", d.path().join("t/link")).unwrap();
+        let root = Root::open(d.path()).unwrap();
+        let st = HashStats::default();
+        let mut want = Vec::new();
+        expected_order(&d.path().join("t"), "t", &mut want);
+        let none = IgnoreRules::default();
+        let (d1, files) =
+            selection_digest(&root, &["t".into()], false, &[], &none, None, &st).unwrap();
+        let got: Vec<&str> = files.iter().map(|(k, _)| &k[2..]).collect();
+        assert_eq!(got, want);
+        // The same tree gives the same digest every time (whichever thread scanned what).
+        for _ in 0..5 {
+            let (again, _) =
+                selection_digest(&root, &["t".into()], false, &[], &none, None, &st).unwrap();
+            assert_eq!(again, d1);
+        }
+        let ig = IgnoreRules::parse("t/d03\n!t/d03/f1\nt/d07/deep\n");
+        let (_, files) = selection_digest(&root, &["t".into()], false, &[], &ig, None, &st).unwrap();
+        let got: Vec<&str> = files.iter().map(|(k, _)| &k[2..]).collect();
+        let kept: Vec<&str> = want
+            .iter()
+            .map(String::as_str)
+            .filter(|p| {
+                (!p.starts_with("t/d03") || *p == "t/d03/f1") && !p.starts_with("t/d07/deep")
+            })
+            .collect();
+        assert_eq!(got, kept);
+    }
+
+    #[test]
+    fn same_size_change_in_place_is_seen_even_with_mtime_put_back() {
+        let d = tempfile::tempdir().unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        for i in 0..6 {
+            fs::create_dir_all(d.path().join(format!("src/d{i}"))).unwrap();
+            fs::write(d.path().join(format!("src/d{i}/a.txt")), "hello").unwrap();
+        }
+        let f = d.path().join("src/d4/a.txt");
+        let root = Root::open(d.path()).unwrap();
+        let ig = IgnoreRules::default();
+        let digest = |st: &HashStats| {
+            selection_digest(&root, &["src".into()], false, &[], &ig, Some(&store), st)
+                .unwrap()
+                .0
+        };
+        let first = digest(&HashStats::default());
+        let st = HashStats::default();
+        assert_eq!(digest(&st), first, "a no-op");
+        assert_eq!(st.files_read.load(Ordering::Relaxed), 0);
+        assert_eq!(st.stat_hits.load(Ordering::Relaxed), 6);
+        // Same size, same mtime (put back), in place (same inode): only ctime tells. File times
+        // come from the kernel's coarse clock: wait past one tick so the ctime can differ.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let before = fs::metadata(&f).unwrap();
+        let mut w = fs::OpenOptions::new().write(true).open(&f).unwrap();
+        std::io::Write::write_all(&mut w, b"HELLO").unwrap();
+        drop(w);
+        let mtime = before.modified().unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let after = fs::metadata(&f).unwrap();
+        assert_eq!(
+            (after.len(), after.modified().unwrap()),
+            (before.len(), mtime)
+        );
+        let st = HashStats::default();
+        let changed = digest(&st);
+        assert_ne!(changed, first, "an in-place change of the same size is seen");
+        assert_eq!(st.files_read.load(Ordering::Relaxed), 1);
     }
 
     #[test]
