@@ -102,7 +102,8 @@ impl ContextIndex {
     /// The digest recorded for `path` when its stat is still `stat`. Call in walk order: the
     /// expected entry is the one after the previous lookup.
     pub fn lookup(&mut self, path: &str, stat: &FileStat) -> Option<Digest> {
-        self.lookup_raw(path, stat).map(|raw| Digest::from_raw(&raw))
+        self.lookup_raw(path, stat)
+            .map(|raw| Digest::from_raw(&raw))
     }
 
     /// [`ContextIndex::lookup`], giving the digest's 32 bytes (no hex string made).

@@ -719,7 +719,16 @@ fn walk_children_with_helper(
                 name: n,
             };
             let mut no_helper = false;
-            walk_inner(rel, real, at, &scan.stats[i], ignore, f, pre, &mut no_helper)?;
+            walk_inner(
+                rel,
+                real,
+                at,
+                &scan.stats[i],
+                ignore,
+                f,
+                pre,
+                &mut no_helper,
+            )?;
             rel.truncate(rel_len);
             real.truncate(real_len);
         }
@@ -962,7 +971,8 @@ mod tests {
             assert_eq!(again, d1);
         }
         let ig = IgnoreRules::parse("t/d03\n!t/d03/f1\nt/d07/deep\n");
-        let (_, files) = selection_digest(&root, &["t".into()], false, &[], &ig, None, &st).unwrap();
+        let (_, files) =
+            selection_digest(&root, &["t".into()], false, &[], &ig, None, &st).unwrap();
         let got: Vec<&str> = files.iter().map(|(k, _)| &k[2..]).collect();
         let kept: Vec<&str> = want
             .iter()
@@ -1017,7 +1027,10 @@ mod tests {
         );
         let st = HashStats::default();
         let changed = digest(&st);
-        assert_ne!(changed, first, "an in-place change of the same size is seen");
+        assert_ne!(
+            changed, first,
+            "an in-place change of the same size is seen"
+        );
         assert_eq!(st.files_read.load(Ordering::Relaxed), 1);
     }
 

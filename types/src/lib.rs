@@ -40,9 +40,7 @@ impl Digest {
 
     /// The digest whose raw 32 bytes are `raw`.
     pub fn from_raw(raw: &[u8; 32]) -> Digest {
-        Digest {
-            hex: hex64(raw),
-        }
+        Digest { hex: hex64(raw) }
     }
 
     /// Finishes a running hasher into a digest.
