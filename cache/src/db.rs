@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use crate::error::{Error, Result};
 
 /// Current schema version (`PRAGMA user_version`).
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS images (
@@ -74,6 +74,13 @@ CREATE TABLE IF NOT EXISTS cache_mounts (
 );
 ";
 
+/// Version 3: a layer built here keeps no tar blob at build time; its row says that the tar is
+/// made again from the snapshot (rbuild's own writer, byte for byte) and with which mtime clamp.
+const SCHEMA_V3: &str = "
+ALTER TABLE layers ADD COLUMN from_snapshot INTEGER NOT NULL DEFAULT 0; -- 1: tar = rbuild's tar of the snapshot
+ALTER TABLE layers ADD COLUMN mtime_clamp INTEGER;   -- SOURCE_DATE_EPOCH the tar's mtimes were clamped to
+";
+
 /// The schema, for documentation and tests.
 pub(crate) fn schema() -> &'static str {
     concat_schema()
@@ -81,7 +88,7 @@ pub(crate) fn schema() -> &'static str {
 
 fn concat_schema() -> &'static str {
     static S: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    S.get_or_init(|| format!("{SCHEMA_V1}{SCHEMA_V2}"))
+    S.get_or_init(|| format!("{SCHEMA_V1}{SCHEMA_V2}{SCHEMA_V3}"))
 }
 
 pub(crate) fn open(path: &Path) -> Result<Connection> {
@@ -102,7 +109,7 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     // The last connection to close would checkpoint the WAL into meta.db and delete it (two
     // fsyncs and an unlink), and the next process would create the WAL again (one more fsync of
     // its header and of the directory): four durable writes per command, even a no-op build.
-    // Left alone, the WAL is checkpointed by SQLite's automatic checkpoint (every 1000 pages)
+    // Left alone, the WAL is checkpointed by SQLite's automatic checkpoint (every 256 pages)
     // in whichever process commits past it; crash safety is that of WAL mode either way.
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
@@ -140,6 +147,10 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     if version < 2 {
         tx.execute_batch(SCHEMA_V2)
             .map_err(err("migrate schema to version 2"))?;
+    }
+    if version < 3 {
+        tx.execute_batch(SCHEMA_V3)
+            .map_err(err("migrate schema to version 3"))?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

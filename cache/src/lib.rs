@@ -1,7 +1,8 @@
 //! The rbuild store: one directory shared by every rbuild process on the machine.
 //!
 //! ```text
-//! blobs/sha256/<hex>     immutable content (layer tars, configs, manifests), verified before rename
+//! blobs/sha256/<hex>     immutable content (layer tars, configs, manifests), verified before rename;
+//!                        a built layer has none until an export makes it from its snapshot
 //! ingest/<rand>          partial blob writes (flocked while in progress)
 //! snapshots/<id>/fs      committed snapshots: one layer's diff each (overlay lowerdirs)
 //! snapshots/tmp-<rand>/  snapshots being written (fs/ + work/; flocked while in progress)
@@ -51,7 +52,8 @@ pub use error::{Error, Result};
 pub use locks::{KeyLock, SnapshotUse};
 pub use mounts::{CacheMountGuard, CacheMountRecord, Sharing};
 pub use records::{
-    schema_sql, CacheKey, CacheRecord, FileStat, PruneOptions, PruneReport, TagRecord, UsageRecord,
+    schema_sql, CacheKey, CacheRecord, FileStat, LayerInfo, PruneOptions, PruneReport, TagRecord,
+    UsageRecord,
 };
 pub use snapshots::{SnapshotBuilder, SnapshotId};
 

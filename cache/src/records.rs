@@ -83,6 +83,21 @@ pub struct CacheRecord {
     pub usage_count: u64,
 }
 
+/// A row of the `layers` table (see [`Store::layer_info`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LayerInfo {
+    /// The snapshot holding the layer's unpacked diff.
+    pub snapshot: SnapshotId,
+    /// Size of the uncompressed layer tar in bytes.
+    pub size: u64,
+    /// The layer was hashed from `snapshot` by rbuild's tar writer, which is deterministic: the
+    /// same tar (same diff_id) can be written from it again. False for layers unpacked from a
+    /// blob (a pulled layer's tar was written by another tool), whose blob is always kept.
+    pub from_snapshot: bool,
+    /// The mtime clamp (`SOURCE_DATE_EPOCH`) the tar was written with.
+    pub mtime_clamp: Option<i64>,
+}
+
 /// An image tag.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct TagRecord {
@@ -219,16 +234,74 @@ impl Store {
 
     // ---- layers ----
 
-    /// Links a layer (its uncompressed tar digest) to the snapshot holding its unpacked diff.
+    /// Links a layer (its uncompressed tar digest) to the snapshot holding its unpacked diff,
+    /// made from a tar blob that is in the store (a pulled, loaded or fetched layer).
     pub fn put_layer(&self, diff_id: &Digest, snapshot: &SnapshotId, size: u64) -> Result<()> {
+        self.put_layer_row(diff_id, snapshot, size, false, None)
+    }
+
+    /// Links a layer to the snapshot it was hashed from by rbuild's tar writer (a built layer:
+    /// no tar blob is written at build time). The tar is made again from that snapshot, its
+    /// mtimes clamped to `mtime_clamp`, when a blob is needed; see [`LayerInfo`].
+    pub fn put_snapshot_layer(
+        &self,
+        diff_id: &Digest,
+        snapshot: &SnapshotId,
+        size: u64,
+        mtime_clamp: Option<i64>,
+    ) -> Result<()> {
+        self.put_layer_row(diff_id, snapshot, size, true, mtime_clamp)
+    }
+
+    fn put_layer_row(
+        &self,
+        diff_id: &Digest,
+        snapshot: &SnapshotId,
+        size: u64,
+        from_snapshot: bool,
+        mtime_clamp: Option<i64>,
+    ) -> Result<()> {
         self.conn()
             .execute(
-                "INSERT INTO layers (diff_id, snapshot, size, created) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(diff_id) DO UPDATE SET snapshot = excluded.snapshot, size = excluded.size",
-                params![diff_id.to_string(), snapshot.as_str(), size as i64, now()],
+                "INSERT INTO layers (diff_id, snapshot, size, created, from_snapshot, mtime_clamp)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(diff_id) DO UPDATE SET snapshot = excluded.snapshot,
+                   size = excluded.size, from_snapshot = excluded.from_snapshot,
+                   mtime_clamp = excluded.mtime_clamp",
+                params![
+                    diff_id.to_string(),
+                    snapshot.as_str(),
+                    size as i64,
+                    now(),
+                    from_snapshot as i64,
+                    mtime_clamp
+                ],
             )
             .map_err(self.db_err("put layer"))?;
         Ok(())
+    }
+
+    /// What the store records about a layer: its snapshot, tar size and whether the tar can be
+    /// made again from the snapshot. `None` when no row exists (a layer known only as a blob).
+    pub fn layer_info(&self, diff_id: &Digest) -> Result<Option<LayerInfo>> {
+        let row: Option<(String, i64, i64, Option<i64>)> = self
+            .conn()
+            .query_row(
+                "SELECT snapshot, size, from_snapshot, mtime_clamp FROM layers WHERE diff_id = ?1",
+                [diff_id.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(self.db_err("get layer"))?;
+        row.map(|(s, size, from, clamp)| {
+            Ok(LayerInfo {
+                snapshot: parse("snapshot id", s)?,
+                size: size.max(0) as u64,
+                from_snapshot: from != 0,
+                mtime_clamp: clamp,
+            })
+        })
+        .transpose()
     }
 
     /// The snapshot of a layer, if one is recorded.

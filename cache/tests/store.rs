@@ -277,7 +277,7 @@ fn schema_is_versioned() {
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -286,4 +286,44 @@ fn schema_is_versioned() {
     drop(conn);
     let err = Store::open(t.path()).unwrap_err();
     assert!(err.to_string().contains("schema version 99"), "{err}");
+}
+
+/// A version 2 store (layers rows without `from_snapshot`) is migrated: its layers are blob
+/// layers (their blob is kept), new ones can be recorded as built from a snapshot.
+#[test]
+fn schema_2_store_migrates_to_3() {
+    let t = tempfile::tempdir().unwrap();
+    let d = Digest::of(b"old layer");
+    {
+        let conn = rusqlite::Connection::open(t.path().join("meta.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE layers (diff_id TEXT PRIMARY KEY, snapshot TEXT NOT NULL,
+               size INTEGER NOT NULL, created INTEGER NOT NULL);",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO layers VALUES (?1, 'abcdefgh', 10, 0)",
+            [d.to_string()],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+    }
+    let s = Store::open(t.path()).unwrap();
+    let info = s.layer_info(&d).unwrap().unwrap();
+    assert_eq!(info.snapshot.as_str(), "abcdefgh");
+    assert_eq!(
+        (info.size, info.from_snapshot, info.mtime_clamp),
+        (10, false, None)
+    );
+    let built = Digest::of(b"built");
+    let id: SnapshotId = "ijklmnop".parse().unwrap();
+    s.put_snapshot_layer(&built, &id, 7, Some(5)).unwrap();
+    let info = s.layer_info(&built).unwrap().unwrap();
+    assert_eq!(
+        (info.size, info.from_snapshot, info.mtime_clamp),
+        (7, true, Some(5))
+    );
+    // A pulled copy of the same layer later: its blob is what counts.
+    s.put_layer(&built, &id, 7).unwrap();
+    assert!(!s.layer_info(&built).unwrap().unwrap().from_snapshot);
 }

@@ -491,3 +491,163 @@ fn login_and_logout() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("login 127.0.0.1"), "{}", stderr(&out));
 }
+
+/// The snapshot file of a build step holding `name` (a file the step wrote).
+fn snapshot_file(env: &Env, name: &str) -> PathBuf {
+    std::fs::read_dir(env.root.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("fs").join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no snapshot holds {name}"))
+}
+
+/// A built layer keeps no tar blob; `save`, `--output` and `push` make it from the snapshot
+/// and check it against the recorded diff_id. A snapshot damaged after the build makes each of
+/// them fail with an error naming the image and the repair, and leaves no output and no blob.
+#[test]
+fn damaged_snapshot_fails_exports_clearly() {
+    let env = Env::new();
+    let dir = env.context(
+        "dmg",
+        "FROM busybox:local\nRUN echo precious > /data.txt && seq 1 5000 > /seq\n",
+        &[],
+    );
+    env.build_ok("dmg:1", &dir, &[]);
+    let diff_ids = inspect(&env, "dmg:1")["RootFS"]["Layers"].clone();
+    let top: String = diff_ids
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .into();
+    let blob = env.root.path().join("blobs/sha256").join(&top[7..]);
+    assert!(!blob.exists(), "a build step wrote its layer blob");
+
+    // Damage: same length, other bytes.
+    std::fs::write(snapshot_file(&env, "data.txt"), "PRECIOUS\n").unwrap();
+    let check = |out: &Output, what: &str| {
+        assert!(!out.status.success(), "{what} exported a damaged layer");
+        let err = stderr(out);
+        assert!(
+            err.contains("dmg:1") && err.contains(&top) && err.contains("damaged"),
+            "{what}: unclear error: {err}"
+        );
+        assert!(
+            err.contains("--no-cache") && err.contains("prune"),
+            "{what}: {err}"
+        );
+    };
+    let saved = env.work.path().join("dmg.tar");
+    check(
+        &env.rbuild(&["save", "-o", saved.to_str().unwrap(), "dmg:1"]),
+        "save",
+    );
+    assert!(!saved.exists());
+    let oci = env.work.path().join("dmg-oci.tar");
+    let out = env.rbuild(&[
+        "build",
+        "-t",
+        "dmg:1",
+        "--output",
+        &format!("type=oci,dest={}", oci.display()),
+        dir.to_str().unwrap(),
+    ]);
+    check(&out, "--output type=oci");
+    assert!(!oci.exists());
+    let reg = have("docker-registry").then(Registry::start);
+    if let Some(reg) = &reg {
+        let target = format!("{}/dmg:1", reg.host);
+        assert_ok(&env.rbuild(&["tag", "dmg:1", &target]));
+        let out = env.rbuild(&["push", &target]);
+        assert!(!out.status.success(), "push of a damaged layer succeeded");
+        let err = stderr(&out);
+        assert!(err.contains(&top) && err.contains("damaged"), "push: {err}");
+    }
+    assert!(!blob.exists(), "a wrong blob was kept");
+    let ingest = std::fs::read_dir(env.root.path().join("ingest"))
+        .unwrap()
+        .count();
+    assert_eq!(ingest, 0, "partial blobs left");
+
+    // The repair the message gives: the layer gets a fresh snapshot, exports work again and
+    // every layer of the archive has its diff_id.
+    env.build_ok("dmg:1", &dir, &["--no-cache"]);
+    assert_ok(&env.rbuild(&["save", "-o", saved.to_str().unwrap(), "dmg:1"]));
+    let x = env.work.path().join("x");
+    std::fs::create_dir_all(&x).unwrap();
+    run(Command::new("tar").arg("-xf").arg(&saved).arg("-C").arg(&x));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(x.join("manifest.json")).unwrap()).unwrap();
+    let layers: Vec<String> = manifest[0]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let out = run(Command::new("sha256sum").arg(x.join(l.as_str().unwrap())));
+            format!("sha256:{}", &stdout(&out)[..64])
+        })
+        .collect();
+    let now = inspect(&env, "dmg:1")["RootFS"]["Layers"].clone();
+    assert_eq!(serde_json::json!(layers), now);
+    if let Some(reg) = &reg {
+        let target = format!("{}/dmg:1", reg.host);
+        assert_ok(&env.rbuild(&["tag", "dmg:1", &target]));
+        assert_ok(&env.rbuild(&["push", &target]));
+    }
+}
+
+/// The layer hash of a rebuilt COPY resumes from the previous result's midstate; the recorded
+/// diff_id must still be the digest of the tar `save` writes, wherever the change is.
+#[test]
+fn resumed_layer_hash_matches_the_saved_tar() {
+    let env = Env::new();
+    let mut files = Vec::new();
+    for d in 0..6 {
+        for f in 0..50 {
+            files.push((format!("files/d{d}/f{f:02}.txt"), format!("file {d}/{f}\n")));
+        }
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let dir = env.context(
+        "many",
+        "FROM busybox:local\nCOPY files /files\nRUN ls -R /files | wc -l > /count\n",
+        &refs,
+    );
+    env.build_ok("many:1", &dir, &[]);
+    let saved = env.work.path().join("many.tar");
+    for (i, change) in ["files/d3/f20.txt", "files/d0/f00.txt", "files/d5/f49.txt"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(dir.join(change), format!("changed {i}\n")).unwrap();
+        env.build_ok("many:1", &dir, &[]);
+        assert_ok(&env.rbuild(&["save", "-o", saved.to_str().unwrap(), "many:1"]));
+        let x = env.work.path().join(format!("x{i}"));
+        std::fs::create_dir_all(&x).unwrap();
+        run(Command::new("tar").arg("-xf").arg(&saved).arg("-C").arg(&x));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(x.join("manifest.json")).unwrap()).unwrap();
+        let config: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(x.join(manifest[0]["Config"].as_str().unwrap())).unwrap(),
+        )
+        .unwrap();
+        for (l, d) in manifest[0]["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(config["rootfs"]["diff_ids"].as_array().unwrap())
+        {
+            let out = run(Command::new("sha256sum").arg(x.join(l.as_str().unwrap())));
+            assert_eq!(
+                format!("sha256:{}", &stdout(&out)[..64]),
+                d.as_str().unwrap(),
+                "after changing {change}"
+            );
+        }
+    }
+}

@@ -9,8 +9,9 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use rbuild_cache::Store;
 use rbuild_types::{Digest, ImageRef, Platform};
 
-use crate::image::{ensure_snapshot, load_image, our_digest, write_image_raw};
+use crate::image::{load_image, our_digest, write_image_raw};
 use crate::oci::{write_layout, Compression, TarOut};
+use crate::source::ensure_snapshot;
 use crate::unpack::{apply_layer, decompressed};
 use crate::{Error, Result};
 
@@ -64,9 +65,9 @@ pub fn export_local_dir(
             digest: img.config_digest.to_string(),
             reason: format!("invalid diff_id {l:?}"),
         })?;
-        if !store.has_blob(&d) {
-            return Err(Error::MissingLayer(d));
-        }
+        // The tar blob, made (verified) from the snapshot when the store has none yet.
+        crate::source::layer_blob(store, &d, Compression::None)
+            .map_err(|e| e.for_layer_of(format!("image {manifest}")))?;
         let p = store.blob_path(&d);
         let f = File::open(&p).map_err(Error::io("open", &p))?;
         apply_layer(f, dest, preserve_special)?;

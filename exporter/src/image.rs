@@ -7,7 +7,7 @@ use oci_spec::image::{
     Arch, ConfigBuilder, Descriptor, HistoryBuilder, ImageConfiguration, ImageManifest,
     ImageManifestBuilder, MediaType, Os, RootFs,
 };
-use rbuild_cache::{SnapshotId, Store};
+use rbuild_cache::Store;
 use rbuild_types::{Digest, ImageRef, Platform};
 
 use crate::{layer, unpack, Error, Result};
@@ -43,50 +43,10 @@ pub(crate) fn our_digest(d: &oci_spec::image::Digest, what: &'static str) -> Res
     })
 }
 
-/// Ensures the layer with this diff_id has a snapshot (unpacking its blob if needed) and returns it.
-/// Concurrent callers (threads or processes) unpack a layer once (per-layer lock).
-pub fn ensure_snapshot(store: &Store, diff_id: &Digest) -> Result<SnapshotId> {
-    if let Some(id) = store.layer_snapshot(diff_id)? {
-        if store.has_snapshot(&id) {
-            return Ok(id);
-        }
-    }
-    let _lock = store.lock_layer(diff_id)?;
-    if let Some(id) = store.layer_snapshot(diff_id)? {
-        if store.has_snapshot(&id) {
-            return Ok(id);
-        }
-    }
-    if !store.has_blob(diff_id) {
-        return Err(Error::MissingLayer(diff_id.clone()));
-    }
-    let size = store.blob_size(diff_id)?;
-    let b = store.new_snapshot()?;
-    unpack::unpack_file(&store.blob_path(diff_id), &b.fs_dir())?;
-    let id = b.commit()?;
-    store.put_layer(diff_id, &id, size)?;
-    Ok(id)
-}
-
-/// [`ensure_snapshot`], then marks the snapshot in use ([`Store::use_snapshot`]) so that a
-/// concurrent `prune` leaves it (and its layer blob) alone while the guard lives. A snapshot
-/// pruned between the two is made again from the layer blob.
-pub fn ensure_snapshot_in_use(
-    store: &Store,
-    diff_id: &Digest,
-) -> Result<(SnapshotId, rbuild_cache::SnapshotUse)> {
-    for _ in 0..8 {
-        let id = ensure_snapshot(store, diff_id)?;
-        if let Some(guard) = store.use_snapshot(&id)? {
-            return Ok((id, guard));
-        }
-    }
-    Err(Error::MissingLayer(diff_id.clone()))
-}
-
 /// Writes config + manifest blobs (OCI media types; layers referenced by their uncompressed
 /// digest with media type `application/vnd.oci.image.layer.v1.tar`) and returns the manifest
-/// digest. `config.rootfs.diff_ids` gives the layers, which must be blobs in the store.
+/// digest. `config.rootfs.diff_ids` gives the layers, which must be in the store (a blob, or a
+/// snapshot a built layer's tar is made from: see [`crate::has_layer`]).
 pub fn write_image(store: &Store, config: &ImageConfiguration) -> Result<Digest> {
     let config_json = serde_json::to_vec(config).map_err(|e| Error::InvalidImage {
         what: "config",
@@ -153,11 +113,7 @@ fn write_manifest(
             digest: config_digest.to_string(),
             reason: format!("rootfs.diff_ids has invalid digest {d:?}"),
         })?;
-        let size = match store.blob_size(&d) {
-            Ok(s) => s,
-            Err(rbuild_cache::Error::BlobNotFound(_)) => return Err(Error::MissingLayer(d)),
-            Err(e) => return Err(e.into()),
-        };
+        let size = crate::source::layer_size(store, &d)?;
         layers.push(Descriptor::new(
             MediaType::ImageLayer,
             size,

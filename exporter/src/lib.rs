@@ -1,8 +1,12 @@
 //! Snapshots -> layers -> OCI config and manifest -> store and image outputs.
 //!
-//! - [`write_layer`]: a snapshot directory becomes an uncompressed layer tar blob (its digest is
-//!   the diff_id, computed while writing), with overlay whiteouts translated to `.wh.` entries.
-//! - [`unpack_layer`] / [`ensure_snapshot`]: the reverse, into a snapshot usable as an overlay lowerdir.
+//! - [`write_layer`]: a build step's snapshot is hashed as an uncompressed layer tar (its digest is
+//!   the diff_id), with overlay whiteouts translated to `.wh.` entries; no blob is written.
+//! - `source` ([`layer_blob`], [`ensure_snapshot`], [`has_layer`], [`layer_size`]): the one place
+//!   every consumer of a layer's bytes gets them in the form it needs (snapshot, uncompressed tar
+//!   blob, compressed blob), made on demand from what the store has and verified against the
+//!   diff_id.
+//! - [`unpack_layer`]: a layer tar into a snapshot usable as an overlay lowerdir.
 //! - [`write_image`] / [`load_image`]: OCI config + manifest blobs in the store. In the store,
 //!   layers are referenced uncompressed (`application/vnd.oci.image.layer.v1.tar`, digest == diff_id).
 //! - [`import_rootfs`]: a rootfs tar becomes a one-layer tagged image.
@@ -15,7 +19,9 @@ mod archive;
 mod image;
 mod layer;
 mod oci;
+mod source;
 mod sys;
+mod tarhash;
 mod unpack;
 
 use std::path::PathBuf;
@@ -23,16 +29,17 @@ use std::path::PathBuf;
 use rbuild_types::Digest;
 
 pub use archive::{export_docker_archive, export_local_dir, export_rootfs_tar, load_archive};
-pub use image::{
-    ensure_snapshot, ensure_snapshot_in_use, import_rootfs, load_image, write_image,
-    write_image_json, write_image_raw, Image,
-};
+pub use image::{import_rootfs, load_image, write_image, write_image_json, write_image_raw, Image};
 pub use layer::{
-    write_layer, write_layer_clamped, write_layer_dir, OPAQUE_MARKER, WHITEOUT_PREFIX,
+    write_layer, write_layer_after, write_layer_clamped, write_layer_dir, OPAQUE_MARKER,
+    WHITEOUT_PREFIX,
 };
 pub use oci::{
     compressed_layer, distribution_manifest, export_oci_archive, export_oci_dir, Compression,
     DistributionManifest,
+};
+pub use source::{
+    ensure_snapshot, ensure_snapshot_in_use, has_layer, layer_blob, layer_size, LayerBlob,
 };
 pub use unpack::{apply_tar_xattrs, decompressed, layer_xattr_allowed, unpack_layer};
 
@@ -84,12 +91,52 @@ pub enum Error {
         /// Digest found.
         actual: Digest,
     },
+    /// A built layer's tar, written again from its snapshot, does not have the recorded diff_id:
+    /// a file of the snapshot changed after the build (disk damage, a crash before the
+    /// snapshot's data reached the disk, or someone editing the store). No blob was kept.
+    #[error(
+        "{}layer {diff_id} cannot be exported: its tar, made again from snapshot {} for this \
+         export, has digest {actual}: the store entry was damaged (a file of the snapshot changed \
+         after the build); rebuild with --no-cache (the layer then gets a fresh snapshot), or \
+         remove the image (rbuild rmi) and run `rbuild prune --all` before building again",
+        context.as_ref().map(|c| format!("{c}: ")).unwrap_or_default(),
+        snapshot.display()
+    )]
+    LayerDamaged {
+        /// The layer's recorded diff_id.
+        diff_id: Digest,
+        /// The snapshot directory it was made from.
+        snapshot: PathBuf,
+        /// The digest found.
+        actual: Digest,
+        /// The image or step that needed the layer, when known.
+        context: Option<String>,
+    },
     /// Something this exporter does not handle.
     #[error("unsupported: {0}")]
     Unsupported(String),
 }
 
 impl Error {
+    /// Names the image or step that needed a layer in a [`Error::LayerDamaged`] (other errors
+    /// are returned unchanged).
+    pub fn for_layer_of(self, what: impl std::fmt::Display) -> Error {
+        match self {
+            Error::LayerDamaged {
+                diff_id,
+                snapshot,
+                actual,
+                context: None,
+            } => Error::LayerDamaged {
+                diff_id,
+                snapshot,
+                actual,
+                context: Some(what.to_string()),
+            },
+            e => e,
+        }
+    }
+
     pub(crate) fn io(
         op: &'static str,
         path: impl Into<PathBuf>,

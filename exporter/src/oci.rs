@@ -37,7 +37,7 @@ impl Compression {
         }
     }
 
-    fn media_type(self) -> MediaType {
+    pub(crate) fn media_type(self) -> MediaType {
         match self {
             Compression::Gzip => MediaType::ImageLayerGzip,
             Compression::Zstd => MediaType::ImageLayerZstd,
@@ -66,61 +66,29 @@ impl FromStr for Compression {
     }
 }
 
-/// Compresses one stored (uncompressed) layer, reusing an earlier result.
+/// Compresses one stored (uncompressed) layer, reusing an earlier result (see
+/// [`crate::layer_blob`]: made from the snapshot when the store has no tar blob of it).
 fn compress_layer(store: &Store, layer: &Descriptor, c: Compression) -> Result<Descriptor> {
-    if c == Compression::None || *layer.media_type() != MediaType::ImageLayer {
+    if *layer.media_type() != MediaType::ImageLayer {
         return Ok(layer.clone());
     }
     let diff_id = our_digest(layer.digest(), "layer")?;
-    let (digest, size) = match store.compressed_layer(&diff_id, c.name())? {
-        Some(found) => found,
-        None => {
-            let src = store.blob_path(&diff_id);
-            let mut input = File::open(&src).map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    Error::MissingLayer(diff_id.clone())
-                } else {
-                    Error::io("open", &src)(e)
-                }
-            })?;
-            let w = store.blob_writer()?;
-            let w = match c {
-                Compression::Gzip => {
-                    let mut enc = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
-                    io::copy(&mut input, &mut enc).map_err(Error::io("compress", &src))?;
-                    enc.finish().map_err(Error::io("compress", &src))?
-                }
-                _ => {
-                    let mut enc = zstd::Encoder::new(w, 3).map_err(Error::io("compress", &src))?;
-                    io::copy(&mut input, &mut enc).map_err(Error::io("compress", &src))?;
-                    enc.finish().map_err(Error::io("compress", &src))?
-                }
-            };
-            let (d, size) = w.commit(None)?;
-            store.put_compressed_layer(&diff_id, c.name(), &d, size)?;
-            (d, size)
-        }
-    };
-    let mut out = Descriptor::new(c.media_type(), size, oci_digest(&digest)?);
+    let b = crate::source::layer_blob(store, &diff_id, c)?;
+    let mut out = Descriptor::new(c.media_type(), b.size, oci_digest(&b.digest)?);
     out.set_annotations(layer.annotations().clone());
     Ok(out)
 }
 
 /// The blob of stored layer `diff_id` compressed with `c` (made once, then reused): its
-/// digest, size and OCI media type. `Compression::None` gives the layer itself.
+/// digest, size and OCI media type. `Compression::None` gives the uncompressed tar blob. This
+/// is [`crate::layer_blob`] as a tuple.
 pub fn compressed_layer(
     store: &Store,
     diff_id: &Digest,
     c: Compression,
 ) -> Result<(Digest, u64, String)> {
-    let size = store.blob_size(diff_id)?;
-    let plain = Descriptor::new(MediaType::ImageLayer, size, oci_digest(diff_id)?);
-    let d = compress_layer(store, &plain, c)?;
-    Ok((
-        our_digest(d.digest(), "layer")?,
-        d.size(),
-        d.media_type().to_string(),
-    ))
+    let b = crate::source::layer_blob(store, diff_id, c)?;
+    Ok((b.digest, b.size, b.media_type))
 }
 
 /// Compresses the layers of a manifest in parallel (one thread per core at most) and returns
@@ -168,6 +136,14 @@ pub(crate) fn compressed_manifest(
     let mut m = m.clone();
     m.set_layers(out);
     Ok(m)
+}
+
+/// How an error names the image being exported: its first name, else its manifest digest.
+fn image_name(names: &[ImageRef], manifest: &Digest) -> String {
+    match names.first() {
+        Some(n) => format!("image {n}"),
+        None => format!("image {manifest}"),
+    }
 }
 
 /// The registry-qualified name containerd expects (`docker.io/library/busybox:latest`).
@@ -352,6 +328,9 @@ pub(crate) fn write_layout(
     out: &mut TarOut,
 ) -> Result<(Digest, ImageManifest)> {
     let img = load_image(store, manifest)?;
+    // Every layer blob is found or made (and verified) here, before anything is written.
+    let layers = compressed_manifest(store, &img.manifest, compression)
+        .map_err(|e| e.for_layer_of(image_name(names, manifest)))?;
     let (m, mdigest, mbytes) = if compression == Compression::None {
         (
             img.manifest.clone(),
@@ -359,7 +338,7 @@ pub(crate) fn write_layout(
             store.read_blob(manifest)?,
         )
     } else {
-        let m = compressed_manifest(store, &img.manifest, compression)?;
+        let m = layers;
         let bytes = serde_json::to_vec(&m).map_err(|e| Error::InvalidImage {
             what: "manifest",
             digest: manifest.to_string(),
@@ -477,7 +456,8 @@ pub fn distribution_manifest(
     compression: Compression,
 ) -> Result<DistributionManifest> {
     let img = load_image(store, manifest)?;
-    let m = compressed_manifest(store, &img.manifest, compression)?;
+    let m = compressed_manifest(store, &img.manifest, compression)
+        .map_err(|e| e.for_layer_of(format!("image {manifest}")))?;
     let bytes = serde_json::to_vec(&m).map_err(|e| Error::InvalidImage {
         what: "manifest",
         digest: manifest.to_string(),

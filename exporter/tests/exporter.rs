@@ -59,6 +59,12 @@ fn whiteout_round_trip() {
     let snap = sample_snapshot(&store);
     let (diff_id, size) = write_layer(&store, &snap).unwrap();
     assert!(size > 0);
+    // Hashed only: the blob is made when a consumer asks for it, and it has the diff_id.
+    assert!(!store.has_blob(&diff_id));
+    assert!(has_layer(&store, &diff_id).unwrap());
+    assert_eq!(layer_size(&store, &diff_id).unwrap(), size);
+    let b = layer_blob(&store, &diff_id, Compression::None).unwrap();
+    assert_eq!((b.digest.clone(), b.size), (diff_id.clone(), size));
     assert_eq!(Digest::of(&store.read_blob(&diff_id).unwrap()), diff_id);
     assert_eq!(store.layer_snapshot(&diff_id).unwrap(), Some(snap.clone()));
     // Deterministic: the same snapshot gives the same digest.
@@ -544,4 +550,97 @@ fn local_output_drops_setid_bits_devices_and_caps_unless_asked() {
     );
     let sda = fs::symlink_metadata(out.join("sda")).unwrap();
     assert!(sda.file_type().is_block_device() && sda.rdev() == libc::makedev(8, 0));
+}
+
+/// Regenerating a built layer's tar from its snapshot gives the recorded diff_id in every
+/// form (the mtime clamp included); a snapshot damaged after the build gives a clear error and
+/// leaves no blob behind.
+#[test]
+fn lazy_layer_blobs_are_verified() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let snap = sample_snapshot(&store);
+    let (diff_id, size) = write_layer_clamped(&store, &snap, Some(1_000)).unwrap();
+    assert!(!store.has_blob(&diff_id));
+    // gzip straight from the snapshot: the uncompressed tar is never written.
+    let gz = layer_blob(&store, &diff_id, Compression::Gzip).unwrap();
+    assert!(!store.has_blob(&diff_id));
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(
+        &mut decompressed(fs::File::open(store.blob_path(&gz.digest)).unwrap()).unwrap(),
+        &mut plain,
+    )
+    .unwrap();
+    assert_eq!(
+        (Digest::of(&plain), plain.len() as u64),
+        (diff_id.clone(), size)
+    );
+    assert_eq!(gz.media_type, "application/vnd.oci.image.layer.v1.tar+gzip");
+    // Reused, not made again.
+    assert_eq!(layer_blob(&store, &diff_id, Compression::Gzip).unwrap(), gz);
+    let z = layer_blob(&store, &diff_id, Compression::Zstd).unwrap();
+    assert_ne!(z.digest, gz.digest);
+
+    // Damage: one byte of a file of the snapshot changes, its size and mtime do not.
+    let snap2 = {
+        let b = store.new_snapshot().unwrap();
+        fs::write(b.fs_dir().join("data"), b"good bytes").unwrap();
+        b.commit().unwrap()
+    };
+    let (d2, _) = write_layer(&store, &snap2).unwrap();
+    let f = store.snapshot_dir(&snap2).join("data");
+    let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+    fs::write(&f, b"evil bytes").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        let err = layer_blob(&store, &d2, c).unwrap_err();
+        assert!(matches!(err, Error::LayerDamaged { .. }), "{c}: {err}");
+        let msg = err.for_layer_of("image web:v1").to_string();
+        assert!(msg.starts_with("image web:v1: layer "), "{msg}");
+        assert!(
+            msg.contains(&d2.to_string()) && msg.contains("--no-cache"),
+            "{msg}"
+        );
+        assert!(msg.contains("damaged"), "{msg}");
+    }
+    assert!(!store.has_blob(&d2));
+    assert_eq!(
+        fs::read_dir(t.path().join("store/ingest")).unwrap().count(),
+        0,
+        "no partial blob is left"
+    );
+    // An image using it cannot be exported in any format.
+    let mut rootfs = oci_spec::image::RootFs::default();
+    rootfs.set_diff_ids(vec![d2.to_string()]);
+    let mut config = oci_spec::image::ImageConfiguration::default();
+    config.set_rootfs(rootfs);
+    let m = write_image(&store, &config).unwrap();
+    let name: ImageRef = "web:v1".parse().unwrap();
+    let out = t.path().join("out.tar");
+    let err = export_docker_archive(&store, &m, std::slice::from_ref(&name), &out).unwrap_err();
+    assert!(err.to_string().contains("image web:v1: layer"), "{err}");
+    assert!(!out.exists());
+    let err = export_oci_archive(&store, &m, &[name], &out, Compression::Gzip).unwrap_err();
+    assert!(matches!(err, Error::LayerDamaged { .. }), "{err}");
+    assert!(export_local_dir(&store, &m, &t.path().join("local"), false).is_err());
+    assert!(distribution_manifest(&store, &m, Compression::Gzip).is_err());
+    // A rebuild (--no-cache) records a fresh snapshot with the same content: fixed.
+    let snap3 = {
+        let b = store.new_snapshot().unwrap();
+        fs::write(b.fs_dir().join("data"), b"good bytes").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(b.fs_dir().join("data"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        b.commit().unwrap()
+    };
+    assert_eq!(write_layer(&store, &snap3).unwrap().0, d2);
+    export_oci_archive(&store, &m, &[], &out, Compression::Gzip).unwrap();
 }

@@ -510,7 +510,7 @@ impl Client {
         // the staging directory; skip those the store already has.
         let mut staged = Vec::new();
         for (i, ((d, size, _), diff_id)) in layer_descs.iter().zip(&diff_ids).enumerate() {
-            let have_layer = store.has_blob(diff_id);
+            let have_layer = rbuild_exporter::has_layer(store, diff_id)?;
             let have_blob = store.has_blob(d);
             if have_layer && have_blob {
                 staged.push(None);

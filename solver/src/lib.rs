@@ -850,24 +850,29 @@ impl Solver<'_> {
         }
         // The previous result of this step, whose unchanged files a COPY may share (not with
         // --no-cache, which must not trust anything made before).
-        let previous_result = match (&previous, no_cache) {
-            (Some((k, prev_doc)), false) => {
-                match self.store.cache_peek(k)?.and_then(|rec| rec.snapshot) {
-                    Some(s) if self.hold(&s)? => Some((self.store.snapshot_dir(&s), prev_doc)),
-                    _ => None,
-                }
-            }
+        let previous_snapshot = match (&previous, no_cache) {
+            (Some((k, _)), false) => match self.store.cache_peek(k)?.and_then(|rec| rec.snapshot) {
+                Some(s) if self.hold(&s)? => Some(s),
+                _ => None,
+            },
             _ => None,
         };
+        let previous_result = previous_snapshot
+            .as_ref()
+            .zip(previous.as_ref())
+            .map(|(s, (_, prev_doc))| (self.store.snapshot_dir(s), prev_doc));
         remote::materialize(self, inputs)?;
         let sb = self.store.new_snapshot()?;
         work(&sb, previous_result)?;
         let snapshot = sb.commit()?;
         self.hold(&snapshot)?;
-        let (diff_id, size) = rbuild_exporter::write_layer_clamped(
+        // The hash resumes after the entries the layer shares with the previous result (held
+        // above, so its files stay what its index describes).
+        let (diff_id, size) = rbuild_exporter::write_layer_after(
             self.store,
             &snapshot,
             self.opts.source_date_epoch,
+            previous_snapshot.as_ref(),
         )?;
         let now = chrono::Utc::now().timestamp();
         self.store.cache_put(&CacheRecord {

@@ -225,7 +225,7 @@ fn record(
     snapshot: &SnapshotId,
     display: &str,
 ) -> Result<(), Error> {
-    let size = store.blob_size(&e.layer.diff_id)?;
+    let size = rbuild_exporter::layer_size(store, &e.layer.diff_id)?;
     store.cache_put(&CacheRecord {
         key: key.clone(),
         snapshot: Some(snapshot.clone()),
@@ -519,13 +519,14 @@ pub fn export_config(
                 _ => continue,
             },
         };
-        if !store.has_blob(&st.diff_id) {
+        if !rbuild_exporter::has_layer(store, &st.diff_id)? {
             continue;
         }
         if let Some(c) = compression {
             if seen.insert(st.diff_id.clone()) {
                 let (digest, size, media_type) =
-                    rbuild_exporter::compressed_layer(store, &st.diff_id, c)?;
+                    rbuild_exporter::compressed_layer(store, &st.diff_id, c)
+                        .map_err(|e| e.for_layer_of(format!("cache export of {description}")))?;
                 blobs.push(digest.clone());
                 config.layers.push(LayerDesc {
                     digest,
