@@ -445,7 +445,8 @@ impl Store {
         self.conn()
             .execute(
                 "INSERT INTO images (name, manifest, created) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(name) DO UPDATE SET manifest = excluded.manifest, created = excluded.created",
+                 ON CONFLICT(name) DO UPDATE SET manifest = excluded.manifest, created = excluded.created
+                 WHERE images.manifest <> excluded.manifest",
                 params![name.to_string(), manifest.to_string(), now()],
             )
             .map_err(self.db_err("set tag"))?;
