@@ -200,7 +200,67 @@ fn parse_output(s: &str) -> Result<Output> {
     })
 }
 
-pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
+/// The registry client of a build, made before the store is opened: a thread starts making the
+/// HTTP client of every registry the build will surely talk to (each `--cache-from` registry,
+/// each `FROM` naming a registry host) while the caller opens the store (on an empty store, a
+/// new database and its fsyncs), so the first pull does not wait for the TLS roots.
+pub(crate) fn early_client(args: &BuildArgs) -> Result<std::sync::Arc<rbuild_registry::Client>> {
+    let client = std::sync::Arc::new(args.registry.client(platform_of(args)?)?);
+    let mut registries: Vec<String> = args.remote_cache.registries();
+    if let Ok(text) = std::fs::read_to_string(
+        args.file
+            .clone()
+            .unwrap_or_else(|| args.context.join("Dockerfile")),
+    ) {
+        registries.extend(from_registries(&text));
+    }
+    registries.sort();
+    registries.dedup();
+    if !registries.is_empty() {
+        let c = client.clone();
+        // Detached: nothing waits for it (a request needing the client takes the same lock).
+        let _ = std::thread::Builder::new()
+            .name("registry-warmup".into())
+            .spawn(move || registries.iter().for_each(|r| c.prepare(r)));
+    }
+    Ok(client)
+}
+
+/// Registry hosts named literally by `FROM` lines (no variables; stage names have no host).
+fn from_registries(dockerfile: &str) -> Vec<String> {
+    dockerfile
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            if !words.next()?.eq_ignore_ascii_case("FROM") {
+                return None;
+            }
+            let image = words.find(|w| !w.starts_with("--"))?;
+            if image.contains('$') {
+                return None;
+            }
+            image.parse::<ImageRef>().ok()?.registry
+        })
+        .collect()
+}
+
+fn platform_of(args: &BuildArgs) -> Result<Option<Platform>> {
+    // Any platform: base images are pulled for it and the image is labelled with it; RUN steps
+    // execute natively (a foreign one needs an emulator in binfmt_misc).
+    args.platform
+        .as_ref()
+        .map(|p| {
+            p.parse::<Platform>()
+                .map_err(|e| anyhow!("--platform: {e}"))
+        })
+        .transpose()
+}
+
+pub(crate) fn build(
+    store: Store,
+    args: BuildArgs,
+    client: std::sync::Arc<rbuild_registry::Client>,
+) -> Result<ExitCode> {
     let started = Instant::now();
     let tags: Vec<ImageRef> = args
         .tags
@@ -213,15 +273,7 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
         .map(|o| parse_output(o))
         .collect::<Result<_>>()?;
     args.remote_cache.check()?;
-    let platform = match &args.platform {
-        Some(p) => {
-            // Any platform: base images are pulled for it and the image is labelled with it;
-            // RUN steps execute natively (a foreign one needs an emulator in binfmt_misc).
-            let p: Platform = p.parse().map_err(|e| anyhow!("--platform: {e}"))?;
-            Some(p)
-        }
-        None => None,
-    };
+    let platform = platform_of(&args)?;
     if !args.context.is_dir() {
         bail!(
             "unable to prepare context: path {:?} not found or not a directory",
@@ -289,9 +341,9 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
             .map(|h| parse_add_host(h))
             .collect::<Result<_>>()?,
     };
-    // One client (one connection pool and token cache per registry) for the base image pulls
-    // and the remote caches; the caches' configs are read while the frontend pulls.
-    let client = std::sync::Arc::new(args.registry.client(opts.platform.clone())?);
+    // One client (one connection pool and token cache per registry, see `early_client`) for
+    // the base image pulls and the remote caches; the caches' configs are read while the
+    // frontend pulls.
     let resolver = crate::image_cmds::PullingResolver::new(&store, &client, args.pull);
     // The target stage's remote layers start coming in as soon as the caches are read, while
     // the frontend still pulls the base images (the solve's own prefetch then finds them taken).
@@ -537,6 +589,17 @@ impl Drop for StopOnDrop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_lines_naming_a_registry_host_are_warmed() {
+        let df = "FROM 127.0.0.1:5000/library/busybox:latest AS build\n\
+                  from --platform=linux/amd64 reg.example.com/x/y@sha256:0000000000000000000000000000000000000000000000000000000000000000\n\
+                  FROM build\nFROM busybox:local\nFROM ${BASE}/z\nRUN echo FROM other.io/a\n";
+        assert_eq!(
+            from_registries(df),
+            vec!["127.0.0.1:5000".to_string(), "reg.example.com".to_string()]
+        );
+    }
 
     #[test]
     fn local_outputs_take_preserve_special() {

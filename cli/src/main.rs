@@ -186,7 +186,10 @@ pub(crate) fn parse_ref(s: &str) -> Result<ImageRef> {
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Build(args) => build::build(open_store(cli.root)?, args),
+        Command::Build(args) => {
+            let client = build::early_client(&args)?;
+            build::build(open_store(cli.root)?, args, client)
+        }
         Command::Images { format } => images::images(&open_store(cli.root)?, format),
         Command::Image(c) => image_cmds::image(&open_store(cli.root)?, c),
         Command::Pull(a) => image_cmds::pull(&open_store(cli.root)?, a),

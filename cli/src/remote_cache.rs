@@ -187,6 +187,19 @@ impl LayerSource for LayoutSource {
 }
 
 impl RemoteCacheArgs {
+    /// The registry hosts of the `--cache-from` caches (valid specs of type registry).
+    pub fn registries(&self) -> Vec<String> {
+        self.cache_from
+            .iter()
+            .filter_map(
+                |s| match parse_spec("--cache-from", s, false).ok()?.location {
+                    Location::Registry(r) => Some(rbuild_registry::registry_of(&r)),
+                    _ => None,
+                },
+            )
+            .collect()
+    }
+
     /// Checks every flag before the build starts (a typo must not cost a whole build).
     pub fn check(&self) -> Result<()> {
         for s in &self.cache_from {

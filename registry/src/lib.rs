@@ -280,6 +280,14 @@ impl Client {
     }
 
     /// The shared oci-client of `registry` (its connections and tokens are reused).
+    /// Makes `registry`'s HTTP client now, unless it exists: building one reads and parses the
+    /// host's TLS root certificates (oci-client builds two reqwest clients, ~10-20 ms here).
+    /// A caller with other work to do first (opening the store) runs this on a thread of its
+    /// own; a request that needs the client meanwhile waits for it rather than making another.
+    pub fn prepare(&self, registry: &str) {
+        let _ = self.oci(registry);
+    }
+
     fn oci(&self, registry: &str) -> oci_client::Client {
         locked(&self.pool)
             .entry(registry.to_string())

@@ -169,7 +169,9 @@ impl<'a> Engine<'a> {
                     let store = self.store.clone();
                     s.spawn(move || {
                         say("Service", &name, "Building");
-                        (name, crate::build::build(store, args))
+                        let r = crate::build::early_client(&args)
+                            .and_then(|client| crate::build::build(store, args, client));
+                        (name, r)
                     })
                 })
                 .collect();
