@@ -288,6 +288,43 @@ fn schema_is_versioned() {
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
 
+/// Processes racing to create one store all open it: the database made aside is renamed in
+/// without replacing another's (tables and data of the first stay), and no temporary file or
+/// leftover of a killed creator stays in `ingest/`.
+#[test]
+fn new_store_database_is_made_once_under_a_race() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let go = Arc::new(Barrier::new(6));
+    let stores: Vec<Store> = (0..6)
+        .map(|_| {
+            let (root, go) = (root.clone(), go.clone());
+            std::thread::spawn(move || {
+                go.wait();
+                Store::open(&root).unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let d = stores[0].put_blob(b"x").unwrap();
+    stores[5]
+        .set_tag(&"a:b".parse::<ImageRef>().unwrap(), &d)
+        .unwrap();
+    assert_eq!(
+        stores[2]
+            .get_tag(&"a:b".parse::<ImageRef>().unwrap())
+            .unwrap(),
+        Some(d)
+    );
+    drop(stores);
+    // A creator killed half-way leaves its temporary database, unlocked: the next open removes it.
+    fs::write(root.join("ingest").join("meta-leftover.db"), b"partial").unwrap();
+    drop(Store::open(&root).unwrap());
+    assert_eq!(count(&root.join("ingest")), 0);
+}
+
 /// A version 2 store (layers rows without `from_snapshot`) is migrated: its layers are blob
 /// layers (their blob is kept), new ones can be recorded as built from a snapshot.
 #[test]
