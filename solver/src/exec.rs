@@ -609,19 +609,30 @@ pub(crate) fn copy(
         // Context files unchanged since the previous run of this step are hard links to that
         // run's copies (layers are immutable, so sharing inodes is safe): a one-file change in a
         // big tree writes one file, not all of them.
-        let link = |from: &Path, to: &Path| -> Option<PathBuf> {
-            let r = reuse.filter(|_| fresh && matches!(op.from, CopyFrom::Context))?;
+        let unchanged = |from: &Path| -> bool {
+            let Some(r) = reuse else { return false };
             // The digest key of this file: the source as written and the user's path of it.
-            let below = from.strip_prefix(&e.abs).ok()?.to_string_lossy();
+            let Ok(below) = from.strip_prefix(&e.abs) else {
+                return false;
+            };
+            let below = below.to_string_lossy();
             let rel = match (e.rel.is_empty(), below.is_empty()) {
                 (_, true) => e.rel.clone(),
                 (true, false) => below.into_owned(),
                 (false, false) => format!("{}/{below}", e.rel),
             };
-            if !r.unchanged.contains(&format!("{}:{rel}", e.src)) {
-                return None;
+            r.unchanged.contains(&format!("{}:{rel}", e.src))
+        };
+        let rel_dst = dst.strip_prefix(&upper).ok().map(Path::to_path_buf);
+        let share = match (reuse, &rel_dst) {
+            (Some(r), Some(rel)) if fresh && matches!(op.from, CopyFrom::Context) => {
+                Some(fsutil::Share {
+                    root: &r.dir,
+                    rel,
+                    unchanged: &unchanged,
+                })
             }
-            Some(r.dir.join(to.strip_prefix(&upper).ok()?))
+            _ => None,
         };
         fsutil::copy_entry(
             &e.abs,
@@ -630,7 +641,7 @@ pub(crate) fn copy(
             op.chmod.as_deref(),
             &mut filter,
             fresh,
-            &link,
+            share,
         )
         .map_err(|err| copy_failed(format!("copying {} to {target_path}: {err}", e.rel)))?;
         if let Some(before) = dest_dir_before {
