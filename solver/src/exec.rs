@@ -503,12 +503,12 @@ pub(crate) fn copy(
             .map_err(|err| copy_failed(format!("cannot create {dest}: {err}")))?;
     }
     let ignore_rel = |p: &Path| -> bool {
-        match p.strip_prefix(&src_root) {
-            Ok(rel) => {
-                let rel = rel.to_string_lossy();
+        match below(p, &src_root) {
+            Some(rel) => {
+                let rel = String::from_utf8_lossy(rel);
                 !ignore.is_excluded(&rel) && !excluded(&rel)
             }
-            Err(_) => true,
+            None => true,
         }
     };
     for e in &entries {
@@ -591,9 +591,9 @@ pub(crate) fn copy(
         let mut filter = |p: &Path| {
             e.remote
                 || (ignore_rel(p)
-                    && p.strip_prefix(&e.abs)
-                        .map(|r| !excluded(&r.to_string_lossy()))
-                        .unwrap_or(true))
+                    && (op.excludes.is_empty()
+                        || below(p, &e.abs)
+                            .is_none_or(|r| !excluded(&String::from_utf8_lossy(r)))))
         };
         // Fast path: a single source whose target exists in no layer is written straight into
         // the new layer's directory, not through the overlay (about 40% less CPU for big trees).
@@ -609,19 +609,26 @@ pub(crate) fn copy(
         // Context files unchanged since the previous run of this step are hard links to that
         // run's copies (layers are immutable, so sharing inodes is safe): a one-file change in a
         // big tree writes one file, not all of them.
+        // The digest key of a file: the source as written and the user's path of it, made in
+        // one reused buffer.
+        let key = std::cell::RefCell::new(String::new());
         let unchanged = |from: &Path| -> bool {
             let Some(r) = reuse else { return false };
-            // The digest key of this file: the source as written and the user's path of it.
-            let Ok(below) = from.strip_prefix(&e.abs) else {
+            let Some(rest) = below(from, &e.abs) else {
                 return false;
             };
-            let below = below.to_string_lossy();
-            let rel = match (e.rel.is_empty(), below.is_empty()) {
-                (_, true) => e.rel.clone(),
-                (true, false) => below.into_owned(),
-                (false, false) => format!("{}/{below}", e.rel),
-            };
-            r.unchanged.contains(&format!("{}:{rel}", e.src))
+            let mut k = key.borrow_mut();
+            k.clear();
+            k.push_str(&e.src);
+            k.push(':');
+            k.push_str(&e.rel);
+            if !rest.is_empty() {
+                if !e.rel.is_empty() {
+                    k.push('/');
+                }
+                k.push_str(&String::from_utf8_lossy(rest));
+            }
+            r.unchanged.contains(k.as_str())
         };
         let rel_dst = dst.strip_prefix(&upper).ok().map(Path::to_path_buf);
         let share = match (reuse, &rel_dst) {
@@ -661,6 +668,27 @@ pub(crate) fn copy(
     }
     drop(target);
     Ok(())
+}
+
+/// The bytes of `p` below `base` (empty for `base` itself), `None` when `p` is not below it:
+/// `Path::strip_prefix` for the paths a copy walk makes (`base` + pushed names), without its
+/// component parsing, which showed in the profile of a 20,000-file COPY.
+fn below<'a>(p: &'a Path, base: &Path) -> Option<&'a [u8]> {
+    use std::os::unix::ffi::OsStrExt;
+    let b = base.as_os_str().as_bytes();
+    let b = b.strip_suffix(b"/").unwrap_or(b);
+    let rest = p.as_os_str().as_bytes().strip_prefix(b)?;
+    if rest.is_empty() {
+        return Some(rest);
+    }
+    match rest.strip_prefix(b"/") {
+        Some(r) if !r.starts_with(b"/") => Some(r),
+        // Not on a component boundary, or an unusual spelling: the exact rule.
+        None => p
+            .strip_prefix(base)
+            .ok()
+            .map(|r| r.as_os_str().as_bytes()),
+    }
 }
 
 /// The mode of directories a COPY creates: an octal `--chmod` applies to them too (BuildKit:
@@ -803,6 +831,21 @@ pub(crate) fn fetch_remote(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn below_is_strip_prefix() {
+        fn b<'a>(p: &'a str, base: &str) -> Option<&'a [u8]> {
+            below(Path::new(p), Path::new(base))
+        }
+        assert_eq!(b("/ctx/files/d1/f", "/ctx/files"), Some(&b"d1/f"[..]));
+        assert_eq!(b("/ctx/files", "/ctx/files"), Some(&b""[..]));
+        assert_eq!(b("/ctx/files/x", "/ctx/files/"), Some(&b"x"[..]));
+        assert_eq!(b("/ctx/filesx/y", "/ctx/files"), None);
+        assert_eq!(b("/other/f", "/ctx"), None);
+        assert_eq!(b("/f", "/"), Some(&b"f"[..]));
+        // Spellings the byte rule does not take go through Path::strip_prefix.
+        assert_eq!(b("/ctx//a", "/ctx"), Some(&b"a"[..]));
+    }
 
     #[test]
     fn parents_pivot() {
