@@ -684,7 +684,7 @@ fn below<'a>(p: &'a Path, base: &Path) -> Option<&'a [u8]> {
     match rest.strip_prefix(b"/") {
         Some(r) if !r.starts_with(b"/") => Some(r),
         // Not on a component boundary, or an unusual spelling: the exact rule.
-        None => p
+        _ => p
             .strip_prefix(base)
             .ok()
             .map(|r| r.as_os_str().as_bytes()),
