@@ -95,18 +95,19 @@ pub(crate) struct Reuse {
 }
 
 impl Reuse {
-    /// Compares the `content` parts of the previous and the current key documents of a COPY
-    /// from the context; `None` when nothing is shared.
+    /// Compares the `content` part of the previous key document of a COPY from the context
+    /// with the current per-file digests `now` (`src:rel`, `f <mode> <digest>`); `None` when
+    /// nothing is shared.
     pub(crate) fn unchanged_files(
         dir: PathBuf,
         before: &serde_json::Value,
-        now: &serde_json::Value,
+        now: &[(String, String)],
     ) -> Option<Reuse> {
-        let (before, now) = (before["files"].as_object()?, now["files"].as_object()?);
+        let before = before["files"].as_object()?;
         let unchanged: std::collections::HashSet<String> = now
             .iter()
             .filter(|(k, v)| {
-                v.as_str().is_some_and(|v| v.starts_with("f ")) && before.get(*k) == Some(*v)
+                v.starts_with("f ") && before.get(k).and_then(|b| b.as_str()) == Some(v.as_str())
             })
             .map(|(k, _)| k.clone())
             .collect();
