@@ -2,9 +2,9 @@
 //! for directories that are not kept, or on demand through `source`).
 
 use std::collections::HashMap;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Write};
-use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -232,8 +232,12 @@ pub(crate) fn walk_tar(root: &Path, epoch: Option<i64>, sink: &mut dyn EntrySink
     let mut b = tar::Builder::new(Vec::new());
     let mut links = HashMap::new();
     let clamp = epoch.map(|e| e.max(0) as u64);
-    let dir = open_at(nix::fcntl::AT_FDCWD, root, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
-        .map_err(Error::io("read dir", root))?;
+    let dir = open_at(
+        nix::fcntl::AT_FDCWD,
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+    )
+    .map_err(Error::io("read dir", root))?;
     let mut w = Walk {
         b: &mut b,
         sink,
@@ -287,11 +291,9 @@ impl Walk<'_> {
 
     fn dir(&mut self, dir: &OwnedFd) -> Result<()> {
         let mut names: Vec<CString> = Vec::new();
-        let dup = dir
-            .try_clone()
-            .map_err(Error::io("read dir", &self.abs))?;
-        let mut d = nix::dir::Dir::from_fd(dup)
-            .map_err(|e| Error::io("read dir", &self.abs)(e.into()))?;
+        let dup = dir.try_clone().map_err(Error::io("read dir", &self.abs))?;
+        let mut d =
+            nix::dir::Dir::from_fd(dup).map_err(|e| Error::io("read dir", &self.abs)(e.into()))?;
         for e in d.iter() {
             let e = e.map_err(|e| Error::io("read dir", &self.abs)(e.into()))?;
             let n = e.file_name();
@@ -497,7 +499,7 @@ fn append_xattrs<W: Write>(b: &mut tar::Builder<W>, path: &Path, names: &[Vec<u8
     }
     let mut records = Vec::new();
     for n in names {
-        if !crate::unpack::layer_xattr_allowed(&n) {
+        if !crate::unpack::layer_xattr_allowed(n) {
             continue;
         }
         if let Some(v) = sys::get_xattr(path, n).map_err(Error::io("read xattr of", path))? {

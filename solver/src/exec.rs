@@ -593,8 +593,7 @@ pub(crate) fn copy(
             e.remote
                 || (ignore_rel(p)
                     && (op.excludes.is_empty()
-                        || below(p, &e.abs)
-                            .is_none_or(|r| !excluded(&String::from_utf8_lossy(r)))))
+                        || below(p, &e.abs).is_none_or(|r| !excluded(&String::from_utf8_lossy(r)))))
         };
         // Fast path: a single source whose target exists in no layer is written straight into
         // the new layer's directory, not through the overlay (about 40% less CPU for big trees).
@@ -685,10 +684,7 @@ fn below<'a>(p: &'a Path, base: &Path) -> Option<&'a [u8]> {
     match rest.strip_prefix(b"/") {
         Some(r) if !r.starts_with(b"/") => Some(r),
         // Not on a component boundary, or an unusual spelling: the exact rule.
-        _ => p
-            .strip_prefix(base)
-            .ok()
-            .map(|r| r.as_os_str().as_bytes()),
+        _ => p.strip_prefix(base).ok().map(|r| r.as_os_str().as_bytes()),
     }
 }
 

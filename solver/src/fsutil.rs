@@ -3,12 +3,12 @@
 //! `rbuild-fsroot` before they get here; these functions only walk below a resolved object with
 //! no-follow operations.
 
+use std::ffi::CString;
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -95,16 +95,26 @@ pub fn copy_entry(
         }
     }
     let (Some(parent), Some(name)) = (dst.parent(), dst.file_name()) else {
-        return Err(io::Error::other(format!("no file name in {}", dst.display())));
+        return Err(io::Error::other(format!(
+            "no file name in {}",
+            dst.display()
+        )));
     };
     let (sdir, sname) = match (src.parent(), src.file_name()) {
         (Some(p), Some(n)) => (open_dir(AT_FDCWD_FD, p)?, n),
-        _ => return Err(io::Error::other(format!("no file name in {}", src.display()))),
+        _ => {
+            return Err(io::Error::other(format!(
+                "no file name in {}",
+                src.display()
+            )))
+        }
     };
     let dfd = open_dir(AT_FDCWD_FD, parent)?;
     let prev = share.as_ref().and_then(|s| {
         let unchanged = (s.unchanged)(src);
-        unchanged.then(|| open_below(s.root, s.rel.parent()?)).flatten()
+        unchanged
+            .then(|| open_below(s.root, s.rel.parent()?))
+            .flatten()
     });
     let st = stat_at(&sdir, sname)?;
     let mut cx = Cx {
@@ -115,7 +125,14 @@ pub fn copy_entry(
         path: src.to_path_buf(),
     };
     // The single file's sharing was decided above: `prev` is only open when it is unchanged.
-    copy_one_at(&mut cx, (&sdir, sname), (&dfd, name), prev.as_ref(), &st, true)
+    copy_one_at(
+        &mut cx,
+        (&sdir, sname),
+        (&dfd, name),
+        prev.as_ref(),
+        &st,
+        true,
+    )
 }
 
 /// `AT_FDCWD` as a descriptor: [`open_dir`] of an absolute path ignores it.
@@ -185,7 +202,14 @@ fn copy_dir_at(
         cx.path.push(OsStr::from_bytes(n.as_bytes()));
         let r = if (cx.filter)(&cx.path) {
             stat_at(sfd, n.as_c_str()).and_then(|st| {
-                copy_one_at(cx, (sfd, n.as_c_str()), (dfd, n.as_c_str()), prev, &st, fresh)
+                copy_one_at(
+                    cx,
+                    (sfd, n.as_c_str()),
+                    (dfd, n.as_c_str()),
+                    prev,
+                    &st,
+                    fresh,
+                )
             })
         } else {
             Ok(())
@@ -263,7 +287,12 @@ fn copy_one_at<S: ?Sized + nix::NixPath, D: ?Sized + nix::NixPath>(
                 return Ok(());
             }
         }
-        let from = openat(sfd, sname, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+        let from = openat(
+            sfd,
+            sname,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
         let to = openat(
             dfd,
             name,
@@ -286,9 +315,20 @@ fn copy_one_at<S: ?Sized + nix::NixPath, D: ?Sized + nix::NixPath>(
         let perm = Mode::from_bits_truncate(st.st_mode & 0o7777);
         mknodat(dfd, name, k, perm, st.st_rdev)?;
     }
-    fchownat(dfd, name, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    fchownat(
+        dfd,
+        name,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
     if kind != libc::S_IFLNK {
-        fchmodat(dfd, name, Mode::from_bits_truncate(mode), FchmodatFlags::FollowSymlink)?;
+        fchmodat(
+            dfd,
+            name,
+            Mode::from_bits_truncate(mode),
+            FchmodatFlags::FollowSymlink,
+        )?;
     }
     utimensat(dfd, name, &at, &mt, UtimensatFlags::NoFollowSymlink)?;
     Ok(())
