@@ -150,8 +150,8 @@ class Engine:
 class Rbuild(Engine):
     name = "rbuild"
 
-    def __init__(self, binary, store):
-        self.binary, self.store = binary, store
+    def __init__(self, binary, store, name="rbuild"):
+        self.binary, self.store, self.name = binary, store, name
 
     def env(self):
         e = dict(os.environ)
@@ -562,6 +562,9 @@ def main():
     ap.add_argument("--rbuild", required=True, help="the rbuild binary")
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/rbuild-bench"))
     ap.add_argument("--rev", default="", help="what the rbuild binary was built from (for the report)")
+    ap.add_argument("--rbuild-before", default="",
+                    help="a second rbuild binary (e.g. the previous release) measured in the same run "
+                         "as the engine `rbuild-before`")
     a = ap.parse_args()
     if a.runs < 1:
         raise SystemExit("--runs must be at least 1")
@@ -569,12 +572,16 @@ def main():
     work = a.work
     all_engines = {
         "rbuild": Rbuild(a.rbuild, os.path.join(work, "rbuild-store")),
+        "rbuild-before": Rbuild(a.rbuild_before, os.path.join(work, "rbuild-before-store"), "rbuild-before"),
         "buildkit": BuildKitDockerd(),
         "buildah": Buildah(os.path.join(work, "buildah-root"), "/run/rbuild-bench-buildah"),
         "buildkit-src": BuildKitSource(os.environ.get("BUILDKIT_BIN", os.path.join(work, "buildkit-bin"))),
     }
     engines = []
-    for n in a.engines.split(","):
+    names = a.engines.split(",")
+    if a.rbuild_before and "rbuild-before" not in names:
+        names.insert(1, "rbuild-before")
+    for n in names:
         if n not in all_engines:
             raise SystemExit("unknown engine %r (known: %s)" % (n, ", ".join(all_engines)))
         if all_engines[n].available():
@@ -593,6 +600,7 @@ def main():
 
     # Fresh rbuild store each time; peers keep their stores (their base images are re-imported).
     shutil.rmtree(all_engines["rbuild"].store, ignore_errors=True)
+    shutil.rmtree(all_engines["rbuild-before"].store, ignore_errors=True)
     for e in engines:
         for ref, tar in bases.items():
             if ref == "debian:local" and "debian" not in which:

@@ -1,7 +1,7 @@
 #!/bin/sh
 # rbuild side by side with BuildKit (in dockerd) and buildah: one command.
 #   bench/run.sh [--runs N] [--save] [--scenarios a,b] [--engines rbuild,buildkit,buildah]
-#                [--rev GITREV] [--rbuild BINARY]
+#                [--rev GITREV] [--rbuild BINARY] [--rbuild-before BINARY (a second rbuild in the same run)]
 # Builds rbuild in release mode (from the working tree, or with --rev from that commit, exported
 # into $BENCH_WORK/src), runs bench/setup.sh (installs and starts the peers, makes the busybox and
 # Debian base roots) and then bench/bench.py, which prints the table; --save writes

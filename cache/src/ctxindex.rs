@@ -33,12 +33,44 @@ use crate::{random_name, Store};
 const MAGIC: &[u8; 16] = b"rbuild-ctxidx-1\n";
 const FIXED: usize = 8 * 4 + 32;
 
-/// One file of a context index.
+/// One file of a context index read now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct IndexEntry {
     path: String,
     stat: FileStat,
     digest: [u8; 32],
+}
+
+/// One file of the loaded index: its path is `paths[path.0..path.1]` of [`Loaded`] (one buffer
+/// for all paths, not one allocation per file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct OldEntry {
+    path: (usize, usize),
+    stat: FileStat,
+    digest: [u8; 32],
+}
+
+/// A decoded index file.
+#[derive(Debug, Default)]
+struct Loaded {
+    paths: String,
+    entries: Vec<OldEntry>,
+}
+
+impl Loaded {
+    fn path(&self, i: usize) -> &str {
+        let (a, b) = self.entries[i].path;
+        &self.paths[a..b]
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 /// An entry of this build's index: an unchanged one of the old index, or one read now.
@@ -53,7 +85,7 @@ enum Slot {
 #[derive(Debug, Default)]
 pub struct ContextIndex {
     file: Option<PathBuf>,
-    old: Vec<IndexEntry>,
+    old: Loaded,
     cursor: usize,
     by_path: Option<HashMap<String, usize>>,
     /// This build's entries, in walk order.
@@ -70,25 +102,31 @@ impl ContextIndex {
     /// The digest recorded for `path` when its stat is still `stat`. Call in walk order: the
     /// expected entry is the one after the previous lookup.
     pub fn lookup(&mut self, path: &str, stat: &FileStat) -> Option<Digest> {
-        let i = if self.old.get(self.cursor).is_some_and(|e| e.path == path) {
+        self.lookup_raw(path, stat)
+            .map(|raw| Digest::from_raw(&raw))
+    }
+
+    /// [`ContextIndex::lookup`], giving the digest's 32 bytes (no hex string made).
+    pub fn lookup_raw(&mut self, path: &str, stat: &FileStat) -> Option<[u8; 32]> {
+        let i = if self.cursor < self.old.len() && self.old.path(self.cursor) == path {
             self.cursor
         } else {
             let old = &self.old;
             let map = self.by_path.get_or_insert_with(|| {
                 let mut m = HashMap::with_capacity(old.len());
-                for (i, e) in old.iter().enumerate() {
-                    m.entry(e.path.clone()).or_insert(i);
+                for i in 0..old.len() {
+                    m.entry(old.path(i).to_string()).or_insert(i);
                 }
                 m
             });
             *map.get(path)?
         };
         self.cursor = i + 1;
-        let e = &self.old[i];
+        let e = &self.old.entries[i];
         if e.stat != *stat {
             return None;
         }
-        let d = Digest::from_raw(&e.digest);
+        let d = e.digest;
         self.new.push(Slot::Old(i));
         Some(d)
     }
@@ -99,6 +137,11 @@ impl ContextIndex {
         if hex::decode_to_slice(digest.hex(), &mut raw).is_err() {
             return;
         }
+        self.learn_raw(path, stat, raw);
+    }
+
+    /// [`ContextIndex::learn`] with the digest's 32 bytes.
+    pub fn learn_raw(&mut self, path: &str, stat: FileStat, raw: [u8; 32]) {
         self.learned += 1;
         self.new.push(Slot::Learned(IndexEntry {
             path: path.to_string(),
@@ -112,17 +155,20 @@ impl ContextIndex {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(self.new.len() as u32).to_le_bytes());
         for slot in &self.new {
-            let e = match slot {
-                Slot::Old(i) => &self.old[*i],
-                Slot::Learned(e) => e,
+            let (path, stat, digest) = match slot {
+                Slot::Old(i) => {
+                    let e = &self.old.entries[*i];
+                    (self.old.path(*i), &e.stat, &e.digest)
+                }
+                Slot::Learned(e) => (e.path.as_str(), &e.stat, &e.digest),
             };
-            out.extend_from_slice(&(e.path.len() as u32).to_le_bytes());
-            out.extend_from_slice(e.path.as_bytes());
-            out.extend_from_slice(&e.stat.size.to_le_bytes());
-            out.extend_from_slice(&e.stat.mtime_ns.to_le_bytes());
-            out.extend_from_slice(&e.stat.ctime_ns.to_le_bytes());
-            out.extend_from_slice(&e.stat.inode.to_le_bytes());
-            out.extend_from_slice(&e.digest);
+            out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+            out.extend_from_slice(path.as_bytes());
+            out.extend_from_slice(&stat.size.to_le_bytes());
+            out.extend_from_slice(&stat.mtime_ns.to_le_bytes());
+            out.extend_from_slice(&stat.ctime_ns.to_le_bytes());
+            out.extend_from_slice(&stat.inode.to_le_bytes());
+            out.extend_from_slice(digest);
         }
         let sum = Sha256::digest(&out);
         out.extend_from_slice(&sum);
@@ -130,7 +176,7 @@ impl ContextIndex {
     }
 
     /// Parses an index file; `None` when it is not one (wrong magic, cut short, bad checksum).
-    fn decode(data: &[u8]) -> Option<Vec<IndexEntry>> {
+    fn decode(data: &[u8]) -> Option<Loaded> {
         let body_len = data.len().checked_sub(32)?;
         let (body, sum) = data.split_at(body_len);
         if body.len() < 20 || &body[..16] != MAGIC || Sha256::digest(body)[..] != *sum {
@@ -144,15 +190,19 @@ impl ContextIndex {
             Some(s)
         };
         let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
-        let mut out = Vec::with_capacity(count.min(body.len() / (FIXED + 4)));
+        let mut out = Loaded {
+            paths: String::with_capacity(body.len().saturating_sub(count * (FIXED + 4))),
+            entries: Vec::with_capacity(count.min(body.len() / (FIXED + 4))),
+        };
         for _ in 0..count {
             let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-            let path = std::str::from_utf8(take(len)?).ok()?.to_string();
+            let start = out.paths.len();
+            out.paths.push_str(std::str::from_utf8(take(len)?).ok()?);
             let f = take(FIXED)?;
             let mut digest = [0u8; 32];
             digest.copy_from_slice(&f[32..64]);
-            out.push(IndexEntry {
-                path,
+            out.entries.push(OldEntry {
+                path: (start, start + len),
                 stat: FileStat {
                     size: u64_at(f, 0),
                     mtime_ns: u64_at(f, 8) as i64,
@@ -179,7 +229,7 @@ impl Store {
         let file = self.context_index_path(identity);
         let old = match fs::read(&file) {
             Ok(data) => ContextIndex::decode(&data).unwrap_or_default(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Loaded::default(),
             Err(e) => return Err(Error::io("read context index", &file)(e)),
         };
         Ok(ContextIndex {

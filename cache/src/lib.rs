@@ -201,6 +201,12 @@ impl Store {
 
     /// Stores `data` as a blob and returns its digest.
     pub fn put_blob(&self, data: &[u8]) -> Result<Digest> {
+        // Already stored (an image config or manifest a no-op rebuild makes again): nothing to
+        // write. Blobs are complete and verified when they appear, so presence is enough.
+        let d = Digest::of(data);
+        if self.has_blob(&d) {
+            return Ok(d);
+        }
         let mut w = self.blob_writer()?;
         io::Write::write_all(&mut w, data)
             .map_err(Error::io("write", self.root().join("ingest")))?;

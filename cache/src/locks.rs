@@ -106,6 +106,17 @@ impl crate::Store {
         Ok(self.has_snapshot(id).then_some(SnapshotUse { _file: file }))
     }
 
+    /// Marks snapshot `id` as in use whether or not it is made yet: for a layer recorded with
+    /// a reserved snapshot id (kept compressed, see [`crate::Store::put_lazy_layer`]), the lock
+    /// keeps `prune` from removing the layer's row and blobs while the build or container that
+    /// may make the snapshot lives. The caller checks, after this, that the layer is still there.
+    pub fn use_snapshot_id(&self, id: &crate::SnapshotId) -> Result<SnapshotUse> {
+        let path = self.snapshot_lock_path(id);
+        let file = open_lock_file(&path)?;
+        flock(&file, true, false).map_err(Error::io("lock", &path))?;
+        Ok(SnapshotUse { _file: file })
+    }
+
     /// Takes the usage lock of `id` exclusively if nobody uses the snapshot (for removing it).
     pub(crate) fn lock_unused_snapshot(&self, id: &crate::SnapshotId) -> Result<Option<KeyLock>> {
         KeyLock::acquire(&self.snapshot_lock_path(id), false)

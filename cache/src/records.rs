@@ -318,6 +318,78 @@ impl Store {
         s.map(|s| parse("snapshot id", s)).transpose()
     }
 
+    /// Records a layer kept only as its compressed blob (a remote cache hit or a pulled layer
+    /// not unpacked yet): `compressed_layers` gets `digest` (already a verified blob) and, when
+    /// the layer has no `layers` row, one is added whose snapshot id is reserved but not made
+    /// (see `rbuild_exporter::ensure_snapshot`, which makes it on demand from the blob). One
+    /// transaction: a crash leaves either both rows or neither. Returns the layer's snapshot id
+    /// (the existing one when the layer had a row).
+    pub fn put_lazy_layer(
+        &self,
+        diff_id: &Digest,
+        size: u64,
+        algorithm: &str,
+        digest: &Digest,
+        compressed_size: u64,
+    ) -> Result<SnapshotId> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.db_err("put lazy layer"))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO compressed_layers (diff_id, algorithm, digest, size)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                diff_id.to_string(),
+                algorithm,
+                digest.to_string(),
+                compressed_size as i64
+            ],
+        )
+        .map_err(self.db_err("put lazy layer"))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO layers (diff_id, snapshot, size, created) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                diff_id.to_string(),
+                SnapshotId::reserve().as_str(),
+                size as i64,
+                now()
+            ],
+        )
+        .map_err(self.db_err("put lazy layer"))?;
+        let s: String = tx
+            .query_row(
+                "SELECT snapshot FROM layers WHERE diff_id = ?1",
+                [diff_id.to_string()],
+                |r| r.get(0),
+            )
+            .map_err(self.db_err("put lazy layer"))?;
+        tx.commit().map_err(self.db_err("put lazy layer"))?;
+        parse("snapshot id", s)
+    }
+
+    /// Every present compressed blob of a layer (algorithm, digest).
+    pub fn compressed_layers_of(&self, diff_id: &Digest) -> Result<Vec<(String, Digest)>> {
+        let rows: Vec<(String, String)> = {
+            let conn = self.conn();
+            let mut st = conn
+                .prepare("SELECT algorithm, digest FROM compressed_layers WHERE diff_id = ?1 ORDER BY algorithm")
+                .map_err(self.db_err("list compressed layers"))?;
+            let rows = st
+                .query_map([diff_id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(self.db_err("list compressed layers"))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.db_err("list compressed layers"))?;
+            rows
+        };
+        let mut out = Vec::new();
+        for (a, d) in rows {
+            let d: Digest = parse("digest", d)?;
+            if self.has_blob(&d) {
+                out.push((a, d));
+            }
+        }
+        Ok(out)
+    }
+
     /// Records that `digest` is the blob of layer `diff_id` compressed with `algorithm`
     /// (`gzip`, `zstd`), so outputs and pushes compress each layer once.
     pub fn put_compressed_layer(
@@ -373,7 +445,8 @@ impl Store {
         self.conn()
             .execute(
                 "INSERT INTO images (name, manifest, created) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(name) DO UPDATE SET manifest = excluded.manifest, created = excluded.created",
+                 ON CONFLICT(name) DO UPDATE SET manifest = excluded.manifest, created = excluded.created
+                 WHERE images.manifest <> excluded.manifest",
                 params![name.to_string(), manifest.to_string(), now()],
             )
             .map_err(self.db_err("set tag"))?;

@@ -293,56 +293,82 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
     // and the remote caches; the caches' configs are read while the frontend pulls.
     let client = std::sync::Arc::new(args.registry.client(opts.platform.clone())?);
     let resolver = crate::image_cmds::PullingResolver::new(&store, &client, args.pull);
-    let (mut graph, remote) = std::thread::scope(|sc| {
-        let import = sc.spawn(|| {
-            args.remote_cache.import(client.clone(), &|w| {
-                progress.event(rbuild_solver::Event::Warning(w))
-            })
-        });
-        let graph = rbuild_frontend::convert(&text, &opts, &resolver).map_err(|e| anyhow!("{e}"));
-        let remote = import
-            .join()
-            .map_err(|_| anyhow!("internal error while reading --cache-from"))?;
-        Ok::<_, anyhow::Error>((graph?, remote?))
-    })?;
-    if args.network == "none" {
-        // RUN steps without --network get an empty namespace; the mode is part of their cache key.
-        for n in graph.graph.node_weights_mut() {
-            if let rbuild_frontend::Op::Exec(e) = &mut n.op {
-                if e.network == rbuild_frontend::NetworkMode::Default {
-                    e.network = rbuild_frontend::NetworkMode::None;
+    // The target stage's remote layers start coming in as soon as the caches are read, while
+    // the frontend still pulls the base images (the solve's own prefetch then finds them taken).
+    let target_stage = target_stage_of(&text, args.target.as_deref());
+    let dockerfile_file = dockerfile
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (graph, result, epoch, solve_opts) = std::thread::scope(|outer| -> Result<_> {
+        // Whatever way this closure ends (an error included), the prefetch takes no new layer.
+        let _stop_prefetch = StopOnDrop(&stop);
+        let (mut graph, remote) = std::thread::scope(|sc| {
+            let import = sc.spawn(|| {
+                let r = args.remote_cache.import(client.clone(), &|w| {
+                    progress.event(rbuild_solver::Event::Warning(w))
+                });
+                if let (Ok(Some(remote)), Some(stage)) = (&r, target_stage) {
+                    let (remote, store, file, stop) =
+                        (remote.clone(), &store, &dockerfile_file, &stop);
+                    outer.spawn(move || {
+                        rbuild_solver::prefetch_stage(&remote, store, file, stage, stop)
+                    });
+                }
+                r
+            });
+            let graph =
+                rbuild_frontend::convert(&text, &opts, &resolver).map_err(|e| anyhow!("{e}"));
+            let remote = import
+                .join()
+                .map_err(|_| anyhow!("internal error while reading --cache-from"))?;
+            Ok::<_, anyhow::Error>((graph?, remote?))
+        })?;
+        if args.network == "none" {
+            // RUN steps without --network get an empty namespace; the mode is part of their cache key.
+            for n in graph.graph.node_weights_mut() {
+                if let rbuild_frontend::Op::Exec(e) = &mut n.op {
+                    if e.network == rbuild_frontend::NetworkMode::Default {
+                        e.network = rbuild_frontend::NetworkMode::None;
+                    }
                 }
             }
         }
-    }
-    for l in &args.labels {
-        let (k, v) = l
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--label {l}: expected KEY=VALUE"))?;
-        let target = graph.target;
-        graph.stages[target]
-            .config
-            .labels
-            .insert(k.to_string(), v.to_string());
-    }
-    // `--source-date-epoch` wins; else `--build-arg SOURCE_DATE_EPOCH` or a global ARG default
-    // (the environment's SOURCE_DATE_EPOCH was passed as that build arg, as buildx does).
-    let epoch = args.source_date_epoch.or(graph.source_date_epoch);
-    let solve_opts = rbuild_solver::SolveOptions {
-        context: args.context.clone(),
-        dockerfile: dockerfile.clone(),
-        dockerfile_name,
-        no_cache: args.no_cache,
-        no_cache_filter: args.cache.no_cache_filter.clone(),
-        forwarded: args.cache.forwarded()?,
-        first_vertex: 2,
-        source_date_epoch: epoch,
-        remote,
-        jobs: args.jobs.map_or(0, usize::from),
-    };
-    let sink = |ev| progress.event(ev);
-    let result =
-        rbuild_solver::solve(&store, &graph, &solve_opts, &sink).map_err(|e| anyhow!("{e}"))?;
+        for l in &args.labels {
+            let (k, v) = l
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--label {l}: expected KEY=VALUE"))?;
+            let target = graph.target;
+            graph.stages[target]
+                .config
+                .labels
+                .insert(k.to_string(), v.to_string());
+        }
+        // `--source-date-epoch` wins; else `--build-arg SOURCE_DATE_EPOCH` or a global ARG default
+        // (the environment's SOURCE_DATE_EPOCH was passed as that build arg, as buildx does).
+        let epoch = args.source_date_epoch.or(graph.source_date_epoch);
+        let solve_opts = rbuild_solver::SolveOptions {
+            context: args.context.clone(),
+            dockerfile: dockerfile.clone(),
+            dockerfile_name,
+            no_cache: args.no_cache,
+            no_cache_filter: args.cache.no_cache_filter.clone(),
+            forwarded: args.cache.forwarded()?,
+            first_vertex: 2,
+            source_date_epoch: epoch,
+            remote,
+            jobs: args.jobs.map_or(0, usize::from),
+        };
+        let sink = |ev| progress.event(ev);
+        let result = rbuild_solver::solve(&store, &graph, &solve_opts, &sink);
+        Ok((
+            graph,
+            result.map_err(|e| anyhow!("{e}"))?,
+            epoch,
+            solve_opts,
+        ))
+    })?;
     let result = args.remote_cache.apply_inline(&store, result)?;
     let export_start = Instant::now();
     let id = graph.graph.node_count() + 2;
@@ -479,6 +505,35 @@ pub(crate) fn build(store: Store, args: BuildArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The position in the Dockerfile of the stage `--target` names (else the last stage), read
+/// from the parsed text before the frontend resolves anything (as the frontend picks it);
+/// `None` when the text does not parse or names no such stage (the frontend reports that).
+fn target_stage_of(text: &str, target: Option<&str>) -> Option<usize> {
+    let df = rbuild_frontend::parse(text).ok()?;
+    let froms: Vec<_> = df
+        .instructions
+        .iter()
+        .filter(|i| i.command.eq_ignore_ascii_case("from"))
+        .collect();
+    match target {
+        None => froms.len().checked_sub(1),
+        Some(t) => froms.iter().position(|i| {
+            i.args.len() >= 3
+                && i.args[1].eq_ignore_ascii_case("as")
+                && i.args[2].eq_ignore_ascii_case(t)
+        }),
+    }
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,5 +564,15 @@ mod tests {
         let e = parse_output("type=oci,dest=o.tar,preserve-special=true").unwrap_err();
         assert!(e.to_string().contains("type=local only"), "{e}");
         assert!(parse_output("type=local,dest=o,preserve-special=maybe").is_err());
+    }
+
+    #[test]
+    fn the_target_stage_is_found_in_the_text() {
+        let df = "ARG X=1\nFROM a AS Build\nRUN x\nfrom b as final\nRUN y\nFROM c\n";
+        assert_eq!(super::target_stage_of(df, None), Some(2));
+        assert_eq!(super::target_stage_of(df, Some("build")), Some(0));
+        assert_eq!(super::target_stage_of(df, Some("FINAL")), Some(1));
+        assert_eq!(super::target_stage_of(df, Some("nope")), None);
+        assert_eq!(super::target_stage_of("RUN \"unterminated", None), None);
     }
 }

@@ -63,6 +63,50 @@ fn rule_touching_a_file_without_changing_it_keeps_the_cache() {
     assert!(ran(&log).is_empty(), "nothing may run:\n{log}");
 }
 
+/// The image id a plain build log reports (`writing image sha256:... done`).
+fn image_id(log: &str) -> String {
+    log.lines()
+        .find_map(|l| l.strip_prefix("writing image "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no image id in:\n{log}"))
+        .to_string()
+}
+
+/// Names and sizes of everything under `dir` (files only).
+fn files_under(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push((e.path().display().to_string(), m.len()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn noop_rebuild_gives_the_same_image_and_writes_no_blob_or_index() {
+    let (env, dir) = app_env();
+    let first = env.build_ok("app:1", &dir, &[]);
+    let blobs = files_under(&env.root.path().join("blobs"));
+    let index = files_under(&env.root.path().join("ctxindex"));
+    let second = env.build_ok("app:1", &dir, &[]);
+    assert!(ran(&second).is_empty(), "{second}");
+    // As BuildKit: a build whose steps all come from the cache makes the same config (its
+    // `created` is when the newest layer was made), so the same image id, and writes nothing.
+    assert_eq!(image_id(&first), image_id(&second));
+    assert_eq!(files_under(&env.root.path().join("blobs")), blobs);
+    assert_eq!(files_under(&env.root.path().join("ctxindex")), index);
+    // A step that runs again makes a new image.
+    std::fs::write(dir.join("app/main.go"), "package main // v3\n").unwrap();
+    let third = env.build_ok("app:1", &dir, &[]);
+    assert_ne!(image_id(&third), image_id(&second));
+}
+
 #[test]
 fn rule_changing_an_unselected_file_keeps_the_cache() {
     let (env, dir) = app_env();

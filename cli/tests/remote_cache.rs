@@ -91,6 +91,18 @@ fn records(env: &Env) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The snapshot directories of a store.
+fn snapshot_dirs(env: &Env) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(env.root.path().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("tmp-"))
+        .collect();
+    v.sort();
+    v
+}
+
 /// What RUN steps wrote to their cache mount in this store ("" when none ran).
 fn runs(env: &Env) -> String {
     let mut all = String::new();
@@ -144,6 +156,7 @@ fn fleet_registry_cache_every_step_cached_same_digest_then_only_the_suffix() {
     assert_eq!(runs(&a).lines().count(), 3, "A runs its 3 RUN steps");
 
     let b = runner();
+    let snaps_b0 = snapshot_dirs(&b);
     let dir_b = project(&b, "elsewhere/p");
     let missing = format!("type=registry,ref={}/nothing:here", reg.host);
     let from = format!("type=registry,ref={cache}");
@@ -156,31 +169,54 @@ fn fleet_registry_cache_every_step_cached_same_digest_then_only_the_suffix() {
     assert_eq!(runs(&b), "", "no RUN executed on B");
     assert_eq!(id_a, id_b, "B's image equals A's");
     // Lazy: the build stage's layers were never needed (its consumer, COPY --from, hit too),
-    // so B did not download them; the final image's layers are all there.
+    // so B did not download them (and has no record of them); the final image's layers are
+    // kept as their compressed blobs only: no tar, no snapshot unpacked.
+    let recs_b = records(&b);
     for (desc, diff_id) in records(&a) {
-        let have = b
+        let tar = b
             .root
             .path()
             .join("blobs/sha256")
             .join(&diff_id[7..])
             .is_file();
+        assert!(!tar, "{desc}: no layer tar in B's store");
         assert_eq!(
-            have,
+            recs_b.iter().any(|(d, _)| *d == desc),
             !desc.starts_with("[build "),
-            "{desc}: layer in B's store: {have}"
+            "{desc}: B has a record of the final image's steps only"
         );
     }
+    assert_eq!(
+        snapshot_dirs(&b),
+        snaps_b0,
+        "nothing unpacked in B (only the imported base's snapshot)"
+    );
     assert!(
         log_b.contains("WARNING: --cache-from") && log_b.contains("no cache found"),
         "a missing ref is a warning:\n{log_b}"
     );
-    // B's image runs: its layers are in B's store.
+    // B's image runs: its snapshots are made from the compressed blobs on demand.
     let out = rb(
         &b,
         &["run", "--rm", "app:ci", "cat", "/app/out", "/app/final.txt"],
     );
     assert_ok(&out);
     assert_eq!(stdout(&out), "int main(){}\ncompiled\nv1\n");
+    assert_eq!(
+        snapshot_dirs(&b).len(),
+        snaps_b0.len() + 4,
+        "the 4 layers of the final stage unpacked for run"
+    );
+    // And the next build hits the final stage locally (its records are local now; the build
+    // stage, whose hits stayed remote, runs again without --cache-from).
+    let (log_b2, id_b2) = build(&b, &dir_b, &[]);
+    assert!(
+        !ran(&log_b2)
+            .iter()
+            .any(|r| r.contains("late") || r.contains("base")),
+        "{log_b2}"
+    );
+    assert_eq!(id_b2, id_a);
 
     // A late change: a third runner with the same remote cache runs only the suffix, and says
     // why the remote record differed.
@@ -543,4 +579,140 @@ fn a_layer_left_remote_is_fetched_when_a_later_step_misses() {
     // What was fetched is now an ordinary local record: the next build hits locally.
     let (log2, _) = build(&b, &dir, &[]);
     assert!(ran(&log2).is_empty(), "{log2}");
+}
+
+/// sha256 of a file, as `sha256:<hex>` (coreutils' sha256sum).
+fn sha256_of(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    assert_ok(&out);
+    format!("sha256:{}", stdout(&out).split_whitespace().next().unwrap())
+}
+
+/// Writes `doc` as a blob of `layout`; returns its digest and size.
+fn put_layout_blob(layout: &Path, doc: &serde_json::Value) -> (String, usize) {
+    let bytes = serde_json::to_vec(doc).unwrap();
+    let tmp = layout.join("tmp-blob");
+    std::fs::write(&tmp, &bytes).unwrap();
+    let d = sha256_of(&tmp);
+    std::fs::rename(&tmp, layout.join("blobs/sha256").join(&d[7..])).unwrap();
+    (d, bytes.len())
+}
+
+#[test]
+fn a_cache_layer_whose_blob_matches_its_digest_but_not_its_diff_id_is_a_miss() {
+    let a = runner();
+    let cache = a.work.path().join("ci-cache");
+    let dest = format!("type=local,dest={},mode=max", cache.display());
+    let (_, id_a) = build(&a, &project(&a, "p"), &["--cache-to", &dest]);
+
+    // A hostile cache: the last step's layer entry keeps its diff_id but names another step's
+    // genuine blob (digest and size match that blob, so only the diff_id check can tell).
+    let blob = |d: &str| cache.join("blobs/sha256").join(&d[7..]);
+    let read = |d: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(blob(d)).unwrap()).unwrap()
+    };
+    let mut index = read_json(&cache.join("index.json"));
+    let mut m = read(index["manifests"][0]["digest"].as_str().unwrap());
+    let mut c = read(m["config"]["digest"].as_str().unwrap());
+    let diff_of = |c: &serde_json::Value, what: &str| {
+        c["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["description"].as_str().unwrap().contains(what))
+            .unwrap()["diff_id"]
+            .clone()
+    };
+    let (late, base) = (diff_of(&c, "echo late"), diff_of(&c, "echo base"));
+    let layers = c["layers"].as_array_mut().unwrap();
+    let other = layers
+        .iter()
+        .find(|l| l["diff_id"] == base)
+        .unwrap()
+        .clone();
+    let l = layers.iter_mut().find(|l| l["diff_id"] == late).unwrap();
+    l["digest"] = other["digest"].clone();
+    l["size"] = other["size"].clone();
+    let (cd, cs) = put_layout_blob(&cache, &c);
+    m["config"]["digest"] = cd.into();
+    m["config"]["size"] = cs.into();
+    let (md, ms) = put_layout_blob(&cache, &m);
+    index["manifests"][0]["digest"] = md.into();
+    index["manifests"][0]["size"] = ms.into();
+    std::fs::write(cache.join("index.json"), index.to_string()).unwrap();
+
+    let b = runner();
+    let src = format!("type=local,src={}", cache.display());
+    let (log_b, id_b) = build(&b, &project(&b, "p"), &["--cache-from", &src]);
+    assert!(
+        log_b.contains("WARNING: remote cache") && log_b.contains("not the cache's diff_id"),
+        "{log_b}"
+    );
+    assert_eq!(
+        ran(&log_b),
+        vec!["RUN --mount=type=cache,target=/runs echo late >> /runs/log; cat /app/late.txt > /app/final.txt".to_string()],
+        "only the step with the lying layer runs:\n{log_b}"
+    );
+    assert_eq!(id_b, id_a, "the right image all the same");
+    let out = rb(
+        &b,
+        &[
+            "run",
+            "--rm",
+            "app:ci",
+            "cat",
+            "/app/final.txt",
+            "/base.txt",
+        ],
+    );
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "v1\nbase\n");
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// Prune and layers kept compressed: a tagged image built from remote hits keeps its compressed
+/// layers through `prune --all` (and still runs, its snapshots made from them); once the image
+/// is removed, prune removes those layers (rows and blobs) and nothing left points at them.
+#[test]
+fn prune_keeps_a_lazy_image_and_removes_its_layers_once_unused() {
+    let a = runner();
+    let cache = a.work.path().join("ci-cache");
+    let dest = format!("type=local,dest={},mode=max", cache.display());
+    let (_, id_a) = build(&a, &project(&a, "p"), &["--cache-to", &dest]);
+    let late = last_layer_of(&cache);
+    let blob_of = |env: &Env, d: &str| env.root.path().join("blobs/sha256").join(&d[7..]);
+
+    let b = runner();
+    let snaps_b0 = snapshot_dirs(&b);
+    let src = format!("type=local,src={}", cache.display());
+    let (_, id_b) = build(&b, &project(&b, "p"), &["--cache-from", &src]);
+    assert_eq!(id_b, id_a);
+    assert!(
+        blob_of(&b, &late).is_file(),
+        "the hit's compressed blob is kept"
+    );
+    assert_eq!(snapshot_dirs(&b), snaps_b0, "nothing unpacked");
+
+    assert_ok(&rb(&b, &["prune", "--all", "-f"]));
+    assert!(
+        blob_of(&b, &late).is_file(),
+        "the tagged image keeps its layers"
+    );
+    let out = rb(&b, &["run", "--rm", "app:ci", "cat", "/app/final.txt"]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "v1\n");
+
+    assert_ok(&rb(&b, &["rmi", "app:ci"]));
+    assert_ok(&rb(&b, &["prune", "--all", "-f"]));
+    assert!(
+        !blob_of(&b, &late).exists(),
+        "an unused compressed layer is pruned"
+    );
+    // The store is consistent: the same build from the cache gives the same image again.
+    let (log, id_again) = build(&b, &project(&b, "p"), &["--cache-from", &src]);
+    assert!(!log.contains("WARNING"), "{log}");
+    assert_eq!(id_again, id_a);
 }

@@ -65,12 +65,13 @@ pub fn export_local_dir(
             digest: img.config_digest.to_string(),
             reason: format!("invalid diff_id {l:?}"),
         })?;
-        // The tar blob, made (verified) from the snapshot when the store has none yet.
-        crate::source::layer_blob(store, &d, Compression::None)
+        // The tar: its blob, or a compressed blob decompressed while read (checked against
+        // the diff_id at its end), or a blob made (verified) from the snapshot.
+        let mut tar = crate::source::layer_tar(store, &d)
             .map_err(|e| e.for_layer_of(format!("image {manifest}")))?;
-        let p = store.blob_path(&d);
-        let f = File::open(&p).map_err(Error::io("open", &p))?;
-        apply_layer(f, dest, preserve_special)?;
+        apply_layer(&mut tar, dest, preserve_special)?;
+        std::io::copy(&mut tar, &mut std::io::sink())
+            .map_err(Error::io("read layer", d.to_string()))?;
     }
     Ok(())
 }

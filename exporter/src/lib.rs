@@ -39,7 +39,8 @@ pub use oci::{
     DistributionManifest,
 };
 pub use source::{
-    ensure_snapshot, ensure_snapshot_in_use, has_layer, layer_blob, layer_size, LayerBlob,
+    ensure_layer_in_use, ensure_snapshot, ensure_snapshot_at, ensure_snapshot_in_use, has_layer,
+    layer_blob, layer_size, layer_tar, DiffIdWriter, LayerBlob, Verified,
 };
 pub use unpack::{apply_tar_xattrs, decompressed, layer_xattr_allowed, unpack_layer};
 

@@ -248,12 +248,34 @@ impl TarOut {
     pub(crate) fn file(&mut self, name: &str, path: &Path) -> Result<()> {
         match &mut self.target {
             Target::Tar { builder, tmp } => {
-                let f = File::open(path).map_err(Error::io("open", path))?;
+                let mut f = File::open(path).map_err(Error::io("open", path))?;
                 let len = f.metadata().map_err(Error::io("stat", path))?.len();
                 let mut h = Self::header(len, tar::EntryType::Regular, 0o644);
-                builder
-                    .append_data(&mut h, name, io::Read::take(f, len))
-                    .map_err(Error::io("write", &*tmp))
+                if name.len() > 100 {
+                    return builder
+                        .append_data(&mut h, name, io::Read::take(f, len))
+                        .map_err(Error::io("write", &*tmp));
+                }
+                // The header through the buffer, the data file to file: `io::copy` between
+                // two files is `copy_file_range`, no pass through user space (the tar crate
+                // would copy a layer in 8 KiB reads); then the padding to 512 bytes.
+                h.set_path(name).map_err(Error::io("write", &*tmp))?;
+                h.set_cksum();
+                let w = builder.get_mut();
+                let wrote = (|| {
+                    w.write_all(h.as_bytes())?;
+                    w.flush()?;
+                    let n = io::copy(&mut io::Read::take(&mut f, len), w.get_mut())?;
+                    if n != len {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("{} is {n} bytes, not {len}", path.display()),
+                        ));
+                    }
+                    let pad = ((512 - len % 512) % 512) as usize;
+                    w.write_all(&[0u8; 512][..pad])
+                })();
+                wrote.map_err(Error::io("write", &*tmp))
             }
             Target::Dir => {
                 let p = self.dest.join(name);
@@ -279,7 +301,9 @@ impl TarOut {
             builder.finish().map_err(Error::io("write", &*tmp))?;
             let w = builder.get_mut();
             w.flush().map_err(Error::io("write", &*tmp))?;
-            w.get_ref().sync_all().map_err(Error::io("fsync", &*tmp))?;
+            // Not fsynced, as `docker save` and buildctl's outputs: the file is outside the
+            // store, whose crash-safety argument does not depend on it; it appears at `dest`
+            // by rename only when complete, so a killed build never leaves a partial archive.
             fs::rename(&*tmp, &self.dest).map_err(Error::io("rename to", &self.dest))?;
         }
         self.done = true;

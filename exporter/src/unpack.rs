@@ -1,7 +1,7 @@
 //! Layer tar -> directory, with `.wh.` entries turned into overlay whiteouts and opaque markers.
 
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{lchown, OpenOptionsExt, PermissionsExt};
@@ -354,12 +354,6 @@ pub fn apply_tar_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, path: &Path) -> 
         }
     }
     Ok(())
-}
-
-/// Opens a blob file and unpacks it.
-pub(crate) fn unpack_file(path: &Path, dest: &Path) -> Result<()> {
-    let f = File::open(path).map_err(Error::io("open", path))?;
-    unpack_layer(f, dest)
 }
 
 #[cfg(test)]

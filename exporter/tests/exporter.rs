@@ -644,3 +644,71 @@ fn lazy_layer_blobs_are_verified() {
     assert_eq!(write_layer(&store, &snap3).unwrap().0, d2);
     export_oci_archive(&store, &m, &[], &out, Compression::Gzip).unwrap();
 }
+
+/// A layer kept only as its gzip blob (a remote cache hit): its snapshot, its tar and other
+/// compressions are made on demand and checked against the diff_id; a compressed blob that is
+/// not the layer gives an error and nothing is committed.
+#[test]
+fn layers_kept_compressed_are_made_on_demand_and_verified() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let gz = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut e, data).unwrap();
+        e.finish().unwrap()
+    };
+    let plain = tar_with(&[
+        ("dir/", tar::EntryType::Directory, ""),
+        ("dir/f", tar::EntryType::Regular, ""),
+    ]);
+    let diff_id = Digest::of(&plain);
+    let zd = store.put_blob(&gz(&plain)).unwrap();
+    let zsize = store.blob_size(&zd).unwrap();
+    let id = store
+        .put_lazy_layer(&diff_id, plain.len() as u64, "gzip", &zd, zsize)
+        .unwrap();
+    assert!(!store.has_blob(&diff_id) && !store.has_snapshot(&id));
+    assert!(has_layer(&store, &diff_id).unwrap());
+    assert_eq!(layer_size(&store, &diff_id).unwrap(), plain.len() as u64);
+    // Held in use without unpacking; the gzip blob is the output form as is.
+    let (held, _guard) = ensure_layer_in_use(&store, &diff_id).unwrap();
+    assert_eq!(held, id);
+    assert!(!store.has_snapshot(&id));
+    assert_eq!(
+        layer_blob(&store, &diff_id, Compression::Gzip)
+            .unwrap()
+            .digest,
+        zd
+    );
+    // The snapshot, on demand, under the reserved id.
+    assert_eq!(ensure_snapshot(&store, &diff_id).unwrap(), id);
+    assert_eq!(
+        fs::read(store.snapshot_dir(&id).join("dir/f")).unwrap(),
+        b"x"
+    );
+    // Other forms: zstd and the tar itself, made from the gzip blob.
+    let z = layer_blob(&store, &diff_id, Compression::Zstd).unwrap();
+    assert_eq!(
+        zstd::decode_all(&store.read_blob(&z.digest).unwrap()[..]).unwrap(),
+        plain
+    );
+    let u = layer_blob(&store, &diff_id, Compression::None).unwrap();
+    assert_eq!(u.digest, diff_id);
+
+    // A gzip blob recorded for a diff_id it is not (a store edited, a hostile import): every
+    // form made from it fails, nothing is committed.
+    let other = tar_with(&[("g", tar::EntryType::Regular, "")]);
+    let lie = Digest::of(b"not this tar");
+    let od = store.put_blob(&gz(&other)).unwrap();
+    let id2 = store
+        .put_lazy_layer(&lie, other.len() as u64, "gzip", &od, 1)
+        .unwrap();
+    let e = ensure_snapshot(&store, &lie).unwrap_err();
+    assert!(e.to_string().contains("not its diff_id"), "{e}");
+    assert!(!store.has_snapshot(&id2));
+    assert!(layer_blob(&store, &lie, Compression::None).is_err());
+    assert!(!store.has_blob(&lie));
+    assert!(layer_blob(&store, &lie, Compression::Zstd).is_err());
+    let mut tar = layer_tar(&store, &lie).unwrap();
+    assert!(std::io::copy(&mut tar, &mut std::io::sink()).is_err());
+}

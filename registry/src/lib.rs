@@ -151,8 +151,9 @@ pub struct Client {
     pool: std::sync::Mutex<HashMap<String, oci_client::Client>>,
     /// (registry, repository, push) -> when `auth` last succeeded for it.
     authorized: std::sync::Mutex<HashMap<(String, String, bool), Instant>>,
-    /// The HTTP client of [`ManifestFetcher`], made on first use and shared by every pull.
-    manifest_http: std::sync::Mutex<Option<reqwest::Client>>,
+    /// The HTTP clients of [`ManifestFetcher`] (for https registries, and without TLS roots
+    /// for plain-HTTP ones), made on first use and shared by every pull.
+    manifest_http: std::sync::Mutex<[Option<reqwest::Client>; 2]>,
 }
 
 /// How long a successful `auth` is reused before it is asked again (oci-client renews expired
@@ -182,12 +183,26 @@ pub fn is_loopback(registry: &str) -> bool {
             .unwrap_or(false)
 }
 
+/// oci-client's reference for `r`, built from its parts (`r` was validated by its own parser):
+/// parsing the text instead compiles oci-spec's reference regex on first use, ~20 ms of CPU
+/// before the first request of a build. Docker Hub names are normalised as oci-spec's parser
+/// does (`docker.io`, `library/` for one-component names).
 fn to_reference(r: &ImageRef) -> Result<Reference> {
-    let s = r.to_string();
-    s.parse::<Reference>().map_err(|e| Error::Registry {
-        op: "parse",
-        image: s.clone(),
-        message: e.to_string(),
+    let mut registry = r.registry.clone().unwrap_or_else(|| "docker.io".into());
+    if registry == "index.docker.io" {
+        registry = "docker.io".into();
+    }
+    let repository = if registry == "docker.io" && !r.repository.contains('/') {
+        format!("library/{}", r.repository)
+    } else {
+        r.repository.clone()
+    };
+    let digest = r.digest.as_ref().map(|d| d.to_string());
+    Ok(match (r.tag.clone(), digest) {
+        (Some(t), Some(d)) => Reference::with_tag_and_digest(registry, repository, t, d),
+        (Some(t), None) => Reference::with_tag(registry, repository, t),
+        (None, Some(d)) => Reference::with_digest(registry, repository, d),
+        (None, None) => Reference::with_tag(registry, repository, "latest".into()),
     })
 }
 
@@ -518,24 +533,21 @@ impl Client {
             }
             let zpath = stage.path().join(format!("{i}.blob"));
             self.download(&client, &reference, d, *size, &zpath, &name, &registry)?;
-            let upath = stage.path().join(format!("{i}.tar"));
-            decompress_checked(&zpath, &upath, diff_id, &name)?;
-            staged.push(Some((zpath, upath)));
+            // Decompressed into a hash only: the layer is kept compressed (its tar and its
+            // snapshot are made when something needs them, see `rbuild_exporter::access`).
+            let (alg, tar_size) = decompress_checked(&zpath, diff_id, &name)?;
+            staged.push(Some((zpath, alg, tar_size)));
         }
         // 3. Everything verified: store it.
-        for (((d, size, media), diff_id), s) in layer_descs.iter().zip(&diff_ids).zip(&staged) {
-            if let Some((zpath, upath)) = s {
-                if !store.has_blob(diff_id) {
-                    put_file(store, upath, diff_id)?;
-                }
-                if d != diff_id && !store.has_blob(d) {
-                    put_file(store, zpath, d)?;
-                }
+        for (((d, size, _), diff_id), s) in layer_descs.iter().zip(&diff_ids).zip(&staged) {
+            let Some((zpath, alg, tar_size)) = s else {
+                continue;
+            };
+            if !store.has_blob(d) {
+                put_file(store, zpath, d)?;
             }
-            if let Some(c) = compression_of(media) {
-                if c != Compression::None && store.has_blob(d) {
-                    store.put_compressed_layer(diff_id, c.name(), d, *size)?;
-                }
+            if *alg != Compression::None {
+                store.put_lazy_layer(diff_id, *tar_size, alg.name(), d, *size)?;
             }
         }
         let (manifest, config_digest) = rbuild_exporter::write_image_raw(store, &config)?;
@@ -671,16 +683,29 @@ impl ManifestFetcher {
         reference: &Reference,
         auth: &RegistryAuth,
     ) -> std::result::Result<ManifestFetcher, OciDistributionError> {
+        let plain = c.plain_http(registry);
+        let scheme = if plain.iter().any(|p| p == reference.resolve_registry()) {
+            "http"
+        } else {
+            "https"
+        };
         let http = {
             let mut shared = locked(&c.manifest_http);
-            match &*shared {
+            let slot = &mut shared[usize::from(scheme == "http")];
+            match slot {
                 Some(h) => h.clone(),
                 None => {
-                    let h = reqwest::Client::builder()
+                    let mut b = reqwest::Client::builder()
                         .connect_timeout(Duration::from_secs(10))
-                        .read_timeout(Duration::from_secs(120))
-                        .build()?;
-                    *shared = Some(h.clone());
+                        .read_timeout(Duration::from_secs(120));
+                    if scheme == "http" {
+                        // A plain-HTTP registry's manifests come from the registry itself (no
+                        // redirect to TLS storage, which blobs may take): no TLS roots, so the
+                        // host's certificates are not read and parsed (~20 ms) for nothing.
+                        b = b.tls_certs_only(Vec::<reqwest::Certificate>::new());
+                    }
+                    let h = b.build()?;
+                    *slot = Some(h.clone());
                     h
                 }
             }
@@ -697,12 +722,6 @@ impl ManifestFetcher {
                 ))
             }
             _ => None,
-        };
-        let plain = c.plain_http(registry);
-        let scheme = if plain.iter().any(|p| p == reference.resolve_registry()) {
-            "http"
-        } else {
-            "https"
         };
         Ok(ManifestFetcher {
             http,
@@ -937,20 +956,29 @@ fn check(image: &str, what: &'static str, d: &Digest, size: Option<u64>, b: &[u8
     Ok(())
 }
 
-/// Decompresses `src` (gzip, zstd or plain, by its magic) into `dest`, checking the diff_id.
-fn decompress_checked(src: &Path, dest: &Path, diff_id: &Digest, image: &str) -> Result<()> {
+/// Decompresses `src` (gzip, zstd or plain, by its magic) into a hash, checking the diff_id;
+/// returns the compression found and the size of the tar.
+fn decompress_checked(src: &Path, diff_id: &Digest, image: &str) -> Result<(Compression, u64)> {
+    let mut f = File::open(src).map_err(io_err("open", src))?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic).map_err(io_err("read", src))?;
+    let alg = if magic[..n].starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if magic[..n].starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    };
     let f = File::open(src).map_err(io_err("open", src))?;
     let mut r = rbuild_exporter::decompressed(f)?;
-    let out = File::create(dest).map_err(io_err("create", dest))?;
-    let mut w = Sha256Writer::new(io::BufWriter::new(out));
+    let mut w = Sha256Writer::new(io::sink());
     io::copy(&mut r, &mut w).map_err(|e| Error::Verification {
         image: image.into(),
         what: "layer",
         expected: diff_id.to_string(),
         problem: format!("cannot be decompressed: {e}"),
     })?;
-    let (mut inner, got, _) = w.finish();
-    inner.flush().map_err(io_err("write", dest))?;
+    let (_, got, tar_size) = w.finish();
     if &got != diff_id {
         return Err(Error::Verification {
             image: image.into(),
@@ -959,7 +987,7 @@ fn decompress_checked(src: &Path, dest: &Path, diff_id: &Digest, image: &str) ->
             problem: format!("uncompressed content has digest {got}, not the config's diff_id"),
         });
     }
-    Ok(())
+    Ok((alg, tar_size))
 }
 
 /// Copies a verified staged file into the store as blob `d` (verified once more on commit).
@@ -982,6 +1010,27 @@ fn put_file(store: &Store, path: &Path, d: &Digest) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_are_built_as_oci_spec_parses_them() {
+        for s in [
+            "busybox",
+            "busybox:1.36",
+            "library/busybox:latest",
+            "me/web:v1",
+            "index.docker.io/me/web:v1",
+            "127.0.0.1:5000/a/b/c:t",
+            "localhost/web",
+            "reg.example.com/web@sha256:0123456789012345678901234567890123456789012345678901234567890123",
+            "reg.example.com/web:v2@sha256:0123456789012345678901234567890123456789012345678901234567890123",
+        ] {
+            let ours = to_reference(&s.parse::<ImageRef>().unwrap()).unwrap();
+            let theirs: Reference = s.parse().unwrap();
+            assert_eq!(ours.whole(), theirs.whole(), "{s}");
+            assert_eq!(ours.registry(), theirs.registry(), "{s}");
+            assert_eq!(ours.repository(), theirs.repository(), "{s}");
+        }
+    }
 
     #[test]
     fn loopback_registries_use_plain_http() {
@@ -1051,10 +1100,12 @@ mod tests {
         let src = dir.path().join("l.gz");
         let mut enc = flate2_free_gzip(b"layer bytes");
         File::create(&src).unwrap().write_all(&enc).unwrap();
-        let out = dir.path().join("l.tar");
-        assert!(decompress_checked(&src, &out, &Digest::of(b"layer bytes"), "x").is_ok());
+        assert_eq!(
+            decompress_checked(&src, &Digest::of(b"layer bytes"), "x").unwrap(),
+            (Compression::Gzip, 11)
+        );
         enc.clear();
-        let e = decompress_checked(&src, &out, &Digest::of(b"other"), "x").unwrap_err();
+        let e = decompress_checked(&src, &Digest::of(b"other"), "x").unwrap_err();
         assert!(e.to_string().contains("diff_id"), "{e}");
     }
 

@@ -1,13 +1,14 @@
 //! The build context: `.dockerignore` matching, selection of the files a COPY names, and content
 //! digests of that selection (bytes, mode, type; never mtime).
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
+use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use nix::dir::Dir;
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
@@ -463,6 +464,10 @@ pub struct Visit<'a> {
 /// first. Directories are read with `getdents` through descriptors opened relative to their
 /// parent (`O_NOFOLLOW`), every object is stat'ed with one `fstatat(AT_SYMLINK_NOFOLLOW)`
 /// relative to its directory: no path is walked again from the root, no symlink is followed.
+///
+/// The first directory with several subdirectories has them listed and stat'ed by two threads
+/// (as git's preload-index): a helper takes them from the last one backwards while this thread
+/// walks them in order, until they meet; `f` is only ever called here, in walk order.
 pub fn walk(
     entry: &Entry,
     ignore: &IgnoreRules,
@@ -472,13 +477,100 @@ pub fn walk(
     let mut rel = entry.rel.clone();
     let mut real = entry.real.clone();
     let at = At::Object(&entry.obj);
-    walk_inner(&mut rel, &mut real, at, &st, ignore, f)
+    let mut helper = true;
+    walk_inner(&mut rel, &mut real, at, &st, ignore, f, None, &mut helper)
 }
 
 fn is_dir(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
+/// A directory listed and its entries stat'ed: names (each with its NUL) in one buffer, sorted
+/// bytewise through their spans; no allocation per entry.
+struct Scan {
+    dir: Dir,
+    buf: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+    stats: Vec<libc::stat>,
+}
+
+impl Scan {
+    fn name(&self, i: usize) -> &CStr {
+        name_at(&self.buf, self.spans[i])
+    }
+}
+
+fn name_at(buf: &[u8], (a, b): (usize, usize)) -> &CStr {
+    // Each span holds one name from getdents and its NUL.
+    CStr::from_bytes_with_nul(&buf[a..b]).unwrap_or_default()
+}
+
+fn scan_dir(dir_fd: OwnedFd) -> io::Result<Scan> {
+    let mut dir = Dir::from_fd(dir_fd)?;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for e in dir.iter() {
+        let e = e?;
+        let n = e.file_name();
+        if n != c"." && n != c".." {
+            let start = buf.len();
+            buf.extend_from_slice(n.to_bytes_with_nul());
+            spans.push((start, buf.len()));
+        }
+    }
+    spans.sort_unstable_by(|a, b| buf[a.0..a.1].cmp(&buf[b.0..b.1]));
+    let mut scan = Scan {
+        dir,
+        buf,
+        spans,
+        stats: Vec::new(),
+    };
+    scan.stats.reserve(scan.spans.len());
+    for i in 0..scan.spans.len() {
+        let st = fstatat(scan.dir.as_fd(), scan.name(i), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        scan.stats.push(st);
+    }
+    Ok(scan)
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// Fills a claimed [`Ahead`] slot; dropped unfilled (a panic), it records an error so the walk
+/// scans that directory itself instead of waiting forever.
+struct Fill<'a> {
+    slot: &'a Ahead,
+    ready: &'a Condvar,
+}
+
+impl Fill<'_> {
+    fn set(self, r: io::Result<Scan>) {
+        *self.slot.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        self.ready.notify_all();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Fill<'_> {
+    fn drop(&mut self) {
+        let mut done = self.slot.done.lock().unwrap_or_else(|p| p.into_inner());
+        if done.is_none() {
+            *done = Some(Err(io::Error::other("context scan helper failed")));
+        }
+        self.ready.notify_all();
+    }
+}
+
+/// A subdirectory the helper thread may scan ahead: taken by whichever thread claims it first.
+#[derive(Default)]
+struct Ahead {
+    claimed: AtomicBool,
+    done: Mutex<Option<io::Result<Scan>>>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn walk_inner(
     rel: &mut String,
     real: &mut String,
@@ -486,6 +578,8 @@ fn walk_inner(
     st: &libc::stat,
     ignore: &IgnoreRules,
     f: &mut dyn FnMut(&Visit<'_>) -> io::Result<()>,
+    scanned: Option<Scan>,
+    helper: &mut bool,
 ) -> io::Result<()> {
     let excluded = !ignore.is_empty() && !real.is_empty() && ignore.is_excluded(real);
     if !is_dir(st) {
@@ -498,10 +592,10 @@ fn walk_inner(
         }
         return Ok(());
     }
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let dir_fd: OwnedFd = match &at {
-        At::Name { dir, name } => openat(*dir, *name, flags, Mode::empty())?,
-        At::Object(r) => openat(r.as_fd(), c".", flags, Mode::empty())?,
+    let dir_fd: Option<OwnedFd> = match (&scanned, &at) {
+        (Some(_), _) => None,
+        (None, At::Name { dir, name }) => Some(openat(*dir, *name, DIR_FLAGS, Mode::empty())?),
+        (None, At::Object(r)) => Some(openat(r.as_fd(), c".", DIR_FLAGS, Mode::empty())?),
     };
     if !excluded {
         f(&Visit {
@@ -513,36 +607,133 @@ fn walk_inner(
     if excluded && !ignore.has_exceptions() {
         return Ok(());
     }
-    let mut dir = Dir::from_fd(dir_fd)?;
-    let mut names: Vec<CString> = Vec::new();
-    for e in dir.iter() {
-        let e = e?;
-        let n = e.file_name();
-        if n != c"." && n != c".." {
-            names.push(n.to_owned());
-        }
+    let scan = match (scanned, dir_fd) {
+        (Some(s), _) => s,
+        (None, Some(fd)) => scan_dir(fd)?,
+        (None, None) => unreachable!("a directory is either scanned or opened"),
+    };
+    let subdirs = scan.stats.iter().filter(|st| is_dir(st)).count();
+    if *helper && subdirs >= 4 {
+        *helper = false;
+        return walk_children_with_helper(rel, real, &scan, ignore, f, subdirs);
     }
-    names.sort_unstable();
-    let dfd = dir.as_fd();
     let (rel_len, real_len) = (rel.len(), real.len());
-    for n in &names {
-        let name = String::from_utf8_lossy(n.to_bytes());
-        for p in [&mut *rel, &mut *real] {
-            if !p.is_empty() {
-                p.push('/');
-            }
-            p.push_str(&name);
-        }
-        let cst = fstatat(dfd, n.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    for i in 0..scan.spans.len() {
+        let n = scan.name(i);
+        push_name(rel, real, n);
         let at = At::Name {
-            dir: dfd,
-            name: n.as_c_str(),
+            dir: scan.dir.as_fd(),
+            name: n,
         };
-        walk_inner(rel, real, at, &cst, ignore, f)?;
+        walk_inner(rel, real, at, &scan.stats[i], ignore, f, None, helper)?;
         rel.truncate(rel_len);
         real.truncate(real_len);
     }
     Ok(())
+}
+
+fn push_name(rel: &mut String, real: &mut String, n: &CStr) {
+    let name = String::from_utf8_lossy(n.to_bytes());
+    for p in [rel, real] {
+        if !p.is_empty() {
+            p.push('/');
+        }
+        p.push_str(&name);
+    }
+}
+
+/// The children of `scan`, its subdirectories listed and stat'ed ahead by a helper thread from
+/// the last one backwards. What the helper could not scan (an error, an excluded directory) is
+/// done here again, so errors surface exactly as in a walk on one thread.
+fn walk_children_with_helper(
+    rel: &mut String,
+    real: &mut String,
+    scan: &Scan,
+    ignore: &IgnoreRules,
+    f: &mut dyn FnMut(&Visit<'_>) -> io::Result<()>,
+    subdirs: usize,
+) -> io::Result<()> {
+    let ahead: Vec<Ahead> = (0..subdirs).map(|_| Ahead::default()).collect();
+    let ready = Condvar::new();
+    let stop = AtomicBool::new(false);
+    let dirs: Vec<usize> = (0..scan.spans.len())
+        .filter(|&i| is_dir(&scan.stats[i]))
+        .collect();
+    let real_base = real.clone();
+    // The helper gets the descriptor and the names, not the `Dir` (not `Sync`).
+    let (dfd, buf, spans) = (scan.dir.as_fd(), &scan.buf[..], &scan.spans[..]);
+    std::thread::scope(|s| -> io::Result<()> {
+        s.spawn(|| {
+            let mut child_real = String::new();
+            for (k, &i) in dirs.iter().enumerate().rev() {
+                if stop.load(Ordering::Relaxed) || ahead[k].claimed.swap(true, Ordering::AcqRel) {
+                    break;
+                }
+                // A slot claimed here is always filled, even if this thread panics: the walk
+                // waits for it.
+                let fill = Fill {
+                    slot: &ahead[k],
+                    ready: &ready,
+                };
+                let n = name_at(buf, spans[i]);
+                child_real.clear();
+                child_real.push_str(&real_base);
+                push_name(&mut String::new(), &mut child_real, n);
+                // An excluded directory may not be listed at all: left to the walk.
+                let r = if !ignore.is_empty() && ignore.is_excluded(&child_real) {
+                    Err(io::Error::other("excluded: walked in order"))
+                } else {
+                    openat(dfd, n, DIR_FLAGS, Mode::empty())
+                        .map_err(io::Error::from)
+                        .and_then(scan_dir)
+                };
+                fill.set(r);
+            }
+        });
+        // Whatever happens here, the helper stops at its next directory.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+        let (rel_len, real_len) = (rel.len(), real.len());
+        let mut k = 0;
+        for i in 0..scan.spans.len() {
+            let n = scan.name(i);
+            push_name(rel, real, n);
+            let mut pre = None;
+            if is_dir(&scan.stats[i]) {
+                if ahead[k].claimed.swap(true, Ordering::AcqRel) {
+                    let mut done = ahead[k].done.lock().unwrap_or_else(|p| p.into_inner());
+                    while done.is_none() {
+                        done = ready.wait(done).unwrap_or_else(|p| p.into_inner());
+                    }
+                    pre = done.take().and_then(Result::ok);
+                }
+                k += 1;
+            }
+            let at = At::Name {
+                dir: scan.dir.as_fd(),
+                name: n,
+            };
+            let mut no_helper = false;
+            walk_inner(
+                rel,
+                real,
+                at,
+                &scan.stats[i],
+                ignore,
+                f,
+                pre,
+                &mut no_helper,
+            )?;
+            rel.truncate(rel_len);
+            real.truncate(real_len);
+        }
+        Ok(())
+    })
 }
 
 /// Counters of one build's context hashing, for `RBUILD_DEBUG` traces and tests.
@@ -579,7 +770,7 @@ pub fn selection_digest(
     ignore: &IgnoreRules,
     store: Option<&Store>,
     stats: &HashStats,
-) -> io::Result<(Digest, Vec<(String, String)>)> {
+) -> io::Result<(Digest, FileDescs)> {
     // The selection's identity: where the context is and what is selected from it (the
     // .dockerignore rules are not part of it: they only drop entries).
     let mut index = match store {
@@ -596,9 +787,11 @@ pub fn selection_digest(
     };
     let excludes: Vec<IgnoreRules> = excludes.iter().map(|p| IgnoreRules::parse(p)).collect();
     let excluded = |rel: &str| excludes.iter().any(|x| x.is_excluded(rel));
-    let mut files = Vec::new();
+    let mut files = FileDescs::default();
     let mut h = Sha256::new();
     let mut buf = Vec::new();
+    // One description buffer for every entry (no allocation per file).
+    let mut desc = String::new();
     for src in srcs {
         for entry in expand_source(root, src, ignore, parents)? {
             if excluded(&entry.rel) {
@@ -609,27 +802,33 @@ pub fn selection_digest(
                     return Ok(());
                 }
                 let perm = v.stat.st_mode & 0o7777;
-                let desc = match v.stat.st_mode & libc::S_IFMT {
-                    libc::S_IFLNK => format!("l {}", v.at.read_link()?.display()),
-                    libc::S_IFDIR => format!("d {perm:o}"),
+                desc.clear();
+                match v.stat.st_mode & libc::S_IFMT {
+                    libc::S_IFLNK => write!(desc, "l {}", v.at.read_link()?.display()),
+                    libc::S_IFDIR => write!(desc, "d {perm:o}"),
                     libc::S_IFREG => {
                         let st = stat_of(v.stat);
-                        let d = match index.lookup(v.rel, &st) {
-                            Some(d) => {
+                        let raw = match index.lookup_raw(v.rel, &st) {
+                            Some(raw) => {
                                 stats.stat_hits.fetch_add(1, Ordering::Relaxed);
-                                d
+                                raw
                             }
                             None => {
                                 stats.files_read.fetch_add(1, Ordering::Relaxed);
-                                let d = file_digest(v.at.open_read()?, &mut buf)?;
-                                index.learn(v.rel, st, &d);
-                                d
+                                let raw = file_digest(v.at.open_read()?, &mut buf)?;
+                                index.learn_raw(v.rel, st, raw);
+                                raw
                             }
                         };
-                        format!("f {perm:o} {d}")
+                        write!(desc, "f {perm:o} sha256:").and_then(|()| {
+                            let mut hex = [0u8; 64];
+                            let _ = hex::encode_to_slice(raw, &mut hex);
+                            desc.write_str(std::str::from_utf8(&hex).unwrap_or_default())
+                        })
                     }
-                    _ => format!("o {:o} {}", v.stat.st_mode, v.stat.st_rdev),
-                };
+                    _ => write!(desc, "o {:o} {}", v.stat.st_mode, v.stat.st_rdev),
+                }
+                .map_err(io::Error::other)?;
                 // The digest covers the selection in walk order (sorted names, depth first):
                 // the same tree always gives the same digest, with no sort of all paths.
                 for part in [
@@ -642,7 +841,7 @@ pub fn selection_digest(
                 ] {
                     h.update(part);
                 }
-                files.push((format!("{src}:{}", v.rel), desc));
+                files.push(src, v.rel, &desc);
                 Ok(())
             })?;
         }
@@ -653,8 +852,38 @@ pub fn selection_digest(
     Ok((Digest::from_hasher(h), files))
 }
 
+/// Each entry of a selection, in walk order: its `src:path` and description (`f <mode> <digest>`,
+/// `d <mode>`, `l <target>`, `o <mode> <rdev>`), kept in one text buffer.
+#[derive(Debug, Default)]
+pub struct FileDescs {
+    text: String,
+    /// Per entry: where its key ends and where its description ends in `text`.
+    ends: Vec<(usize, usize)>,
+}
+
+impl FileDescs {
+    fn push(&mut self, src: &str, rel: &str, desc: &str) {
+        self.text.push_str(src);
+        self.text.push(':');
+        self.text.push_str(rel);
+        let key_end = self.text.len();
+        self.text.push_str(desc);
+        self.ends.push((key_end, self.text.len()));
+    }
+
+    /// `(src:path, description)` of each entry, in walk order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(k, d)| {
+            let item = (&self.text[start..k], &self.text[k..d]);
+            start = d;
+            item
+        })
+    }
+}
+
 /// sha256 of a file's bytes, read in 1 MiB blocks into `buf` (reused between files).
-fn file_digest(mut f: fs::File, buf: &mut Vec<u8>) -> io::Result<Digest> {
+fn file_digest(mut f: fs::File, buf: &mut Vec<u8>) -> io::Result<[u8; 32]> {
     buf.resize(1 << 20, 0);
     let mut h = Sha256::new();
     loop {
@@ -666,7 +895,7 @@ fn file_digest(mut f: fs::File, buf: &mut Vec<u8>) -> io::Result<Digest> {
         };
         h.update(&buf[..n]);
     }
-    Ok(Digest::from_hasher(h))
+    Ok(h.finalize().into())
 }
 
 #[cfg(test)]
@@ -696,6 +925,115 @@ mod tests {
         assert!(!r.is_excluded("src/a.log.txt"));
     }
 
+    /// Every path below `dir`, depth first, names sorted bytewise (what `walk` must produce).
+    fn expected_order(dir: &Path, rel: &str, out: &mut Vec<String>) {
+        out.push(rel.to_string());
+        if fs::symlink_metadata(dir).unwrap().is_dir() {
+            let mut names: Vec<_> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            for n in names {
+                expected_order(&dir.join(&n), &format!("{rel}/{n}"), out);
+            }
+        }
+    }
+
+    #[test]
+    fn walk_with_the_helper_thread_keeps_order_and_dockerignore() {
+        let d = tempfile::tempdir().unwrap();
+        // Enough subdirectories for the helper, nested ones, files between them, and one
+        // excluded directory with an exception inside.
+        for i in 0..12 {
+            let sub = d.path().join(format!("t/d{i:02}"));
+            fs::create_dir_all(sub.join("deep/er")).unwrap();
+            for j in 0..5 {
+                fs::write(sub.join(format!("f{j}")), format!("{i} {j}")).unwrap();
+            }
+            fs::write(sub.join("deep/er/x"), "x").unwrap();
+            fs::write(d.path().join(format!("t/file{i:02}")), "f").unwrap();
+        }
+        std::os::unix::fs::symlink("d00", d.path().join("t/link")).unwrap();
+        let root = Root::open(d.path()).unwrap();
+        let st = HashStats::default();
+        let mut want = Vec::new();
+        expected_order(&d.path().join("t"), "t", &mut want);
+        let none = IgnoreRules::default();
+        let (d1, files) =
+            selection_digest(&root, &["t".into()], false, &[], &none, None, &st).unwrap();
+        let got: Vec<&str> = files.iter().map(|(k, _)| &k[2..]).collect();
+        assert_eq!(got, want);
+        // The same tree gives the same digest every time (whichever thread scanned what).
+        for _ in 0..5 {
+            let (again, _) =
+                selection_digest(&root, &["t".into()], false, &[], &none, None, &st).unwrap();
+            assert_eq!(again, d1);
+        }
+        let ig = IgnoreRules::parse("t/d03\n!t/d03/f1\nt/d07/deep\n");
+        let (_, files) =
+            selection_digest(&root, &["t".into()], false, &[], &ig, None, &st).unwrap();
+        let got: Vec<&str> = files.iter().map(|(k, _)| &k[2..]).collect();
+        let kept: Vec<&str> = want
+            .iter()
+            .map(String::as_str)
+            .filter(|p| {
+                (!p.starts_with("t/d03") || *p == "t/d03/f1") && !p.starts_with("t/d07/deep")
+            })
+            .collect();
+        assert_eq!(got, kept);
+    }
+
+    #[test]
+    fn same_size_change_in_place_is_seen_even_with_mtime_put_back() {
+        let d = tempfile::tempdir().unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        for i in 0..6 {
+            fs::create_dir_all(d.path().join(format!("src/d{i}"))).unwrap();
+            fs::write(d.path().join(format!("src/d{i}/a.txt")), "hello").unwrap();
+        }
+        let f = d.path().join("src/d4/a.txt");
+        let root = Root::open(d.path()).unwrap();
+        let ig = IgnoreRules::default();
+        let digest = |st: &HashStats| {
+            selection_digest(&root, &["src".into()], false, &[], &ig, Some(&store), st)
+                .unwrap()
+                .0
+        };
+        let first = digest(&HashStats::default());
+        let st = HashStats::default();
+        assert_eq!(digest(&st), first, "a no-op");
+        assert_eq!(st.files_read.load(Ordering::Relaxed), 0);
+        assert_eq!(st.stat_hits.load(Ordering::Relaxed), 6);
+        // Same size, same mtime (put back), in place (same inode): only ctime tells. File times
+        // come from the kernel's coarse clock: wait past one tick so the ctime can differ.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let before = fs::metadata(&f).unwrap();
+        let mut w = fs::OpenOptions::new().write(true).open(&f).unwrap();
+        std::io::Write::write_all(&mut w, b"HELLO").unwrap();
+        drop(w);
+        let mtime = before.modified().unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let after = fs::metadata(&f).unwrap();
+        assert_eq!(
+            (after.len(), after.modified().unwrap()),
+            (before.len(), mtime)
+        );
+        let st = HashStats::default();
+        let changed = digest(&st);
+        assert_ne!(
+            changed, first,
+            "an in-place change of the same size is seen"
+        );
+        assert_eq!(st.files_read.load(Ordering::Relaxed), 1);
+    }
+
     #[test]
     fn walk_never_follows_a_symlink_out_of_the_context() {
         let outside = tempfile::tempdir().unwrap();
@@ -709,7 +1047,8 @@ mod tests {
         let root = Root::open(d.path()).unwrap();
         let (d1, files) =
             selection_digest(&root, &["files".into()], false, &[], &ig, None, &st).unwrap();
-        let names: Vec<&str> = files.iter().map(|(k, _)| k.as_str()).collect();
+        let files: Vec<(&str, &str)> = files.iter().collect();
+        let names: Vec<&str> = files.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             names,
             [
@@ -758,7 +1097,7 @@ mod tests {
         assert!(selection_digest(&root, &["missing".into()], false, &[], &ig, None, &st).is_err());
         let (g, files) =
             selection_digest(&root, &["*".into()], false, &[], &ig, None, &st).unwrap();
-        assert_eq!(files.len(), 2);
+        assert_eq!(files.iter().count(), 2);
         assert_ne!(g, d4);
     }
 

@@ -39,7 +39,7 @@ pub use exec::{resolve_user_pub as resolve_image_user, DEFAULT_PATH};
 pub use image::runtime_config;
 pub use mounts::{Forwarded, SecretSource};
 pub use platform::{check_platform, config_platform, platform_matches};
-pub use remote::{LayerSource, RemoteCache, StepRecord};
+pub use remote::{prefetch_stage, LayerSource, RemoteCache, StepRecord};
 
 /// Version of the cache key encoding; bump to invalidate every record when the encoding changes
 /// or when an op's result changes for the same inputs. 3: RUN steps get BuildKit's hostname,
@@ -268,6 +268,11 @@ struct NodeOut {
     layers: Vec<Layer>,
     /// History of the base image at the bottom of this chain.
     base_history: Vec<Value>,
+    /// Unix seconds when the newest layer of this stage's chain was made (its cache record's
+    /// `created`), 0 when the chain has no layer of its own: the image's `created`, so a no-op
+    /// rebuild makes the same config and manifest (the same image id, as BuildKit) and writes
+    /// nothing.
+    created: i64,
 }
 
 /// Reads base image configs from the store for the frontend.
@@ -449,6 +454,28 @@ impl Solver<'_> {
         }
     }
 
+    /// [`Self::hold`] for a cache hit's layer, which may be kept compressed with its snapshot
+    /// not made yet (a remote hit): then the layer's row must name that snapshot and the layer
+    /// must be there, checked after locking. False when neither is the case (a miss).
+    fn hold_layer(&self, l: &Layer) -> Result<bool, Error> {
+        if self.hold(&l.snapshot)? {
+            return Ok(true);
+        }
+        let guard = self.store.use_snapshot_id(&l.snapshot)?;
+        let named = self
+            .store
+            .layer_info(&l.diff_id)?
+            .is_some_and(|i| i.snapshot == l.snapshot);
+        if named
+            && (self.store.has_snapshot(&l.snapshot)
+                || rbuild_exporter::has_layer(self.store, &l.diff_id)?)
+        {
+            self.lock_in_use().push(guard);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     fn lock_in_use(&self) -> std::sync::MutexGuard<'_, Vec<rbuild_cache::SnapshotUse>> {
         self.in_use.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -570,6 +597,7 @@ impl Solver<'_> {
                     depth: 0,
                     layers: vec![],
                     base_history: vec![],
+                    created: 0,
                 },
                 true,
             )),
@@ -677,7 +705,7 @@ impl Solver<'_> {
                 let details = |d: &mut Value| {
                     if let Some(f) = &files {
                         let map: serde_json::Map<String, Value> =
-                            f.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                            f.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
                         d["content"]["files"] = Value::Object(map);
                     }
                 };
@@ -755,30 +783,34 @@ impl Solver<'_> {
             doc["source_date_epoch"] = json!(epoch);
         }
         let key = key_of(&doc);
-        let out = |layer: Layer, cached: bool| NodeOut {
+        let out = |layer: Layer, cached: bool, created: i64| NodeOut {
             key: key.clone(),
             cached,
             from_change: None,
             depth: parent.depth + 1,
             layers: parent.layers.iter().cloned().chain([layer]).collect(),
             base_history: parent.base_history.clone(),
+            created: created.max(parent.created),
         };
         let no_cache = self.no_cache_for(n);
-        let lookup = |store: &Store| -> Result<Option<Layer>, Error> {
+        let lookup = |store: &Store| -> Result<Option<(Layer, i64)>, Error> {
             if no_cache {
                 return Ok(None);
             }
             let hit = store
                 .cache_hit(&key)?
                 .and_then(|rec| match (rec.snapshot, rec.diff_id) {
-                    (Some(s), Some(d)) if store.snapshot_dir(&s).is_dir() => Some(Layer {
-                        diff_id: d,
-                        snapshot: s,
-                    }),
+                    (Some(s), Some(d)) => Some((
+                        Layer {
+                            diff_id: d,
+                            snapshot: s,
+                        },
+                        rec.created,
+                    )),
                     _ => None,
                 });
             match hit {
-                Some(l) if self.hold(&l.snapshot)? => Ok(Some(l)),
+                Some((l, t)) if self.hold_layer(&l)? => Ok(Some((l, t))),
                 _ => Ok(None),
             }
         };
@@ -800,19 +832,20 @@ impl Solver<'_> {
         if !self.store.step_index_touch(&identity, &key)? {
             self.store.step_index_put(&identity, &key, &full())?;
         }
-        if let Some(l) = lookup(self.store)? {
-            return Ok((out(l, true), true));
+        if let Some((l, t)) = lookup(self.store)? {
+            return Ok((out(l, true, t), true));
         }
         let _lock = self.store.lock_key(&key)?;
-        if let Some(l) = lookup(self.store)? {
-            return Ok((out(l, true), true));
+        if let Some((l, t)) = lookup(self.store)? {
+            return Ok((out(l, true, t), true));
         }
         if let Some(l) = (!no_cache)
             .then(|| remote::lookup(self, n, &key))
             .transpose()?
             .flatten()
         {
-            return Ok((out(l, true), true));
+            let now = chrono::Utc::now().timestamp();
+            return Ok((out(l, true, now), true));
         }
         let indexed = full();
         if let Some(id) = self.vertex_ids.get(&n) {
@@ -875,7 +908,7 @@ impl Solver<'_> {
             last_used: now,
             usage_count: 1,
         })?;
-        Ok((out(Layer { diff_id, snapshot }, false), false))
+        Ok((out(Layer { diff_id, snapshot }, false, now), false))
     }
 
     /// For a failed RUN in a stage of another platform than the host's: RUN executes natively,
@@ -933,7 +966,9 @@ impl Solver<'_> {
                         message: format!("image config has an invalid diff_id {d}"),
                     })?;
             all_present &= self.store.layer_snapshot(&diff_id)?.is_some();
-            let (snapshot, guard) = rbuild_exporter::ensure_snapshot_in_use(self.store, &diff_id)?;
+            // Not unpacked here: a step that needs the files makes the snapshot
+            // (`remote::materialize`); an image output of a fully cached chain never does.
+            let (snapshot, guard) = rbuild_exporter::ensure_layer_in_use(self.store, &diff_id)?;
             self.lock_in_use().push(guard);
             layers.push(Layer { diff_id, snapshot });
         }
@@ -952,7 +987,10 @@ impl Solver<'_> {
             }
             _ => None,
         };
-        self.store.step_index_put(&identity, &key, &doc)?;
+        // Nothing written when this resolution is already the latest (a no-op rebuild).
+        if !self.store.step_index_touch(&identity, &key)? {
+            self.store.step_index_put(&identity, &key, &doc)?;
+        }
         Ok((
             NodeOut {
                 key,
@@ -961,6 +999,7 @@ impl Solver<'_> {
                 depth: 0,
                 layers,
                 base_history,
+                created: 0,
             },
             all_present,
         ))
@@ -970,7 +1009,13 @@ impl Solver<'_> {
     fn export(&self, results: &HashMap<NodeIndex, Arc<NodeOut>>) -> Result<BuildResult, Error> {
         let stage = &self.graph.stages[self.graph.target];
         let out = &results[&stage.node];
-        let created = now_rfc3339(self.opts.source_date_epoch);
+        // SOURCE_DATE_EPOCH, else when the chain's newest layer was made (a no-op rebuild gives
+        // the same image), else (no layer of its own) now.
+        let created = match (self.opts.source_date_epoch, out.created) {
+            (Some(epoch), _) => now_rfc3339(Some(epoch)),
+            (None, 0) => now_rfc3339(None),
+            (None, t) => now_rfc3339(Some(t)),
+        };
         // History: the base image's, then the stage's (which starts with its parent stage's when
         // it is built FROM another stage).
         let mut history: Vec<Value> = out.base_history.clone();

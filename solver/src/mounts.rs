@@ -457,7 +457,7 @@ pub(crate) fn key_content(
             )?;
             out.insert(
                 m.target.clone(),
-                json!({"context": d.to_string(), "files": files.into_iter().collect::<BTreeMap<_, _>>()}),
+                json!({"context": d.to_string(), "files": files.iter().collect::<BTreeMap<_, _>>()}),
             );
         }
     }

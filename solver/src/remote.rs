@@ -5,8 +5,9 @@
 //! The solver knows nothing of transports: the caller adds each imported
 //! [`CacheConfig`](rbuild_cache::artifact::CacheConfig) with a [`LayerSource`] that can bring
 //! one of its layers into the store. A remote hit downloads only that step's layer (checked
-//! against its digest and diff_id by the source), unpacks it and records it locally, so the next
-//! build hits locally. Anything wrong with a remote record (a key that is not the hash of its
+//! against its digest and diff_id by the source), keeps it compressed and records it locally,
+//! so the next build hits locally; its snapshot is made only when a step that runs (or a
+//! container) needs its files ([`materialize`]). Anything wrong with a remote record (a key that is not the hash of its
 //! inputs, a layer that is not listed, missing or does not match its digest) is a warning and a
 //! miss: the step runs, never a wrong result.
 
@@ -28,8 +29,9 @@ use crate::{key_of, Error, Event, Layer, NodeOut, Solver};
 
 /// Brings layers of one imported cache into the store.
 pub trait LayerSource: Send + Sync {
-    /// Stores `layer` (its uncompressed blob `layer.diff_id` at least), after checking it
-    /// against its digest, size and diff_id. The error says what was wrong.
+    /// Stores `layer` after checking it against its digest, size and diff_id: its compressed
+    /// blob, recorded as a layer kept compressed (`Store::put_lazy_layer`), or its tar when
+    /// the cache has it uncompressed. The error says what was wrong.
     fn fetch(&self, store: &Store, layer: &LayerDesc) -> Result<(), String>;
     /// Checks that `layer` is there (size included where the transport tells it) without
     /// downloading it: for a hit whose layer may never be needed.
@@ -188,8 +190,10 @@ pub(crate) fn lookup(s: &Solver, n: NodeIndex, key: &CacheKey) -> Result<Option<
     let r = if lazy {
         source.check(&e.layer).map(|()| SnapshotId::reserve())
     } else {
+        // The layer stays compressed: its snapshot is made only if a later step needs the
+        // files (`materialize`); an image output copies the compressed blob.
         remote.fetch(s.store, e).and_then(|()| {
-            let (snap, guard) = rbuild_exporter::ensure_snapshot_in_use(s.store, &e.layer.diff_id)
+            let (snap, guard) = rbuild_exporter::ensure_layer_in_use(s.store, &e.layer.diff_id)
                 .map_err(|e| e.to_string())?;
             s.lock_in_use().push(guard);
             Ok(snap)
@@ -240,58 +244,67 @@ fn record(
     Ok(())
 }
 
-/// Brings in the layers of `inputs` that remote hits left pending, before a step that misses
-/// uses them. A layer that cannot be fetched now (it changed in the registry since it was
-/// checked) fails the build: its step is already done.
+/// Makes the snapshots of the layers of `inputs` that are not made yet, before a step that
+/// misses uses their files: layers kept compressed (remote hits, base images: their snapshot
+/// id is reserved) are unpacked into that id, and layers of remote hits outside the target
+/// image that were only checked are fetched first. A layer that cannot be fetched now (it
+/// changed in the registry since it was checked) fails the build: its step is already done.
 pub(crate) fn materialize(s: &Solver, inputs: &[(Input, Arc<NodeOut>)]) -> Result<(), Error> {
+    for l in inputs.iter().flat_map(|(_, o)| o.layers.iter()) {
+        if s.store.has_snapshot(&l.snapshot) {
+            continue;
+        }
+        let pending = s
+            .opts
+            .remote
+            .as_deref()
+            .is_some_and(|r| locked(&r.pending).contains_key(&l.snapshot));
+        if pending {
+            fill_pending(s, l)?;
+            continue;
+        }
+        rbuild_exporter::ensure_snapshot_at(s.store, &l.diff_id, &l.snapshot)?;
+    }
+    Ok(())
+}
+
+/// Fetches and unpacks the layer of a remote hit left pending (see [`lookup`]) into its
+/// reserved snapshot id, and records the hit.
+fn fill_pending(s: &Solver, l: &Layer) -> Result<(), Error> {
     let Some(remote) = s.opts.remote.as_deref() else {
         return Ok(());
     };
-    for l in inputs.iter().flat_map(|(_, o)| o.layers.iter()) {
-        if !locked(&remote.pending).contains_key(&l.snapshot) {
-            continue;
+    let _one = locked(&remote.materializing);
+    let Some((key, display)) = locked(&remote.pending).get(&l.snapshot).cloned() else {
+        return Ok(());
+    };
+    let e = &remote.entries[&key];
+    let source = &remote.sources[e.source];
+    let fill = || -> Result<(), String> {
+        remote.fetch(s.store, e)?;
+        rbuild_exporter::ensure_snapshot_at(s.store, &e.layer.diff_id, &l.snapshot)
+            .map_err(|e| e.to_string())?;
+        // Held like every snapshot of the build (a concurrent prune leaves it alone).
+        if let Some(g) = s
+            .store
+            .use_snapshot(&l.snapshot)
+            .map_err(|e| e.to_string())?
+        {
+            s.lock_in_use().push(g);
         }
-        let _one = locked(&remote.materializing);
-        let Some((key, display)) = locked(&remote.pending).get(&l.snapshot).cloned() else {
-            continue;
-        };
-        let e = &remote.entries[&key];
-        let source = &remote.sources[e.source];
-        let fill = || -> Result<(), String> {
-            remote.fetch(s.store, e)?;
-            let unpack = || -> Result<(), rbuild_exporter::Error> {
-                let blob = s.store.blob_path(&e.layer.diff_id);
-                let f =
-                    std::fs::File::open(&blob).map_err(|source| rbuild_exporter::Error::Io {
-                        op: "open",
-                        path: blob.clone(),
-                        source,
-                    })?;
-                let sb = s.store.new_snapshot()?;
-                rbuild_exporter::unpack_layer(f, &sb.fs_dir())?;
-                sb.commit_as(&l.snapshot)?;
-                // Held like every snapshot of the build (a concurrent prune leaves it alone).
-                if let Some(g) = s.store.use_snapshot(&l.snapshot)? {
-                    s.lock_in_use().push(g);
-                }
-                let size = s.store.blob_size(&e.layer.diff_id)?;
-                s.store.put_layer(&e.layer.diff_id, &l.snapshot, size)?;
-                Ok(())
-            };
-            unpack().map_err(|e| e.to_string())
-        };
-        fill().map_err(|why| Error::CopyFailed {
-            step: display.clone(),
-            message: format!(
-                "the layer of this step from remote cache {} is needed now but cannot be used: \
-                 {why}; the cache changed during the build: build again without that --cache-from \
-                 (or export the cache again)",
-                source.name()
-            ),
-        })?;
-        record(s.store, &key, e, &l.snapshot, &display)?;
-        locked(&remote.pending).remove(&l.snapshot);
-    }
+        Ok(())
+    };
+    fill().map_err(|why| Error::CopyFailed {
+        step: display.clone(),
+        message: format!(
+            "the layer of this step from remote cache {} is needed now but cannot be used: \
+             {why}; the cache changed during the build: build again without that --cache-from \
+             (or export the cache again)",
+            source.name()
+        ),
+    })?;
+    record(s.store, &key, e, &l.snapshot, &display)?;
+    locked(&remote.pending).remove(&l.snapshot);
     Ok(())
 }
 
@@ -308,11 +321,26 @@ pub(crate) fn prefetch(s: &Solver, stop: &AtomicBool) {
     };
     let target = s.graph.graph[s.graph.stages[s.graph.target].node].stage;
     let here = position(s, s.graph.stages[s.graph.target].node, 0).dockerfile;
+    prefetch_stage(remote, s.store, &here, target, stop);
+}
+
+/// [`prefetch`] for the records of stage `stage` (its position in the Dockerfile) of the
+/// Dockerfile named `dockerfile`, for a caller that knows the target stage before the build
+/// graph exists (the CLI starts it while the frontend pulls the base images). Layers already
+/// taken on (in flight or done) are skipped, so the solve's own [`prefetch`] after it only
+/// adds what this one did not take.
+pub fn prefetch_stage(
+    remote: &RemoteCache,
+    store: &Store,
+    dockerfile: &str,
+    stage: usize,
+    stop: &AtomicBool,
+) {
     let mut todo: Vec<&Entry> = remote
         .entries
         .values()
-        .filter(|e| e.record.position.stage == target && e.record.position.dockerfile == here)
-        .filter(|e| !s.store.has_blob(&e.layer.diff_id))
+        .filter(|e| e.record.position.stage == stage && e.record.position.dockerfile == dockerfile)
+        .filter(|e| !rbuild_exporter::has_layer(store, &e.layer.diff_id).unwrap_or(false))
         .collect();
     todo.sort_by_key(|e| (e.record.position.depth, e.layer.digest.clone()));
     {
@@ -336,12 +364,9 @@ pub(crate) fn prefetch(s: &Solver, stop: &AtomicBool) {
             let source = &remote.sources[e.source];
             Some(
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    source.fetch(s.store, &e.layer)?;
-                    // Unpacked here too, so the hit only takes its snapshot into use. The
-                    // snapshot is a layer's like a pull's (`layers` row), which prune handles.
-                    rbuild_exporter::ensure_snapshot(s.store, &e.layer.diff_id)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    // Kept compressed (a `layers` row with a reserved snapshot id, which
+                    // prune handles like any layer's): the hit takes it into use.
+                    source.fetch(store, &e.layer)
                 }))
                 .unwrap_or_else(|_| Err("internal error while fetching the layer".into())),
             )
