@@ -98,18 +98,17 @@ impl Reuse {
     /// Compares the `content` part of the previous key document of a COPY from the context
     /// with the current per-file digests `now` (`src:rel`, `f <mode> <digest>`); `None` when
     /// nothing is shared.
-    pub(crate) fn unchanged_files(
+    pub(crate) fn unchanged_files<'a>(
         dir: PathBuf,
         before: &serde_json::Value,
-        now: &[(String, String)],
+        now: impl Iterator<Item = (&'a str, &'a str)>,
     ) -> Option<Reuse> {
         let before = before["files"].as_object()?;
         let unchanged: std::collections::HashSet<String> = now
-            .iter()
             .filter(|(k, v)| {
-                v.starts_with("f ") && before.get(k).and_then(|b| b.as_str()) == Some(v.as_str())
+                v.starts_with("f ") && before.get(*k).and_then(|b| b.as_str()) == Some(*v)
             })
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_string())
             .collect();
         (!unchanged.is_empty()).then_some(Reuse { dir, unchanged })
     }
