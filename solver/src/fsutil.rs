@@ -214,7 +214,7 @@ fn copy_dir_at(
         } else {
             Ok(())
         };
-        let r = r.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", cx.path.display())));
+        let r = r.map_err(|e| at_path(e, &cx.path));
         cx.path.pop();
         r?;
     }
@@ -332,6 +332,26 @@ fn copy_one_at<S: ?Sized + nix::NixPath, D: ?Sized + nix::NixPath>(
     }
     utimensat(dfd, name, &at, &mt, UtimensatFlags::NoFollowSymlink)?;
     Ok(())
+}
+
+/// An error of the copy that names the entry it happened at (once: the innermost entry).
+#[derive(Debug)]
+struct AtPath(String);
+
+impl std::fmt::Display for AtPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AtPath {}
+
+/// `e` with the entry `path` named, unless an inner entry is named already.
+fn at_path(e: io::Error, path: &Path) -> io::Error {
+    if e.get_ref().is_some_and(|r| r.is::<AtPath>()) {
+        return e;
+    }
+    io::Error::new(e.kind(), AtPath(format!("{}: {e}", path.display())))
 }
 
 /// Removes everything inside the open directory `d` (not following symlinks).
@@ -517,5 +537,73 @@ mod tests {
         // Symbolic modes apply to each entry's own mode.
         let md = fs::metadata(dst.join("sub/f")).unwrap();
         assert_eq!(md.mode() & 0o7777, 0o771);
+    }
+
+    #[test]
+    fn an_error_names_the_innermost_entry_once() {
+        let e = at_path(io::Error::other("boom"), Path::new("/c/a/b"));
+        let e = at_path(e, Path::new("/c/a"));
+        assert_eq!(e.to_string(), "/c/a/b: boom");
+    }
+
+    #[test]
+    fn shares_unchanged_files_of_a_previous_copy_by_descriptor() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(src.join("a/b")).unwrap();
+        fs::write(src.join("a/b/same"), "s").unwrap();
+        fs::write(src.join("a/new"), "n").unwrap();
+        let prev = d.path().join("prev");
+        fs::create_dir(&prev).unwrap();
+        copy_entry(&src, &prev.join("t"), None, None, &mut |_| true, true, None).unwrap();
+        // The previous copy's `a/new` differs in size: not shared even if called unchanged;
+        // a link planted in the previous result is never followed.
+        fs::write(prev.join("t/a/new"), "old!").unwrap();
+        let next = d.path().join("next");
+        fs::create_dir(&next).unwrap();
+        let unchanged = |_: &Path| true;
+        let share = Share {
+            root: &prev,
+            rel: Path::new("t"),
+            unchanged: &unchanged,
+        };
+        copy_entry(
+            &src,
+            &next.join("t"),
+            None,
+            None,
+            &mut |_| true,
+            true,
+            Some(share),
+        )
+        .unwrap();
+        let ino = |p: &Path| fs::symlink_metadata(p).unwrap().ino();
+        assert_eq!(ino(&prev.join("t/a/b/same")), ino(&next.join("t/a/b/same")));
+        assert_ne!(ino(&prev.join("t/a/new")), ino(&next.join("t/a/new")));
+        assert_eq!(fs::read_to_string(next.join("t/a/new")).unwrap(), "n");
+        // The previous result's `t/a` replaced by a link to a copy of it: nothing is shared.
+        fs::rename(prev.join("t/a"), d.path().join("elsewhere")).unwrap();
+        symlink(d.path().join("elsewhere"), prev.join("t/a")).unwrap();
+        let again = d.path().join("again");
+        fs::create_dir(&again).unwrap();
+        let share = Share {
+            root: &prev,
+            rel: Path::new("t"),
+            unchanged: &unchanged,
+        };
+        copy_entry(
+            &src,
+            &again.join("t"),
+            None,
+            None,
+            &mut |_| true,
+            true,
+            Some(share),
+        )
+        .unwrap();
+        assert_ne!(
+            ino(&d.path().join("elsewhere/b/same")),
+            ino(&again.join("t/a/b/same"))
+        );
     }
 }
