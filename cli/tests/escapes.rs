@@ -426,3 +426,43 @@ fn classics_tar_slip_and_dotdot_stay_inside() {
         stderr(&out)
     );
 }
+
+/// A copied directory that becomes a link to a host directory between two builds (and back):
+/// the rebuild, which shares unchanged files with the previous result, copies the link as a
+/// link, never links or copies the host's file, and never follows the previous result's link
+/// when it looks for files to share.
+#[test]
+fn a_directory_that_becomes_a_link_between_builds_stays_in_the_context() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let host = host_dir(&env);
+    let ctx = env.context(
+        "flip",
+        "FROM busybox:local\nCOPY tree /tree\n",
+        &[("tree/a", "A"), ("tree/sub/secret.txt", HOST_SECRET)],
+    );
+    assert_ok(&build(&env, "esc-flip:t", &ctx, &[]));
+    // The context's own file with the host file's content: a dir -> a link to the host dir.
+    std::fs::remove_dir_all(ctx.join("tree/sub")).unwrap();
+    symlink(&host, ctx.join("tree/sub")).unwrap();
+    assert_ok(&build(&env, "esc-flip:t", &ctx, &[]));
+    assert_eq!(
+        cat_in(&env, "esc-flip:t", "readlink /tree/sub; cat /tree/a"),
+        format!("{}\nA", host.display())
+    );
+    // And back: the previous result's `tree/sub` is that link; nothing may be shared through it.
+    std::fs::remove_file(ctx.join("tree/sub")).unwrap();
+    std::fs::create_dir(ctx.join("tree/sub")).unwrap();
+    std::fs::write(ctx.join("tree/sub/secret.txt"), HOST_SECRET).unwrap();
+    assert_ok(&build(&env, "esc-flip:t", &ctx, &[]));
+    assert_eq!(
+        cat_in(
+            &env,
+            "esc-flip:t",
+            "test -L /tree/sub && echo link; cat /tree/sub/secret.txt"
+        ),
+        HOST_SECRET
+    );
+    let m = std::fs::metadata(host.join("secret.txt")).unwrap();
+    assert_eq!(m.nlink(), 1, "the host's file was hard-linked");
+}

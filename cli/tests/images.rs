@@ -651,3 +651,77 @@ fn resumed_layer_hash_matches_the_saved_tar() {
         }
     }
 }
+
+/// The inode, mode and mtime of `rel` in every snapshot of the store that has it.
+fn in_snapshots(env: &Env, rel: &str) -> Vec<(u64, u32, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for s in std::fs::read_dir(env.root.path().join("snapshots")).unwrap() {
+        if let Ok(m) = std::fs::symlink_metadata(s.unwrap().path().join("fs").join(rel)) {
+            out.push((m.ino(), m.mode() & 0o7777, m.mtime()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The one-change rebuild of a COPY shares every unchanged file with the previous result
+/// (hard links: the same inode, so its mode and mtime too), writes the changed one anew, and
+/// the layer's resumed hash equals the digest of the tar `save` makes from the snapshot.
+#[test]
+fn one_change_rebuild_links_unchanged_files_and_hashes_right() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let mut files = Vec::new();
+    for d in 0..4 {
+        for f in 0..20 {
+            files.push((format!("files/d{d}/f{f:02}.txt"), format!("file {d}/{f}\n")));
+        }
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let dir = env.context("one", "FROM busybox:local\nCOPY files /files\n", &refs);
+    let exec = dir.join("files/d0/f03.txt");
+    std::fs::set_permissions(&exec, std::fs::Permissions::from_mode(0o751)).unwrap();
+    env.build_ok("one:1", &dir, &[]);
+    std::fs::write(dir.join("files/d2/f07.txt"), "changed\n").unwrap();
+    env.build_ok("one:1", &dir, &[]);
+    // Two COPY results; unchanged files: one inode in both, mode and mtime kept.
+    for rel in ["files/d0/f00.txt", "files/d3/f19.txt", "files/d0/f03.txt"] {
+        let s = in_snapshots(&env, rel);
+        assert_eq!(s.len(), 2, "{rel}: {s:?}");
+        assert_eq!(s[0], s[1], "{rel} is not shared");
+    }
+    assert_eq!(in_snapshots(&env, "files/d0/f03.txt")[0].1, 0o751);
+    let changed = in_snapshots(&env, "files/d2/f07.txt");
+    assert_eq!(changed.len(), 2);
+    assert_ne!(changed[0].0, changed[1].0, "the changed file is shared");
+    // The recorded diff_id (computed by the resumed hash) is the saved tar's digest.
+    let saved = env.work.path().join("one.tar");
+    assert_ok(&env.rbuild(&["save", "-o", saved.to_str().unwrap(), "one:1"]));
+    let x = env.work.path().join("one-x");
+    std::fs::create_dir_all(&x).unwrap();
+    run(Command::new("tar").arg("-xf").arg(&saved).arg("-C").arg(&x));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(x.join("manifest.json")).unwrap()).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(x.join(manifest[0]["Config"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let layers = manifest[0]["Layers"].as_array().unwrap();
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+    let last = layers.last().unwrap().as_str().unwrap();
+    let out = run(Command::new("sha256sum").arg(x.join(last)));
+    assert_eq!(
+        format!("sha256:{}", &stdout(&out)[..64]),
+        diff_ids.last().unwrap().as_str().unwrap()
+    );
+    // The layer holds the new content.
+    let t = run(Command::new("tar")
+        .arg("-xOf")
+        .arg(x.join(last))
+        .arg("files/d2/f07.txt"));
+    assert_eq!(stdout(&t), "changed\n");
+}

@@ -2,11 +2,14 @@
 //! for directories that are not kept, or on demand through `source`).
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
 
 use rbuild_cache::{SnapshotId, Store};
 use rbuild_types::Digest;
@@ -115,10 +118,81 @@ pub(crate) fn write_tar_clamped(
 /// A regular file whose data follows an entry's header: `size` bytes (as stat'ed when the
 /// header was made), padded to the next 512-byte block.
 pub(crate) struct FileData<'a> {
-    /// The file in the snapshot.
+    /// The file in the snapshot (for messages, and to open it later).
     pub path: &'a Path,
+    /// Its directory, open, and its name there: opened now with no path walk.
+    pub dir: BorrowedFd<'a>,
+    pub name: &'a CStr,
     /// Its metadata (the header's source).
-    pub meta: &'a fs::Metadata,
+    pub meta: &'a Stat,
+}
+
+impl FileData<'_> {
+    /// Opens the file for reading (relative to its directory, not following a symlink).
+    pub(crate) fn open(&self) -> io::Result<File> {
+        open_at(self.dir, self.name, OFlag::O_RDONLY).map(File::from)
+    }
+}
+
+/// Opens `name` in `dir` with `flags` (plus `O_NOFOLLOW | O_CLOEXEC`).
+fn open_at<P: ?Sized + nix::NixPath>(
+    dir: impl AsFd,
+    name: &P,
+    flags: OFlag,
+) -> io::Result<OwnedFd> {
+    nix::fcntl::openat(
+        dir,
+        name,
+        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// A snapshot entry's `fstatat` result, read as `std::fs::Metadata` is (no path walk to get it).
+#[derive(Clone, Copy)]
+pub(crate) struct Stat(libc::stat);
+
+impl Stat {
+    /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+    fn at<P: ?Sized + nix::NixPath>(dir: impl AsFd, name: &P) -> io::Result<Stat> {
+        nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map(Stat)
+            .map_err(io::Error::from)
+    }
+    fn kind(&self) -> u32 {
+        self.0.st_mode & libc::S_IFMT
+    }
+    pub(crate) fn mode(&self) -> u32 {
+        self.0.st_mode
+    }
+    pub(crate) fn uid(&self) -> u32 {
+        self.0.st_uid
+    }
+    pub(crate) fn gid(&self) -> u32 {
+        self.0.st_gid
+    }
+    pub(crate) fn mtime(&self) -> i64 {
+        self.0.st_mtime
+    }
+    pub(crate) fn mtime_nsec(&self) -> i64 {
+        self.0.st_mtime_nsec
+    }
+    pub(crate) fn len(&self) -> u64 {
+        self.0.st_size as u64
+    }
+    pub(crate) fn dev(&self) -> u64 {
+        self.0.st_dev
+    }
+    pub(crate) fn ino(&self) -> u64 {
+        self.0.st_ino
+    }
+    fn nlink(&self) -> u64 {
+        self.0.st_nlink
+    }
+    fn rdev(&self) -> u64 {
+        self.0.st_rdev
+    }
 }
 
 /// Where [`walk_tar`] sends the tar stream, one entry at a time.
@@ -141,8 +215,7 @@ impl EntrySink for WriteSink<'_> {
     fn entry(&mut self, head: &[u8], data: Option<FileData<'_>>) -> io::Result<()> {
         self.out.write_all(head)?;
         if let Some(d) = data {
-            let f = File::open(d.path)?;
-            copy_data(f, d.meta.len(), self.out, &mut self.buf)?;
+            copy_data(d.open()?, d.meta.len(), self.out, &mut self.buf)?;
         }
         Ok(())
     }
@@ -159,7 +232,21 @@ pub(crate) fn walk_tar(root: &Path, epoch: Option<i64>, sink: &mut dyn EntrySink
     let mut b = tar::Builder::new(Vec::new());
     let mut links = HashMap::new();
     let clamp = epoch.map(|e| e.max(0) as u64);
-    walk(&mut b, sink, root, Path::new(""), &mut links, clamp)?;
+    let dir = open_at(
+        nix::fcntl::AT_FDCWD,
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+    )
+    .map_err(Error::io("read dir", root))?;
+    let mut w = Walk {
+        b: &mut b,
+        sink,
+        links: &mut links,
+        clamp,
+        abs: root.to_path_buf(),
+        rel: PathBuf::new(),
+    };
+    w.dir(&dir)?;
     let tail = b
         .into_inner()
         .map_err(Error::io("write layer tar for", root))?;
@@ -170,49 +257,91 @@ pub(crate) fn walk_tar(root: &Path, epoch: Option<i64>, sink: &mut dyn EntrySink
 
 type Links = HashMap<(u64, u64), PathBuf>;
 
-/// Hands the header bytes gathered in `b` (and the file data, if any) to the sink.
-fn emit(
-    b: &mut tar::Builder<Vec<u8>>,
-    sink: &mut dyn EntrySink,
-    path: &Path,
-    data: Option<&fs::Metadata>,
-) -> Result<()> {
-    let head = std::mem::take(b.get_mut());
-    let r = sink.entry(&head, data.map(|meta| FileData { path, meta }));
-    // The buffer is reused (its capacity kept) for the next entry.
-    *b.get_mut() = head;
-    b.get_mut().clear();
-    r.map_err(Error::io("write tar entry for", path))
+/// One walk over a snapshot: every directory is read through an open descriptor and each
+/// entry stat'ed, its xattrs listed and its data opened relative to it (no path walked per
+/// entry); `abs` and `rel` are the current entry's paths, one buffer each, pushed and popped.
+struct Walk<'a> {
+    b: &'a mut tar::Builder<Vec<u8>>,
+    sink: &'a mut dyn EntrySink,
+    links: &'a mut Links,
+    clamp: Option<u64>,
+    abs: PathBuf,
+    rel: PathBuf,
 }
 
-fn walk(
-    b: &mut tar::Builder<Vec<u8>>,
-    sink: &mut dyn EntrySink,
-    abs: &Path,
-    rel: &Path,
-    links: &mut Links,
-    clamp: Option<u64>,
-) -> Result<()> {
-    let mut names: Vec<_> = fs::read_dir(abs)
-        .map_err(Error::io("read dir", abs))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<_>>()
-        .map_err(Error::io("read dir", abs))?;
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    for name in names {
-        let path = abs.join(&name);
-        let relp = rel.join(&name);
-        let m = fs::symlink_metadata(&path).map_err(Error::io("stat", &path))?;
-        match append_entry(b, &path, &relp, &name, &m, links, clamp)? {
-            Kind::Data => emit(b, sink, &path, Some(&m))?,
-            Kind::Dir => {
-                emit(b, sink, &path, None)?;
-                walk(b, sink, &path, &relp, links, clamp)?;
-            }
-            Kind::NoData => emit(b, sink, &path, None)?,
-        }
+impl Walk<'_> {
+    /// Hands the header bytes gathered in `b` (and the file data, if any) to the sink.
+    fn emit(&mut self, data: Option<(BorrowedFd<'_>, &CStr, &Stat)>) -> Result<()> {
+        let head = std::mem::take(self.b.get_mut());
+        let path = self.abs.as_path();
+        let r = self.sink.entry(
+            &head,
+            data.map(|(dir, name, meta)| FileData {
+                path,
+                dir,
+                name,
+                meta,
+            }),
+        );
+        // The buffer is reused (its capacity kept) for the next entry.
+        *self.b.get_mut() = head;
+        self.b.get_mut().clear();
+        r.map_err(Error::io("write tar entry for", &self.abs))
     }
-    Ok(())
+
+    fn dir(&mut self, dir: &OwnedFd) -> Result<()> {
+        let mut names: Vec<CString> = Vec::new();
+        let dup = dir.try_clone().map_err(Error::io("read dir", &self.abs))?;
+        let mut d =
+            nix::dir::Dir::from_fd(dup).map_err(|e| Error::io("read dir", &self.abs)(e.into()))?;
+        for e in d.iter() {
+            let e = e.map_err(|e| Error::io("read dir", &self.abs)(e.into()))?;
+            let n = e.file_name();
+            if n != c"." && n != c".." {
+                names.push(n.to_owned());
+            }
+        }
+        drop(d);
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in &names {
+            let os = std::ffi::OsStr::from_bytes(name.as_bytes());
+            self.abs.push(os);
+            self.rel.push(os);
+            let r = self.entry(dir, name);
+            self.abs.pop();
+            self.rel.pop();
+            r?;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, dir: &OwnedFd, name: &CStr) -> Result<()> {
+        let m = Stat::at(dir, name).map_err(Error::io("stat", &self.abs))?;
+        let os = std::ffi::OsStr::from_bytes(name.to_bytes());
+        let at = At {
+            dir: dir.as_fd(),
+            name,
+            path: &self.abs,
+        };
+        match append_entry(self.b, &at, &self.rel, os, &m, self.links, self.clamp)? {
+            Kind::Data => self.emit(Some((dir.as_fd(), name, &m)))?,
+            Kind::Dir => {
+                self.emit(None)?;
+                let sub = open_at(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+                    .map_err(Error::io("read dir", &self.abs))?;
+                self.dir(&sub)?;
+            }
+            Kind::NoData => self.emit(None)?,
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot entry as the walk has it: its open directory, its name there, its full path.
+struct At<'a> {
+    dir: BorrowedFd<'a>,
+    name: &'a CStr,
+    path: &'a Path,
 }
 
 /// What follows an entry's header.
@@ -228,14 +357,15 @@ enum Kind {
 /// Appends the header(s) of one snapshot entry to `b` (no file data).
 fn append_entry(
     b: &mut tar::Builder<Vec<u8>>,
-    path: &Path,
+    at: &At<'_>,
     relp: &Path,
     name: &std::ffi::OsStr,
-    m: &fs::Metadata,
+    m: &Stat,
     links: &mut Links,
     clamp: Option<u64>,
 ) -> Result<Kind> {
-    let ft = m.file_type();
+    let path = at.path;
+    let kind = m.kind();
     let mut h = Header::new_gnu();
     h.set_mode(m.mode() & 0o7777);
     h.set_uid(m.uid() as u64);
@@ -244,7 +374,7 @@ fn append_entry(
     h.set_mtime(mtime);
     h.set_size(0);
     let werr = Error::io("write tar entry for", path);
-    if ft.is_char_device() && m.rdev() == 0 {
+    if kind == libc::S_IFCHR && m.rdev() == 0 {
         // Overlay whiteout -> .wh.<name>
         let mut wh = std::ffi::OsString::from(WHITEOUT_PREFIX);
         wh.push(name);
@@ -255,18 +385,21 @@ fn append_entry(
             .map_err(werr)?;
         return Ok(Kind::NoData);
     }
-    if ft.is_socket() {
+    if kind == libc::S_IFSOCK {
         // Sockets cannot be represented in a tar: skipped, with their xattrs.
         return Ok(Kind::NoData);
     }
-    append_xattrs(b, path)?;
-    if ft.is_dir() {
+    let xattrs =
+        sys::list_xattrs_at(at.dir, at.name, path).map_err(Error::io("list xattrs of", path))?;
+    append_xattrs(b, path, &xattrs)?;
+    if kind == libc::S_IFDIR {
         h.set_entry_type(EntryType::Directory);
         b.append_data(&mut h, relp, io::empty()).map_err(werr)?;
-        if sys::get_xattr(path, OVERLAY_OPAQUE)
-            .map_err(Error::io("read xattr of", path))?
-            .as_deref()
-            == Some(b"y")
+        if xattrs.iter().any(|n| n == OVERLAY_OPAQUE)
+            && sys::get_xattr(path, OVERLAY_OPAQUE)
+                .map_err(Error::io("read xattr of", path))?
+                .as_deref()
+                == Some(b"y")
         {
             let mut oh = Header::new_gnu();
             oh.set_entry_type(EntryType::Regular);
@@ -278,7 +411,7 @@ fn append_entry(
         }
         return Ok(Kind::Dir);
     }
-    if ft.is_file() {
+    if kind == libc::S_IFREG {
         if m.nlink() > 1 {
             if let Some(first) = links.get(&(m.dev(), m.ino())) {
                 h.set_entry_type(EntryType::Link);
@@ -294,13 +427,14 @@ fn append_entry(
         b.append_data(&mut h, relp, io::empty()).map_err(werr)?;
         return Ok(Kind::Data);
     }
-    if ft.is_symlink() {
-        let target = fs::read_link(path).map_err(Error::io("read link", path))?;
+    if kind == libc::S_IFLNK {
+        let target = nix::fcntl::readlinkat(at.dir, at.name)
+            .map_err(|e| Error::io("read link", path)(e.into()))?;
         h.set_entry_type(EntryType::Symlink);
         b.append_link(&mut h, relp, &target).map_err(werr)?;
-    } else if ft.is_char_device() || ft.is_block_device() {
+    } else if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
         let (maj, min) = sys::dev_major_minor(m.rdev());
-        h.set_entry_type(if ft.is_char_device() {
+        h.set_entry_type(if kind == libc::S_IFCHR {
             EntryType::Char
         } else {
             EntryType::Block
@@ -310,7 +444,7 @@ fn append_entry(
         h.set_device_minor(min)
             .map_err(Error::io("write tar entry for", path))?;
         b.append_data(&mut h, relp, io::empty()).map_err(werr)?;
-    } else if ft.is_fifo() {
+    } else if kind == libc::S_IFIFO {
         h.set_entry_type(EntryType::Fifo);
         b.append_data(&mut h, relp, io::empty()).map_err(werr)?;
     }
@@ -357,17 +491,20 @@ fn clamp_mtime(mtime: i64, clamp: Option<u64>) -> u64 {
     }
 }
 
-/// Writes a PAX extended header carrying the xattrs of `path` (if any) as `SCHILY.xattr.*`.
-fn append_xattrs<W: Write>(b: &mut tar::Builder<W>, path: &Path) -> Result<()> {
-    let names = sys::list_xattrs(path).map_err(Error::io("list xattrs of", path))?;
+/// Writes a PAX extended header carrying the xattrs `names` of `path` (if any) as
+/// `SCHILY.xattr.*`.
+fn append_xattrs<W: Write>(b: &mut tar::Builder<W>, path: &Path, names: &[Vec<u8>]) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
     let mut records = Vec::new();
     for n in names {
-        if !crate::unpack::layer_xattr_allowed(&n) {
+        if !crate::unpack::layer_xattr_allowed(n) {
             continue;
         }
-        if let Some(v) = sys::get_xattr(path, &n).map_err(Error::io("read xattr of", path))? {
+        if let Some(v) = sys::get_xattr(path, n).map_err(Error::io("read xattr of", path))? {
             let mut key = b"SCHILY.xattr.".to_vec();
-            key.extend_from_slice(&n);
+            key.extend_from_slice(n);
             records.push((key, v));
         }
     }
@@ -413,6 +550,7 @@ pub(crate) fn pax_data(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn mtimes_clamp_to_the_epoch() {

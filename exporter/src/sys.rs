@@ -33,6 +33,57 @@ pub(crate) fn list_xattrs(p: &Path) -> io::Result<Vec<Vec<u8>>> {
     }
 }
 
+/// `listxattrat(2)` (Linux 6.13), the same number on every architecture since the syscall
+/// table was unified; older kernels answer ENOSYS and [`list_xattrs_at`] falls back.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+/// Set once `listxattrat` answered ENOSYS.
+static NO_LISTXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Names of the extended attributes of entry `name` of the open directory `dir` (not following
+/// symlinks), without walking a path: `listxattrat(2)` where the kernel has it, else
+/// [`list_xattrs`] of `path` (the same entry's full path). No allocation when there are none.
+pub(crate) fn list_xattrs_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    path: &Path,
+) -> io::Result<Vec<Vec<u8>>> {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    if !NO_LISTXATTRAT.load(std::sync::atomic::Ordering::Relaxed) {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 512];
+        // SAFETY: buf is valid for buf.len() bytes; name is NUL-terminated; dir is open.
+        let n = unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            return Ok(buf[..n as usize]
+                .split(|b| *b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.to_vec())
+                .collect());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOSYS) => NO_LISTXATTRAT.store(true, std::sync::atomic::Ordering::Relaxed),
+            Some(libc::ENOTSUP) => return Ok(vec![]),
+            // A longer list: the path-based call sizes its buffer.
+            Some(libc::ERANGE) => {}
+            _ => return Err(e),
+        }
+    }
+    let _ = (dir, name);
+    list_xattrs(path)
+}
+
 /// The value of one extended attribute of `p` (not following symlinks); None when absent.
 pub(crate) fn get_xattr(p: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let c = cpath(p)?;

@@ -289,10 +289,9 @@ impl ResumeSink {
     /// Hashes one entry's bytes: the head, then the file's data read in 1 MiB blocks and padded
     /// (a file that shrank since its stat is padded with zeros, one that grew is cut: the same
     /// rule as the tar writer's `copy_data`).
-    fn hash_entry(&mut self, head: &[u8], data: Option<(&Path, u64)>) -> io::Result<()> {
+    fn hash_entry(&mut self, head: &[u8], data: Option<(File, u64)>) -> io::Result<()> {
         self.hash.update(head);
-        if let Some((path, size)) = data {
-            let mut f = File::open(path)?;
+        if let Some((mut f, size)) = data {
             self.buf.resize(1 << 20, 0);
             let mut left = size;
             while left > 0 {
@@ -343,7 +342,18 @@ impl ResumeSink {
     fn diverge(&mut self) -> io::Result<()> {
         self.old = None;
         for p in std::mem::take(&mut self.pending) {
-            self.hash_entry(&p.head, p.data.as_ref().map(|(p, s)| (p.as_path(), *s)))?;
+            let data = match p.data {
+                Some((path, size)) => {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let f = fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&path)?;
+                    Some((f, size))
+                }
+                None => None,
+            };
+            self.hash_entry(&p.head, data)?;
         }
         Ok(())
     }
@@ -376,7 +386,6 @@ impl ResumeSink {
 
 impl EntrySink for ResumeSink {
     fn entry(&mut self, head: &[u8], data: Option<FileData<'_>>) -> io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
         self.fingerprint.update(head);
         let size = data.as_ref().map(|d| d.meta.len());
         if let Some(d) = &data {
@@ -403,7 +412,11 @@ impl EntrySink for ResumeSink {
                 return Ok(());
             }
         } else {
-            self.hash_entry(head, data.map(|d| (d.path, d.meta.len())))?;
+            let data = match data {
+                Some(d) => Some((d.open()?, d.meta.len())),
+                None => None,
+            };
+            self.hash_entry(head, data)?;
         }
         self.maybe_checkpoint(false);
         Ok(())

@@ -175,17 +175,18 @@ fn env_changes(prev: &Value, cur: &Value, stage_env: &[String]) -> Vec<String> {
 
 /// `app/main.go changed; app/new.go added` from two `files` maps (`src:path` -> description).
 fn file_changes(prev: &Value, cur: &Value) -> String {
-    let strip = |m: &Value| -> BTreeMap<String, String> {
+    // Borrowed from the documents: a 20,000-file COPY compares 40,000 entries.
+    fn strip(m: &Value) -> BTreeMap<&str, &str> {
         m.as_object()
             .into_iter()
             .flatten()
             .map(|(k, v)| {
                 let path = k.split_once(':').map(|(_, p)| p).unwrap_or(k);
                 let path = if path.is_empty() { "." } else { path };
-                (path.to_string(), v.as_str().unwrap_or_default().to_string())
+                (path, v.as_str().unwrap_or_default())
             })
             .collect()
-    };
+    }
     let (p, c) = (strip(prev), strip(cur));
     let mut changes = Vec::new();
     for (k, v) in &c {

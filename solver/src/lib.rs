@@ -712,10 +712,8 @@ impl Solver<'_> {
                 self.cached_or(n, &parent, inputs, doc, &details, |sb, previous| {
                     let src = sources.first().map(|s| parent_dirs(self.store, s));
                     let reuse = previous.and_then(|(dir, prev_doc)| {
-                        let mut now = json!({});
-                        details(&mut now);
-                        now["files"] = now["content"]["files"].take();
-                        exec::Reuse::unchanged_files(dir, &prev_doc["doc"]["content"], &now)
+                        let now = files.as_ref()?.iter();
+                        exec::Reuse::unchanged_files(dir, &prev_doc["doc"]["content"], now)
                     });
                     exec::copy(
                         self.store,
