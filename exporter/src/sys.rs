@@ -17,12 +17,7 @@ pub(crate) fn list_xattrs(p: &Path) -> io::Result<Vec<Vec<u8>>> {
         // SAFETY: buf is valid for buf.len() bytes; c is a NUL-terminated path.
         let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(buf
-                .split(|b| *b == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| s.to_vec())
-                .collect());
+            return Ok(xattr_names(&buf[..n as usize]));
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
@@ -65,11 +60,7 @@ pub(crate) fn list_xattrs_at(
             )
         };
         if n >= 0 {
-            return Ok(buf[..n as usize]
-                .split(|b| *b == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| s.to_vec())
-                .collect());
+            return Ok(xattr_names(&buf[..n as usize]));
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
@@ -174,4 +165,12 @@ pub(crate) fn set_mtime(p: &Path, mtime: i64) -> io::Result<()> {
 /// Major and minor numbers of a device id.
 pub(crate) fn dev_major_minor(rdev: u64) -> (u32, u32) {
     (libc::major(rdev), libc::minor(rdev))
+}
+
+/// The names of an xattr list as the kernel returns it (NUL-terminated, one after another).
+fn xattr_names(list: &[u8]) -> Vec<Vec<u8>> {
+    list.split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_vec())
+        .collect()
 }
