@@ -17,9 +17,7 @@ use serde_json::{json, Value};
 
 use futures_util::StreamExt;
 
-use crate::{
-    check, compression_of, describe, io_err, registry_of, to_reference, Client, Error, Result,
-};
+use crate::{check, compression_of, io_err, registry_err, Client, Error, Result, Session};
 
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -68,16 +66,14 @@ impl Client {
         blobs: &[Digest],
         forms: &[Vec<u8>],
     ) -> Result<Digest> {
-        let registry = registry_of(target);
-        let name = target.to_string();
-        let client = self.oci(&registry);
-        let auth = self.credentials(&registry)?;
-        let reference = to_reference(target)?;
-        let perr = |e: OciDistributionError| Error::Registry {
-            op: "push cache",
-            image: name.clone(),
-            message: describe(&e, &registry),
-        };
+        let Session {
+            registry,
+            name,
+            client,
+            auth,
+            reference,
+        } = self.session(target)?;
+        let perr = registry_err("push cache", &name, &registry);
         self.authorize(&client, &reference, &auth, RegistryOperation::Push)
             .map_err(perr)?;
         for d in blobs {
@@ -116,11 +112,13 @@ impl Client {
     /// The manifest `target` names, checked against the digest the registry gives for it;
     /// `None` when the registry has no such tag or repository.
     pub fn pull_artifact_manifest(&self, target: &ImageRef) -> Result<Option<Vec<u8>>> {
-        let registry = registry_of(target);
-        let name = target.to_string();
-        let client = self.oci(&registry);
-        let auth = self.credentials(&registry)?;
-        let reference = to_reference(target)?;
+        let Session {
+            registry,
+            name,
+            client,
+            auth,
+            reference,
+        } = self.session(target)?;
         let types = [
             MANIFEST_MEDIA_TYPE,
             "application/vnd.oci.image.index.v1+json",
@@ -130,13 +128,7 @@ impl Client {
             match self.retry(|| client.pull_manifest_raw(&reference, &auth, &types)) {
                 Ok(x) => x,
                 Err(e) if not_found(&e) => return Ok(None),
-                Err(e) => {
-                    return Err(Error::Registry {
-                        op: "pull cache",
-                        image: name,
-                        message: describe(&e, &registry),
-                    })
-                }
+                Err(e) => return Err(registry_err("pull cache", &name, &registry)(e)),
             };
         let actual = Digest::of(&bytes);
         let want = target
@@ -163,18 +155,16 @@ impl Client {
                 reason: format!("config blob {d} is {size} bytes, more than the 64 MiB allowed"),
             });
         }
-        let registry = registry_of(target);
-        let name = target.to_string();
-        let client = self.oci(&registry);
+        let Session {
+            registry,
+            name,
+            client,
+            auth,
+            reference,
+        } = self.session(target)?;
         // Sets the credentials in the client (pull_blob does not take them).
-        let auth = self.credentials(&registry)?;
-        let reference = to_reference(target)?;
         self.authorize(&client, &reference, &auth, RegistryOperation::Pull)
-            .map_err(|e| Error::Registry {
-                op: "pull cache",
-                image: name.clone(),
-                message: describe(&e, &registry),
-            })?;
+            .map_err(registry_err("pull cache", &name, &registry))?;
         let ds = d.to_string();
         let data = self
             .retry(|| async {
@@ -189,15 +179,14 @@ impl Client {
 
     /// Whether `target`'s repository has blob `d` (a `HEAD` request; nothing is downloaded).
     pub fn cache_blob_exists(&self, target: &ImageRef, d: &Digest) -> Result<bool> {
-        let registry = registry_of(target);
-        let client = self.oci(&registry);
-        let auth = self.credentials(&registry)?;
-        let reference = to_reference(target)?;
-        let err = |e: OciDistributionError| Error::Registry {
-            op: "pull cache",
-            image: target.to_string(),
-            message: describe(&e, &registry),
-        };
+        let Session {
+            registry,
+            name,
+            client,
+            auth,
+            reference,
+        } = self.session(target)?;
+        let err = registry_err("pull cache", &name, &registry);
         self.authorize(&client, &reference, &auth, RegistryOperation::Pull)
             .map_err(err)?;
         let ds = d.to_string();
@@ -219,18 +208,16 @@ impl Client {
         if has_layer(store, layer)? {
             return Ok(());
         }
-        let registry = registry_of(target);
-        let name = target.to_string();
-        let alg = layer_compression(layer, &name)?;
-        let client = self.oci(&registry);
-        let auth = self.credentials(&registry)?;
-        let reference = to_reference(target)?;
+        let alg = layer_compression(layer, &target.to_string())?;
+        let Session {
+            registry,
+            name,
+            client,
+            auth,
+            reference,
+        } = self.session(target)?;
         self.authorize(&client, &reference, &auth, RegistryOperation::Pull)
-            .map_err(|e| Error::Registry {
-                op: "pull cache",
-                image: name.clone(),
-                message: describe(&e, &registry),
-            })?;
+            .map_err(registry_err("pull cache", &name, &registry))?;
         if store.has_blob(&layer.digest) {
             return store_layer(store, layer, &name);
         }

@@ -187,6 +187,42 @@ pub fn is_loopback(registry: &str) -> bool {
 /// parsing the text instead compiles oci-spec's reference regex on first use, ~20 ms of CPU
 /// before the first request of a build. Docker Hub names are normalised as oci-spec's parser
 /// does (`docker.io`, `library/` for one-component names).
+/// What every operation on one image's repository starts from: its registry host, its name
+/// for messages, the registry's shared oci-client, the credentials and oci-client's reference.
+struct Session {
+    registry: String,
+    name: String,
+    client: oci_client::Client,
+    auth: RegistryAuth,
+    reference: Reference,
+}
+
+impl Client {
+    fn session(&self, image: &ImageRef) -> Result<Session> {
+        let registry = registry_of(image);
+        Ok(Session {
+            name: image.to_string(),
+            client: self.oci(&registry),
+            auth: self.credentials(&registry)?,
+            reference: to_reference(image)?,
+            registry,
+        })
+    }
+}
+
+/// The crate's error for an oci-client failure of `op` ("pull", "push cache"...) on `image`.
+fn registry_err<'a>(
+    op: &'static str,
+    image: &'a str,
+    registry: &'a str,
+) -> impl Fn(OciDistributionError) -> Error + Copy + 'a {
+    move |e| Error::Registry {
+        op,
+        image: image.to_string(),
+        message: describe(&e, registry),
+    }
+}
+
 fn to_reference(r: &ImageRef) -> Result<Reference> {
     let mut registry = r.registry.clone().unwrap_or_else(|| "docker.io".into());
     if registry == "index.docker.io" {
@@ -372,11 +408,7 @@ impl Client {
                 message: e.to_string(),
             })?;
         self.retry(|| client.auth(&reference, &auth, RegistryOperation::Pull))
-            .map_err(|e| Error::Registry {
-                op: "login",
-                image: registry.into(),
-                message: describe(&e, registry),
-            })?;
+            .map_err(registry_err("login", registry, registry))?;
         // The bearer flow above checks the password; a registry with plain basic auth is
         // checked by listing tags (401 when the password is wrong, 404/200 otherwise).
         match self.retry(|| client.list_tags(&reference, &auth, Some(1), None)) {
@@ -432,16 +464,14 @@ impl Client {
         image: &ImageRef,
         platform: &Platform,
     ) -> Result<Pulled> {
-        let registry = registry_of(image);
-        let name = image.to_string();
-        let client = self.oci(&registry);
-        let auth = self.credentials(&registry)?;
-        let reference = to_reference(image)?;
-        let rerr = |e: OciDistributionError| Error::Registry {
-            op: "pull",
-            image: name.clone(),
-            message: describe(&e, &registry),
-        };
+        let Session {
+            registry,
+            name,
+            client,
+            auth,
+            reference,
+        } = self.session(image)?;
+        let rerr = registry_err("pull", &name, &registry);
         let fetcher =
             ManifestFetcher::new(self, &registry, &client, &reference, &auth).map_err(rerr)?;
         let (bytes, digest) = fetcher.fetch(self, &reference, &name).map_err(rerr)??;
@@ -628,17 +658,15 @@ impl Client {
         target: &ImageRef,
         compression: Compression,
     ) -> Result<Digest> {
-        let registry = registry_of(target);
-        let name = target.to_string();
-        let client = self.oci(&registry);
-        let auth = self.credentials(&registry)?;
-        let reference = to_reference(target)?;
+        let Session {
+            registry,
+            name,
+            client,
+            auth,
+            reference,
+        } = self.session(target)?;
         let dist = rbuild_exporter::distribution_manifest(store, manifest, compression)?;
-        let perr = |e: OciDistributionError| Error::Registry {
-            op: "push",
-            image: name.clone(),
-            message: describe(&e, &registry),
-        };
+        let perr = registry_err("push", &name, &registry);
         // The first request stores the credentials in the client and runs the token dance.
         self.authorize(&client, &reference, &auth, RegistryOperation::Push)
             .map_err(perr)?;
