@@ -207,11 +207,7 @@ fn parse_output(s: &str) -> Result<Output> {
 pub(crate) fn early_client(args: &BuildArgs) -> Result<std::sync::Arc<rbuild_registry::Client>> {
     let client = std::sync::Arc::new(args.registry.client(platform_of(args)?)?);
     let mut registries: Vec<String> = args.remote_cache.registries();
-    if let Ok(text) = std::fs::read_to_string(
-        args.file
-            .clone()
-            .unwrap_or_else(|| args.context.join("Dockerfile")),
-    ) {
+    if let Ok(text) = std::fs::read_to_string(dockerfile_path(args)) {
         registries.extend(from_registries(&text));
     }
     registries.sort();
@@ -242,6 +238,26 @@ fn from_registries(dockerfile: &str) -> Vec<String> {
             image.parse::<ImageRef>().ok()?.registry
         })
         .collect()
+}
+
+/// `-f FILE`, else `Dockerfile` in the context; a file named `Dockerfile` that is absent falls
+/// back to `dockerfile` beside it (as BuildKit).
+fn dockerfile_path(args: &BuildArgs) -> std::path::PathBuf {
+    let dockerfile = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    match dockerfile.file_name() {
+        Some(n) if n == "Dockerfile" && !dockerfile.exists() => {
+            let lower = dockerfile.with_file_name("dockerfile");
+            if lower.exists() {
+                lower
+            } else {
+                dockerfile
+            }
+        }
+        _ => dockerfile,
+    }
 }
 
 fn platform_of(args: &BuildArgs) -> Result<Option<Platform>> {
@@ -280,22 +296,7 @@ pub(crate) fn build(
             args.context.display().to_string()
         );
     }
-    // A file named `Dockerfile` that is absent falls back to `dockerfile` beside it (as BuildKit).
-    let dockerfile = args
-        .file
-        .clone()
-        .unwrap_or_else(|| args.context.join("Dockerfile"));
-    let dockerfile = match dockerfile.file_name() {
-        Some(n) if n == "Dockerfile" && !dockerfile.exists() => {
-            let lower = dockerfile.with_file_name("dockerfile");
-            if lower.exists() {
-                lower
-            } else {
-                dockerfile
-            }
-        }
-        _ => dockerfile,
-    };
+    let dockerfile = dockerfile_path(&args);
     let dockerfile_name = dockerfile.display().to_string();
     let text = std::fs::read_to_string(&dockerfile).with_context(|| {
         format!("failed to read dockerfile: open {dockerfile_name}: no such file or not readable; pass -f PATH or add a Dockerfile to the context")
