@@ -114,7 +114,7 @@ impl BlobWriter {
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait): the writeback of a big
 /// layer runs while the rest is still read and hashed, and the `fsync` of [`BlobWriter::commit`]
 /// waits for the last few MiB only instead of the whole blob.
-const WRITEBACK_STEP: u64 = 8 << 20;
+const WRITEBACK_STEP: u64 = 1 << 20;
 
 impl BlobWriter {
     fn start_writeback(&mut self) {

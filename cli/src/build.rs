@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -200,12 +201,37 @@ fn parse_output(s: &str) -> Result<Output> {
     })
 }
 
-/// The registry client of a build, made before the store is opened: a thread starts making the
-/// HTTP client of every registry the build will surely talk to (each `--cache-from` registry,
-/// each `FROM` naming a registry host) while the caller opens the store (on an empty store, a
-/// new database and its fsyncs), so the first pull does not wait for the TLS roots.
-pub(crate) fn early_client(args: &BuildArgs) -> Result<std::sync::Arc<rbuild_registry::Client>> {
-    let client = std::sync::Arc::new(args.registry.client(platform_of(args)?)?);
+/// What a build starts before its store is opened (on an empty store, a new database and its
+/// fsyncs): the registry client, whose HTTP clients a thread makes for every registry the build
+/// will surely talk to (each `--cache-from` registry, each `FROM` naming a registry host), and
+/// the reading of the `--cache-from` caches (their manifests and configs), so that the first
+/// pull does not wait for the TLS roots and the remote layers start coming in at once.
+pub(crate) struct Early {
+    client: Arc<rbuild_registry::Client>,
+    remote: Option<std::thread::JoinHandle<(RemoteRead, Vec<String>)>>,
+}
+
+/// The `--cache-from` caches, read.
+type RemoteRead = Result<Option<Arc<rbuild_solver::RemoteCache>>>;
+
+impl Early {
+    /// The `--cache-from` caches; the warnings their reading gave go to `warn`.
+    fn remote_cache(&mut self, args: &BuildArgs, warn: &dyn Fn(String)) -> RemoteRead {
+        let Some(h) = self.remote.take() else {
+            return args.remote_cache.import(self.client.clone(), warn);
+        };
+        let (r, warnings) = h.join().unwrap_or_else(|_| {
+            let e = anyhow!("internal error while reading --cache-from");
+            (Err(e), Vec::new())
+        });
+        warnings.into_iter().for_each(warn);
+        r
+    }
+}
+
+/// Starts what [`Early`] holds for a build with `args`.
+pub(crate) fn early_client(args: &BuildArgs) -> Result<Early> {
+    let client = Arc::new(args.registry.client(platform_of(args)?)?);
     let mut registries: Vec<String> = args.remote_cache.registries();
     if let Ok(text) = std::fs::read_to_string(dockerfile_path(args)) {
         registries.extend(from_registries(&text));
@@ -219,7 +245,20 @@ pub(crate) fn early_client(args: &BuildArgs) -> Result<std::sync::Arc<rbuild_reg
             .name("registry-warmup".into())
             .spawn(move || registries.iter().for_each(|r| c.prepare(r)));
     }
-    Ok(client)
+    let remote = (!args.remote_cache.cache_from.is_empty()).then(|| {
+        let (c, caches) = (client.clone(), args.remote_cache.clone());
+        std::thread::Builder::new()
+            .name("cache-from".into())
+            .spawn(move || {
+                let warnings = std::sync::Mutex::new(Vec::new());
+                let r = caches.import(c, &|w| {
+                    warnings.lock().unwrap_or_else(|p| p.into_inner()).push(w)
+                });
+                (r, warnings.into_inner().unwrap_or_else(|p| p.into_inner()))
+            })
+    });
+    let remote = remote.transpose().context("start reading --cache-from")?;
+    Ok(Early { client, remote })
 }
 
 /// Registry hosts named literally by `FROM` lines (no variables; stage names have no host).
@@ -272,11 +311,8 @@ fn platform_of(args: &BuildArgs) -> Result<Option<Platform>> {
         .transpose()
 }
 
-pub(crate) fn build(
-    store: Store,
-    args: BuildArgs,
-    client: std::sync::Arc<rbuild_registry::Client>,
-) -> Result<ExitCode> {
+pub(crate) fn build(store: Store, args: BuildArgs, mut early: Early) -> Result<ExitCode> {
+    let client = early.client.clone();
     let started = Instant::now();
     let tags: Vec<ImageRef> = args
         .tags
@@ -359,9 +395,8 @@ pub(crate) fn build(
         let _stop_prefetch = StopOnDrop(&stop);
         let (mut graph, remote) = std::thread::scope(|sc| {
             let import = sc.spawn(|| {
-                let r = args.remote_cache.import(client.clone(), &|w| {
-                    progress.event(rbuild_solver::Event::Warning(w))
-                });
+                let r = early
+                    .remote_cache(&args, &|w| progress.event(rbuild_solver::Event::Warning(w)));
                 if let (Ok(Some(remote)), Some(stage)) = (&r, target_stage) {
                     let (remote, store, file, stop) =
                         (remote.clone(), &store, &dockerfile_file, &stop);

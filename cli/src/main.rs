@@ -187,8 +187,8 @@ pub(crate) fn parse_ref(s: &str) -> Result<ImageRef> {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build(args) => {
-            let client = build::early_client(&args)?;
-            build::build(open_store(cli.root)?, args, client)
+            let early = build::early_client(&args)?;
+            build::build(open_store(cli.root)?, args, early)
         }
         Command::Images { format } => images::images(&open_store(cli.root)?, format),
         Command::Image(c) => image_cmds::image(&open_store(cli.root)?, c),

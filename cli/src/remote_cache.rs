@@ -16,7 +16,7 @@ use rbuild_types::ImageRef;
 use crate::parse_ref;
 
 /// Remote cache flags of `rbuild build`.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Clone, Debug, Default)]
 pub(crate) struct RemoteCacheArgs {
     /// Import a build cache: type=registry,ref=REG/REPO:TAG (or just the ref; an image pushed
     /// with an inline cache works too), type=local,src=DIR[,tag=T] (repeatable).

@@ -3,21 +3,19 @@
 //! directories). Every blob that comes in is checked against its digest and size, and every
 //! layer also against its diff_id, before it enters the store.
 
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::RegistryOperation;
 use rbuild_cache::artifact::LayerDesc;
 use rbuild_cache::Store;
-use rbuild_exporter::Compression;
 use rbuild_types::{Digest, ImageRef};
 use serde_json::{json, Value};
 
-use futures_util::StreamExt;
-
-use crate::{check, compression_of, io_err, registry_err, Client, Error, Result, Session};
+use crate::layers::Listed;
+use crate::{check, io_err, registry_err, Client, Error, Result, Session};
 
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -69,10 +67,10 @@ impl Client {
         let Session {
             registry,
             name,
-            client,
             auth,
             reference,
         } = self.session(target)?;
+        let client = self.oci(&registry);
         let perr = registry_err("push cache", &name, &registry);
         self.authorize(&client, &reference, &auth, RegistryOperation::Push)
             .map_err(perr)?;
@@ -89,7 +87,7 @@ impl Client {
             self.retry(|| client.push_blob(&reference, data.clone(), &ds))
                 .map_err(perr)?;
         }
-        let ct = http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE);
+        let ct = ::http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE);
         let mut last = None;
         for form in forms {
             let body = bytes::Bytes::from(form.clone());
@@ -112,39 +110,37 @@ impl Client {
     /// The manifest `target` names, checked against the digest the registry gives for it;
     /// `None` when the registry has no such tag or repository.
     pub fn pull_artifact_manifest(&self, target: &ImageRef) -> Result<Option<Vec<u8>>> {
-        let Session {
-            registry,
-            name,
-            client,
-            auth,
-            reference,
-        } = self.session(target)?;
+        let s = self.session(target)?;
         let types = [
             MANIFEST_MEDIA_TYPE,
             "application/vnd.oci.image.index.v1+json",
             "application/vnd.docker.distribution.manifest.v2+json",
         ];
-        let (bytes, digest) =
-            match self.retry(|| client.pull_manifest_raw(&reference, &auth, &types)) {
-                Ok(x) => x,
-                Err(e) if not_found(&e) => return Ok(None),
-                Err(e) => return Err(registry_err("pull cache", &name, &registry)(e)),
-            };
+        let reference = match &target.digest {
+            Some(d) => d.to_string(),
+            None => target.tag.clone().unwrap_or_else(|| "latest".into()),
+        };
+        let (bytes, digest) = match self.fetch_manifest(&s, &reference, &types) {
+            Ok(fetched) => fetched?,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(registry_err("pull cache", &s.name, &s.registry)(e)),
+        };
         let actual = Digest::of(&bytes);
         let want = target
             .digest
             .as_ref()
             .map(|d| d.to_string())
-            .unwrap_or(digest);
+            .or(digest)
+            .unwrap_or_default();
         if !want.is_empty() && actual.to_string() != want {
             return Err(Error::Verification {
-                image: name,
+                image: s.name,
                 what: "manifest",
                 expected: want,
                 problem: format!("content has digest {actual}"),
             });
         }
-        Ok(Some(bytes.to_vec()))
+        Ok(Some(bytes))
     }
 
     /// A small blob (a config) of `target`'s repository, checked against digest and size.
@@ -155,43 +151,19 @@ impl Client {
                 reason: format!("config blob {d} is {size} bytes, more than the 64 MiB allowed"),
             });
         }
-        let Session {
-            registry,
-            name,
-            client,
-            auth,
-            reference,
-        } = self.session(target)?;
-        // Sets the credentials in the client (pull_blob does not take them).
-        self.authorize(&client, &reference, &auth, RegistryOperation::Pull)
-            .map_err(registry_err("pull cache", &name, &registry))?;
-        let ds = d.to_string();
+        let s = self.session(target)?;
         let data = self
-            .retry(|| async {
-                let mut v: Vec<u8> = Vec::new();
-                client.pull_blob(&reference, ds.as_str(), &mut v).await?;
-                Ok(v)
-            })
-            .map_err(|e| crate::blob_error(e, &name, &registry, "config", d))?;
-        check(&name, "config", d, Some(size), &data)?;
+            .fetch_small_blob(&s, d, size)
+            .map_err(|e| crate::blob_error(e, &s.name, &s.registry, "config", d))?;
+        check(&s.name, "config", d, Some(size), &data)?;
         Ok(data)
     }
 
     /// Whether `target`'s repository has blob `d` (a `HEAD` request; nothing is downloaded).
     pub fn cache_blob_exists(&self, target: &ImageRef, d: &Digest) -> Result<bool> {
-        let Session {
-            registry,
-            name,
-            client,
-            auth,
-            reference,
-        } = self.session(target)?;
-        let err = registry_err("pull cache", &name, &registry);
-        self.authorize(&client, &reference, &auth, RegistryOperation::Pull)
-            .map_err(err)?;
-        let ds = d.to_string();
-        self.retry(|| client.blob_exists(&reference, &ds))
-            .map_err(err)
+        let s = self.session(target)?;
+        self.blob_exists(&s, d)
+            .map_err(registry_err("pull cache", &s.name, &s.registry))
     }
 
     /// Downloads one cache layer of `target`, checks it (digest and size; diff_id and tar size
@@ -205,226 +177,8 @@ impl Client {
         target: &ImageRef,
         layer: &LayerDesc,
     ) -> Result<()> {
-        if has_layer(store, layer)? {
-            return Ok(());
-        }
-        let alg = layer_compression(layer, &target.to_string())?;
-        let Session {
-            registry,
-            name,
-            client,
-            auth,
-            reference,
-        } = self.session(target)?;
-        self.authorize(&client, &reference, &auth, RegistryOperation::Pull)
-            .map_err(registry_err("pull cache", &name, &registry))?;
-        if store.has_blob(&layer.digest) {
-            return store_layer(store, layer, &name);
-        }
-        // Straight into the store's ingest area, hashed while written and decompressed into a
-        // second hash (the diff_id); committed only if both match (a partial or wrong blob is
-        // removed with the writer).
-        let ds = layer.digest.to_string();
-        let w = self
-            .retry(|| async {
-                let mut w = Ingest::new(store, alg)?;
-                let mut stream = client.pull_blob_stream(&reference, ds.as_str()).await?;
-                while let Some(chunk) = stream.next().await {
-                    w.write_all(&chunk?)?;
-                    if w.blob.written() > layer.size {
-                        break;
-                    }
-                }
-                Ok::<_, OciDistributionError>(w)
-            })
-            .map_err(|e| crate::blob_error(e, &name, &registry, "layer", &layer.digest))?;
-        w.commit(store, layer, &name)
+        self.fetch_layer(store, &self.session(target)?, layer, Listed::InCache)
     }
-}
-
-/// Whether the store has layer `layer.diff_id` already: its tar, or this very compressed blob
-/// recorded for it.
-fn has_layer(store: &Store, layer: &LayerDesc) -> Result<bool> {
-    Ok(store.has_blob(&layer.diff_id)
-        || (store.has_blob(&layer.digest)
-            && store
-                .compressed_layers_of(&layer.diff_id)?
-                .iter()
-                .any(|(_, d)| *d == layer.digest)))
-}
-
-fn layer_compression(layer: &LayerDesc, name: &str) -> Result<Compression> {
-    compression_of(&layer.media_type).ok_or_else(|| Error::BadManifest {
-        image: name.into(),
-        reason: format!(
-            "layer {} has media type {:?}, which is not a layer tar",
-            layer.digest, layer.media_type
-        ),
-    })
-}
-
-/// A cache layer coming in: the compressed bytes go to a blob writer (digest) and through a
-/// decompressor into a second hash (diff_id).
-struct Ingest {
-    blob: rbuild_cache::BlobWriter,
-    tar: TarHasher,
-    alg: Compression,
-}
-
-/// The diff_id side of an [`Ingest`], on its own thread: the downloading thread hashes and
-/// writes the compressed bytes while this one decompresses and hashes the tar (the two passes
-/// take about as long; on two cores the layer is in about half the time). A decompression
-/// error is kept and reported by `finish` as a verification failure (not an I/O error the
-/// download would retry). Dropped without `finish` (a failed download), the thread ends when
-/// its channel closes.
-struct TarHasher {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    done: Option<std::thread::JoinHandle<io::Result<(Digest, u64)>>>,
-}
-
-impl TarHasher {
-    fn new(alg: Compression) -> io::Result<TarHasher> {
-        let mut w = rbuild_exporter::DiffIdWriter::new(alg).map_err(io::Error::other)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
-        let done = std::thread::Builder::new()
-            .name("layer-diff-id".into())
-            .spawn(move || {
-                let mut err = None;
-                for chunk in rx {
-                    if err.is_none() {
-                        if let Err(e) = w.write_all(&chunk) {
-                            err = Some(e);
-                        }
-                    }
-                }
-                match err {
-                    Some(e) => Err(e),
-                    None => w.finish(),
-                }
-            })?;
-        Ok(TarHasher {
-            tx: Some(tx),
-            done: Some(done),
-        })
-    }
-
-    fn write(&mut self, buf: &[u8]) {
-        if let Some(tx) = &self.tx {
-            // A closed channel means the thread ended (a panic): `finish` reports it.
-            let _ = tx.send(buf.to_vec());
-        }
-    }
-
-    /// The diff_id and size of the decompressed stream.
-    fn finish(mut self) -> io::Result<(Digest, u64)> {
-        drop(self.tx.take());
-        match self.done.take().map(|h| h.join()) {
-            Some(Ok(r)) => r,
-            _ => Err(io::Error::other("the decompressing thread failed")),
-        }
-    }
-}
-
-impl Ingest {
-    fn new(store: &Store, alg: Compression) -> io::Result<Ingest> {
-        Ok(Ingest {
-            blob: store.blob_writer().map_err(io::Error::other)?,
-            tar: TarHasher::new(alg)?,
-            alg,
-        })
-    }
-
-    /// Checks size, diff_id and digest, then commits the blob and records the layer.
-    fn commit(self, store: &Store, layer: &LayerDesc, name: &str) -> Result<()> {
-        let bad = |expected: &Digest, problem: String| Error::Verification {
-            image: name.into(),
-            what: "layer",
-            expected: expected.to_string(),
-            problem,
-        };
-        if self.blob.written() != layer.size {
-            return Err(bad(
-                &layer.digest,
-                format!(
-                    "size {} bytes (or more), the cache says {}",
-                    self.blob.written(),
-                    layer.size
-                ),
-            ));
-        }
-        let (diff_id, tar_size) = self
-            .tar
-            .finish()
-            .map_err(|e| bad(&layer.diff_id, format!("cannot be decompressed: {e}")))?;
-        if diff_id != layer.diff_id {
-            return Err(bad(
-                &layer.diff_id,
-                format!("uncompressed content has digest {diff_id}, not the cache's diff_id"),
-            ));
-        }
-        match self.blob.commit(Some(&layer.digest)) {
-            Ok(_) => {}
-            Err(rbuild_cache::Error::DigestMismatch { actual, .. }) => {
-                return Err(bad(&layer.digest, format!("content has digest {actual}")))
-            }
-            Err(e) => return Err(e.into()),
-        }
-        record_layer(store, layer, self.alg, tar_size)
-    }
-}
-
-impl Write for Ingest {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.blob.write_all(buf)?;
-        self.tar.write(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.blob.flush()
-    }
-}
-
-/// Records a verified layer blob: compressed, as a layer kept compressed; uncompressed, it is
-/// the layer's tar itself.
-fn record_layer(store: &Store, layer: &LayerDesc, alg: Compression, tar_size: u64) -> Result<()> {
-    if alg != Compression::None {
-        store.put_lazy_layer(
-            &layer.diff_id,
-            tar_size,
-            alg.name(),
-            &layer.digest,
-            layer.size,
-        )?;
-    }
-    Ok(())
-}
-
-/// Records a compressed blob already in the store (digest-checked) as layer `layer.diff_id`
-/// after checking, by decompressing it into a hash, that it is that layer.
-fn store_layer(store: &Store, layer: &LayerDesc, name: &str) -> Result<()> {
-    let alg = layer_compression(layer, name)?;
-    if layer.digest == layer.diff_id {
-        return Ok(());
-    }
-    let src = store.blob_path(&layer.digest);
-    let mut f = File::open(&src).map_err(io_err("open", &src))?;
-    let mut tar = rbuild_exporter::DiffIdWriter::new(alg)?;
-    io::copy(&mut f, &mut tar).map_err(io_err("read", &src))?;
-    let (diff_id, tar_size) = tar.finish().map_err(|e| Error::Verification {
-        image: name.into(),
-        what: "layer",
-        expected: layer.diff_id.to_string(),
-        problem: format!("cannot be decompressed: {e}"),
-    })?;
-    if diff_id != layer.diff_id {
-        return Err(Error::Verification {
-            image: name.into(),
-            what: "layer",
-            expected: layer.diff_id.to_string(),
-            problem: format!("uncompressed content has digest {diff_id}, not the cache's diff_id"),
-        });
-    }
-    record_layer(store, layer, alg, tar_size)
 }
 
 /// An OCI image layout directory holding cache manifests, one per tag
@@ -550,18 +304,8 @@ impl Layout {
 
     /// Checks one cache layer of the layout (digest, size, diff_id) and stores it.
     pub fn fetch_cache_layer(&self, store: &Store, layer: &LayerDesc) -> Result<()> {
-        if has_layer(store, layer)? {
-            return Ok(());
-        }
         let name = self.dir.display().to_string();
-        let alg = layer_compression(layer, &name)?;
-        let p = self.blob(&layer.digest);
-        // Copied while hashing (and decompressed into the diff_id's hash), so a file changed
-        // under us cannot pass the check.
-        let mut src = File::open(&p).map_err(io_err("open", &p))?;
-        let mut w = Ingest::new(store, alg).map_err(io_err("store", &p))?;
-        io::copy(&mut Read::take(&mut src, layer.size + 1), &mut w).map_err(io_err("read", &p))?;
-        w.commit(store, layer, &name)
+        crate::layers::store_file(store, layer, &name, &self.blob(&layer.digest))
     }
 }
 

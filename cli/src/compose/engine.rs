@@ -170,7 +170,7 @@ impl<'a> Engine<'a> {
                     s.spawn(move || {
                         say("Service", &name, "Building");
                         let r = crate::build::early_client(&args)
-                            .and_then(|client| crate::build::build(store, args, client));
+                            .and_then(|early| crate::build::build(store, args, early));
                         (name, r)
                     })
                 })
