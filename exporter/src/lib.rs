@@ -19,6 +19,7 @@ mod archive;
 mod image;
 mod layer;
 mod oci;
+mod replace;
 mod source;
 mod sys;
 mod tarhash;

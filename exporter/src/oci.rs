@@ -304,7 +304,7 @@ impl TarOut {
             // Not fsynced, as `docker save` and buildctl's outputs: the file is outside the
             // store, whose crash-safety argument does not depend on it; it appears at `dest`
             // by rename only when complete, so a killed build never leaves a partial archive.
-            fs::rename(&*tmp, &self.dest).map_err(Error::io("rename to", &self.dest))?;
+            crate::replace::replace(tmp, &self.dest).map_err(Error::io("rename to", &self.dest))?;
         }
         self.done = true;
         Ok(())
