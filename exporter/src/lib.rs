@@ -14,8 +14,10 @@
 //!   compressed blobs are kept in the store for the next export or push).
 //! - [`export_docker_archive`], [`export_local_dir`], [`load_archive`]: docker-save tars, the
 //!   merged final filesystem, and reading OCI/docker archives back into the store.
+//! - [`GzipWriter`]: the gzip encoder of every layer blob; chunks that do not compress are stored.
 
 mod archive;
+mod gzip;
 mod image;
 mod layer;
 mod oci;
@@ -30,6 +32,7 @@ use std::path::PathBuf;
 use rbuild_types::Digest;
 
 pub use archive::{export_docker_archive, export_local_dir, export_rootfs_tar, load_archive};
+pub use gzip::GzipWriter;
 pub use image::{import_rootfs, load_image, write_image, write_image_json, write_image_raw, Image};
 pub use layer::{
     write_layer, write_layer_after, write_layer_clamped, write_layer_dir, OPAQUE_MARKER,

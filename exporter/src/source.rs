@@ -38,6 +38,7 @@ use rbuild_cache::{SnapshotId, SnapshotUse, Store};
 use rbuild_types::{Digest, Sha256Writer};
 use sha2::{Digest as _, Sha256};
 
+use crate::gzip::GzipWriter;
 use crate::oci::Compression;
 use crate::{layer, unpack, Error, Result};
 
@@ -400,11 +401,12 @@ fn from_compressed(
     Ok((d, written))
 }
 
-/// Compresses `input` into `out` with `c` (gzip level 1, zstd level 3); returns `out`.
+/// Compresses `input` into `out` with `c` (gzip level 1 storing what does not compress, see
+/// [`GzipWriter`]; zstd level 3); returns `out`.
 fn compress<W: Write>(input: &mut dyn io::Read, out: W, c: Compression) -> io::Result<W> {
     match c {
         Compression::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+            let mut enc = GzipWriter::new(out);
             io::copy(input, &mut enc)?;
             enc.finish()
         }
@@ -424,7 +426,7 @@ fn compress<W: Write>(input: &mut dyn io::Read, out: W, c: Compression) -> io::R
 /// A compressor over `W` whose input is hashed first (the uncompressed stream's digest is the
 /// diff_id to check).
 enum Encoder<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(GzipWriter<W>),
     Zstd(zstd::Encoder<'static, W>),
     Plain(W),
 }
@@ -432,10 +434,7 @@ enum Encoder<W: Write> {
 impl<W: Write> Encoder<W> {
     fn new(out: W, c: Compression) -> io::Result<Self> {
         Ok(match c {
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                out,
-                flate2::Compression::fast(),
-            )),
+            Compression::Gzip => Encoder::Gzip(GzipWriter::new(out)),
             Compression::Zstd => Encoder::Zstd(zstd::Encoder::new(out, 3)?),
             Compression::None => Encoder::Plain(out),
         })
