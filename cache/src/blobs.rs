@@ -61,34 +61,35 @@ impl BlobWriter {
 
     /// Verifies the content (against `expected` when given), fsyncs it and renames it into
     /// `blobs/sha256/<hex>`. On a mismatch the partial file is removed and nothing is kept.
-    pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        self.seal(expected)?.commit()
+    }
+
+    /// The first half of [`BlobWriter::commit`]: verifies the content (against `expected`
+    /// when given) and fsyncs it, leaving it in `ingest/` until [`SealedBlob::commit`]. On a
+    /// mismatch the partial file is removed and nothing is kept.
+    pub fn seal(mut self, expected: Option<&Digest>) -> Result<SealedBlob> {
         let Some(w) = self.inner.take() else {
             return Err(Error::Corrupt(format!(
                 "blob writer {} already finished",
                 self.tmp.display()
             )));
         };
-        let tmp = self.tmp.clone();
-        let r = self.finish(w, expected);
-        if r.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        r
-    }
-
-    fn finish(
-        &self,
-        w: Sha256Writer<BufWriter<File>>,
-        expected: Option<&Digest>,
-    ) -> Result<(Digest, u64)> {
+        let mut sealed = SealedBlob {
+            file: None,
+            done: false,
+            tmp: std::mem::take(&mut self.tmp),
+            blobs_dir: std::mem::take(&mut self.blobs_dir),
+            digest: Digest::of(b""),
+            size: 0,
+        };
+        // From here `sealed` owns the file: dropped on an error, it removes it.
         let (buf, digest, size) = w.finish();
         let file = buf
             .into_inner()
-            .map_err(|e| Error::io("write", &self.tmp)(e.into_error()))?;
+            .map_err(|e| Error::io("write", &sealed.tmp)(e.into_error()))?;
         if let Some(exp) = expected {
             if *exp != digest {
-                drop(file);
-                let _ = fs::remove_file(&self.tmp);
                 return Err(Error::DigestMismatch {
                     expected: exp.clone(),
                     actual: digest,
@@ -96,17 +97,64 @@ impl BlobWriter {
                 });
             }
         }
-        let dest = self.blobs_dir.join(digest.hex());
-        if dest.exists() {
-            drop(file);
-            let _ = fs::remove_file(&self.tmp);
-            return Ok((digest, size));
+        if !sealed.blobs_dir.join(digest.hex()).exists() {
+            file.sync_all().map_err(Error::io("fsync", &sealed.tmp))?;
         }
-        file.sync_all().map_err(Error::io("fsync", &self.tmp))?;
+        sealed.file = Some(file);
+        sealed.digest = digest;
+        sealed.size = size;
+        Ok(sealed)
+    }
+}
+
+/// A blob whose content is complete, verified and fsynced in `ingest/` but not yet in `blobs/`
+/// ([`BlobWriter::seal`]): a caller checks several blobs before it commits any (a pull is all
+/// or nothing). Dropped uncommitted, the file is removed.
+pub struct SealedBlob {
+    /// Open (and locked, see [`BlobWriter`]) until committed or dropped.
+    file: Option<File>,
+    /// Renamed into `blobs/` (or found there): nothing to remove.
+    done: bool,
+    tmp: PathBuf,
+    blobs_dir: PathBuf,
+    digest: Digest,
+    size: u64,
+}
+
+impl SealedBlob {
+    /// The blob's digest.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Renames the blob into `blobs/sha256/<hex>` (a blob already there is the same content:
+    /// this copy is removed) and fsyncs the directory. Returns its digest and size.
+    pub fn commit(mut self) -> Result<(Digest, u64)> {
+        let Some(file) = self.file.take() else {
+            return Err(Error::Corrupt(format!(
+                "blob {} already committed",
+                self.tmp.display()
+            )));
+        };
+        let dest = self.blobs_dir.join(self.digest.hex());
+        if dest.exists() {
+            // Dropped: the copy in `ingest/` is removed.
+            drop(file);
+            return Ok((self.digest.clone(), self.size));
+        }
         fs::rename(&self.tmp, &dest).map_err(Error::io("rename blob into", &dest))?;
+        self.done = true;
         drop(file);
         fsync_dir(&self.blobs_dir)?;
-        Ok((digest, size))
+        Ok((self.digest.clone(), self.size))
+    }
+}
+
+impl Drop for SealedBlob {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 

@@ -45,7 +45,7 @@ use rand::Rng;
 use rbuild_types::Digest;
 use rusqlite::Connection;
 
-pub use blobs::BlobWriter;
+pub use blobs::{BlobWriter, SealedBlob};
 pub use containers::{valid_name, ContainerRecord, Health, HealthProbe, NetworkAttachment};
 pub use ctxindex::ContextIndex;
 pub use error::{Error, Result};

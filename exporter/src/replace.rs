@@ -10,7 +10,6 @@
 //! descriptor (standard output and error included, so whoever reads ours sees them close when
 //! we exit). If anything of that fails the file is freed here, as a plain rename would.
 
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -74,7 +73,12 @@ unsafe fn child(keep: i32, wait: i32) -> ! {
             libc::syscall(libc::SYS_close_range, 0u32, (lo - 1) as u32, 0u32);
         }
         if hi > lo + 1 {
-            libc::syscall(libc::SYS_close_range, (lo + 1) as u32, (hi - 1) as u32, 0u32);
+            libc::syscall(
+                libc::SYS_close_range,
+                (lo + 1) as u32,
+                (hi - 1) as u32,
+                0u32,
+            );
         }
         libc::syscall(libc::SYS_close_range, (hi + 1) as u32, u32::MAX, 0u32);
         let mut b = 0u8;
@@ -95,6 +99,7 @@ unsafe fn child(keep: i32, wait: i32) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     #[test]
     fn replaces_a_file_a_symlink_or_nothing() {

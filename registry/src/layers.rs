@@ -50,12 +50,28 @@ impl Client {
         layer: &LayerDesc,
         listed: Listed,
     ) -> Result<()> {
+        match self.fetch_layer_checked(store, s, layer, listed)? {
+            Some(c) => c.commit(store),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Client::fetch_layer`] up to the commit: the layer downloaded and checked, its blob
+    /// fsynced in `ingest/` (`None`: the store has the layer, or has now recorded it from a
+    /// blob it had).
+    pub(crate) fn fetch_layer_checked(
+        &self,
+        store: &Store,
+        s: &Session,
+        layer: &LayerDesc,
+        listed: Listed,
+    ) -> Result<Option<Checked>> {
         if has_layer(store, layer)? {
-            return Ok(());
+            return Ok(None);
         }
         layer_compression(layer, &s.name)?;
         if store.has_blob(&layer.digest) {
-            return store_layer(store, layer, &s.name, listed);
+            return store_layer(store, layer, &s.name, listed).map(|()| None);
         }
         let path = format!("blobs/{}", layer.digest);
         let w = self
@@ -76,7 +92,7 @@ impl Client {
                 Ok(w)
             })
             .map_err(|e| blob_error(e, &s.name, &s.registry, "layer", &layer.digest))?;
-        w.commit(store, layer, &s.name, listed)
+        w.check(layer, &s.name, listed).map(Some)
     }
 }
 
@@ -97,7 +113,7 @@ pub(crate) fn store_file(
     let mut w = Ingest::new(store).map_err(io_err("store", path))?;
     io::copy(&mut io::Read::take(&mut src, layer.size + 1), &mut w)
         .map_err(io_err("read", path))?;
-    w.commit(store, layer, name, Listed::InCache)
+    w.check(layer, name, Listed::InCache)?.commit(store)
 }
 
 /// Whether the store has layer `layer.diff_id` already: its tar, or this very compressed blob
@@ -247,8 +263,8 @@ impl Ingest {
         })
     }
 
-    /// Checks size, diff_id and digest, then commits the blob and records the layer.
-    fn commit(self, store: &Store, layer: &LayerDesc, name: &str, listed: Listed) -> Result<()> {
+    /// Checks size, diff_id and digest; the blob is then fsynced, ready to commit.
+    fn check(self, layer: &LayerDesc, name: &str, listed: Listed) -> Result<Checked> {
         let bad = |expected: &Digest, problem: String| Error::Verification {
             image: name.into(),
             what: "layer",
@@ -279,14 +295,36 @@ impl Ingest {
                 ),
             ));
         }
-        match self.blob.commit(Some(&layer.digest)) {
-            Ok(_) => {}
+        let blob = match self.blob.seal(Some(&layer.digest)) {
+            Ok(b) => b,
             Err(rbuild_cache::Error::DigestMismatch { actual, .. }) => {
                 return Err(bad(&layer.digest, format!("content has digest {actual}")))
             }
             Err(e) => return Err(e.into()),
-        }
-        record_layer(store, layer, alg, tar_size)
+        };
+        Ok(Checked {
+            blob,
+            layer: layer.clone(),
+            alg,
+            tar_size,
+        })
+    }
+}
+
+/// A layer downloaded and checked, its blob fsynced but not yet in the store
+/// ([`Client::fetch_layer_checked`]); dropped, it leaves nothing.
+pub(crate) struct Checked {
+    blob: rbuild_cache::SealedBlob,
+    layer: LayerDesc,
+    alg: Compression,
+    tar_size: u64,
+}
+
+impl Checked {
+    /// Commits the blob and records the layer (kept compressed).
+    pub(crate) fn commit(self, store: &Store) -> Result<()> {
+        self.blob.commit()?;
+        record_layer(store, &self.layer, self.alg, self.tar_size)
     }
 }
 

@@ -555,10 +555,10 @@ impl Client {
             });
         }
         // 2. Layers, all at once: each goes straight into the store's ingest area, hashed as
-        // it arrives and decompressed into a second hash on its own thread; its blob is
-        // committed and its layer recorded (kept compressed: its tar and snapshot are made
-        // when something needs them) only when both match. A failed pull tags nothing; the
-        // verified layers it stored are content-addressed and go with the next prune.
+        // it arrives and decompressed into a second hash on its own thread, then fsynced.
+        // 3. Only when every layer checked out are the blobs committed and the layers recorded
+        // (kept compressed: their tars and snapshots are made when something needs them); a
+        // failed pull leaves nothing.
         let layers: Vec<LayerDesc> = layer_descs
             .into_iter()
             .zip(diff_ids)
@@ -569,33 +569,9 @@ impl Client {
                 diff_id,
             })
             .collect();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let work = || -> Result<()> {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(l) = layers.get(i) else {
-                    return Ok(());
-                };
-                self.fetch_layer(store, &s, l, Listed::InImage)?;
-            }
-        };
-        std::thread::scope(|sc| {
-            let others: Vec<_> = (1..PULL_JOBS.min(layers.len()))
-                .map(|_| sc.spawn(work))
-                .collect();
-            let mut r = work();
-            for h in others {
-                let o = h.join().unwrap_or_else(|_| {
-                    Err(Error::Registry {
-                        op: "pull",
-                        image: name.clone(),
-                        message: "internal error while fetching a layer".into(),
-                    })
-                });
-                r = r.and(o);
-            }
-            r
-        })?;
+        for c in self.fetch_layers(store, &s, &layers)? {
+            c.commit(store)?;
+        }
         let (manifest, config_digest) = rbuild_exporter::write_image_raw(store, &config)?;
         store.put_blob(&manifest_bytes)?;
         store.set_tag(image, &manifest)?;
@@ -603,6 +579,57 @@ impl Client {
             manifest,
             config: config_digest,
             remote_digest,
+        })
+    }
+
+    /// Fetches and checks `layers` [`PULL_JOBS`] at a time; the first failure stops the
+    /// others taking new layers and is the answer (what was fetched is then dropped).
+    fn fetch_layers(
+        &self,
+        store: &Store,
+        s: &Session,
+        layers: &[LayerDesc],
+    ) -> Result<Vec<layers::Checked>> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let (next, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
+        let work = || -> Result<Vec<layers::Checked>> {
+            let mut done = Vec::new();
+            while !failed.load(Ordering::SeqCst) {
+                let Some(l) = layers.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                    break;
+                };
+                match self.fetch_layer_checked(store, s, l, Listed::InImage) {
+                    Ok(c) => done.extend(c),
+                    Err(e) => {
+                        failed.store(true, Ordering::SeqCst);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(done)
+        };
+        std::thread::scope(|sc| {
+            let others: Vec<_> = (1..PULL_JOBS.min(layers.len()))
+                .map(|_| sc.spawn(work))
+                .collect();
+            let mut all = work();
+            for h in others {
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(Error::Registry {
+                        op: "pull",
+                        image: s.name.clone(),
+                        message: "internal error while fetching a layer".into(),
+                    })
+                });
+                all = match (all, r) {
+                    (Ok(mut a), Ok(b)) => {
+                        a.extend(b);
+                        Ok(a)
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
+            }
+            all
         })
     }
 
