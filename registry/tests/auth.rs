@@ -213,6 +213,8 @@ fn a_registry_that_refuses_anonymous_pulls_says_log_in() {
         let challenge = "WWW-Authenticate: Basic realm=\"test\"".to_string();
         ("401 Unauthorized".into(), vec![challenge], b"{}".to_vec())
     }));
-    let err = pull(&reg).err().expect("a 401 must fail the pull");
+    let Err(err) = pull(&reg) else {
+        panic!("a 401 must fail the pull")
+    };
     assert!(err.contains("rbuild login"), "{err}");
 }
