@@ -1,12 +1,14 @@
 //! OCI distribution client for rbuild: pull into the store, push from it, credentials.
 //!
-//! Built on `oci-client` (HTTP, the bearer-token dance, chunked uploads). This crate adds what
-//! rbuild needs around it:
+//! Pushes are built on `oci-client` (chunked uploads, the bearer-token dance); pulls send their
+//! requests with reqwest directly (`http` module: no TLS roots for a plain-HTTP registry, no
+//! `/v2/` probe, credentials on a `401`). This crate adds what rbuild needs around them:
 //! - a blocking API (an internal single-threaded tokio runtime), since the solver uses threads;
 //! - platform selection in image indexes and Docker manifest lists;
 //! - verification of every pulled blob against its digest and size, and of every layer's
 //!   uncompressed content against the config's diff_id, before anything enters the store;
-//!   a pull is all or nothing (blobs are staged in a temporary directory first);
+//!   a pull is all or nothing (its layers are fetched at once into the store's `ingest/`,
+//!   checked and fsynced there, and committed only when every one checked out);
 //! - plain HTTP for loopback registries and those named with `--insecure-registry`;
 //! - credentials from `rbuild login` and `~/.docker/config.json` (the same file);
 //! - retries with backoff on 5xx answers and dropped connections;
