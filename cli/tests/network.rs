@@ -573,11 +573,12 @@ fn seeds_scenario_db_and_web_on_app() {
         &[],
     );
     env.build_ok("network-db:1", &db, &[]);
-    // The CGI retries once, as an app would: aardvark-dns 1.4 restarts its listeners whenever a
-    // container joins or leaves a network (the probes below do), and a lookup can miss then.
+    // The CGI retries for a few seconds, as an app would: aardvark-dns 1.4 restarts its
+    // listeners whenever a container joins or leaves a network (the probes below do, right when
+    // they ask web to fetch), and on a loaded machine a lookup can miss for a second or two.
     let cgi = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\n\
                get() { printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 network-sdb 80 | sed '1,/^\\r*$/d'; }\n\
-               body=$(get); [ -n \"$body\" ] || { sleep 1; body=$(get); }\n\
+               for i in 1 2 3 4; do body=$(get); [ -n \"$body\" ] && break; sleep 1; done\n\
                if [ -n \"$body\" ]; then echo \"web got: $body\"; else echo 'web: fetch failed'; fi\n";
     let web = env.context(
         "web",
@@ -649,7 +650,7 @@ fn seeds_scenario_db_and_web_on_app() {
             "busybox:local",
             "sh",
             "-c",
-            "printf 'GET /cgi-bin/fetch HTTP/1.0\\r\\n\\r\\n' | nc -w 5 frontend 80 | tail -1",
+            "printf 'GET /cgi-bin/fetch HTTP/1.0\\r\\n\\r\\n' | nc -w 20 frontend 80 | tail -1",
         ]);
         if stdout(&out) == "web got: rows from the db\n" {
             break;
