@@ -9,6 +9,13 @@
 //! never a torn one; a checksum trailer catches a file cut short by a crash, which then reads as
 //! empty and costs one re-hash of the selection).
 //!
+//! A file changed within [`RACY_NS`] of the moment it was read is recorded "racily clean" (git's
+//! term): on kernels and filesystems whose timestamps are coarse (a clock tick, before Linux
+//! 6.13's multigrain timestamps), a second change of the same size in the same tick would leave
+//! size, mtime, ctime and inode as recorded, and the stale digest would be trusted. Such an
+//! entry is kept with a size no file has, so the next build reads the file again (once: by
+//! then its times are old).
+//!
 //! Format (`ctxindex/<sha256 of the selection's identity>`, integers little-endian):
 //! ```text
 //! "rbuild-ctxidx-1\n"                      16-byte magic
@@ -32,6 +39,19 @@ use crate::{random_name, Store};
 
 const MAGIC: &[u8; 16] = b"rbuild-ctxidx-1\n";
 const FIXED: usize = 8 * 4 + 32;
+
+/// How recent (before the file was read) a change time makes an entry racily clean: ten times
+/// the coarsest kernel clock tick (10 ms at `HZ=100`), which is what file times come from.
+pub const RACY_NS: i64 = 100_000_000;
+
+/// Whether a file with `stat`, read now, could change again without its stat showing it.
+fn racy(stat: &FileStat) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(i64::MAX);
+    stat.mtime_ns > now - RACY_NS || stat.ctime_ns > now - RACY_NS
+}
 
 /// One file of a context index read now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,9 +160,13 @@ impl ContextIndex {
         self.learn_raw(path, stat, raw);
     }
 
-    /// [`ContextIndex::learn`] with the digest's 32 bytes.
-    pub fn learn_raw(&mut self, path: &str, stat: FileStat, raw: [u8; 32]) {
+    /// [`ContextIndex::learn`] with the digest's 32 bytes. A racily clean file (see the module)
+    /// is kept with a size no file has: the next build reads it again.
+    pub fn learn_raw(&mut self, path: &str, mut stat: FileStat, raw: [u8; 32]) {
         self.learned += 1;
+        if racy(&stat) {
+            stat.size = u64::MAX;
+        }
         self.new.push(Slot::Learned(IndexEntry {
             path: path.to_string(),
             stat,
@@ -274,6 +298,35 @@ mod tests {
             ctime_ns: n as i64 * 20,
             inode: n + 1000,
         }
+    }
+
+    #[test]
+    fn a_file_changed_just_before_it_was_read_is_read_again() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        let fresh = FileStat {
+            size: 5,
+            mtime_ns: now,
+            ctime_ns: now,
+            inode: 7,
+        };
+        let old = FileStat {
+            size: 5,
+            mtime_ns: now - 10 * RACY_NS,
+            ctime_ns: now - 10 * RACY_NS,
+            inode: 8,
+        };
+        let mut ix = s.context_index("racy").unwrap();
+        ix.learn("fresh", fresh, &Digest::of(b"fresh"));
+        ix.learn("old", old, &Digest::of(b"old"));
+        s.save_context_index(&ix).unwrap();
+        let mut ix = s.context_index("racy").unwrap();
+        assert_eq!(ix.lookup("fresh", &fresh), None, "racily clean: read again");
+        assert_eq!(ix.lookup("old", &old), Some(Digest::of(b"old")));
     }
 
     #[test]

@@ -47,7 +47,7 @@ use rusqlite::Connection;
 
 pub use blobs::{BlobWriter, SealedBlob};
 pub use containers::{valid_name, ContainerRecord, Health, HealthProbe, NetworkAttachment};
-pub use ctxindex::ContextIndex;
+pub use ctxindex::{ContextIndex, RACY_NS};
 pub use error::{Error, Result};
 pub use locks::{KeyLock, SnapshotUse};
 pub use mounts::{CacheMountGuard, CacheMountRecord, Sharing};
