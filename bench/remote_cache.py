@@ -4,13 +4,15 @@ without a cache and with a warm remote cache in a registry, rbuild against Build
 (`--export-cache/--import-cache type=registry`) on the same registry, in one run.
 
     bench/remote_cache.py --rbuild target/release/rbuild --buildkit-bin DIR [--runs 3] [--save]
+                          [--rbuild-before OLD_BINARY]
 
 DIR holds `buildkitd` and `buildctl` (built from source, see ../shared/peers.md). Needs root, runc,
 docker-registry and busybox-static. Starts its own registry (127.0.0.1:15016) and buildkitd
 (/run/remote-cache-bench-buildkitd.sock) and stops them at the end. Every measured build starts
 cold: a fresh rbuild store (the base image is pulled from the registry as part of the build), or
 BuildKit after `buildctl prune --all`. Both engines write the image as an OCI tar, so the final
-image's layers must really be there. Standard library only.
+image's layers must really be there. `--rbuild-before` times a second rbuild binary (a previous
+release) in the same run, with a cache it exported itself. Standard library only.
 """
 
 import argparse
@@ -153,10 +155,10 @@ class Bench:
         os.makedirs(p)
         return p
 
-    def rbuild(self, name, extra):
+    def rbuild(self, name, extra, binary=None):
         env = {"RBUILD_ROOT": self.store(name), "SOURCE_DATE_EPOCH": EPOCH}
         out = os.path.join(self.w, f"{name}.oci.tar")
-        cmd = [self.a.rbuild, "build", "--progress", "plain", "-t", "bench/app:ci",
+        cmd = [binary or self.a.rbuild, "build", "--progress", "plain", "-t", "bench/app:ci",
                "-o", f"type=oci,dest={out}", *extra, self.ctx]
         return timed(cmd, env)
 
@@ -175,14 +177,25 @@ class Bench:
         log("exporting the warm caches (one build each)")
         self.rbuild("export", ["--cache-to", f"type=registry,ref={rb_ref},mode=max"])
         self.buildkit(["--export-cache", f"type=registry,ref={bk_ref},mode=max"])
-        res = {k: [] for k in ("rbuild cold", "rbuild cold + remote cache",
-                               "buildkit cold", "buildkit cold + remote cache")}
+        old = self.a.rbuild_before
+        old_ref = f"{REG}/bench/app:rbuild-before-cache"
+        if old:
+            self.rbuild("export-before", ["--cache-to", f"type=registry,ref={old_ref},mode=max"],
+                        old)
+        names = ["rbuild cold", "rbuild cold + remote cache"]
+        if old:
+            names += ["rbuild-before cold", "rbuild-before cold + remote cache"]
+        res = {k: [] for k in names + ["buildkit cold", "buildkit cold + remote cache"]}
         for i in range(self.a.runs):
             log(f"run {i + 1}/{self.a.runs}")
             res["rbuild cold"].append(self.rbuild("cold", []))
             res["buildkit cold"].append(self.buildkit([]))
             res["rbuild cold + remote cache"].append(
                 self.rbuild("warm", ["--cache-from", f"type=registry,ref={rb_ref}"]))
+            if old:
+                res["rbuild-before cold"].append(self.rbuild("cold-before", [], old))
+                res["rbuild-before cold + remote cache"].append(self.rbuild(
+                    "warm-before", ["--cache-from", f"type=registry,ref={old_ref}"], old))
             res["buildkit cold + remote cache"].append(
                 self.buildkit(["--import-cache", f"type=registry,ref={bk_ref}"]))
         return res
@@ -200,6 +213,11 @@ def report(res, args):
     lines += ["", f"rbuild/BuildKit with the remote cache: {ratio:.2f}x (target <= 0.5x: "
               f"{'met' if ratio <= 0.5 else 'missed'}); rbuild with/without the cache: "
               f"{med['rbuild cold + remote cache'] / med['rbuild cold']:.2f}x"]
+    if "rbuild-before cold + remote cache" in med:
+        b = med["rbuild-before cold + remote cache"]
+        lines += ["", f"rbuild-before/BuildKit with the remote cache: "
+                  f"{b / med['buildkit cold + remote cache']:.2f}x; rbuild/rbuild-before: "
+                  f"{med['rbuild cold + remote cache'] / b:.2f}x"]
     return "\n".join(lines) + "\n"
 
 
@@ -207,11 +225,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rbuild", required=True)
     p.add_argument("--buildkit-bin", required=True)
+    p.add_argument("--rbuild-before", help="a second rbuild binary timed in the same run")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--work", default="/var/tmp/remote-cache-bench")
     p.add_argument("--save", action="store_true")
     args = p.parse_args()
     args.rbuild = os.path.abspath(args.rbuild)
+    if args.rbuild_before:
+        args.rbuild_before = os.path.abspath(args.rbuild_before)
     b = Bench(args)
     try:
         b.start_registry()
