@@ -75,35 +75,41 @@ impl BlobWriter {
                 self.tmp.display()
             )));
         };
-        let mut sealed = SealedBlob {
-            file: None,
-            done: false,
-            tmp: std::mem::take(&mut self.tmp),
-            blobs_dir: std::mem::take(&mut self.blobs_dir),
-            digest: Digest::of(b""),
-            size: 0,
-        };
-        // From here `sealed` owns the file: dropped on an error, it removes it.
-        let (buf, digest, size) = w.finish();
-        let file = buf
-            .into_inner()
-            .map_err(|e| Error::io("write", &sealed.tmp)(e.into_error()))?;
-        if let Some(exp) = expected {
-            if *exp != digest {
-                return Err(Error::DigestMismatch {
-                    expected: exp.clone(),
-                    actual: digest,
-                    size,
-                });
+        let tmp = std::mem::take(&mut self.tmp);
+        let blobs_dir = std::mem::take(&mut self.blobs_dir);
+        let checked = (|| {
+            let (buf, digest, size) = w.finish();
+            let file = buf
+                .into_inner()
+                .map_err(|e| Error::io("write", &tmp)(e.into_error()))?;
+            if let Some(exp) = expected {
+                if *exp != digest {
+                    return Err(Error::DigestMismatch {
+                        expected: exp.clone(),
+                        actual: digest,
+                        size,
+                    });
+                }
+            }
+            if !blobs_dir.join(digest.hex()).exists() {
+                file.sync_all().map_err(Error::io("fsync", &tmp))?;
+            }
+            Ok((file, digest, size))
+        })();
+        match checked {
+            Ok((file, digest, size)) => Ok(SealedBlob {
+                file: Some(file),
+                done: false,
+                tmp,
+                blobs_dir,
+                digest,
+                size,
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
             }
         }
-        if !sealed.blobs_dir.join(digest.hex()).exists() {
-            file.sync_all().map_err(Error::io("fsync", &sealed.tmp))?;
-        }
-        sealed.file = Some(file);
-        sealed.digest = digest;
-        sealed.size = size;
-        Ok(sealed)
     }
 }
 

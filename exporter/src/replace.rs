@@ -81,17 +81,12 @@ unsafe fn child(keep: i32, wait: i32) -> ! {
             );
         }
         libc::syscall(libc::SYS_close_range, (hi + 1) as u32, u32::MAX, 0u32);
+        // Nothing is ever written: the read ends at end of file (our exit) or on an error
+        // other than an interruption.
         let mut b = 0u8;
-        loop {
-            let n = libc::read(wait, (&mut b as *mut u8).cast(), 1);
-            if n < 0 && *libc::__errno_location() == libc::EINTR {
-                continue;
-            }
-            if n != 0 {
-                // Nothing is ever written; any other answer ends the wait too.
-            }
-            break;
-        }
+        while libc::read(wait, (&mut b as *mut u8).cast(), 1) < 0
+            && *libc::__errno_location() == libc::EINTR
+        {}
         libc::_exit(0)
     }
 }

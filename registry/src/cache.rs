@@ -8,7 +8,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::RegistryOperation;
 use rbuild_cache::artifact::LayerDesc;
 use rbuild_cache::Store;
 use rbuild_types::{Digest, ImageRef};
@@ -64,29 +63,16 @@ impl Client {
         blobs: &[Digest],
         forms: &[Vec<u8>],
     ) -> Result<Digest> {
-        let Session {
-            registry,
-            name,
-            auth,
-            reference,
-        } = self.session(target)?;
-        let client = self.oci(&registry);
+        let (
+            Session {
+                registry,
+                name,
+                reference,
+                ..
+            },
+            client,
+        ) = self.push_blobs(store, target, blobs, "push cache")?;
         let perr = registry_err("push cache", &name, &registry);
-        self.authorize(&client, &reference, &auth, RegistryOperation::Push)
-            .map_err(perr)?;
-        for d in blobs {
-            let ds = d.to_string();
-            if self
-                .retry(|| client.blob_exists(&reference, &ds))
-                .map_err(perr)?
-            {
-                continue;
-            }
-            let path = store.blob_path(d);
-            let data = bytes::Bytes::from(fs::read(&path).map_err(io_err("read", &path))?);
-            self.retry(|| client.push_blob(&reference, data.clone(), &ds))
-                .map_err(perr)?;
-        }
         let ct = ::http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE);
         let mut last = None;
         for form in forms {

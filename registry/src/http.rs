@@ -58,9 +58,8 @@ impl Client {
 
     /// `scheme://registry` of the session's registry.
     pub(crate) fn base_url(&self, s: &Session) -> String {
-        let plain = self.plain_http(&s.registry);
         let host = s.reference.resolve_registry();
-        let scheme = if plain.iter().any(|p| p == host || p == &s.registry) {
+        let scheme = if self.is_plain_http(&s.registry) || self.is_plain_http(host) {
             "http"
         } else {
             "https"

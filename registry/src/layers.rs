@@ -69,7 +69,7 @@ impl Client {
         if has_layer(store, layer)? {
             return Ok(None);
         }
-        layer_compression(layer, &s.name)?;
+        check_media_type(layer, &s.name)?;
         if store.has_blob(&layer.digest) {
             return store_layer(store, layer, &s.name, listed).map(|()| None);
         }
@@ -108,7 +108,7 @@ pub(crate) fn store_file(
     if has_layer(store, layer)? {
         return Ok(());
     }
-    layer_compression(layer, name)?;
+    check_media_type(layer, name)?;
     let mut src = File::open(path).map_err(io_err("open", path))?;
     let mut w = Ingest::new(store).map_err(io_err("store", path))?;
     io::copy(&mut io::Read::take(&mut src, layer.size + 1), &mut w)
@@ -127,14 +127,18 @@ fn has_layer(store: &Store, layer: &LayerDesc) -> Result<bool> {
                 .any(|(_, d)| *d == layer.digest)))
 }
 
-fn layer_compression(layer: &LayerDesc, name: &str) -> Result<Compression> {
-    compression_of(&layer.media_type).ok_or_else(|| Error::BadManifest {
-        image: name.into(),
-        reason: format!(
-            "layer {} has media type {:?}, which is not a layer tar",
-            layer.digest, layer.media_type
-        ),
-    })
+/// Refuses a layer whose media type is not a layer tar (its compression is read from its
+/// bytes, [`sniff`]).
+fn check_media_type(layer: &LayerDesc, name: &str) -> Result<()> {
+    compression_of(&layer.media_type)
+        .map(|_| ())
+        .ok_or_else(|| Error::BadManifest {
+            image: name.into(),
+            reason: format!(
+                "layer {} has media type {:?}, which is not a layer tar",
+                layer.digest, layer.media_type
+            ),
+        })
 }
 
 /// A cache layer coming in: the compressed bytes go to a blob writer (digest) and through a
@@ -357,7 +361,7 @@ fn record_layer(store: &Store, layer: &LayerDesc, alg: Compression, tar_size: u6
 /// Records a compressed blob already in the store (digest-checked) as layer `layer.diff_id`
 /// after checking, by decompressing it into a hash, that it is that layer.
 fn store_layer(store: &Store, layer: &LayerDesc, name: &str, listed: Listed) -> Result<()> {
-    layer_compression(layer, name)?;
+    check_media_type(layer, name)?;
     if layer.digest == layer.diff_id {
         return Ok(());
     }

@@ -318,12 +318,19 @@ impl Client {
             .unwrap_or_else(docker_config_path)
     }
 
+    /// The registries oci-client reaches over plain HTTP for `registry`'s client.
     fn plain_http(&self, registry: &str) -> Vec<String> {
         let mut plain: Vec<String> = self.opts.insecure.clone();
         if is_loopback(registry) {
             plain.push(registry.to_string());
         }
         plain
+    }
+
+    /// Whether `registry` is reached over plain HTTP: a loopback one, or one named with
+    /// `--insecure-registry`.
+    fn is_plain_http(&self, registry: &str) -> bool {
+        is_loopback(registry) || self.opts.insecure.iter().any(|p| p == registry)
     }
 
     /// Makes the HTTP clients a pull from `registry` needs now, unless they exist: for a
@@ -333,7 +340,7 @@ impl Client {
     /// to do first (opening the store) runs this on a thread of its own; a request that needs
     /// a client meanwhile waits for it rather than making another.
     pub fn prepare(&self, registry: &str) {
-        let plain = self.plain_http(registry).iter().any(|p| p == registry);
+        let plain = self.is_plain_http(registry);
         let _ = self.http_client(!plain);
         if !plain {
             let _ = self.oci(registry);
@@ -635,6 +642,38 @@ impl Client {
         })
     }
 
+    /// Starts a push to `target` (`op` names it in errors: "push", "push cache"): the
+    /// registry's oci-client, authorized for pushing (which runs the token dance), and `blobs`
+    /// uploaded from the store, except those the registry has. Returns the session and the
+    /// client for the rest of the push.
+    fn push_blobs(
+        &self,
+        store: &Store,
+        target: &ImageRef,
+        blobs: &[Digest],
+        op: &'static str,
+    ) -> Result<(Session, oci_client::Client)> {
+        let s = self.session(target)?;
+        let client = self.oci(&s.registry);
+        let perr = registry_err(op, &s.name, &s.registry);
+        self.authorize(&client, &s.reference, &s.auth, RegistryOperation::Push)
+            .map_err(perr)?;
+        for d in blobs {
+            let ds = d.to_string();
+            if self
+                .retry(|| client.blob_exists(&s.reference, &ds))
+                .map_err(perr)?
+            {
+                continue;
+            }
+            let path = store.blob_path(d);
+            let data = bytes::Bytes::from(std::fs::read(&path).map_err(io_err("read", &path))?);
+            self.retry(|| client.push_blob(&s.reference, data.clone(), &ds))
+                .map_err(perr)?;
+        }
+        Ok((s, client))
+    }
+
     /// Pushes the store's image `manifest` as `target`, layers compressed with `compression`.
     /// Blobs the registry has are not uploaded again. Returns the manifest digest in the
     /// registry.
@@ -645,42 +684,18 @@ impl Client {
         target: &ImageRef,
         compression: Compression,
     ) -> Result<Digest> {
-        let Session {
-            registry,
-            name,
-            auth,
-            reference,
-        } = self.session(target)?;
-        let client = self.oci(&registry);
         let dist = rbuild_exporter::distribution_manifest(store, manifest, compression)?;
-        let perr = registry_err("push", &name, &registry);
-        // The first request stores the credentials in the client and runs the token dance.
-        self.authorize(&client, &reference, &auth, RegistryOperation::Push)
-            .map_err(perr)?;
         let mut blobs = vec![dist.config.clone()];
         blobs.extend(dist.layers.iter().cloned());
-        for d in &blobs {
-            let ds = d.to_string();
-            if self
-                .retry(|| client.blob_exists(&reference, &ds))
-                .map_err(perr)?
-            {
-                continue;
-            }
-            let path = store.blob_path(d);
-            let data = std::fs::read(&path).map_err(io_err("read", &path))?;
-            let data = bytes::Bytes::from(data);
-            self.retry(|| client.push_blob(&reference, data.clone(), &ds))
-                .map_err(perr)?;
-        }
+        let (s, client) = self.push_blobs(store, target, &blobs, "push")?;
         let ct = ::http::HeaderValue::from_str(&dist.media_type).map_err(|e| Error::Registry {
             op: "push",
-            image: name.clone(),
+            image: s.name.clone(),
             message: e.to_string(),
         })?;
         let body = bytes::Bytes::from(dist.bytes.clone());
-        self.retry(|| client.push_manifest_raw(&reference, body.clone(), ct.clone()))
-            .map_err(perr)?;
+        self.retry(|| client.push_manifest_raw(&s.reference, body.clone(), ct.clone()))
+            .map_err(registry_err("push", &s.name, &s.registry))?;
         Ok(dist.digest)
     }
 }
