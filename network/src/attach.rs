@@ -5,7 +5,7 @@ use crate::etc::{self, AddHostIp, HostEntry};
 use crate::ipam::{Ipam, Lock};
 use crate::ports::{free_port, port_is_free, PortSpec};
 use crate::store::{Networks, DEFAULT_NETWORK};
-use crate::types::{NetworkOptions, PerNetworkOptions, PortMapping, StatusBlock};
+use crate::types::{Network, NetworkOptions, PerNetworkOptions, PortMapping, StatusBlock};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
@@ -149,6 +149,10 @@ pub struct AttachmentRecord {
     /// Set once setup finished (a record without it is being set up or was interrupted).
     #[serde(default)]
     pub complete: bool,
+    /// netavark ran with one configuration directory per network (so one aardvark-dns per
+    /// network); false in records of older rbuilds, which shared one directory for the host.
+    #[serde(default)]
+    pub dns_per_network: bool,
 }
 
 /// The host-wide copy of an attachment (`<run>/attached/<id>.json`): what is needed to tear it
@@ -466,6 +470,7 @@ impl Networks {
             hosts_path: dir.join("hosts"),
             resolv_path: dir.join("resolv.conf"),
             complete: false,
+            dns_per_network: true,
         };
         let mut hosts_base = None;
         match &cfg.mode {
@@ -537,7 +542,9 @@ impl Networks {
                 // Recorded before netavark runs, so a crash in between is cleaned up.
                 self.write_record(&rec)?;
                 let _l = self.lock()?;
-                rec.status = self.netavark("setup", &netns, &rec.options)?;
+                rec.status = self.netavark("setup", &netns, &rec.options, rec.dns_per_network)?;
+                let names: Vec<&str> = rec.options.networks.keys().map(String::as_str).collect();
+                self.wait_dns(&rec, &names);
             }
         }
         for (name, ip) in &cfg.add_hosts {
@@ -654,15 +661,109 @@ impl Networks {
         Ok(Some(out))
     }
 
-    /// Runs `netavark COMMAND NETNS` with `opts` on stdin; returns its status per network.
+    /// Runs `netavark COMMAND NETNS` for the networks of `opts`; returns the status per network.
+    ///
+    /// With `per_network`, once per network with that network's own configuration directory
+    /// ([`Networks::netavark_dir`]), so each DNS network has its own aardvark-dns: aardvark-dns 1.4
+    /// (Debian 12) drops and reopens every socket it serves on the SIGHUP netavark sends for each
+    /// join and leave (containers/aardvark-dns#389), so one server for the host refused every
+    /// network's lookups for a moment whenever any container started or stopped. A teardown goes
+    /// on through the networks after a failure and returns the first error.
     fn netavark(
         &self,
         command: &str,
         netns: &Path,
         opts: &NetworkOptions,
+        per_network: bool,
     ) -> Result<BTreeMap<String, StatusBlock>> {
-        let config = self.run.join("netavark");
-        std::fs::create_dir_all(&config).map_err(io(format!("create {}", config.display())))?;
+        if !per_network {
+            return self.netavark_in(&self.run.join("netavark"), command, netns, opts);
+        }
+        let mut status = BTreeMap::new();
+        let mut first_err = None;
+        for (name, per) in &opts.networks {
+            let Some(def) = opts.network_info.get(name) else {
+                continue;
+            };
+            let mut one = opts.clone();
+            one.networks = BTreeMap::from([(name.clone(), per.clone())]);
+            one.network_info = BTreeMap::from([(name.clone(), def.clone())]);
+            match self.netavark_in(&self.netavark_dir(def)?, command, netns, &one) {
+                Ok(s) => status.extend(s),
+                Err(e) if command == "teardown" => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        first_err.map_or(Ok(status), Err)
+    }
+
+    /// netavark's configuration directory for `net` (aardvark-dns' configuration and pid file
+    /// are in its `aardvark-dns/`): `<run>/netavark/<first 16 hex digits of the network's id>`,
+    /// host-wide like the bridge, and distinct for same-named networks of two stores.
+    pub(crate) fn netavark_dir(&self, net: &Network) -> Result<PathBuf> {
+        let id = &net.id[..net.id.len().min(16)];
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Invalid(format!(
+                "network {} has a bad id {:?}",
+                net.name, net.id
+            )));
+        }
+        Ok(self.run.join("netavark").join(id))
+    }
+
+    /// Waits (up to [`dnsprobe::PATIENCE`]) until the aardvark-dns of each DNS network in
+    /// `networks` answers the container's name, so its first lookup does not fall into the
+    /// server's restart; a server that stays silent is left for the container to report.
+    fn wait_dns(&self, rec: &AttachmentRecord, networks: &[&str]) {
+        for name in networks {
+            let dns = rec
+                .options
+                .network_info
+                .get(*name)
+                .is_some_and(|n| n.dns_enabled);
+            let Some(status) = rec.status.get(*name).filter(|_| dns) else {
+                continue;
+            };
+            let own: Vec<IpAddr> = status
+                .interfaces
+                .iter()
+                .flat_map(|i| i.values())
+                .filter_map(|i| i.subnets.as_ref())
+                .flatten()
+                .map(|a| a.ipnet.addr())
+                .collect();
+            let v6 = !own.iter().any(IpAddr::is_ipv4);
+            let Some(server) = status.dns_server_ips.iter().flatten().next() else {
+                continue;
+            };
+            let t = std::time::Instant::now();
+            let ok = crate::dnsprobe::wait_answering(
+                *server,
+                &rec.container_name,
+                v6,
+                crate::dnsprobe::PATIENCE,
+            );
+            if std::env::var_os("RBUILD_DEBUG").is_some() {
+                eprintln!(
+                    "aardvark-dns on {server} for {}: answered={ok} after {:?}",
+                    rec.container_name,
+                    t.elapsed()
+                );
+            }
+        }
+    }
+
+    /// Runs `netavark --config CONFIG COMMAND NETNS` with `opts` on stdin.
+    fn netavark_in(
+        &self,
+        config: &Path,
+        command: &str,
+        netns: &Path,
+        opts: &NetworkOptions,
+    ) -> Result<BTreeMap<String, StatusBlock>> {
+        std::fs::create_dir_all(config).map_err(io(format!("create {}", config.display())))?;
         if !self.netavark.exists() {
             return Err(Error::Netavark {
                 command: command.into(),
@@ -679,7 +780,7 @@ impl Networks {
         let _host_lock = Lock::exclusive(&self.run.join("netavark.lock"))?;
         let mut cmd = Command::new(&self.netavark);
         cmd.arg("--config")
-            .arg(&config)
+            .arg(config)
             .args(["--rootless", "false", "--aardvark-binary"])
             .arg(&self.aardvark)
             .arg(command)
@@ -745,7 +846,7 @@ impl Networks {
         let mut first_err = None;
         if let (Some(ns), true) = (&rec.netns, rec.owns_netns) {
             if !rec.options.networks.is_empty() {
-                if let Err(e) = self.netavark("teardown", ns, &rec.options) {
+                if let Err(e) = self.netavark("teardown", ns, &rec.options, rec.dns_per_network) {
                     first_err.get_or_insert(e);
                 }
             }
@@ -809,7 +910,7 @@ impl Networks {
         let mut opts = rec.options.clone();
         opts.networks = BTreeMap::from([(network.to_string(), one.clone())]);
         opts.network_info = BTreeMap::from([(network.to_string(), def.clone())]);
-        let status = match self.netavark("setup", &ns, &opts) {
+        let status = match self.netavark("setup", &ns, &opts, rec.dns_per_network) {
             Ok(s) => s,
             Err(e) => {
                 let _ = Ipam::new(&self.run).release(&def, &rec.container_id);
@@ -820,6 +921,7 @@ impl Networks {
         rec.options.network_info.insert(network.to_string(), def);
         rec.status.extend(status);
         self.write_record(&rec)?;
+        self.wait_dns(&rec, &[network]);
         self.rewrite_resolv(&rec)
     }
 
@@ -839,7 +941,7 @@ impl Networks {
         let mut opts = rec.options.clone();
         opts.networks = BTreeMap::from([(network.to_string(), one)]);
         opts.network_info = BTreeMap::from([(network.to_string(), def.clone())]);
-        self.netavark("teardown", &ns, &opts)?;
+        self.netavark("teardown", &ns, &opts, rec.dns_per_network)?;
         Ipam::new(&self.run).release(&def, &rec.container_id)?;
         rec.options.networks.remove(network);
         rec.options.network_info.remove(network);

@@ -69,8 +69,10 @@ fn attach_connect_disconnect_detach() {
     let eth0 = in_netns(&ns, &["ip", "-o", "-4", "addr", "show", "eth0"]);
     assert!(eth0.contains("inet 10.89.215.2/24"), "{eth0}");
     assert!(in_netns(&ns, &["ip", "route"]).contains("default via 10.89.215.1"));
-    let dns =
-        std::fs::read_to_string("/run/rbuild/net/netavark/aardvark-dns/network-it-a").unwrap();
+    // One netavark directory, so one aardvark-dns, per network.
+    let id_a = nets.get("network-it-a").unwrap().id;
+    let dns_a = Path::new("/run/rbuild/net/netavark").join(&id_a[..16]);
+    let dns = std::fs::read_to_string(dns_a.join("aardvark-dns/network-it-a")).unwrap();
     assert!(dns.contains("network-it-c,alias-a"), "{dns}");
     let hosts = std::fs::read_to_string(&rec.hosts_path).unwrap();
     assert!(hosts.ends_with("10.89.215.2\titc\n"), "{hosts}");
@@ -91,7 +93,7 @@ fn attach_connect_disconnect_detach() {
     assert!(in_netns(&ns, &["ip", "-o", "link"])
         .lines()
         .all(|l| !l.contains("eth0")));
-    assert!(!Path::new("/run/rbuild/net/netavark/aardvark-dns/network-it-a").exists());
+    assert!(!dns_a.join("aardvark-dns/network-it-a").exists());
     assert!(nets.remove("network-it-b").is_err(), "in use");
 
     a.detach().unwrap();
@@ -101,4 +103,5 @@ fn attach_connect_disconnect_detach() {
     assert!(nets.find("network-it-c").is_err());
     nets.remove("network-it-a").unwrap();
     nets.remove("network-it-b").unwrap();
+    assert!(!dns_a.exists(), "network rm leaves no netavark directory");
 }
