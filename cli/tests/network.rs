@@ -160,7 +160,7 @@ fn host_state(subnet: &str, network: &str) -> Vec<String> {
             out.push(format!("addr: {l}"));
         }
     }
-    // One netavark directory, so one aardvark-dns, per network (the first 16 digits of its id).
+    // One netavark directory, so one aardvark-dns, per store.
     let dirs = std::fs::read_dir("/run/rbuild/net/netavark")
         .into_iter()
         .flatten();
@@ -554,9 +554,6 @@ fn teardown_leaves_nothing() {
         !std::path::Path::new("/sys/class/net").join(&br).exists(),
         "bridge {br} left"
     );
-    let id = insp[0]["id"].as_str().unwrap();
-    let dns_dir = std::path::Path::new("/run/rbuild/net/netavark").join(&id[..16]);
-    assert!(!dns_dir.exists(), "{} left", dns_dir.display());
     let netns: Vec<_> = std::fs::read_dir(env.root.path().join("netns"))
         .unwrap()
         .collect();
@@ -677,21 +674,23 @@ fn seeds_scenario_db_and_web_on_app() {
     assert!(host_state("10.89.214.", "network-sapp").is_empty());
 }
 
-/// Containers starting and stopping on one network do not interrupt name lookups on another:
-/// aardvark-dns 1.4 drops and reopens its sockets on every join and leave, so with one server for
-/// the host a lookup elsewhere was refused now and then (8 of 3,000 while 30 containers came and
-/// went); each network now has its own. A container's very first lookup also finds the server up.
+/// Containers starting and stopping in one store (another CI job, another test) do not
+/// interrupt name lookups in another: aardvark-dns 1.4 drops and reopens its sockets on every join
+/// and leave, so with one server for the host a lookup elsewhere was refused now and then (3 to 8
+/// of 1,500 while containers came and went); each store now has its own. A container's very first
+/// lookup also finds its server up.
 #[test]
-fn lookups_on_one_network_survive_containers_coming_and_going_on_another() {
+fn lookups_in_one_store_survive_containers_coming_and_going_in_another() {
     if !have_stack() {
         return;
     }
     let env = Env::new();
-    for (subnet, net) in [
-        ("10.89.218.0/24", "network-dq"),
-        ("10.89.219.0/24", "network-dc"),
+    let other = Env::new();
+    for (e, subnet, net) in [
+        (&env, "10.89.218.0/24", "network-dq"),
+        (&other, "10.89.219.0/24", "network-dc"),
     ] {
-        assert_ok(&env.rbuild(&["network", "create", "--subnet", subnet, net]));
+        assert_ok(&e.rbuild(&["network", "create", "--subnet", subnet, net]));
     }
     let server = Bg::start(
         &env,
@@ -708,21 +707,45 @@ fn lookups_on_one_network_survive_containers_coming_and_going_on_another() {
         .collect::<Vec<_>>(),
     );
     wait_attached(&env, "network-dqs");
+    // The looker asks until the test drops /flag/stop, after the other store's containers came
+    // and went (a bind mount of a host directory).
+    let flag = tempfile::tempdir().unwrap();
+    let bind = format!("{}:/flag", flag.path().display());
     let mut looker = Bg::start(
         &env,
         &[
             "--network",
             "network-dq",
+            "-v",
+            &bind,
             "busybox:local",
             "sh",
             "-c",
-            "first=ok; nslookup dqalias >/dev/null 2>&1 || first=refused; f=0; \
-             for i in $(seq 1 1500); do nslookup dqalias >/dev/null 2>&1 || f=$((f+1)); done; \
-             echo first=$first fails=$f",
+            "first=ok; nslookup dqalias >/dev/null 2>&1 || first=refused; touch /flag/started; \
+             n=0; f=0; while [ ! -e /flag/stop ]; do n=$((n+1)); \
+             nslookup dqalias >/tmp/e 2>&1 || { f=$((f+1)); cat /tmp/e >>/flag/errors; }; done; \
+             echo first=$first fails=$f; echo $n >/flag/count",
         ],
     );
     let start = Instant::now();
-    let mut churned = 0;
+    while !flag.path().join("started").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the looker never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..12 {
+        assert_ok(&other.rbuild(&[
+            "run",
+            "--rm",
+            "--network",
+            "network-dc",
+            "busybox:local",
+            "true",
+        ]));
+    }
+    std::fs::write(flag.path().join("stop"), "").unwrap();
     let status = loop {
         if let Some(st) = looker.0.try_wait().unwrap() {
             break st;
@@ -731,35 +754,96 @@ fn lookups_on_one_network_survive_containers_coming_and_going_on_another() {
             start.elapsed() < Duration::from_secs(120),
             "lookups never ended"
         );
-        assert_ok(&env.rbuild(&[
-            "run",
-            "--rm",
-            "--network",
-            "network-dc",
-            "busybox:local",
-            "true",
-        ]));
-        churned += 1;
+        std::thread::sleep(Duration::from_millis(50));
     };
     let mut out = String::new();
-    looker
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let mut stdout_pipe = looker.0.stdout.take().unwrap();
+    stdout_pipe.read_to_string(&mut out).unwrap();
     assert!(status.success(), "{out}");
-    assert_eq!(
-        out, "first=ok fails=0\n",
-        "after {churned} containers on network-dc"
-    );
+    assert!(out.starts_with("first=ok "), "{out}");
+    // What a server restart does is a refusal; a rare timeout (1 in 10,000 or so, only while the
+    // other tests of this suite load the host's network stack) is another matter.
+    let n: u64 = std::fs::read_to_string(flag.path().join("count"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let errors = std::fs::read_to_string(flag.path().join("errors")).unwrap_or_default();
+    let failed: u64 = out.trim().rsplit('=').next().unwrap().parse().unwrap();
     assert!(
-        churned >= 2,
-        "only {churned} containers came and went during the lookups"
+        !errors.contains("refused") && failed * 100 <= n,
+        "{failed} of {n} lookups failed while 12 containers came and went in the other store: {errors}"
     );
     server.stop();
-    for net in ["network-dq", "network-dc"] {
+    assert_ok(&env.rbuild(&["network", "rm", "network-dq"]));
+    assert_ok(&other.rbuild(&["network", "rm", "network-dc"]));
+}
+
+/// A container on two networks resolves the names of both (aardvark-dns answers a container the
+/// names of all its networks, from either gateway): the reason the DNS server is per store and not
+/// per network.
+#[test]
+fn a_container_on_two_networks_resolves_names_on_both() {
+    if !have_stack() {
+        return;
+    }
+    let env = Env::new();
+    for (subnet, net) in [
+        ("10.89.220.0/24", "network-tx"),
+        ("10.89.221.0/24", "network-ty"),
+    ] {
+        assert_ok(&env.rbuild(&["network", "create", "--subnet", subnet, net]));
+    }
+    let sx = Bg::start(
+        &env,
+        &[
+            "--name",
+            "network-tsx",
+            "--network",
+            "network-tx",
+            "busybox:local",
+            "sleep",
+            "60",
+        ],
+    );
+    let sy = Bg::start(
+        &env,
+        &[
+            "--name",
+            "network-tsy",
+            "--network",
+            "network-ty",
+            "busybox:local",
+            "sleep",
+            "60",
+        ],
+    );
+    wait_attached(&env, "network-tsx");
+    wait_attached(&env, "network-tsy");
+    assert_ok(&env.rbuild(&[
+        "run",
+        "-d",
+        "--name",
+        "network-tc",
+        "--network",
+        "network-tx",
+        "busybox:local",
+        "sleep",
+        "60",
+    ]));
+    assert_ok(&env.rbuild(&["network", "connect", "network-ty", "network-tc"]));
+    let out = env.rbuild(&[
+        "exec",
+        "network-tc",
+        "sh",
+        "-c",
+        "nslookup network-tsx >/dev/null && nslookup network-tsy >/dev/null && echo both",
+    ]);
+    assert_eq!(stdout(&out), "both\n", "{}", stderr(&out));
+    assert_ok(&env.rbuild(&["rm", "-f", "network-tc"]));
+    sx.stop();
+    sy.stop();
+    for net in ["network-tx", "network-ty"] {
         assert_ok(&env.rbuild(&["network", "rm", net]));
     }
 }

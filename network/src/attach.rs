@@ -5,7 +5,7 @@ use crate::etc::{self, AddHostIp, HostEntry};
 use crate::ipam::{Ipam, Lock};
 use crate::ports::{free_port, port_is_free, PortSpec};
 use crate::store::{Networks, DEFAULT_NETWORK};
-use crate::types::{Network, NetworkOptions, PerNetworkOptions, PortMapping, StatusBlock};
+use crate::types::{NetworkOptions, PerNetworkOptions, PortMapping, StatusBlock};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
@@ -149,10 +149,11 @@ pub struct AttachmentRecord {
     /// Set once setup finished (a record without it is being set up or was interrupted).
     #[serde(default)]
     pub complete: bool,
-    /// netavark ran with one configuration directory per network (so one aardvark-dns per
-    /// network); false in records of older rbuilds, which shared one directory for the host.
+    /// netavark's `--config` directory for this attachment (the store's, see
+    /// [`Networks::netavark_dir`]); None in records of older rbuilds, which shared
+    /// `<run>/netavark` for the host.
     #[serde(default)]
-    pub dns_per_network: bool,
+    pub netavark_config: Option<PathBuf>,
 }
 
 /// The host-wide copy of an attachment (`<run>/attached/<id>.json`): what is needed to tear it
@@ -470,7 +471,7 @@ impl Networks {
             hosts_path: dir.join("hosts"),
             resolv_path: dir.join("resolv.conf"),
             complete: false,
-            dns_per_network: true,
+            netavark_config: Some(self.netavark_dir()),
         };
         let mut hosts_base = None;
         match &cfg.mode {
@@ -542,7 +543,7 @@ impl Networks {
                 // Recorded before netavark runs, so a crash in between is cleaned up.
                 self.write_record(&rec)?;
                 let _l = self.lock()?;
-                rec.status = self.netavark("setup", &netns, &rec.options, rec.dns_per_network)?;
+                rec.status = self.netavark("setup", &netns, &rec)?;
                 let names: Vec<&str> = rec.options.networks.keys().map(String::as_str).collect();
                 self.wait_dns(&rec, &names);
             }
@@ -661,56 +662,21 @@ impl Networks {
         Ok(Some(out))
     }
 
-    /// Runs `netavark COMMAND NETNS` for the networks of `opts`; returns the status per network.
-    ///
-    /// With `per_network`, once per network with that network's own configuration directory
-    /// ([`Networks::netavark_dir`]), so each DNS network has its own aardvark-dns: aardvark-dns 1.4
-    /// (Debian 12) drops and reopens every socket it serves on the SIGHUP netavark sends for each
-    /// join and leave (containers/aardvark-dns#389), so one server for the host refused every
-    /// network's lookups for a moment whenever any container started or stopped. A teardown goes
-    /// on through the networks after a failure and returns the first error.
-    fn netavark(
-        &self,
-        command: &str,
-        netns: &Path,
-        opts: &NetworkOptions,
-        per_network: bool,
-    ) -> Result<BTreeMap<String, StatusBlock>> {
-        if !per_network {
-            return self.netavark_in(&self.run.join("netavark"), command, netns, opts);
-        }
-        let mut status = BTreeMap::new();
-        let mut first_err = None;
-        for (name, per) in &opts.networks {
-            let Some(def) = opts.network_info.get(name) else {
-                continue;
-            };
-            let mut one = opts.clone();
-            one.networks = BTreeMap::from([(name.clone(), per.clone())]);
-            one.network_info = BTreeMap::from([(name.clone(), def.clone())]);
-            match self.netavark_in(&self.netavark_dir(def)?, command, netns, &one) {
-                Ok(s) => status.extend(s),
-                Err(e) if command == "teardown" => {
-                    first_err.get_or_insert(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        first_err.map_or(Ok(status), Err)
-    }
-
-    /// netavark's configuration directory for `net` (aardvark-dns' configuration and pid file
-    /// are in its `aardvark-dns/`): `<run>/netavark/<first 16 hex digits of the network's id>`,
-    /// host-wide like the bridge, and distinct for same-named networks of two stores.
-    pub(crate) fn netavark_dir(&self, net: &Network) -> Result<PathBuf> {
-        let id = &net.id[..net.id.len().min(16)];
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::Invalid(format!(
-                "network {} has a bad id {:?}",
-                net.name, net.id
-            )));
-        }
-        Ok(self.run.join("netavark").join(id))
+    /// netavark's `--config` directory for this store's attachments, where it keeps
+    /// aardvark-dns' configuration and pid (`aardvark-dns/`): `<run>/netavark/<store key>`, the
+    /// key being the first 16 hex digits of the SHA-256 of the store's `networks/` path. So each
+    /// store has its own aardvark-dns, where podman has one per host: aardvark-dns 1.4 (Debian 12)
+    /// closes and reopens every socket it serves on the SIGHUP netavark sends for each join and
+    /// leave (containers/aardvark-dns#389), so with one server for the host, containers coming
+    /// and going in one store (a CI job, a test) refused lookups in every other one for a
+    /// moment. A server per store, not per network: aardvark-dns answers a container the names of
+    /// all its networks, which it can only do for networks it serves itself, and a container
+    /// only joins networks of its own store.
+    pub(crate) fn netavark_dir(&self) -> PathBuf {
+        use sha2::Digest as _;
+        let path = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
+        let sum = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+        self.run.join("netavark").join(&hex::encode(sum)[..16])
     }
 
     /// Waits (up to [`dnsprobe::PATIENCE`]) until the aardvark-dns of each DNS network in
@@ -755,15 +721,15 @@ impl Networks {
         }
     }
 
-    /// Runs `netavark --config CONFIG COMMAND NETNS` with `opts` on stdin.
-    fn netavark_in(
+    /// Runs `netavark --config DIR COMMAND NETNS` with the record's options on stdin, DIR being
+    /// the one the record names; returns the status netavark prints per network. A teardown that
+    /// leaves the store's directory without DNS entries removes it.
+    fn netavark(
         &self,
-        config: &Path,
         command: &str,
         netns: &Path,
-        opts: &NetworkOptions,
+        rec: &AttachmentRecord,
     ) -> Result<BTreeMap<String, StatusBlock>> {
-        std::fs::create_dir_all(config).map_err(io(format!("create {}", config.display())))?;
         if !self.netavark.exists() {
             return Err(Error::Netavark {
                 command: command.into(),
@@ -773,11 +739,33 @@ impl Networks {
                 ),
             });
         }
-        let input = serde_json::to_vec(opts).map_err(|e| Error::Invalid(e.to_string()))?;
+        let config = rec
+            .netavark_config
+            .clone()
+            .unwrap_or_else(|| self.run.join("netavark"));
+        std::fs::create_dir_all(&self.run).map_err(io(format!("create {}", self.run.display())))?;
         // One netavark at a time on the host (podman holds its network lock the same way): a
         // teardown removes the bridge when it sees no veth left on it, which races with another
         // container's setup or teardown on the same bridge ("failed to get bridge interface").
         let _host_lock = Lock::exclusive(&self.run.join("netavark.lock"))?;
+        // Made and removed (once idle) under that lock, so a removal never races a setup.
+        std::fs::create_dir_all(&config).map_err(io(format!("create {}", config.display())))?;
+        let out = self.run_netavark(&config, command, netns, &rec.options);
+        if command == "teardown" && rec.netavark_config.is_some() {
+            remove_if_idle(&config);
+        }
+        out
+    }
+
+    /// One `netavark` run (the caller holds the host's netavark lock).
+    fn run_netavark(
+        &self,
+        config: &Path,
+        command: &str,
+        netns: &Path,
+        opts: &NetworkOptions,
+    ) -> Result<BTreeMap<String, StatusBlock>> {
+        let input = serde_json::to_vec(opts).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut cmd = Command::new(&self.netavark);
         cmd.arg("--config")
             .arg(config)
@@ -846,7 +834,7 @@ impl Networks {
         let mut first_err = None;
         if let (Some(ns), true) = (&rec.netns, rec.owns_netns) {
             if !rec.options.networks.is_empty() {
-                if let Err(e) = self.netavark("teardown", ns, &rec.options, rec.dns_per_network) {
+                if let Err(e) = self.netavark("teardown", ns, rec) {
                     first_err.get_or_insert(e);
                 }
             }
@@ -907,10 +895,10 @@ impl Networks {
             static_ips: Some(vec![ip]),
             static_mac: None,
         };
-        let mut opts = rec.options.clone();
-        opts.networks = BTreeMap::from([(network.to_string(), one.clone())]);
-        opts.network_info = BTreeMap::from([(network.to_string(), def.clone())]);
-        let status = match self.netavark("setup", &ns, &opts, rec.dns_per_network) {
+        let mut only = rec.clone();
+        only.options.networks = BTreeMap::from([(network.to_string(), one.clone())]);
+        only.options.network_info = BTreeMap::from([(network.to_string(), def.clone())]);
+        let status = match self.netavark("setup", &ns, &only) {
             Ok(s) => s,
             Err(e) => {
                 let _ = Ipam::new(&self.run).release(&def, &rec.container_id);
@@ -938,10 +926,10 @@ impl Networks {
                 "container {container} is not connected to network {network}"
             )));
         };
-        let mut opts = rec.options.clone();
-        opts.networks = BTreeMap::from([(network.to_string(), one)]);
-        opts.network_info = BTreeMap::from([(network.to_string(), def.clone())]);
-        self.netavark("teardown", &ns, &opts, rec.dns_per_network)?;
+        let mut only = rec.clone();
+        only.options.networks = BTreeMap::from([(network.to_string(), one)]);
+        only.options.network_info = BTreeMap::from([(network.to_string(), def.clone())]);
+        self.netavark("teardown", &ns, &only)?;
         Ipam::new(&self.run).release(&def, &rec.container_id)?;
         rec.options.networks.remove(network);
         rec.options.network_info.remove(network);
@@ -962,6 +950,17 @@ impl Networks {
             .map_err(io(format!("open {}", rec.resolv_path.display())))?;
         f.write_all(text.as_bytes())
             .map_err(io(format!("write {}", rec.resolv_path.display())))
+    }
+}
+
+/// Removes a store's netavark directory once no network of it has DNS entries left (its
+/// aardvark-dns exits by itself then), so `/run` keeps nothing of stores whose containers ended.
+fn remove_if_idle(config: &Path) {
+    let busy = std::fs::read_dir(config.join("aardvark-dns"))
+        .map(|rd| rd.flatten().any(|e| e.file_name() != "aardvark.pid"))
+        .unwrap_or(false);
+    if !busy {
+        let _ = std::fs::remove_dir_all(config);
     }
 }
 

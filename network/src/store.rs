@@ -334,17 +334,8 @@ impl Networks {
                 users.join(", ")
             )));
         }
-        let def = self.get(name)?;
         let p = self.def_path(name);
-        std::fs::remove_file(&p).map_err(io(format!("remove {}", p.display())))?;
-        // netavark's directory for the network (its aardvark-dns ended with the last container).
-        let dir = self.netavark_dir(&def)?;
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(io(format!("remove {}", dir.display()))(e))
-            }
-            _ => Ok(()),
-        }
+        std::fs::remove_file(&p).map_err(io(format!("remove {}", p.display())))
     }
 
     /// `network prune`: removes every user network no container uses; returns their names.

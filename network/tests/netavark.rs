@@ -69,9 +69,9 @@ fn attach_connect_disconnect_detach() {
     let eth0 = in_netns(&ns, &["ip", "-o", "-4", "addr", "show", "eth0"]);
     assert!(eth0.contains("inet 10.89.215.2/24"), "{eth0}");
     assert!(in_netns(&ns, &["ip", "route"]).contains("default via 10.89.215.1"));
-    // One netavark directory, so one aardvark-dns, per network.
-    let id_a = nets.get("network-it-a").unwrap().id;
-    let dns_a = Path::new("/run/rbuild/net/netavark").join(&id_a[..16]);
+    // One netavark directory, so one aardvark-dns, per store.
+    let dns_a = rec.netavark_config.clone().unwrap();
+    assert!(dns_a.starts_with("/run/rbuild/net/netavark/"), "{dns_a:?}");
     let dns = std::fs::read_to_string(dns_a.join("aardvark-dns/network-it-a")).unwrap();
     assert!(dns.contains("network-it-c,alias-a"), "{dns}");
     let hosts = std::fs::read_to_string(&rec.hosts_path).unwrap();
@@ -103,5 +103,8 @@ fn attach_connect_disconnect_detach() {
     assert!(nets.find("network-it-c").is_err());
     nets.remove("network-it-a").unwrap();
     nets.remove("network-it-b").unwrap();
-    assert!(!dns_a.exists(), "network rm leaves no netavark directory");
+    assert!(
+        !dns_a.exists(),
+        "the last teardown leaves no netavark directory"
+    );
 }
