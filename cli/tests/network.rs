@@ -841,6 +841,28 @@ fn a_container_on_two_networks_resolves_names_on_both() {
     ]);
     assert_eq!(stdout(&out), "both\n", "{}", stderr(&out));
     assert_ok(&env.rbuild(&["rm", "-f", "network-tc"]));
+    // The start waits for the server to answer the container's name, which aardvark-dns matches
+    // lower-cased: a mixed-case name is answered, not waited out.
+    let out = Command::new(bin())
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            "Network-TUp",
+            "--network",
+            "network-tx",
+        ])
+        .args(["busybox:local", "true"])
+        .env("RBUILD_ROOT", env.root.path())
+        .env("RBUILD_DEBUG", "1")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("for Network-TUp: answered=true"),
+        "{}",
+        stderr(&out)
+    );
     sx.stop();
     sy.stop();
     for net in ["network-tx", "network-ty"] {

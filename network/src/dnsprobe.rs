@@ -23,7 +23,10 @@ pub(crate) fn wait_answering(server: IpAddr, name: &str, v6: bool, patience: Dur
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let id = (std::process::id() as u16) ^ (nanos as u16);
-    let Some(query) = query(id, name, if v6 { 28 } else { 1 }) else {
+    // aardvark-dns 1.4 matches the lower-cased name only (a query for "Web_1" is NXDOMAIN where
+    // "web_1" is answered), as resolvers send it.
+    let name = name.to_ascii_lowercase();
+    let Some(query) = query(id, &name, if v6 { 28 } else { 1 }) else {
         return false;
     };
     let local: IpAddr = match server {

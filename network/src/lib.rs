@@ -14,9 +14,9 @@
 //!   `netavark setup` before the container's PID 1 joins it (the sandbox `setns`es into it);
 //! - `/etc/hosts`, `/etc/resolv.conf` written as Docker writes them ([`etc`]);
 //! - published ports ([`PortSpec`]), `network connect`/`disconnect` on a live attachment;
-//! - one aardvark-dns per DNS network (netavark's configuration directory is per network), so a
-//!   container joining or leaving one network does not interrupt the lookups of the others, and an
-//!   attachment returns once its network's server answers the container's name (`dnsprobe.rs`);
+//! - one aardvark-dns per store (netavark's configuration directory is per store), so containers
+//!   coming and going in one store do not interrupt the lookups of another, and an attachment
+//!   returns once its network's server answers the container's name (`dnsprobe.rs`);
 //! - teardown: `netavark teardown` (veth, and the bridge, firewall chains and aardvark-dns entries
 //!   once the last container left), the leases, the namespace.
 //!
