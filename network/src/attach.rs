@@ -542,8 +542,9 @@ impl Networks {
                 rec.options.port_mappings = self.port_mappings(&ports)?;
                 // Recorded before netavark runs, so a crash in between is cleaned up.
                 self.write_record(&rec)?;
-                let _l = self.lock()?;
+                let lock = self.lock()?;
                 rec.status = self.netavark("setup", &netns, &rec)?;
+                drop(lock);
                 let names: Vec<&str> = rec.options.networks.keys().map(String::as_str).collect();
                 self.wait_dns(&rec, &names);
             }
