@@ -168,14 +168,7 @@ struct Ticket {
 impl AttachmentRecord {
     /// The container's addresses (all networks).
     pub fn ips(&self) -> Vec<IpAddr> {
-        self.status
-            .values()
-            .filter_map(|s| s.interfaces.as_ref())
-            .flat_map(|i| i.values())
-            .filter_map(|i| i.subnets.as_ref())
-            .flatten()
-            .map(|a| a.ipnet.addr())
-            .collect()
+        self.status.values().flat_map(status_ips).collect()
     }
 
     /// The published ports.
@@ -693,15 +686,7 @@ impl Networks {
             let Some(status) = rec.status.get(*name).filter(|_| dns) else {
                 continue;
             };
-            let own: Vec<IpAddr> = status
-                .interfaces
-                .iter()
-                .flat_map(|i| i.values())
-                .filter_map(|i| i.subnets.as_ref())
-                .flatten()
-                .map(|a| a.ipnet.addr())
-                .collect();
-            let v6 = !own.iter().any(IpAddr::is_ipv4);
+            let v6 = !status_ips(status).any(|ip| ip.is_ipv4());
             let Some(server) = status.dns_server_ips.iter().flatten().next() else {
                 continue;
             };
@@ -963,6 +948,16 @@ fn remove_if_idle(config: &Path) {
     if !busy {
         let _ = std::fs::remove_dir_all(config);
     }
+}
+
+/// The container's addresses on one network, as netavark reported them.
+fn status_ips(s: &StatusBlock) -> impl Iterator<Item = IpAddr> + '_ {
+    s.interfaces
+        .iter()
+        .flat_map(|i| i.values())
+        .filter_map(|i| i.subnets.as_ref())
+        .flatten()
+        .map(|a| a.ipnet.addr())
 }
 
 fn first_gateway(rec: &AttachmentRecord) -> Option<IpAddr> {
